@@ -1,0 +1,113 @@
+//! `cairn put` and `cairn get`: streaming transfers with progress bars and an
+//! end-to-end BLAKE3 check of downloads against the ETag.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_client::http::body_stream;
+use cairn_client::{ClientError, HttpClient, RemotePath};
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::Output;
+
+/// Transfers at least this large get a progress bar.
+const PROGRESS_BYTES_MIN: u64 = 4 << 20;
+/// Read size for uploads.
+const READ_BLOCK_BYTES: usize = 256 << 10;
+
+fn progress(len: Option<u64>) -> ProgressBar {
+    match len {
+        Some(n) if n >= PROGRESS_BYTES_MIN => {
+            let bar = ProgressBar::new(n);
+            let style = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    }
+}
+
+pub async fn put(client: &HttpClient, local: &str, remote: &RemotePath, out: Output) -> Result<(), ClientError> {
+    let (reader, len): (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<u64>) = if local == "-" {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let file = tokio::fs::File::open(local).await.map_err(|e| io_context(e, local))?;
+        let len = file.metadata().await?.len();
+        (Box::new(file), Some(len))
+    };
+    let bar = progress(len);
+    let bar2 = bar.clone();
+    let stream = ReaderStream::with_capacity(reader, READ_BLOCK_BYTES).inspect_ok(move |b| bar2.inc(b.len() as u64));
+    let result = client.put_stream(remote, len, stream).await;
+    bar.finish_and_clear();
+    let w = result?;
+    if out.json {
+        println!("{}", serde_json::to_string(&w).unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, out: Output) -> Result<(), ClientError> {
+    let resp = client.get(remote).await?;
+    let expected = resp
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim_matches('"').to_owned());
+    let bar = progress(resp.content_length());
+    let mut hasher = blake3::Hasher::new();
+    let mut body = std::pin::pin!(body_stream(resp));
+    let (mut sink, part): (Box<dyn tokio::io::AsyncWrite + Unpin>, Option<String>) = match local {
+        Some(path) => {
+            let part = format!("{path}.cairn-part");
+            let f = tokio::fs::File::create(&part).await.map_err(|e| io_context(e, &part))?;
+            (Box::new(f), Some(part))
+        }
+        None => (Box::new(tokio::io::stdout()), None),
+    };
+    let result = async {
+        let mut size = 0u64;
+        while let Some(block) = body.next().await {
+            let block = block?;
+            hasher.update(&block);
+            sink.write_all(&block).await?;
+            bar.inc(block.len() as u64);
+            size += block.len() as u64;
+        }
+        sink.flush().await?;
+        Ok::<u64, ClientError>(size)
+    }
+    .await;
+    bar.finish_and_clear();
+    let actual = hasher.finalize().to_hex().to_string();
+    let result = result.and_then(|size| match &expected {
+        Some(e) if *e != actual => Err(ClientError::Integrity { expected: e.clone(), actual: actual.clone() }),
+        _ => Ok(size),
+    });
+    match (result, part, local) {
+        (Ok(size), Some(part), Some(path)) => {
+            drop(sink);
+            tokio::fs::rename(&part, path).await?;
+            if out.json {
+                println!("{}", serde_json::json!({ "path": path, "size": size, "etag": actual }));
+            }
+            Ok(())
+        }
+        (Ok(_), _, _) => Ok(()),
+        (Err(e), part, _) => {
+            if let Some(part) = part {
+                let _ = tokio::fs::remove_file(part).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+fn io_context(e: std::io::Error, path: &str) -> ClientError {
+    ClientError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", Path::new(path).display())))
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing Cairn needs on Debian/Ubuntu, if missing.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+# libclang-dev: RocksDB's bindings. fuse3: fusermount3 for mounts. The rest are
+# the real clients and baselines the tests and benchmarks drive.
+PACKAGES=(build-essential pkg-config libclang-dev curl ca-certificates python3 python3-requests
+          fuse3 nginx fio b3sum iproute2 nftables util-linux procps)
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [[ -x $HOME/.cargo/bin/cargo ]]; then
+    export PATH=$HOME/.cargo/bin:$PATH
+  else
+    echo "installing the Rust toolchain (rustup)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+  fi
+fi

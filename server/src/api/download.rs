@@ -1,0 +1,184 @@
+//! `GET` and `HEAD` of a file: ranges, conditional requests, and a body
+//! streamed chunk by chunk with every chunk's BLAKE3 checked before any of
+//! its bytes are sent.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use cairn_proto::{ContentHash, ErrorCode};
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::AppState;
+use super::conditional::{etag_header, precondition};
+use super::error::{ApiError, ApiResult};
+use super::range::{ByteRange, RangeRequest, parse_range};
+use crate::clock::ns_to_system_time;
+use crate::meta::{ChunkRef, Content, Inode};
+
+/// Chunks read ahead of the one being sent.
+pub const READ_AHEAD_CHUNKS: usize = 2;
+
+pub async fn get_file(state: &AppState, inode: &Inode, headers: &HeaderMap, head: bool) -> ApiResult<Response> {
+    let Some(file) = inode.file.as_ref() else {
+        return Err(ApiError::new(ErrorCode::IsDirectory, "not a file"));
+    };
+    let etag = etag_header(&file.etag);
+    let last_modified = httpdate::fmt_http_date(ns_to_system_time(inode.mtime_ns));
+    if let Some(status) = conditional_status(headers, file.etag, inode.mtime_ns)? {
+        return Ok(bodyless(status, &etag, &last_modified));
+    }
+    let range = match if_range_holds(headers, &etag, &last_modified) {
+        true => parse_range(header_str(headers, header::RANGE), file.size),
+        false => RangeRequest::Full,
+    };
+    let (status, span) = match range {
+        RangeRequest::Full => (StatusCode::OK, (file.size > 0).then(|| ByteRange { start: 0, end: file.size - 1 })),
+        RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+        RangeRequest::Unsatisfiable => return Err(unsatisfiable(file.size)),
+    };
+    let len = span.map_or(0, |r| r.len());
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::ETAG, &etag)
+        .header(header::LAST_MODIFIED, &last_modified)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, file.content_type.as_deref().unwrap_or("application/octet-stream"));
+    if let (StatusCode::PARTIAL_CONTENT, Some(r)) = (status, span) {
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end, file.size));
+    }
+    let body = match (head, span) {
+        (true, _) | (_, None) => Body::empty(),
+        (false, Some(r)) => body_for(state, &file.content, r),
+    };
+    builder.body(body).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn bodyless(status: StatusCode, etag: &str, last_modified: &str) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(last_modified) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    resp
+}
+
+fn unsatisfiable(size: u64) -> ApiError {
+    ApiError::new(ErrorCode::RangeNotSatisfiable, format!("the range lies outside the file's {size} bytes"))
+}
+
+/// 412 or 304 when the request's conditions say so (RFC 9110 §13.2.2 order).
+fn conditional_status(headers: &HeaderMap, etag: ContentHash, mtime_ns: i64) -> ApiResult<Option<StatusCode>> {
+    let pre = precondition(headers)?;
+    let current = Some(Some(etag));
+    if pre.if_match.is_some() && !pre.holds_if_match(current) {
+        return Ok(Some(StatusCode::PRECONDITION_FAILED));
+    }
+    if pre.if_none_match.is_some() {
+        if !pre.holds_if_none_match(current) {
+            return Ok(Some(StatusCode::NOT_MODIFIED));
+        }
+    } else if let Some(since) = header_str(headers, header::IF_MODIFIED_SINCE) {
+        if let Ok(since) = httpdate::parse_http_date(since) {
+            // HTTP dates have whole seconds.
+            let modified = ns_to_system_time(mtime_ns.div_euclid(1_000_000_000) * 1_000_000_000);
+            if modified <= since {
+                return Ok(Some(StatusCode::NOT_MODIFIED));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `If-Range`: honour Range only if the validator still matches.
+fn if_range_holds(headers: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    match header_str(headers, header::IF_RANGE) {
+        None => true,
+        Some(v) => v == etag || v == last_modified,
+    }
+}
+
+/// The bytes `range` of `content`, read ahead and verified chunk by chunk.
+fn body_for(state: &AppState, content: &Content, range: ByteRange) -> Body {
+    match content {
+        Content::Inline(data) => {
+            let (start, end) = (range.start as usize, range.end as usize);
+            let slice = data.get(start..=end).map(|s| Bytes::copy_from_slice(s)).unwrap_or_default();
+            state.metrics.http_bytes_out.inc_by(slice.len() as u64);
+            Body::from(slice)
+        }
+        Content::Chunks(chunks) => {
+            let pieces = pieces(chunks, range);
+            let chunks_store = Arc::clone(&state.chunks);
+            let metrics = Arc::clone(&state.metrics);
+            let s = stream::iter(pieces)
+                .map(move |(chunk, start, end)| {
+                    let store = Arc::clone(&chunks_store);
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        let data = tokio::task::spawn_blocking(move || store.get(&chunk.hash))
+                            .await
+                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                        metrics.chunk_reads.inc();
+                        let data = data.inspect_err(|_| metrics.chunk_corrupt.inc())?;
+                        let piece = Bytes::from(data).slice(start..end);
+                        metrics.http_bytes_out.inc_by(piece.len() as u64);
+                        Ok::<_, ApiError>(piece)
+                    }
+                })
+                .buffered(READ_AHEAD_CHUNKS)
+                .map_err(|e| {
+                    // The client sees the response cut short, never bad bytes.
+                    tracing::error!(code = %e.code, "download aborted: {}", e.message);
+                    std::io::Error::other(e.message)
+                });
+            Body::from_stream(s)
+        }
+    }
+}
+
+/// The chunks overlapping `range`, each with the byte span to send from it.
+fn pieces(chunks: &[ChunkRef], range: ByteRange) -> Vec<(ChunkRef, usize, usize)> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for c in chunks {
+        let len = u64::from(c.len);
+        let (chunk_start, chunk_end) = (offset, offset + len);
+        offset = chunk_end;
+        if chunk_end <= range.start || chunk_start > range.end {
+            continue;
+        }
+        let from = range.start.max(chunk_start) - chunk_start;
+        let to = (range.end + 1).min(chunk_end) - chunk_start;
+        out.push((*c, from as usize, to as usize));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_exactly_the_range() {
+        let c = |n: u8, len| ChunkRef { hash: ContentHash::of(&[n]), len };
+        let chunks = [c(1, 10), c(2, 10), c(3, 5)];
+        let p = pieces(&chunks, ByteRange { start: 8, end: 21 });
+        let spans: Vec<_> = p.iter().map(|(_, a, b)| (*a, *b)).collect();
+        assert_eq!(spans, vec![(8, 10), (0, 10), (0, 2)]);
+        let total: usize = spans.iter().map(|(a, b)| b - a).sum();
+        assert_eq!(total, 14);
+        assert_eq!(pieces(&chunks, ByteRange { start: 24, end: 24 }).len(), 1);
+    }
+}

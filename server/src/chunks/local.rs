@@ -1,0 +1,176 @@
+//! Chunks as files on a local disk: `chunks/ab/abcd…` (two hex digits of
+//! fan-out), written through `chunks/.tmp`.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use cairn_proto::{CHUNK_SIZE_MAX, ContentHash};
+
+use super::{ChunkError, ChunkStore};
+
+pub struct LocalChunkStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalChunkStore {
+    /// Opens (creating if needed) the store under `root`, and removes temp
+    /// files that a crash left behind: they were never renamed into place, so
+    /// nothing can reference them.
+    pub fn open(root: &Path) -> Result<Self, ChunkError> {
+        let tmp = root.join(".tmp");
+        fs::create_dir_all(&tmp).map_err(ChunkError::from_io)?;
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            tracing::debug!(path = %entry.path().display(), "removing leftover temp chunk");
+            fs::remove_file(entry.path())?;
+        }
+        for i in 0..=255u8 {
+            let dir = root.join(format!("{i:02x}"));
+            if !dir.exists() {
+                fs::create_dir(&dir).map_err(ChunkError::from_io)?;
+            }
+        }
+        sync_dir(root)?;
+        Ok(Self { root: root.to_owned(), tmp })
+    }
+
+    fn path(&self, hash: &ContentHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    fn write_new(&self, hash: &ContentHash, data: &[u8], dest: &Path) -> Result<(), ChunkError> {
+        let tmp = self.tmp.join(format!("{}.{:016x}", hash.to_hex(), rand::random::<u64>()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            // The content must be on disk before the name points at it, or a
+            // crash could leave a complete-looking name over missing bytes.
+            f.sync_all()?;
+            fs::rename(&tmp, dest)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(ChunkError::from_io(e));
+        }
+        // The rename is durable only once the directory holding it is synced.
+        let parent = dest.parent().unwrap_or(&self.root);
+        sync_dir(parent)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(ChunkError::from_io)
+}
+
+impl ChunkStore for LocalChunkStore {
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError> {
+        assert!(data.len() <= CHUNK_SIZE_MAX, "chunk of {} bytes", data.len());
+        debug_assert_eq!(ContentHash::of(data), *hash);
+        let dest = self.path(hash);
+        if dest.exists() {
+            // Same name, same content: deduplicated. A damaged copy is caught
+            // by the hash check on every read.
+            return Ok(());
+        }
+        self.write_new(hash, data, &dest)
+    }
+
+    fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {
+        let mut f = match File::open(self.path(hash)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ChunkError::Missing(*hash));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let len = f.metadata()?.len();
+        if len > CHUNK_SIZE_MAX as u64 {
+            return Err(ChunkError::Oversize { hash: *hash, len });
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut data)?;
+        let actual = ContentHash::of(&data);
+        if actual != *hash {
+            return Err(ChunkError::Corrupt { hash: *hash, actual });
+        }
+        Ok(data)
+    }
+
+    fn delete(&self, hash: &ContentHash) -> Result<(), ChunkError> {
+        match fs::remove_file(self.path(hash)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError> {
+        for i in 0..=255u8 {
+            let dir = self.root.join(format!("{i:02x}"));
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let Some(hash) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    tracing::warn!(path = %entry.path().display(), "stray file in chunk store");
+                    continue;
+                };
+                let written = entry.metadata()?.modified()?;
+                visit(hash, written);
+            }
+        }
+        Ok(())
+    }
+
+    fn free_bytes(&self) -> Result<u64, ChunkError> {
+        free_bytes(&self.root)
+    }
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, ChunkError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| ChunkError::Io(e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_dedup_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalChunkStore::open(dir.path()).unwrap();
+        let data = vec![7u8; 100_000];
+        let hash = ContentHash::of(&data);
+        store.put(&hash, &data).unwrap();
+        store.put(&hash, &data).unwrap();
+        assert_eq!(store.get(&hash).unwrap(), data);
+        let mut seen = Vec::new();
+        store.for_each(&mut |h, _| seen.push(h)).unwrap();
+        assert_eq!(seen, vec![hash]);
+
+        // Flip one byte on disk: the read must fail, never return the bytes.
+        let path = store.path(&hash);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[500] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(store.get(&hash), Err(ChunkError::Corrupt { .. })));
+
+        store.delete(&hash).unwrap();
+        assert!(matches!(store.get(&hash), Err(ChunkError::Missing(_))));
+        store.delete(&hash).unwrap();
+        assert!(store.free_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn open_clears_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LocalChunkStore::open(dir.path()).unwrap());
+        fs::write(dir.path().join(".tmp/leftover"), b"x").unwrap();
+        drop(LocalChunkStore::open(dir.path()).unwrap());
+        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,59 @@
+//! Chunk storage: pieces of file content of at most 4 MiB, named by BLAKE3.
+//!
+//! [`ChunkStore`] is the seam between the data path and where bytes live
+//! (local disk now; object stores and simulated stores later). [`Pins`] keeps
+//! garbage collection away from chunks that an upload is about to reference.
+
+mod local;
+mod pins;
+
+use std::time::SystemTime;
+
+use cairn_proto::ContentHash;
+
+pub use local::LocalChunkStore;
+pub use pins::{PinGuard, Pins};
+
+/// Why a chunk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk {0} is missing")]
+    Missing(ContentHash),
+    /// The bytes on disk do not hash to the chunk's name. Never returned as data.
+    #[error("chunk {hash} is corrupt: its content hashes to {actual}")]
+    Corrupt { hash: ContentHash, actual: ContentHash },
+    #[error("chunk {hash} is corrupt: {len} bytes is over the chunk size limit")]
+    Oversize { hash: ContentHash, len: u64 },
+    #[error("no space left for chunk data")]
+    NoSpace,
+    #[error("chunk store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ChunkError {
+    pub fn from_io(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            Self::NoSpace
+        } else {
+            Self::Io(e)
+        }
+    }
+}
+
+/// Where chunks live. Methods block; call them from blocking threads.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Makes `data` durable under `hash` (its BLAKE3) unless already present.
+    /// Returns only once the chunk would survive a power loss.
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError>;
+
+    /// Reads a chunk and checks its hash; a mismatch is an error, not data.
+    fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError>;
+
+    fn delete(&self, hash: &ContentHash) -> Result<(), ChunkError>;
+
+    /// Calls `visit` with every stored chunk and when it was written.
+    fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError>;
+
+    /// Bytes free for new chunks.
+    fn free_bytes(&self) -> Result<u64, ChunkError>;
+}

@@ -1,0 +1,243 @@
+//! Configuration: a TOML file (`--config`) whose every field a flag or a
+//! `CAIRN_*` environment variable can override, validated into [`Config`].
+//! `deploy/cairn.toml` is the annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_proto::ShareName;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::Access;
+
+/// The config file, as written. Every field has a default.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's id, unique in its cluster.
+    pub node_id: u64,
+    /// Where metadata (`meta/`) and chunks (`chunks/`) live.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API; port 0 picks a free port.
+    pub http_listen: String,
+    /// Largest upload accepted, in bytes.
+    pub upload_bytes_max: u64,
+    /// Files up to this size are stored inside the metadata.
+    pub inline_bytes_max: u64,
+    /// Free space kept in reserve: uploads that would leave less are refused
+    /// (507), so metadata writes never meet a full disk.
+    pub free_bytes_min: u64,
+    /// Memory for chunk buffers of all uploads together, in bytes.
+    pub upload_buffer_bytes_max: u64,
+    /// An upload whose body stalls this long is aborted.
+    pub body_idle_timeout_secs: u64,
+    /// How long an unreferenced chunk is kept before GC deletes it.
+    pub gc_grace_secs: u64,
+    /// Time between GC passes.
+    pub gc_interval_secs: u64,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// Shares to create at startup, with their tokens.
+    pub shares: Vec<ShareConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./cairn-data"),
+            http_listen: "127.0.0.1:8080".into(),
+            upload_bytes_max: 1 << 40,
+            inline_bytes_max: 64 * 1024,
+            free_bytes_min: 256 << 20,
+            upload_buffer_bytes_max: 256 << 20,
+            body_idle_timeout_secs: 60,
+            gc_grace_secs: 3600,
+            gc_interval_secs: 300,
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Human,
+            shares: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    pub name: String,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The bearer token itself (at least 16 characters).
+    pub token: String,
+    pub access: Access,
+}
+
+/// `cairn-server` command line; each flag also reads `CAIRN_<FLAG>`.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-server", version, about = "Cairn storage node")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "CAIRN_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    #[arg(long, env = "CAIRN_UPLOAD_BYTES_MAX")]
+    pub upload_bytes_max: Option<u64>,
+    #[arg(long, env = "CAIRN_FREE_BYTES_MIN")]
+    pub free_bytes_min: Option<u64>,
+    #[arg(long, env = "CAIRN_GC_GRACE_SECS")]
+    pub gc_grace_secs: Option<u64>,
+    #[arg(long, env = "CAIRN_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
+    #[arg(long, env = "CAIRN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Once listening, write `{"http": "ADDR", "pid": N}` here (for scripts
+    /// and tests that bind port 0).
+    #[arg(long, env = "CAIRN_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub upload_bytes_max: u64,
+    pub inline_bytes_max: u64,
+    pub free_bytes_min: u64,
+    pub upload_buffers: usize,
+    pub body_idle_timeout: Duration,
+    pub gc_grace: Duration,
+    pub gc_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub shares: Vec<(ShareName, Vec<TokenConfig>)>,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Largest inline file: inline data rides in every metadata read of its inode.
+pub const INLINE_BYTES_LIMIT: u64 = 1 << 20;
+
+impl Config {
+    /// Reads the file named by `--config` (if any) and applies overrides.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let mut file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        if let Some(v) = cli.node_id { file.node_id = v; }
+        if let Some(v) = cli.data_dir { file.data_dir = v; }
+        if let Some(v) = cli.http_listen { file.http_listen = v; }
+        if let Some(v) = cli.upload_bytes_max { file.upload_bytes_max = v; }
+        if let Some(v) = cli.free_bytes_min { file.free_bytes_min = v; }
+        if let Some(v) = cli.gc_grace_secs { file.gc_grace_secs = v; }
+        if let Some(v) = cli.gc_interval_secs { file.gc_interval_secs = v; }
+        if let Some(v) = cli.log_format { file.log_format = v; }
+        Self::validate(file, cli.ready_file)
+    }
+
+    pub fn validate(file: FileConfig, ready_file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let http_listen = file
+            .http_listen
+            .parse()
+            .map_err(|e| invalid(format!("http_listen '{}': {e}", file.http_listen)))?;
+        if file.inline_bytes_max > INLINE_BYTES_LIMIT {
+            return Err(invalid(format!("inline_bytes_max is at most {INLINE_BYTES_LIMIT}")));
+        }
+        let chunk = cairn_proto::CHUNK_SIZE_MAX as u64;
+        if file.upload_buffer_bytes_max < chunk {
+            return Err(invalid(format!("upload_buffer_bytes_max must be at least one chunk ({chunk} bytes)")));
+        }
+        if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 {
+            return Err(invalid("gc_interval_secs and body_idle_timeout_secs must be positive".into()));
+        }
+        let mut shares = Vec::new();
+        for s in file.shares {
+            let name = ShareName::parse(&s.name).map_err(|e| invalid(format!("share '{}': {e}", s.name)))?;
+            if let Some(t) = s.tokens.iter().find(|t| t.token.len() < 16) {
+                return Err(invalid(format!("share '{name}': token '{}…' is shorter than 16 characters", t.token.chars().take(3).collect::<String>())));
+            }
+            shares.push((name, s.tokens));
+        }
+        Ok(Self {
+            node_id: file.node_id,
+            data_dir: file.data_dir,
+            http_listen,
+            upload_bytes_max: file.upload_bytes_max,
+            inline_bytes_max: file.inline_bytes_max,
+            free_bytes_min: file.free_bytes_min,
+            upload_buffers: usize::try_from(file.upload_buffer_bytes_max / chunk).unwrap_or(usize::MAX),
+            body_idle_timeout: Duration::from_secs(file.body_idle_timeout_secs),
+            gc_grace: Duration::from_secs(file.gc_grace_secs),
+            gc_interval: Duration::from_secs(file.gc_interval_secs),
+            shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
+            log_format: file.log_format,
+            shares,
+            ready_file,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_annotated_example_parses() {
+        let text = include_str!("../../deploy/cairn.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let config = Config::validate(file, None).unwrap();
+        assert_eq!(config.inline_bytes_max, 64 * 1024);
+        assert_eq!(config.shares.len(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let file = FileConfig { http_listen: "nope".into(), ..Default::default() };
+        assert!(Config::validate(file, None).is_err());
+        let file = FileConfig {
+            shares: vec![ShareConfig { name: "Bad".into(), tokens: vec![] }],
+            ..Default::default()
+        };
+        assert!(Config::validate(file, None).is_err());
+    }
+}

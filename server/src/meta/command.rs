@@ -1,0 +1,139 @@
+//! Metadata mutations as values.
+//!
+//! Every change to the namespace is a [`Command`] applied by one deterministic
+//! function (`apply`). A command carries every input that is not in the store
+//! (the time, the client's preconditions), so applying the same sequence of
+//! commands to the same state always gives the same state: that is what lets
+//! the command log be replicated.
+
+use cairn_proto::{ContentHash, FilePath, ShareName};
+use serde::{Deserialize, Serialize};
+
+use super::records::{Access, FileData};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a share with an empty root directory.
+    CreateShare { share: ShareName, now_ns: i64 },
+    /// Adds or replaces a bearer token (stored by its BLAKE3).
+    PutToken {
+        token_hash: ContentHash,
+        share: ShareName,
+        access: Access,
+    },
+    /// Creates or replaces a file, creating missing parent directories.
+    PutFile {
+        share: ShareName,
+        path: FilePath,
+        file: FileData,
+        mode: u32,
+        now_ns: i64,
+        precondition: Precondition,
+    },
+    /// Creates a directory, creating missing parents.
+    Mkdir {
+        share: ShareName,
+        path: FilePath,
+        mode: u32,
+        now_ns: i64,
+    },
+    /// Removes a file or an empty directory.
+    Remove {
+        share: ShareName,
+        path: FilePath,
+        now_ns: i64,
+        precondition: Precondition,
+    },
+    /// Moves a file or directory, creating missing parents of `to`.
+    Rename {
+        share: ShareName,
+        from: FilePath,
+        to: FilePath,
+        /// Replace what is at `to` (a file, or an empty directory when moving
+        /// a directory), as POSIX rename(2) does.
+        replace: bool,
+        now_ns: i64,
+    },
+    /// Drops chunk records whose count is still zero, after GC deleted them.
+    ForgetChunks { hashes: Vec<ContentHash> },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CreateShare { .. } => "create_share",
+            Self::PutToken { .. } => "put_token",
+            Self::PutFile { .. } => "put_file",
+            Self::Mkdir { .. } => "mkdir",
+            Self::Remove { .. } => "remove",
+            Self::Rename { .. } => "rename",
+            Self::ForgetChunks { .. } => "forget_chunks",
+        }
+    }
+}
+
+/// A set of ETags in a conditional request: `*` or a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TagSet {
+    Any,
+    Tags(Vec<ContentHash>),
+}
+
+impl TagSet {
+    fn matches(&self, current: Option<Option<ContentHash>>) -> bool {
+        match (self, current) {
+            (TagSet::Any, cur) => cur.is_some(),
+            (TagSet::Tags(tags), Some(Some(tag))) => tags.contains(&tag),
+            (TagSet::Tags(_), _) => false,
+        }
+    }
+}
+
+/// `If-Match` / `If-None-Match`, checked atomically with the change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precondition {
+    pub if_match: Option<TagSet>,
+    pub if_none_match: Option<TagSet>,
+}
+
+impl Precondition {
+    /// `current` is `None` when nothing exists at the path, `Some(None)` for
+    /// a directory (which has no ETag) and `Some(Some(tag))` for a file.
+    pub fn holds(&self, current: Option<Option<ContentHash>>) -> bool {
+        self.holds_if_match(current) && self.holds_if_none_match(current)
+    }
+
+    pub fn holds_if_match(&self, current: Option<Option<ContentHash>>) -> bool {
+        self.if_match.as_ref().is_none_or(|s| s.matches(current))
+    }
+
+    pub fn holds_if_none_match(&self, current: Option<Option<ContentHash>>) -> bool {
+        self.if_none_match.as_ref().is_none_or(|s| !s.matches(current))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions() {
+        let a = ContentHash::of(b"a");
+        let b = ContentHash::of(b"b");
+        let create_only = Precondition { if_none_match: Some(TagSet::Any), ..Default::default() };
+        assert!(create_only.holds(None));
+        assert!(!create_only.holds(Some(Some(a))));
+        assert!(!create_only.holds(Some(None)));
+        let if_a = Precondition { if_match: Some(TagSet::Tags(vec![a])), ..Default::default() };
+        assert!(if_a.holds(Some(Some(a))));
+        assert!(!if_a.holds(Some(Some(b))));
+        assert!(!if_a.holds(None));
+        let must_exist = Precondition { if_match: Some(TagSet::Any), ..Default::default() };
+        assert!(must_exist.holds(Some(Some(b))));
+        assert!(!must_exist.holds(None));
+        let not_b = Precondition { if_none_match: Some(TagSet::Tags(vec![b])), ..Default::default() };
+        assert!(not_b.holds(None) && not_b.holds(Some(Some(a))) && !not_b.holds(Some(Some(b))));
+        assert!(Precondition::default().holds(None));
+    }
+}

@@ -1,0 +1,74 @@
+//! The key layout of the metadata keyspace: one byte of prefix per table.
+//!
+//! Integers are big-endian so keys sort numerically; directory entries are
+//! `D | parent | name`, so a directory's entries are one contiguous range in
+//! name order, which is what listing and pagination need.
+
+use cairn_proto::{ContentHash, InodeId, ShareName};
+
+pub const NEXT_INODE: &[u8] = b"Mnext_inode";
+pub const SCHEMA: &[u8] = b"Mschema";
+
+pub fn share(name: &ShareName) -> Vec<u8> {
+    prefixed(b'S', name.as_str().as_bytes())
+}
+
+pub fn token(token_hash: &ContentHash) -> Vec<u8> {
+    prefixed(b'T', token_hash.as_bytes())
+}
+
+pub fn inode(id: InodeId) -> Vec<u8> {
+    prefixed(b'I', &id.to_be_bytes())
+}
+
+/// The prefix shared by every entry of directory `dir`.
+pub fn dir_prefix(dir: InodeId) -> Vec<u8> {
+    prefixed(b'D', &dir.to_be_bytes())
+}
+
+pub fn dir_entry(dir: InodeId, name: &str) -> Vec<u8> {
+    let mut k = dir_prefix(dir);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub const CHUNK_PREFIX: u8 = b'C';
+
+pub fn chunk(hash: &ContentHash) -> Vec<u8> {
+    prefixed(CHUNK_PREFIX, hash.as_bytes())
+}
+
+fn prefixed(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + body.len());
+    k.push(tag);
+    k.extend_from_slice(body);
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_entries_sort_by_parent_then_name() {
+        let a = dir_entry(InodeId(1), "b");
+        let b = dir_entry(InodeId(1), "c");
+        let c = dir_entry(InodeId(2), "a");
+        assert!(a < b && b < c);
+        assert!(a.starts_with(&dir_prefix(InodeId(1))));
+        assert!(prefix_end(&dir_prefix(InodeId(1))) <= dir_prefix(InodeId(2)));
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
+}

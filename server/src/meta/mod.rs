@@ -1,0 +1,19 @@
+//! Metadata: shares, the directory tree, file -> chunk lists and chunk
+//! reference counts, as a deterministic state machine over RocksDB.
+
+pub mod apply;
+pub mod command;
+pub mod committer;
+pub mod keys;
+pub mod overlay;
+pub mod records;
+pub mod store;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use apply::{Applied, MetaError};
+pub use command::{Command, Precondition, TagSet};
+pub use committer::{CommitError, Committer};
+pub use records::{Access, ChunkRef, Content, FileData, Inode};
+pub use store::{MetaStore, StoreError};

@@ -1,0 +1,208 @@
+//! On-disk metadata records and their versioned encoding.
+//!
+//! Every value starts with a one-byte format version, then a postcard body.
+//! Decoding never panics: a record we cannot read is a [`RecordError`], which
+//! the store reports as corruption instead of guessing.
+
+use cairn_proto::api::EntryKind;
+use cairn_proto::{ContentHash, InodeId, ShareName};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Format version written in front of every record.
+pub const RECORD_VERSION: u8 = 1;
+
+/// A metadata value that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty record")]
+    Empty,
+    #[error("record format version {0} is not supported (this build reads {RECORD_VERSION})")]
+    Version(u8),
+    #[error("record body does not decode: {0}")]
+    Body(#[from] postcard::Error),
+}
+
+/// Serializes `value` with the version byte in front.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    // Writing postcard into a Vec only fails if `T`'s Serialize impl fails,
+    // which none of our derived records do.
+    match postcard::to_extend(value, out) {
+        Ok(v) => v,
+        Err(e) => panic!("metadata record failed to serialize: {e}"),
+    }
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if version != RECORD_VERSION {
+        return Err(RecordError::Version(version));
+    }
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// One share: a named tree with its own root directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRecord {
+    pub root: InodeId,
+    pub created_ns: i64,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn can_write(self) -> bool {
+        matches!(self, Self::ReadWrite)
+    }
+}
+
+/// A bearer token, stored by the BLAKE3 of its text so the store never holds
+/// usable secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub share: ShareName,
+    pub access: Access,
+}
+
+/// A piece of a file's content, stored in the chunk store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: ContentHash,
+    pub len: u32,
+}
+
+/// Where a file's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// Small files live in the metadata itself.
+    Inline(Vec<u8>),
+    /// Larger ones are a list of chunks, in order.
+    Chunks(Vec<ChunkRef>),
+}
+
+impl Content {
+    pub fn chunks(&self) -> &[ChunkRef] {
+        match self {
+            Self::Inline(_) => &[],
+            Self::Chunks(c) => c,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Self::Inline(b) => b.len() as u64,
+            Self::Chunks(c) => c.iter().map(|c| u64::from(c.len)).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A file or directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub nlink: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// The directory holding this one; used to refuse moving a directory
+    /// into its own subtree. Files keep their first parent.
+    pub parent: InodeId,
+    pub file: Option<FileData>,
+}
+
+/// What only files have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    pub size: u64,
+    pub etag: ContentHash,
+    pub content_type: Option<String>,
+    pub content: Content,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Directory
+    }
+
+    pub fn etag(&self) -> Option<ContentHash> {
+        self.file.as_ref().map(|f| f.etag)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.size)
+    }
+}
+
+/// A name in a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub inode: InodeId,
+    pub kind: EntryKind,
+}
+
+/// How many files reference a chunk. At zero the record stays, stamped with
+/// the time, so GC can wait out its grace period before deleting the chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub refs: u64,
+    pub unreferenced_since_ns: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let rec = ChunkRecord { refs: 3, unreferenced_since_ns: -1 };
+        let bytes = encode(&rec);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(decode::<ChunkRecord>(&bytes).unwrap(), rec);
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(matches!(decode::<ChunkRecord>(&future), Err(RecordError::Version(9))));
+        assert!(matches!(decode::<ChunkRecord>(&[]), Err(RecordError::Empty)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode::<Inode>(&bytes);
+            let _ = decode::<DirEntry>(&bytes);
+            let _ = decode::<ShareRecord>(&bytes);
+            let _ = decode::<TokenRecord>(&bytes);
+        }
+
+        #[test]
+        fn inode_round_trip(size in any::<u64>(), mode in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let ino = Inode {
+                kind: EntryKind::File,
+                mode,
+                nlink: 1,
+                mtime_ns: 5,
+                ctime_ns: 6,
+                parent: InodeId(1),
+                file: Some(FileData {
+                    size,
+                    etag: ContentHash::of(&data),
+                    content_type: Some("text/plain".into()),
+                    content: Content::Inline(data),
+                }),
+            };
+            prop_assert_eq!(decode::<Inode>(&encode(&ino)).unwrap(), ino);
+        }
+    }
+}

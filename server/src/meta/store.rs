@@ -1,0 +1,239 @@
+//! The metadata store: RocksDB holding the state that `apply` builds.
+//!
+//! Writes come only from the committer (one batch per group of commands, synced
+//! before anyone is told). Readers take a RocksDB snapshot so a lookup that
+//! reads several keys sees one committed state, never half of a batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_proto::api::EntryKind;
+use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
+use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+
+use super::apply::{self, ApplyError, MetaError};
+use super::keys;
+use super::overlay::KvRead;
+use super::records::{
+    ChunkRecord, DirEntry, Inode, RecordError, ShareRecord, TokenRecord, decode, encode,
+};
+
+/// The metadata store failed; the request cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt metadata record at key {key}: {source}")]
+    Corrupt { key: String, source: RecordError },
+    #[error("a directory entry points at missing inode {0}")]
+    Dangling(InodeId),
+    #[error("inode numbers are exhausted")]
+    InodesExhausted,
+    #[error("metadata invariant broken: {0}")]
+    Invariant(String),
+    #[error("metadata schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    Schema { found: u32 },
+}
+
+impl StoreError {
+    pub fn corrupt(key: &[u8], source: RecordError) -> Self {
+        Self::Corrupt { key: escape(key), source }
+    }
+
+    /// True if the disk under the store is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Self::Rocks(e) if e.to_string().contains("No space left"))
+    }
+}
+
+fn escape(key: &[u8]) -> String {
+    key.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+}
+
+/// Version of the key layout; bumped with a migration when it changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A directory entry with the inode it names.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: String,
+    pub entry: DirEntry,
+    pub inode: Inode,
+}
+
+pub struct MetaStore {
+    db: DB,
+}
+
+impl MetaStore {
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_paranoid_checks(true);
+        // Bound what RocksDB keeps in memory: a few write buffers, no more.
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(3);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let db = DB::open(&opts, dir)?;
+        let store = Self { db };
+        store.check_schema()?;
+        Ok(Arc::new(store))
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.db.get(keys::SCHEMA)? {
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put(keys::SCHEMA, encode(&SCHEMA_VERSION));
+                self.write(batch)?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found: u32 =
+                    decode(&bytes).map_err(|e| StoreError::corrupt(keys::SCHEMA, e))?;
+                if found == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::Schema { found })
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` atomically and waits until it is on disk (WAL fsynced).
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// A consistent view of the committed state.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot { snap: self.db.snapshot(), db: &self.db }
+    }
+
+    pub fn token(&self, token_hash: &ContentHash) -> Result<Option<TokenRecord>, StoreError> {
+        read_record(&self.db, &keys::token(token_hash))
+    }
+
+    pub fn share(&self, share: &ShareName) -> Result<Option<ShareRecord>, StoreError> {
+        read_record(&self.db, &keys::share(share))
+    }
+
+    pub fn chunk_record(&self, hash: &ContentHash) -> Result<Option<ChunkRecord>, StoreError> {
+        read_record(&self.db, &keys::chunk(hash))
+    }
+
+    /// Every chunk record, for checks and tests; bounded by `limit`.
+    pub fn chunk_records(&self, limit: usize) -> Result<Vec<(ContentHash, ChunkRecord)>, StoreError> {
+        let prefix = [keys::CHUNK_PREFIX];
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let hash: [u8; 32] = k[1..]
+                .try_into()
+                .map_err(|_| StoreError::Invariant(format!("bad chunk key {}", escape(&k))))?;
+            let rec = decode(&v).map_err(|e| StoreError::corrupt(&k, e))?;
+            out.push((ContentHash(hash), rec));
+        }
+        Ok(out)
+    }
+}
+
+impl KvRead for MetaStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key)?)
+    }
+
+    fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
+        Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
+    }
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
+    match db.get(key)? {
+        Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?)),
+        None => Ok(None),
+    }
+}
+
+/// A point-in-time view for readers.
+pub struct Snapshot<'a> {
+    snap: rocksdb::SnapshotWithThreadMode<'a, DB>,
+    db: &'a DB,
+}
+
+impl KvRead for Snapshot<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get(key)?)
+    }
+
+    fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snap);
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
+        Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
+    }
+}
+
+impl Snapshot<'_> {
+    /// The inode at `path` in `share`.
+    pub fn resolve(&self, share: &ShareName, path: &FilePath) -> Result<(InodeId, Inode), ApplyError> {
+        let root = apply::load_share(self, share)?.root;
+        let not_found = || MetaError::NotFound(path.to_string());
+        let id = match path.split_last() {
+            None => root,
+            Some((parent_path, name)) => {
+                let parent = apply::resolve_dir(self, root, &parent_path)?.ok_or_else(not_found)?;
+                apply::lookup(self, parent, name)?.ok_or_else(not_found)?.inode
+            }
+        };
+        Ok((id, apply::load_inode(self, id)?))
+    }
+
+    /// Up to `limit` entries of directory `dir` whose names sort after
+    /// `after`, and whether more follow.
+    pub fn list(
+        &self,
+        dir: InodeId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Listed>, bool), StoreError> {
+        let prefix = keys::dir_prefix(dir);
+        let start = match after {
+            Some(name) => {
+                let mut k = keys::dir_entry(dir, name);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snap);
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), ro) {
+            let (k, v) = item?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let name = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| StoreError::Invariant(format!("non-UTF-8 name at {}", escape(&k))))?
+                .to_owned();
+            let entry: DirEntry = decode(&v).map_err(|e| StoreError::corrupt(&k, e))?;
+            let inode = apply::load_inode(self, entry.inode)?;
+            debug_assert_eq!(inode.kind == EntryKind::Directory, entry.kind == EntryKind::Directory);
+            out.push(Listed { name, entry, inode });
+        }
+        Ok((out, false))
+    }
+}

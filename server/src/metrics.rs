@@ -1,0 +1,115 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0002, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_seconds: HistogramFamily<MethodLabel>,
+    pub http_bytes_in: Counter,
+    pub http_bytes_out: Counter,
+    pub uploads_in_flight: Gauge,
+    pub chunk_writes: Counter,
+    pub chunk_dedup_hits: Counter,
+    pub chunk_bytes_written: Counter,
+    pub chunk_reads: Counter,
+    pub chunk_corrupt: Counter,
+    pub meta_groups: Counter,
+    pub meta_commands: Counter,
+    pub meta_group_size: Histogram,
+    pub meta_commit_seconds: Histogram,
+    pub gc_runs: Counter,
+    pub gc_chunks_deleted: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("cairn"),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(latency_histogram),
+            http_bytes_in: Counter::default(),
+            http_bytes_out: Counter::default(),
+            uploads_in_flight: Gauge::default(),
+            chunk_writes: Counter::default(),
+            chunk_dedup_hits: Counter::default(),
+            chunk_bytes_written: Counter::default(),
+            chunk_reads: Counter::default(),
+            chunk_corrupt: Counter::default(),
+            meta_groups: Counter::default(),
+            meta_commands: Counter::default(),
+            meta_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            meta_commit_seconds: latency_histogram(),
+            gc_runs: Counter::default(),
+            gc_chunks_deleted: Counter::default(),
+        };
+        m.register();
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register("http_requests", "HTTP requests by method and status", self.http_requests.clone());
+        r.register("http_request_seconds", "HTTP request latency to response headers", self.http_seconds.clone());
+        r.register("http_received_bytes", "Upload body bytes received", self.http_bytes_in.clone());
+        r.register("http_sent_bytes", "Download body bytes sent", self.http_bytes_out.clone());
+        r.register("uploads_in_flight", "Uploads being received", self.uploads_in_flight.clone());
+        r.register("chunk_writes", "Chunks written to the local chunk store", self.chunk_writes.clone());
+        r.register("chunk_dedup_hits", "Chunks already present when written", self.chunk_dedup_hits.clone());
+        r.register("chunk_written_bytes", "Bytes of new chunks written", self.chunk_bytes_written.clone());
+        r.register("chunk_reads", "Chunks read and verified", self.chunk_reads.clone());
+        r.register("chunk_corrupt", "Chunk reads that failed their BLAKE3 check", self.chunk_corrupt.clone());
+        r.register("meta_commit_groups", "Metadata write batches synced", self.meta_groups.clone());
+        r.register("meta_commands", "Metadata commands applied", self.meta_commands.clone());
+        r.register("meta_group_commands", "Commands per synced metadata batch", self.meta_group_size.clone());
+        r.register("meta_commit_seconds", "Time to apply and sync one metadata batch", self.meta_commit_seconds.clone());
+        r.register("gc_runs", "Garbage collection passes", self.gc_runs.clone());
+        r.register("gc_deleted_chunks", "Unreferenced chunks deleted", self.gc_chunks_deleted.clone());
+    }
+
+    pub fn meta_group(&self, commands: usize, took: Duration) {
+        self.meta_groups.inc();
+        self.meta_commands.inc_by(commands as u64);
+        self.meta_group_size.observe(commands as f64);
+        self.meta_commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,346 @@
+//! Test harness: starts real `cairn-server` processes on free ports, with
+//! their own data directories, and stops, kills or restarts them.
+//!
+//! Every server logs JSON to a file; when a [`Server`] is dropped (or
+//! [`Server::check_log`] is called) the test fails on any ERROR line that the
+//! test did not declare expected.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's binaries (`target/release`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CAIRN_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // Test binaries live in target/<profile>/deps; the binaries one up.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, failing clearly if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build --release --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Options for a test server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub gc_grace_secs: u64,
+    pub gc_interval_secs: u64,
+    pub upload_bytes_max: u64,
+    pub free_bytes_min: u64,
+    pub body_idle_timeout_secs: u64,
+    /// Substrings of ERROR messages this test provokes on purpose.
+    pub allowed_errors: Vec<String>,
+    /// Use this data directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            gc_grace_secs: 3600,
+            gc_interval_secs: 3600,
+            upload_bytes_max: 1 << 40,
+            free_bytes_min: 16 << 20,
+            body_idle_timeout_secs: 30,
+            allowed_errors: Vec::new(),
+            data_dir: None,
+        }
+    }
+}
+
+/// A running (or stopped) `cairn-server` process.
+pub struct Server {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub token: String,
+    pub read_token: String,
+    pub other_token: String,
+    pub data_dir: PathBuf,
+    pub options: ServerOptions,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Bytes of the log already checked, across restarts.
+    checked: u64,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> Self {
+        let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+        let mut server = Self {
+            url: String::new(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: format!("rw-{:032x}", rand::random::<u128>()),
+            read_token: format!("ro-{:032x}", rand::random::<u128>()),
+            other_token: format!("ot-{:032x}", rand::random::<u128>()),
+            data_dir,
+            options,
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            log: PathBuf::new(),
+            checked: 0,
+        };
+        server.log = server.dir.join("server.log");
+        server.spawn().expect("start cairn-server");
+        server
+    }
+
+    fn config_text(&self, port: u16) -> String {
+        let o = &self.options;
+        format!(
+            r#"node_id = 1
+data_dir = "{data}"
+http_listen = "127.0.0.1:{port}"
+log_format = "json"
+gc_grace_secs = {grace}
+gc_interval_secs = {interval}
+upload_bytes_max = {max}
+free_bytes_min = {free}
+body_idle_timeout_secs = {idle}
+shutdown_grace_secs = 20
+
+[[shares]]
+name = "default"
+tokens = [
+  {{ token = "{rw}", access = "read_write" }},
+  {{ token = "{ro}", access = "read" }},
+]
+
+[[shares]]
+name = "other"
+tokens = [{{ token = "{ot}", access = "read_write" }}]
+"#,
+            data = self.data_dir.display(),
+            grace = o.gc_grace_secs,
+            interval = o.gc_interval_secs,
+            max = o.upload_bytes_max,
+            free = o.free_bytes_min,
+            idle = o.body_idle_timeout_secs,
+            rw = self.token,
+            ro = self.read_token,
+            ot = self.other_token,
+        )
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        // Restarts reuse the port, so clients keep their URL.
+        let port = self.addr.port();
+        let config = self.dir.join("cairn.toml");
+        fs::write(&config, self.config_text(port))?;
+        let ready = self.dir.join("ready.json");
+        let _ = fs::remove_file(&ready);
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(binary("cairn-server"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("CAIRN_LOG", "info,cairn_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning cairn-server")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("cairn-server exited at startup with {status}:\n{}", self.log_text());
+            }
+            if let Ok(text) = fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let addr: SocketAddr = v["http"].as_str().unwrap_or_default().parse()?;
+                if TcpStream::connect(addr).is_ok() {
+                    self.addr = addr;
+                    self.url = format!("http://{addr}");
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!("cairn-server did not start in time:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cairn-server did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart a stopped or killed server");
+        self.spawn().expect("restart cairn-server");
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails on ERROR lines not declared in `allowed_errors`.
+    pub fn check_log(&mut self) {
+        let Ok(file) = fs::File::open(&self.log) else { return };
+        let mut offset = 0u64;
+        let mut bad = Vec::new();
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            offset += line.len() as u64 + 1;
+            if offset <= self.checked {
+                continue;
+            }
+            if is_unexpected_error(&line, &self.options.allowed_errors) {
+                bad.push(line);
+            }
+        }
+        self.checked = offset;
+        assert!(bad.is_empty(), "cairn-server logged unexpected errors:\n{}", bad.join("\n"));
+    }
+
+    /// `Authorization` header value for the read-write token.
+    pub fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// URL of `path` in the `default` share.
+    pub fn object_url(&self, path: &str) -> String {
+        format!("{}/v1/default/{}", self.url, path.trim_start_matches('/'))
+    }
+
+    /// Number of chunk files on disk.
+    pub fn chunk_files(&self) -> usize {
+        let root = self.data_dir.join("chunks");
+        let Ok(dirs) = fs::read_dir(&root) else { return 0 };
+        dirs.filter_map(Result::ok)
+            .filter(|d| d.file_name().len() == 2)
+            .map(|d| fs::read_dir(d.path()).map(|e| e.count()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Paths of the chunk files on disk.
+    pub fn chunk_paths(&self) -> Vec<PathBuf> {
+        let root = self.data_dir.join("chunks");
+        let mut out = Vec::new();
+        for d in fs::read_dir(&root).into_iter().flatten().filter_map(Result::ok) {
+            if d.file_name().len() == 2 {
+                out.extend(fs::read_dir(d.path()).into_iter().flatten().filter_map(Result::ok).map(|e| e.path()));
+            }
+        }
+        out
+    }
+}
+
+fn is_unexpected_error(line: &str, allowed: &[String]) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        // Not JSON: a panic message or a crash; treat panics as errors.
+        return line.contains("panicked at");
+    };
+    if v["level"].as_str() != Some("ERROR") {
+        return false;
+    }
+    !allowed.iter().any(|a| line.contains(a.as_str()))
+}
+
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            self.check_log();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (fast, seedable) for test files.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let take = (len - out.len()).min(8);
+        out.extend_from_slice(&v.to_le_bytes()[..take]);
+    }
+    out
+}
+
+/// The workspace root (for scripts under tests/scripts).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Runs a script and fails the test with its output if it fails.
+pub fn run_script(cmd: &mut Command) {
+    let out = cmd.output().expect("run script");
+    let text = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "script failed ({}):\n{text}", out.status);
+    println!("{text}");
+}

@@ -1,0 +1,243 @@
+//! Crash safety and clean shutdown: `kill -9` in the middle of a stream of
+//! uploads, SIGTERM in the middle of one, and a full disk.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_tests::{Server, ServerOptions, random_bytes};
+use futures::StreamExt;
+use reqwest::{Client, StatusCode, header};
+
+const CHUNK: usize = 4 << 20;
+
+#[derive(Default)]
+struct Log {
+    /// Uploads that got a 2xx: path -> content hash.
+    acked: BTreeMap<String, blake3::Hash>,
+    /// Uploads whose outcome is unknown (error, no answer): path -> hash.
+    unknown: BTreeMap<String, blake3::Hash>,
+    /// Content by hash, to compute which chunks must exist.
+    contents: BTreeMap<String, Vec<u8>>,
+}
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Uploads until the server goes away, recording what was acknowledged.
+async fn uploader(s_url: String, auth: String, worker: u64, log: Arc<Mutex<Log>>) {
+    let c = client();
+    for i in 0u64.. {
+        let size = match i % 4 {
+            0 => 1000,
+            1 => 70_000,
+            2 => (5 << 20) + 17,
+            _ => 9 << 20,
+        };
+        let data = random_bytes(size, worker * 1_000_000 + i);
+        let path = format!("crash/w{worker}-{i}");
+        let hash = blake3::hash(&data);
+        let result = c
+            .put(format!("{s_url}/v1/default/{path}"))
+            .header(header::AUTHORIZATION, &auth)
+            .body(data.clone())
+            .send()
+            .await;
+        let mut log = log.lock().unwrap();
+        log.contents.insert(path.clone(), data);
+        match result {
+            Ok(r) if r.status().is_success() => {
+                log.acked.insert(path, hash);
+            }
+            Ok(r) => panic!("unexpected status {} for {path}", r.status()),
+            Err(_) => {
+                log.unknown.insert(path, hash);
+                return;
+            }
+        }
+    }
+}
+
+async fn get_hash(s: &Server, path: &str) -> Option<blake3::Hash> {
+    let r = client().get(s.object_url(path)).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    if r.status() == StatusCode::NOT_FOUND {
+        return None;
+    }
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    Some(blake3::hash(&r.bytes().await.unwrap()))
+}
+
+async fn listed(s: &Server, dir: &str) -> Vec<String> {
+    let r = client().get(format!("{}?list&limit=10000", s.object_url(dir))).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    if r.status() == StatusCode::NOT_FOUND {
+        return Vec::new();
+    }
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["entries"].as_array().unwrap().iter().map(|e| format!("{dir}/{}", e["name"].as_str().unwrap())).collect()
+}
+
+#[tokio::test]
+async fn kill_9_during_uploads_loses_nothing_acknowledged() {
+    let mut s = Server::start_with(ServerOptions { gc_grace_secs: 2, gc_interval_secs: 1, ..Default::default() });
+    let log = Arc::new(Mutex::new(Log::default()));
+    for round in 0..3u64 {
+        tracing::info!("--- round {round}: uploads, then kill -9");
+        let tasks: Vec<_> = (0..6)
+            .map(|w| tokio::spawn(uploader(s.url.clone(), s.auth(), round * 100 + w, Arc::clone(&log))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500 + 500 * round)).await;
+        s.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        s.restart();
+
+        let log = log.lock().unwrap();
+        assert!(!log.acked.is_empty(), "some uploads were acknowledged before the kill");
+        let acked = log.acked.clone();
+        let unknown = log.unknown.clone();
+        let contents = log.contents.clone();
+        drop(log);
+        for (path, hash) in &acked {
+            assert_eq!(get_hash(&s, path).await, Some(*hash), "acknowledged upload {path} lost or damaged");
+        }
+        let mut visible_unknown = 0;
+        for (path, hash) in &unknown {
+            if let Some(got) = get_hash(&s, path).await {
+                assert_eq!(got, *hash, "{path} is visible but not whole");
+                visible_unknown += 1;
+            }
+        }
+        for path in listed(&s, "crash").await {
+            assert!(acked.contains_key(&path) || unknown.contains_key(&path), "{path} was never uploaded");
+        }
+        println!("round {round}: {} acked, {} unknown ({visible_unknown} visible)", acked.len(), unknown.len());
+
+        tracing::info!("--- orphaned chunks are reclaimed, referenced ones kept");
+        let mut want = BTreeSet::new();
+        for path in listed(&s, "crash").await {
+            let data = &contents[&path];
+            if data.len() > 64 * 1024 {
+                want.extend(data.chunks(CHUNK).map(|c| blake3::hash(c).to_hex().to_string()));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let on_disk = loop {
+            let on_disk: BTreeSet<String> =
+                s.chunk_paths().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+            if on_disk == want || Instant::now() > deadline {
+                break on_disk;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(on_disk, want, "chunk files on disk are exactly those referenced");
+        s.check_log();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_uploads_finish() {
+    let mut s = Server::start();
+    let data = random_bytes(12 << 20, 77);
+    let blocks: Vec<Bytes> = data.chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    // A slow upload: one MiB every 100 ms.
+    let stream = futures::stream::iter(blocks).then(|b| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(b)
+    });
+    let c = client();
+    let req = c
+        .put(s.object_url("slow.bin"))
+        .header(header::AUTHORIZATION, s.auth())
+        .header(header::CONTENT_LENGTH, data.len())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let upload = tokio::spawn(req);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = s.pid().unwrap();
+    let stopper = std::thread::spawn(move || {
+        cairn_tests::signal(pid, rustix::process::Signal::TERM);
+    });
+    stopper.join().unwrap();
+    let resp = upload.await.unwrap().expect("the in-flight upload gets an answer");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(s.stop(), Some(0), "clean exit after SIGTERM");
+    s.restart();
+    let got = c.get(s.object_url("slow.bin")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), data);
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "mounting a tmpfs failed: this test needs root (CI runs as root)");
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn full_disk_gives_507_and_keeps_data() {
+    let fs = Tmpfs::mount("96m");
+    let s = Server::start_with(ServerOptions {
+        data_dir: Some(fs.0.path().join("data")),
+        free_bytes_min: 16 << 20,
+        gc_grace_secs: 1,
+        gc_interval_secs: 1,
+        ..Default::default()
+    });
+    let c = client();
+    let put = |path: &str, body: reqwest::Body| {
+        c.put(s.object_url(path)).header(header::AUTHORIZATION, s.auth()).body(body).send()
+    };
+    let first = random_bytes(40 << 20, 1);
+    assert_eq!(put("a", first.clone().into()).await.unwrap().status(), StatusCode::CREATED);
+    // Announced: refused up front.
+    let r = put("b", random_bytes(60 << 20, 2).into()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    // Streamed without a length: refused when the reserve is reached.
+    let stream = futures::stream::iter((0..60).map(|i| Ok::<_, std::io::Error>(Bytes::from(random_bytes(1 << 20, 100 + i)))));
+    match put("c", reqwest::Body::wrap_stream(stream)).await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE),
+        Err(e) => panic!("expected a 507, got {e}"),
+    }
+    let got = c.get(s.object_url("a")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), first);
+    for p in ["b", "c"] {
+        let r = c.get(s.object_url(p)).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // Small files and metadata still work, and space comes back after delete.
+    assert_eq!(put("small", "tiny".into()).await.unwrap().status(), StatusCode::CREATED);
+    c.delete(s.object_url("a")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = put("b", random_bytes(50 << 20, 3).into()).await.unwrap();
+        if r.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(Instant::now() < deadline, "space was not reclaimed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(s);
+}
