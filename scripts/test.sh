@@ -10,4 +10,11 @@ export PATH=$HOME/.cargo/bin:$PATH
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo build --release --workspace --bins
-cargo test --release --workspace --no-fail-fast -- --test-threads="${CAIRN_TEST_THREADS:-4}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --all-targets --no-fail-fast -- \
+  --test-threads="${CAIRN_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

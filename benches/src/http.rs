@@ -53,14 +53,25 @@ struct Report {
     rss_target_mib: f64,
 }
 
-fn row(name: &str, cairn: f64, baseline: f64, baseline_name: &str, unit: &str, target: &str) -> Row {
+fn row(
+    name: &str,
+    cairn: f64,
+    baseline: f64,
+    baseline_name: &str,
+    unit: &str,
+    target: &str,
+) -> Row {
     Row {
         name: name.into(),
         cairn,
         baseline,
         baseline_name: baseline_name.into(),
         unit: unit.into(),
-        ratio: if baseline > 0.0 { cairn / baseline } else { 0.0 },
+        ratio: if baseline > 0.0 {
+            cairn / baseline
+        } else {
+            0.0
+        },
         target: target.into(),
     }
 }
@@ -74,18 +85,31 @@ async fn main() -> anyhow::Result<()> {
     let small_count = if args.quick { 2000 } else { 20_000 };
     let rss_size = if args.quick { 1u64 << 30 } else { 4 << 30 };
 
-    let server = Server::start_with(ServerOptions { data_dir: Some(args.dir.join("cairn")), ..Default::default() });
+    let server = Server::start_with(ServerOptions {
+        data_dir: Some(args.dir.join("cairn")),
+        ..Default::default()
+    });
     let nginx_root = args.dir.join("www");
     fs::create_dir_all(nginx_root.join("small"))?;
     let nginx = Nginx::start(&args.dir, &nginx_root)?;
     let c = Client::builder().pool_max_idle_per_host(64).build()?;
     let mut rows = Vec::new();
 
-    eprintln!("--- large PUT: {} MiB through HTTP vs dd conv=fsync", big >> 20);
+    eprintln!(
+        "--- large PUT: {} MiB through HTTP vs dd conv=fsync",
+        big >> 20
+    );
     let data = Bytes::from(random_bytes(big as usize, 42));
     let dd = dd_mib_s(&args.dir.join("dd.bin"), big)?;
     let put = timed_put(&c, &server, "big.bin", data.clone()).await?;
-    rows.push(row("PUT 1 GiB", big as f64 / put / 1048576.0, dd, "dd bs=4M conv=fsync", "MiB/s", ">= 0.8"));
+    rows.push(row(
+        "PUT 1 GiB",
+        big as f64 / put / 1048576.0,
+        dd,
+        "dd bs=4M conv=fsync",
+        "MiB/s",
+        ">= 0.8",
+    ));
 
     eprintln!("--- large GET: HTTP (BLAKE3-verified) vs nginx, same page cache");
     fs::write(nginx_root.join("big.bin"), &data)?;
@@ -94,32 +118,82 @@ async fn main() -> anyhow::Result<()> {
     let ng = timed_get(&c, &format!("{}/big.bin", nginx.url), None).await?;
     let _ = timed_get(&c, &server.object_url("big.bin"), Some(&server.auth())).await?;
     let ca = timed_get(&c, &server.object_url("big.bin"), Some(&server.auth())).await?;
-    rows.push(row("GET 1 GiB", mib_s(big, ca), mib_s(big, ng), "nginx sendfile", "MiB/s", ">= 0.7"));
+    rows.push(row(
+        "GET 1 GiB",
+        mib_s(big, ca),
+        mib_s(big, ng),
+        "nginx sendfile",
+        "MiB/s",
+        ">= 0.7",
+    ));
 
     eprintln!("--- {small_count} x 4 KiB PUT, 32 clients vs write+fsync+rename+fsync-dir loop");
     let base = small_file_baseline(&args.dir.join("baseline"), small_count.min(3000))?;
     let cairn_puts = small_puts(&c, &server, small_count).await?;
-    rows.push(row("4 KiB PUT x32", cairn_puts, base, "fsync+rename loop", "files/s", ">= 4.0"));
+    rows.push(row(
+        "4 KiB PUT x32",
+        cairn_puts,
+        base,
+        "fsync+rename loop",
+        "files/s",
+        ">= 4.0",
+    ));
 
     eprintln!("--- 4 KiB GET, 32 clients vs nginx");
     for i in 0..1000 {
-        fs::write(nginx_root.join(format!("small/{i:05}")), random_bytes(4096, 1_000_000 + i))?;
+        fs::write(
+            nginx_root.join(format!("small/{i:05}")),
+            random_bytes(4096, 1_000_000 + i),
+        )?;
     }
-    let ng_gets = small_gets(&c, |i| format!("{}/small/{:05}", nginx.url, i % 1000), None, small_count).await?;
-    let ca_gets = small_gets(&c, |i| server.object_url(&format!("small/{:05}", i % 1000)), Some(server.auth()), small_count).await?;
-    rows.push(row("4 KiB GET x32", ca_gets, ng_gets, "nginx", "req/s", ">= 0.3"));
+    let ng_gets = small_gets(
+        &c,
+        |i| format!("{}/small/{:05}", nginx.url, i % 1000),
+        None,
+        small_count,
+    )
+    .await?;
+    let ca_gets = small_gets(
+        &c,
+        |i| server.object_url(&format!("small/{:05}", i % 1000)),
+        Some(server.auth()),
+        small_count,
+    )
+    .await?;
+    rows.push(row(
+        "4 KiB GET x32",
+        ca_gets,
+        ng_gets,
+        "nginx",
+        "req/s",
+        ">= 0.3",
+    ));
     drop(server);
 
     eprintln!("--- peak RSS: {} GiB upload then download", rss_size >> 30);
-    let rss_server = Server::start_with(ServerOptions { data_dir: Some(args.dir.join("cairn-rss")), ..Default::default() });
+    let rss_server = Server::start_with(ServerOptions {
+        data_dir: Some(args.dir.join("cairn-rss")),
+        ..Default::default()
+    });
     streamed_put(&c, &rss_server, "huge.bin", rss_size).await?;
-    let _ = timed_get(&c, &rss_server.object_url("huge.bin"), Some(&rss_server.auth())).await?;
+    let _ = timed_get(
+        &c,
+        &rss_server.object_url("huge.bin"),
+        Some(&rss_server.auth()),
+    )
+    .await?;
     let peak = peak_rss_mib(rss_server.pid().context("server pid")?)?;
     drop(rss_server);
     drop(nginx);
 
     print_table(&rows, peak);
-    let report = Report { benchmark: "http", quick: args.quick, rows, peak_rss_mib: peak, rss_target_mib: 128.0 };
+    let report = Report {
+        benchmark: "http",
+        quick: args.quick,
+        rows,
+        peak_rss_mib: peak,
+        rss_target_mib: 128.0,
+    };
     if let Some(parent) = args.out.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -134,14 +208,20 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
 }
 
 fn print_table(rows: &[Row], peak: f64) {
-    println!("{:<16} {:>12} {:>12} {:<22} {:>8} {:>8}", "benchmark", "cairn", "baseline", "baseline is", "ratio", "target");
+    println!(
+        "{:<16} {:>12} {:>12} {:<22} {:>8} {:>8}",
+        "benchmark", "cairn", "baseline", "baseline is", "ratio", "target"
+    );
     for r in rows {
         println!(
             "{:<16} {:>12.1} {:>12.1} {:<22} {:>8.2} {:>8}   ({})",
             r.name, r.cairn, r.baseline, r.baseline_name, r.ratio, r.target, r.unit
         );
     }
-    println!("{:<16} {:>12.1} {:>12} {:<22} {:>8} {:>8}   (MiB)", "peak RSS", peak, "-", "-", "-", "<= 128");
+    println!(
+        "{:<16} {:>12.1} {:>12} {:<22} {:>8} {:>8}   (MiB)",
+        "peak RSS", peak, "-", "-", "-", "<= 128"
+    );
 }
 
 fn dd_mib_s(path: &Path, bytes: u64) -> anyhow::Result<f64> {
@@ -162,10 +242,21 @@ fn dd_mib_s(path: &Path, bytes: u64) -> anyhow::Result<f64> {
 
 async fn timed_put(c: &Client, s: &Server, path: &str, data: Bytes) -> anyhow::Result<f64> {
     let len = data.len();
-    let blocks: Vec<Bytes> = (0..len).step_by(1 << 20).map(|o| data.slice(o..(o + (1 << 20)).min(len))).collect();
-    let body = reqwest::Body::wrap_stream(futures::stream::iter(blocks.into_iter().map(Ok::<_, std::io::Error>)));
+    let blocks: Vec<Bytes> = (0..len)
+        .step_by(1 << 20)
+        .map(|o| data.slice(o..(o + (1 << 20)).min(len)))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        blocks.into_iter().map(Ok::<_, std::io::Error>),
+    ));
     let started = Instant::now();
-    let r = c.put(s.object_url(path)).header(header::AUTHORIZATION, s.auth()).header(header::CONTENT_LENGTH, len).body(body).send().await?;
+    let r = c
+        .put(s.object_url(path))
+        .header(header::AUTHORIZATION, s.auth())
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .send()
+        .await?;
     if !r.status().is_success() {
         bail!("PUT {path}: {}", r.status());
     }
@@ -175,7 +266,8 @@ async fn timed_put(c: &Client, s: &Server, path: &str, data: Bytes) -> anyhow::R
 /// Uploads `len` bytes generated on the fly (for the RSS run).
 async fn streamed_put(c: &Client, s: &Server, path: &str, len: u64) -> anyhow::Result<()> {
     const BLOCK: u64 = 1 << 20;
-    let stream = futures::stream::iter(0..len / BLOCK).map(|i| Ok::<_, std::io::Error>(Bytes::from(random_bytes(BLOCK as usize, 7_000 + i))));
+    let stream = futures::stream::iter(0..len / BLOCK)
+        .map(|i| Ok::<_, std::io::Error>(Bytes::from(random_bytes(BLOCK as usize, 7_000 + i))));
     let r = c
         .put(s.object_url(path))
         .header(header::AUTHORIZATION, s.auth())
@@ -231,7 +323,10 @@ async fn small_puts(c: &Client, s: &Server, count: usize) -> anyhow::Result<f64>
     let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
         .map(|i| {
-            let rb = c.put(s.object_url(&format!("small/{i:05}"))).header(header::AUTHORIZATION, s.auth()).body(random_bytes(4096, 1_000_000 + i as u64));
+            let rb = c
+                .put(s.object_url(&format!("small/{i:05}")))
+                .header(header::AUTHORIZATION, s.auth())
+                .body(random_bytes(4096, 1_000_000 + i as u64));
             async move {
                 let r = rb.send().await?;
                 if !r.status().is_success() {
@@ -247,7 +342,12 @@ async fn small_puts(c: &Client, s: &Server, count: usize) -> anyhow::Result<f64>
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn small_gets(c: &Client, url: impl Fn(usize) -> String, auth: Option<String>, count: usize) -> anyhow::Result<f64> {
+async fn small_gets(
+    c: &Client,
+    url: impl Fn(usize) -> String,
+    auth: Option<String>,
+    count: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
         .map(|i| {
@@ -292,7 +392,9 @@ struct Nginx {
 
 impl Nginx {
     fn start(dir: &Path, root: &Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let prefix = dir.join("nginx");
         fs::create_dir_all(prefix.join("logs"))?;
         let conf = prefix.join("nginx.conf");
@@ -308,7 +410,14 @@ impl Nginx {
                 root = root.display()
             ),
         )?;
-        let child = Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(&prefix).stderr(Stdio::null()).spawn().context("starting nginx (apt-get install nginx)")?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&prefix)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (apt-get install nginx)")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -316,7 +425,10 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { child, url: format!("http://127.0.0.1:{port}") })
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
     }
 }
 

@@ -6,7 +6,11 @@ use cairn_proto::ErrorCode;
 pub enum ClientError {
     /// The server answered with an error.
     #[error("{message} ({code}, HTTP {status})")]
-    Api { status: u16, code: ErrorCode, message: String },
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
     /// No usable answer: connection refused, reset, timed out.
     #[error("cannot reach {url}: {source}")]
     Transport { url: String, source: reqwest::Error },

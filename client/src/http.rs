@@ -13,7 +13,11 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use crate::ClientError;
 
 /// Characters left as they are in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 /// Characters left as they are in a query value.
 const QUERY: &AsciiSet = &SEGMENT.remove(b'/');
 
@@ -28,12 +32,20 @@ impl RemotePath {
     /// Parses `a/b/c` (a leading '/' is allowed) in `share`.
     pub fn parse(share: &ShareName, path: &str) -> Result<Self, ClientError> {
         let trimmed = path.trim_start_matches('/').trim_end_matches('/');
-        let path = FilePath::parse(trimmed).map_err(|e| ClientError::Invalid(format!("'{path}': {e}")))?;
-        Ok(Self { share: share.clone(), path })
+        let path =
+            FilePath::parse(trimmed).map_err(|e| ClientError::Invalid(format!("'{path}': {e}")))?;
+        Ok(Self {
+            share: share.clone(),
+            path,
+        })
     }
 
     fn url_tail(&self) -> String {
-        let segs: Vec<String> = self.path.segments().map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect();
+        let segs: Vec<String> = self
+            .path
+            .segments()
+            .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+            .collect();
         format!("v1/{}/{}", self.share, segs.join("/"))
     }
 }
@@ -51,13 +63,18 @@ impl HttpClient {
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Invalid(format!("'{base}' is not an http:// or https:// URL")));
+            return Err(ClientError::Invalid(format!(
+                "'{base}' is not an http:// or https:// URL"
+            )));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .build()
-            .map_err(|source| ClientError::Transport { url: base.clone(), source })?;
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
         Ok(Self { base, token, http })
     }
 
@@ -82,7 +99,10 @@ impl HttpClient {
     }
 
     async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = rb.send().await.map_err(|source| ClientError::Transport { url: self.base.clone(), source })?;
+        let resp = rb.send().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
             Ok(resp)
         } else {
@@ -92,7 +112,12 @@ impl HttpClient {
 
     /// Uploads `body` to `target`, replacing any file there. With `len`
     /// the server can refuse an oversize upload before it is sent.
-    pub async fn put_stream<S>(&self, target: &RemotePath, len: Option<u64>, body: S) -> Result<WriteResult, ClientError>
+    pub async fn put_stream<S>(
+        &self,
+        target: &RemotePath,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<WriteResult, ClientError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
     {
@@ -104,34 +129,57 @@ impl HttpClient {
         json(self.send(rb).await?).await
     }
 
-    pub async fn put_bytes(&self, target: &RemotePath, data: Bytes) -> Result<WriteResult, ClientError> {
+    pub async fn put_bytes(
+        &self,
+        target: &RemotePath,
+        data: Bytes,
+    ) -> Result<WriteResult, ClientError> {
         let rb = self.request(Method::PUT, self.url(target, "")).body(data);
         json(self.send(rb).await?).await
     }
 
     /// Starts a download; the response body streams.
     pub async fn get(&self, target: &RemotePath) -> Result<Response, ClientError> {
-        self.send(self.request(Method::GET, self.url(target, ""))).await
+        self.send(self.request(Method::GET, self.url(target, "")))
+            .await
     }
 
     pub async fn stat(&self, target: &RemotePath) -> Result<Stat, ClientError> {
-        json(self.send(self.request(Method::GET, self.url(target, "stat"))).await?).await
+        json(
+            self.send(self.request(Method::GET, self.url(target, "stat")))
+                .await?,
+        )
+        .await
     }
 
     /// One page of a directory listing.
-    pub async fn list_page(&self, target: &RemotePath, after: Option<&str>, limit: usize) -> Result<Listing, ClientError> {
+    pub async fn list_page(
+        &self,
+        target: &RemotePath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, ClientError> {
         let mut q = format!("list&limit={limit}");
         if let Some(a) = after {
             q.push_str("&after=");
             q.push_str(&utf8_percent_encode(a, QUERY).to_string());
         }
-        json(self.send(self.request(Method::GET, self.url(target, &q))).await?).await
+        json(
+            self.send(self.request(Method::GET, self.url(target, &q)))
+                .await?,
+        )
+        .await
     }
 
     /// Every entry of a directory, following pagination.
-    pub fn list_all<'a>(&'a self, target: &'a RemotePath) -> impl Stream<Item = Result<Stat, ClientError>> + 'a {
+    pub fn list_all<'a>(
+        &'a self,
+        target: &'a RemotePath,
+    ) -> impl Stream<Item = Result<Stat, ClientError>> + 'a {
         futures::stream::try_unfold(Some(None::<String>), move |cursor| async move {
-            let Some(after) = cursor else { return Ok::<_, ClientError>(None) };
+            let Some(after) = cursor else {
+                return Ok::<_, ClientError>(None);
+            };
             let page = self.list_page(target, after.as_deref(), 1000).await?;
             let next = page.next_after.map(Some);
             let entries = futures::stream::iter(page.entries.into_iter().map(Ok::<_, ClientError>));
@@ -141,19 +189,33 @@ impl HttpClient {
     }
 
     pub async fn mkdir(&self, target: &RemotePath) -> Result<WriteResult, ClientError> {
-        json(self.send(self.request(Method::POST, self.url(target, "mkdir"))).await?).await
+        json(
+            self.send(self.request(Method::POST, self.url(target, "mkdir")))
+                .await?,
+        )
+        .await
     }
 
-    pub async fn rename(&self, from: &RemotePath, to: &FilePath, replace: bool) -> Result<WriteResult, ClientError> {
+    pub async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &FilePath,
+        replace: bool,
+    ) -> Result<WriteResult, ClientError> {
         let mut q = format!("rename={}", utf8_percent_encode(to.as_str(), QUERY));
         if !replace {
             q.push_str("&noreplace");
         }
-        json(self.send(self.request(Method::POST, self.url(from, &q))).await?).await
+        json(
+            self.send(self.request(Method::POST, self.url(from, &q)))
+                .await?,
+        )
+        .await
     }
 
     pub async fn delete(&self, target: &RemotePath) -> Result<(), ClientError> {
-        self.send(self.request(Method::DELETE, self.url(target, ""))).await?;
+        self.send(self.request(Method::DELETE, self.url(target, "")))
+            .await?;
         Ok(())
     }
 }
@@ -173,11 +235,22 @@ async fn api_error(resp: Response) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(body) => ClientError::Api { status, code: body.error, message: body.message },
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error,
+            message: body.message,
+        },
         Err(_) => ClientError::Api {
             status,
-            code: if status == 503 { ErrorCode::Unavailable } else { ErrorCode::Internal },
-            message: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            code: if status == 503 {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Internal
+            },
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
         },
     }
 }
@@ -185,7 +258,12 @@ async fn api_error(resp: Response) -> ClientError {
 /// Reads a response body as a stream of byte blocks.
 pub fn body_stream(resp: Response) -> impl Stream<Item = Result<Bytes, ClientError>> {
     let url = resp.url().to_string();
-    resp.bytes_stream().map(move |r| r.map_err(|source| ClientError::Transport { url: url.clone(), source }))
+    resp.bytes_stream().map(move |r| {
+        r.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })
+    })
 }
 
 #[cfg(test)]

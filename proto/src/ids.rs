@@ -81,9 +81,7 @@ impl fmt::Debug for ContentHash {
 }
 
 /// An inode number, unique within a cluster and never reused.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InodeId(pub u64);
 
 impl InodeId {

@@ -43,9 +43,8 @@ impl ShareName {
         let ok_first = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
         let ok_rest = |c: char| ok_first(c) || c == '-' || c == '_';
         let mut chars = s.chars();
-        let valid = s.len() <= SHARE_BYTES_MAX
-            && chars.next().is_some_and(ok_first)
-            && chars.all(ok_rest);
+        let valid =
+            s.len() <= SHARE_BYTES_MAX && chars.next().is_some_and(ok_first) && chars.all(ok_rest);
         if valid {
             Ok(Self(s.to_owned()))
         } else {
@@ -180,7 +179,10 @@ pub fn check_name(name: &str) -> Result<(), PathError> {
     if name.len() > NAME_BYTES_MAX {
         return Err(PathError::NameTooLong);
     }
-    if name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
         return Err(PathError::BadCharacter);
     }
     Ok(())
@@ -262,7 +264,10 @@ mod tests {
         ] {
             assert_eq!(FilePath::parse(bad), Err(why), "{bad:?}");
         }
-        assert_eq!(FilePath::parse(&"x".repeat(256)), Err(PathError::NameTooLong));
+        assert_eq!(
+            FilePath::parse(&"x".repeat(256)),
+            Err(PathError::NameTooLong)
+        );
         assert!(FilePath::parse(&"x".repeat(255)).is_ok());
         let long = vec!["y".repeat(200); 21].join("/");
         assert_eq!(FilePath::parse(&long), Err(PathError::PathTooLong));
@@ -276,7 +281,10 @@ mod tests {
         assert_eq!(FilePath::parse_url("a%zz"), Err(PathError::BadEncoding));
         assert_eq!(FilePath::parse_url("a%ff"), Err(PathError::BadEncoding));
         assert_eq!(FilePath::parse_url("a%2"), Err(PathError::BadEncoding));
-        assert_eq!(FilePath::parse_url("sp%20ace/x").unwrap().as_str(), "sp ace/x");
+        assert_eq!(
+            FilePath::parse_url("sp%20ace/x").unwrap().as_str(),
+            "sp ace/x"
+        );
     }
 
     #[test]

@@ -27,5 +27,9 @@ pub fn system_time_ns(t: SystemTime) -> i64 {
 /// The inverse of [`system_time_ns`].
 pub fn ns_to_system_time(ns: i64) -> SystemTime {
     let abs = std::time::Duration::from_nanos(ns.unsigned_abs());
-    if ns >= 0 { UNIX_EPOCH + abs } else { UNIX_EPOCH - abs }
+    if ns >= 0 {
+        UNIX_EPOCH + abs
+    } else {
+        UNIX_EPOCH - abs
+    }
 }

@@ -121,9 +121,15 @@ pub struct Cli {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -157,14 +163,30 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        if let Some(v) = cli.node_id { file.node_id = v; }
-        if let Some(v) = cli.data_dir { file.data_dir = v; }
-        if let Some(v) = cli.http_listen { file.http_listen = v; }
-        if let Some(v) = cli.upload_bytes_max { file.upload_bytes_max = v; }
-        if let Some(v) = cli.free_bytes_min { file.free_bytes_min = v; }
-        if let Some(v) = cli.gc_grace_secs { file.gc_grace_secs = v; }
-        if let Some(v) = cli.gc_interval_secs { file.gc_interval_secs = v; }
-        if let Some(v) = cli.log_format { file.log_format = v; }
+        if let Some(v) = cli.node_id {
+            file.node_id = v;
+        }
+        if let Some(v) = cli.data_dir {
+            file.data_dir = v;
+        }
+        if let Some(v) = cli.http_listen {
+            file.http_listen = v;
+        }
+        if let Some(v) = cli.upload_bytes_max {
+            file.upload_bytes_max = v;
+        }
+        if let Some(v) = cli.free_bytes_min {
+            file.free_bytes_min = v;
+        }
+        if let Some(v) = cli.gc_grace_secs {
+            file.gc_grace_secs = v;
+        }
+        if let Some(v) = cli.gc_interval_secs {
+            file.gc_interval_secs = v;
+        }
+        if let Some(v) = cli.log_format {
+            file.log_format = v;
+        }
         Self::validate(file, cli.ready_file)
     }
 
@@ -175,20 +197,30 @@ impl Config {
             .parse()
             .map_err(|e| invalid(format!("http_listen '{}': {e}", file.http_listen)))?;
         if file.inline_bytes_max > INLINE_BYTES_LIMIT {
-            return Err(invalid(format!("inline_bytes_max is at most {INLINE_BYTES_LIMIT}")));
+            return Err(invalid(format!(
+                "inline_bytes_max is at most {INLINE_BYTES_LIMIT}"
+            )));
         }
         let chunk = cairn_proto::CHUNK_SIZE_MAX as u64;
         if file.upload_buffer_bytes_max < chunk {
-            return Err(invalid(format!("upload_buffer_bytes_max must be at least one chunk ({chunk} bytes)")));
+            return Err(invalid(format!(
+                "upload_buffer_bytes_max must be at least one chunk ({chunk} bytes)"
+            )));
         }
         if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 {
-            return Err(invalid("gc_interval_secs and body_idle_timeout_secs must be positive".into()));
+            return Err(invalid(
+                "gc_interval_secs and body_idle_timeout_secs must be positive".into(),
+            ));
         }
         let mut shares = Vec::new();
         for s in file.shares {
-            let name = ShareName::parse(&s.name).map_err(|e| invalid(format!("share '{}': {e}", s.name)))?;
+            let name = ShareName::parse(&s.name)
+                .map_err(|e| invalid(format!("share '{}': {e}", s.name)))?;
             if let Some(t) = s.tokens.iter().find(|t| t.token.len() < 16) {
-                return Err(invalid(format!("share '{name}': token '{}…' is shorter than 16 characters", t.token.chars().take(3).collect::<String>())));
+                return Err(invalid(format!(
+                    "share '{name}': token '{}…' is shorter than 16 characters",
+                    t.token.chars().take(3).collect::<String>()
+                )));
             }
             shares.push((name, s.tokens));
         }
@@ -199,7 +231,8 @@ impl Config {
             upload_bytes_max: file.upload_bytes_max,
             inline_bytes_max: file.inline_bytes_max,
             free_bytes_min: file.free_bytes_min,
-            upload_buffers: usize::try_from(file.upload_buffer_bytes_max / chunk).unwrap_or(usize::MAX),
+            upload_buffers: usize::try_from(file.upload_buffer_bytes_max / chunk)
+                .unwrap_or(usize::MAX),
             body_idle_timeout: Duration::from_secs(file.body_idle_timeout_secs),
             gc_grace: Duration::from_secs(file.gc_grace_secs),
             gc_interval: Duration::from_secs(file.gc_interval_secs),
@@ -212,8 +245,14 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]
@@ -232,10 +271,16 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
-        let file = FileConfig { http_listen: "nope".into(), ..Default::default() };
+        let file = FileConfig {
+            http_listen: "nope".into(),
+            ..Default::default()
+        };
         assert!(Config::validate(file, None).is_err());
         let file = FileConfig {
-            shares: vec![ShareConfig { name: "Bad".into(), tokens: vec![] }],
+            shares: vec![ShareConfig {
+                name: "Bad".into(),
+                tokens: vec![],
+            }],
             ..Default::default()
         };
         assert!(Config::validate(file, None).is_err());

@@ -73,22 +73,82 @@ impl Metrics {
 
     fn register(&mut self) {
         let r = &mut self.registry;
-        r.register("http_requests", "HTTP requests by method and status", self.http_requests.clone());
-        r.register("http_request_seconds", "HTTP request latency to response headers", self.http_seconds.clone());
-        r.register("http_received_bytes", "Upload body bytes received", self.http_bytes_in.clone());
-        r.register("http_sent_bytes", "Download body bytes sent", self.http_bytes_out.clone());
-        r.register("uploads_in_flight", "Uploads being received", self.uploads_in_flight.clone());
-        r.register("chunk_writes", "Chunks written to the local chunk store", self.chunk_writes.clone());
-        r.register("chunk_dedup_hits", "Chunks already present when written", self.chunk_dedup_hits.clone());
-        r.register("chunk_written_bytes", "Bytes of new chunks written", self.chunk_bytes_written.clone());
-        r.register("chunk_reads", "Chunks read and verified", self.chunk_reads.clone());
-        r.register("chunk_corrupt", "Chunk reads that failed their BLAKE3 check", self.chunk_corrupt.clone());
-        r.register("meta_commit_groups", "Metadata write batches synced", self.meta_groups.clone());
-        r.register("meta_commands", "Metadata commands applied", self.meta_commands.clone());
-        r.register("meta_group_commands", "Commands per synced metadata batch", self.meta_group_size.clone());
-        r.register("meta_commit_seconds", "Time to apply and sync one metadata batch", self.meta_commit_seconds.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests by method and status",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "HTTP request latency to response headers",
+            self.http_seconds.clone(),
+        );
+        r.register(
+            "http_received_bytes",
+            "Upload body bytes received",
+            self.http_bytes_in.clone(),
+        );
+        r.register(
+            "http_sent_bytes",
+            "Download body bytes sent",
+            self.http_bytes_out.clone(),
+        );
+        r.register(
+            "uploads_in_flight",
+            "Uploads being received",
+            self.uploads_in_flight.clone(),
+        );
+        r.register(
+            "chunk_writes",
+            "Chunks written to the local chunk store",
+            self.chunk_writes.clone(),
+        );
+        r.register(
+            "chunk_dedup_hits",
+            "Chunks already present when written",
+            self.chunk_dedup_hits.clone(),
+        );
+        r.register(
+            "chunk_written_bytes",
+            "Bytes of new chunks written",
+            self.chunk_bytes_written.clone(),
+        );
+        r.register(
+            "chunk_reads",
+            "Chunks read and verified",
+            self.chunk_reads.clone(),
+        );
+        r.register(
+            "chunk_corrupt",
+            "Chunk reads that failed their BLAKE3 check",
+            self.chunk_corrupt.clone(),
+        );
+        r.register(
+            "meta_commit_groups",
+            "Metadata write batches synced",
+            self.meta_groups.clone(),
+        );
+        r.register(
+            "meta_commands",
+            "Metadata commands applied",
+            self.meta_commands.clone(),
+        );
+        r.register(
+            "meta_group_commands",
+            "Commands per synced metadata batch",
+            self.meta_group_size.clone(),
+        );
+        r.register(
+            "meta_commit_seconds",
+            "Time to apply and sync one metadata batch",
+            self.meta_commit_seconds.clone(),
+        );
         r.register("gc_runs", "Garbage collection passes", self.gc_runs.clone());
-        r.register("gc_deleted_chunks", "Unreferenced chunks deleted", self.gc_chunks_deleted.clone());
+        r.register(
+            "gc_deleted_chunks",
+            "Unreferenced chunks deleted",
+            self.gc_chunks_deleted.clone(),
+        );
     }
 
     pub fn meta_group(&self, commands: usize, took: Duration) {

@@ -14,7 +14,7 @@ use crate::api::{self, AppState, Limits};
 use crate::chunks::{ChunkError, ChunkStore, LocalChunkStore, Pins};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::meta::{CommitError, Command, Committer, MetaError, MetaStore, StoreError};
+use crate::meta::{Command, CommitError, Committer, MetaError, MetaStore, StoreError};
 use crate::metrics::Metrics;
 use crate::workers::gc::Gc;
 use crate::workers::run_worker;
@@ -23,7 +23,10 @@ use crate::workers::run_worker;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("metadata store: {0}")]
     Meta(#[from] StoreError),
     #[error("chunk store: {0}")]
@@ -31,7 +34,10 @@ pub enum NodeError {
     #[error("bootstrapping shares: {0}")]
     Bootstrap(#[from] CommitError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("writing the ready file: {0}")]
     ReadyFile(std::io::Error),
     #[error("HTTP server: {0}")]
@@ -41,8 +47,10 @@ pub enum NodeError {
 /// Runs a node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|source| NodeError::DataDir { path: data_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
     let meta = MetaStore::open(&data_dir.join("meta"))?;
     let chunks: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
     let metrics = Arc::new(Metrics::new());
@@ -83,14 +91,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     });
     let listener = TcpListener::bind(config.http_listen)
         .await
-        .map_err(|source| NodeError::Listen { addr: config.http_listen, source })?;
+        .map_err(|source| NodeError::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(NodeError::Serve)?;
     if let Some(path) = &config.ready_file {
         write_ready_file(path, addr).map_err(NodeError::ReadyFile)?;
     }
     tracing::info!(node = config.node_id, http = %addr, data_dir = %data_dir.display(), "listening");
 
-    let served = serve(listener, Arc::clone(&state), shutdown.clone(), config.shutdown_grace).await;
+    let served = serve(
+        listener,
+        Arc::clone(&state),
+        shutdown.clone(),
+        config.shutdown_grace,
+    )
+    .await;
     workers_stop.cancel();
     let _ = gc_task.await;
     drop(state);
@@ -115,7 +132,8 @@ async fn serve(
     });
     let router = api::router(state);
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = &mut server => return r.map_err(NodeError::Serve),
@@ -126,7 +144,9 @@ async fn serve(
     match tokio::time::timeout(grace, server).await {
         Ok(r) => r.map_err(NodeError::Serve),
         Err(_) => {
-            tracing::warn!("in-flight requests did not finish within the grace period; stopping anyway");
+            tracing::warn!(
+                "in-flight requests did not finish within the grace period; stopping anyway"
+            );
             Ok(())
         }
     }
@@ -142,7 +162,10 @@ async fn bootstrap_shares(
 ) -> Result<(), NodeError> {
     for (share, tokens) in &config.shares {
         if meta.share(share)?.is_none() {
-            let cmd = Command::CreateShare { share: share.clone(), now_ns: clock.now_ns() };
+            let cmd = Command::CreateShare {
+                share: share.clone(),
+                now_ns: clock.now_ns(),
+            };
             match committer.commit(cmd).await {
                 Ok(_) => tracing::info!(%share, "created share"),
                 Err(CommitError::Meta(MetaError::AlreadyExists(_))) => {}

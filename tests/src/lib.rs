@@ -93,7 +93,10 @@ impl Server {
     }
 
     pub fn start_with(options: ServerOptions) -> Self {
-        let tmp = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("temp dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir()
+            .expect("temp dir");
         let dir = tmp.path().to_path_buf();
         let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let mut server = Self {
@@ -159,7 +162,10 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
         fs::write(&config, self.config_text(port))?;
         let ready = self.dir.join("ready.json");
         let _ = fs::remove_file(&ready);
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(binary("cairn-server"))
             .arg("--config")
             .arg(&config)
@@ -174,8 +180,15 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("cairn-server exited at startup with {status}:\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "cairn-server exited at startup with {status}:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok(text) = fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -235,7 +248,9 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
 
     /// Fails on ERROR lines not declared in `allowed_errors`.
     pub fn check_log(&mut self) {
-        let Ok(file) = fs::File::open(&self.log) else { return };
+        let Ok(file) = fs::File::open(&self.log) else {
+            return;
+        };
         let mut offset = 0u64;
         let mut bad = Vec::new();
         for line in BufReader::new(file).lines().map_while(Result::ok) {
@@ -248,7 +263,11 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             }
         }
         self.checked = offset;
-        assert!(bad.is_empty(), "cairn-server logged unexpected errors:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "cairn-server logged unexpected errors:\n{}",
+            bad.join("\n")
+        );
     }
 
     /// `Authorization` header value for the read-write token.
@@ -264,7 +283,9 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
     /// Number of chunk files on disk.
     pub fn chunk_files(&self) -> usize {
         let root = self.data_dir.join("chunks");
-        let Ok(dirs) = fs::read_dir(&root) else { return 0 };
+        let Ok(dirs) = fs::read_dir(&root) else {
+            return 0;
+        };
         dirs.filter_map(Result::ok)
             .filter(|d| d.file_name().len() == 2)
             .map(|d| fs::read_dir(d.path()).map(|e| e.count()).unwrap_or(0))
@@ -275,9 +296,19 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
     pub fn chunk_paths(&self) -> Vec<PathBuf> {
         let root = self.data_dir.join("chunks");
         let mut out = Vec::new();
-        for d in fs::read_dir(&root).into_iter().flatten().filter_map(Result::ok) {
+        for d in fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
             if d.file_name().len() == 2 {
-                out.extend(fs::read_dir(d.path()).into_iter().flatten().filter_map(Result::ok).map(|e| e.path()));
+                out.extend(
+                    fs::read_dir(d.path())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Result::ok)
+                        .map(|e| e.path()),
+                );
             }
         }
         out
@@ -297,7 +328,9 @@ fn is_unexpected_error(line: &str, allowed: &[String]) -> bool {
 
 /// Sends `sig` to process `pid`.
 pub fn signal(pid: u32, sig: rustix::process::Signal) {
-    let pid = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw);
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
     if let Some(pid) = pid {
         let _ = rustix::process::kill_process(pid, sig);
     }
@@ -330,7 +363,10 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// The workspace root (for scripts under tests/scripts).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Runs a script and fails the test with its output if it fails.
@@ -341,6 +377,10 @@ pub fn run_script(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "script failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "script failed ({}):\n{text}",
+        out.status
+    );
     println!("{text}");
 }

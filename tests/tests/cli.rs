@@ -20,7 +20,12 @@ fn cairn(s: &Server, args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "cairn failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cairn failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -43,7 +48,8 @@ fn put_get_ls_stat_mv_rm_mkdir() {
     assert!(out.status.success());
     assert_eq!(out.stdout, data);
 
-    let stat: serde_json::Value = serde_json::from_str(&ok(cairn(&s, &["--json", "stat", "docs/big.bin"]))).unwrap();
+    let stat: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&s, &["--json", "stat", "docs/big.bin"]))).unwrap();
     assert_eq!(stat["size"], 9 << 20);
     assert_eq!(stat["etag"], blake3::hash(&data).to_hex().as_str());
 
@@ -52,13 +58,21 @@ fn put_get_ls_stat_mv_rm_mkdir() {
     let lines = ok(cairn(&s, &["--json", "ls", "docs/sub"]));
     let names: Vec<String> = lines
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(names, ["moved.bin"]);
     let human = ok(cairn(&s, &["ls", "docs"]));
     assert!(human.contains("sub/"), "{human}");
     ok(cairn(&s, &["rm", "docs/sub/moved.bin"]));
-    assert_eq!(cairn(&s, &["stat", "docs/sub/moved.bin"]).status.code(), Some(3));
+    assert_eq!(
+        cairn(&s, &["stat", "docs/sub/moved.bin"]).status.code(),
+        Some(3)
+    );
 
     // Uploads from stdin.
     let mut child = Command::new(binary("cairn"))
@@ -69,7 +83,12 @@ fn put_get_ls_stat_mv_rm_mkdir() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(cairn(&s, &["get", "stdin.txt"]).stdout, b"from stdin");
 }
@@ -80,18 +99,31 @@ fn exit_codes_say_what_went_wrong() {
     assert_eq!(cairn(&s, &["get", "missing"]).status.code(), Some(3));
     ok(cairn(&s, &["mkdir", "d"]));
     assert_eq!(cairn(&s, &["mkdir", "d"]).status.code(), Some(4));
-    let out = Command::new(binary("cairn")).args(["ls"]).env("CAIRN_URL", &s.url).env("CAIRN_TOKEN", "bad-token-bad-token").output().unwrap();
+    let out = Command::new(binary("cairn"))
+        .args(["ls"])
+        .env("CAIRN_URL", &s.url)
+        .env("CAIRN_TOKEN", "bad-token-bad-token")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(5));
     let out = cairn(&s, &["--json", "get", "missing"]);
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"], "not_found");
     assert_eq!(cairn(&s, &["get", "../x"]).status.code(), Some(2));
     s.kill9();
-    assert_eq!(cairn(&s, &["ls"]).status.code(), Some(6), "server down is 'unavailable, retry'");
+    assert_eq!(
+        cairn(&s, &["ls"]).status.code(),
+        Some(6),
+        "server down is 'unavailable, retry'"
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -100,7 +132,15 @@ fn cairn_dev_runs_a_working_cluster_and_stops_cleanly() {
     let dev_dir = dir.path().join("dev");
     let port = free_port();
     let mut dev = Command::new(binary("cairn"))
-        .args(["dev", "--nodes", "1", "--dir", dev_dir.to_str().unwrap(), "--http-port", &port.to_string()])
+        .args([
+            "dev",
+            "--nodes",
+            "1",
+            "--dir",
+            dev_dir.to_str().unwrap(),
+            "--http-port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -108,7 +148,10 @@ fn cairn_dev_runs_a_working_cluster_and_stops_cleanly() {
     let env_file = dev_dir.join("env");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !env_file.exists() {
-        assert!(Instant::now() < deadline, "cairn dev did not write its env file");
+        assert!(
+            Instant::now() < deadline,
+            "cairn dev did not write its env file"
+        );
         assert!(dev.try_wait().unwrap().is_none(), "cairn dev exited early");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -121,16 +164,31 @@ fn cairn_dev_runs_a_working_cluster_and_stops_cleanly() {
     };
     assert_eq!(var("CAIRN_URL"), format!("http://127.0.0.1:{port}"));
     let run = |args: &[&str]| {
-        Command::new(binary("cairn")).args(args).env("CAIRN_URL", var("CAIRN_URL")).env("CAIRN_TOKEN", var("CAIRN_TOKEN")).output().unwrap()
+        Command::new(binary("cairn"))
+            .args(args)
+            .env("CAIRN_URL", var("CAIRN_URL"))
+            .env("CAIRN_TOKEN", var("CAIRN_TOKEN"))
+            .output()
+            .unwrap()
     };
     let f = dir.path().join("f");
     std::fs::write(&f, b"hello dev").unwrap();
-    assert!(run(&["put", f.to_str().unwrap(), "hello.txt"]).status.success());
+    assert!(
+        run(&["put", f.to_str().unwrap(), "hello.txt"])
+            .status
+            .success()
+    );
     assert_eq!(run(&["get", "hello.txt"]).stdout, b"hello dev");
 
     cairn_tests::signal(dev.id(), rustix::process::Signal::TERM);
     let status = dev.wait().unwrap();
     assert!(status.success(), "cairn dev exit: {status}");
-    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "the node stopped with cairn dev");
-    assert!(!env_file.exists(), "a stopped cluster leaves no env file behind");
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the node stopped with cairn dev"
+    );
+    assert!(
+        !env_file.exists(),
+        "a stopped cluster leaves no env file behind"
+    );
 }

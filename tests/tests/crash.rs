@@ -26,7 +26,10 @@ struct Log {
 }
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 /// Uploads until the server goes away, recording what was acknowledged.
@@ -64,7 +67,12 @@ async fn uploader(s_url: String, auth: String, worker: u64, log: Arc<Mutex<Log>>
 }
 
 async fn get_hash(s: &Server, path: &str) -> Option<blake3::Hash> {
-    let r = client().get(s.object_url(path)).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    let r = client()
+        .get(s.object_url(path))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap();
     if r.status() == StatusCode::NOT_FOUND {
         return None;
     }
@@ -73,22 +81,43 @@ async fn get_hash(s: &Server, path: &str) -> Option<blake3::Hash> {
 }
 
 async fn listed(s: &Server, dir: &str) -> Vec<String> {
-    let r = client().get(format!("{}?list&limit=10000", s.object_url(dir))).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    let r = client()
+        .get(format!("{}?list&limit=10000", s.object_url(dir)))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap();
     if r.status() == StatusCode::NOT_FOUND {
         return Vec::new();
     }
     let v: serde_json::Value = r.json().await.unwrap();
-    v["entries"].as_array().unwrap().iter().map(|e| format!("{dir}/{}", e["name"].as_str().unwrap())).collect()
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{dir}/{}", e["name"].as_str().unwrap()))
+        .collect()
 }
 
 #[tokio::test]
 async fn kill_9_during_uploads_loses_nothing_acknowledged() {
-    let mut s = Server::start_with(ServerOptions { gc_grace_secs: 2, gc_interval_secs: 1, ..Default::default() });
+    let mut s = Server::start_with(ServerOptions {
+        gc_grace_secs: 2,
+        gc_interval_secs: 1,
+        ..Default::default()
+    });
     let log = Arc::new(Mutex::new(Log::default()));
     for round in 0..3u64 {
         tracing::info!("--- round {round}: uploads, then kill -9");
         let tasks: Vec<_> = (0..6)
-            .map(|w| tokio::spawn(uploader(s.url.clone(), s.auth(), round * 100 + w, Arc::clone(&log))))
+            .map(|w| {
+                tokio::spawn(uploader(
+                    s.url.clone(),
+                    s.auth(),
+                    round * 100 + w,
+                    Arc::clone(&log),
+                ))
+            })
             .collect();
         tokio::time::sleep(Duration::from_millis(1500 + 500 * round)).await;
         s.kill9();
@@ -97,14 +126,20 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
         }
         s.restart();
 
-        let log = log.lock().unwrap();
-        assert!(!log.acked.is_empty(), "some uploads were acknowledged before the kill");
-        let acked = log.acked.clone();
-        let unknown = log.unknown.clone();
-        let contents = log.contents.clone();
-        drop(log);
+        let (acked, unknown, contents) = {
+            let log = log.lock().unwrap();
+            (log.acked.clone(), log.unknown.clone(), log.contents.clone())
+        };
+        assert!(
+            !acked.is_empty(),
+            "some uploads were acknowledged before the kill"
+        );
         for (path, hash) in &acked {
-            assert_eq!(get_hash(&s, path).await, Some(*hash), "acknowledged upload {path} lost or damaged");
+            assert_eq!(
+                get_hash(&s, path).await,
+                Some(*hash),
+                "acknowledged upload {path} lost or damaged"
+            );
         }
         let mut visible_unknown = 0;
         for (path, hash) in &unknown {
@@ -114,28 +149,44 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
             }
         }
         for path in listed(&s, "crash").await {
-            assert!(acked.contains_key(&path) || unknown.contains_key(&path), "{path} was never uploaded");
+            assert!(
+                acked.contains_key(&path) || unknown.contains_key(&path),
+                "{path} was never uploaded"
+            );
         }
-        println!("round {round}: {} acked, {} unknown ({visible_unknown} visible)", acked.len(), unknown.len());
+        println!(
+            "round {round}: {} acked, {} unknown ({visible_unknown} visible)",
+            acked.len(),
+            unknown.len()
+        );
 
         tracing::info!("--- orphaned chunks are reclaimed, referenced ones kept");
         let mut want = BTreeSet::new();
         for path in listed(&s, "crash").await {
             let data = &contents[&path];
             if data.len() > 64 * 1024 {
-                want.extend(data.chunks(CHUNK).map(|c| blake3::hash(c).to_hex().to_string()));
+                want.extend(
+                    data.chunks(CHUNK)
+                        .map(|c| blake3::hash(c).to_hex().to_string()),
+                );
             }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let on_disk = loop {
-            let on_disk: BTreeSet<String> =
-                s.chunk_paths().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+            let on_disk: BTreeSet<String> = s
+                .chunk_paths()
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
             if on_disk == want || Instant::now() > deadline {
                 break on_disk;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
-        assert_eq!(on_disk, want, "chunk files on disk are exactly those referenced");
+        assert_eq!(
+            on_disk, want,
+            "chunk files on disk are exactly those referenced"
+        );
         s.check_log();
     }
 }
@@ -164,11 +215,19 @@ async fn sigterm_lets_in_flight_uploads_finish() {
         cairn_tests::signal(pid, rustix::process::Signal::TERM);
     });
     stopper.join().unwrap();
-    let resp = upload.await.unwrap().expect("the in-flight upload gets an answer");
+    let resp = upload
+        .await
+        .unwrap()
+        .expect("the in-flight upload gets an answer");
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(s.stop(), Some(0), "clean exit after SIGTERM");
     s.restart();
-    let got = c.get(s.object_url("slow.bin")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    let got = c
+        .get(s.object_url("slow.bin"))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap(), data);
 }
 
@@ -184,7 +243,10 @@ impl Tmpfs {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "mounting a tmpfs failed: this test needs root (CI runs as root)");
+        assert!(
+            ok,
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
         Self(dir)
     }
 }
@@ -197,7 +259,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test]
 async fn full_disk_gives_507_and_keeps_data() {
-    let fs = Tmpfs::mount("96m");
+    let fs = Tmpfs::mount("160m");
     let s = Server::start_with(ServerOptions {
         data_dir: Some(fs.0.path().join("data")),
         free_bytes_min: 16 << 20,
@@ -207,31 +269,60 @@ async fn full_disk_gives_507_and_keeps_data() {
     });
     let c = client();
     let put = |path: &str, body: reqwest::Body| {
-        c.put(s.object_url(path)).header(header::AUTHORIZATION, s.auth()).body(body).send()
+        c.put(s.object_url(path))
+            .header(header::AUTHORIZATION, s.auth())
+            .body(body)
+            .send()
     };
     let first = random_bytes(40 << 20, 1);
-    assert_eq!(put("a", first.clone().into()).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        put("a", first.clone().into()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
     // Announced: refused up front.
-    let r = put("b", random_bytes(60 << 20, 2).into()).await.unwrap();
+    let r = put("b", random_bytes(100 << 20, 2).into()).await.unwrap();
     assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
-    // Streamed without a length: refused when the reserve is reached.
-    let stream = futures::stream::iter((0..60).map(|i| Ok::<_, std::io::Error>(Bytes::from(random_bytes(1 << 20, 100 + i)))));
-    match put("c", reqwest::Body::wrap_stream(stream)).await {
-        Ok(r) => assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE),
-        Err(e) => panic!("expected a 507, got {e}"),
-    }
-    let got = c.get(s.object_url("a")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    // Streamed without a length (chunked, from a pipe): refused when the
+    // reserve is reached. curl reads the early answer while still sending.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "head -c 125829120 /dev/urandom | curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: {}' -T - {}",
+            s.auth(),
+            s.object_url("c")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "507");
+    let got = c
+        .get(s.object_url("a"))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap(), first);
     for p in ["b", "c"] {
-        let r = c.get(s.object_url(p)).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+        let r = c
+            .get(s.object_url(p))
+            .header(header::AUTHORIZATION, s.auth())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
     // Small files and metadata still work, and space comes back after delete.
-    assert_eq!(put("small", "tiny".into()).await.unwrap().status(), StatusCode::CREATED);
-    c.delete(s.object_url("a")).header(header::AUTHORIZATION, s.auth()).send().await.unwrap();
+    assert_eq!(
+        put("small", "tiny".into()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    c.delete(s.object_url("a"))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = put("b", random_bytes(50 << 20, 3).into()).await.unwrap();
+        let r = put("b", random_bytes(60 << 20, 3).into()).await.unwrap();
         if r.status() == StatusCode::CREATED {
             break;
         }

@@ -31,9 +31,13 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes != 1 {
-        bail!("--nodes {}: this build runs single-node clusters only (multi-node needs replication)", args.nodes);
+        bail!(
+            "--nodes {}: this build runs single-node clusters only (multi-node needs replication)",
+            args.nodes
+        );
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let env_file = dir.join("env");
     let _ = std::fs::remove_file(&env_file);
@@ -42,7 +46,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let node_dir = dir.join("node-1");
     std::fs::create_dir_all(&node_dir)?;
     let config = node_dir.join("cairn.toml");
-    std::fs::write(&config, node_config(&node_dir, args.http_port, &token, &read_token))?;
+    std::fs::write(
+        &config,
+        node_config(&node_dir, args.http_port, &token, &read_token),
+    )?;
 
     let bin = server_binary(args.server_bin)?;
     let ready = node_dir.join("ready.json");
@@ -66,11 +73,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, env)?;
     std::fs::rename(&tmp, &env_file)?;
     println!("Cairn dev cluster: 1 node");
-    println!("  node 1   {url}   (data in {})", node_dir.join("data").display());
+    println!(
+        "  node 1   {url}   (data in {})",
+        node_dir.join("data").display()
+    );
     println!("  share    default");
     println!("  token    {token}   (read-write; read-only: {read_token})");
     println!("  env      source {}", env_file.display());
-    println!("Try: curl -H \"Authorization: Bearer $CAIRN_TOKEN\" -T README.md $CAIRN_URL/v1/default/README.md");
+    println!(
+        "Try: curl -H \"Authorization: Bearer $CAIRN_TOKEN\" -T README.md $CAIRN_URL/v1/default/README.md"
+    );
     println!("Ctrl-C stops the cluster.");
 
     let status = supervise(&mut child).await?;
@@ -139,7 +151,10 @@ async fn wait_ready(child: &mut Child, ready: &Path, url: &str) -> anyhow::Resul
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("cairn-server did not become healthy within {} s", START_TIMEOUT.as_secs())
+    bail!(
+        "cairn-server did not become healthy within {} s",
+        START_TIMEOUT.as_secs()
+    )
 }
 
 /// Waits for the node to exit, passing SIGTERM/SIGINT on to it.
@@ -152,7 +167,10 @@ async fn supervise(child: &mut Child) -> anyhow::Result<std::process::ExitStatus
         _ = int.recv() => {}
     }
     eprintln!("cairn dev: stopping");
-    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     match tokio::time::timeout(Duration::from_secs(40), child.wait()).await {

@@ -16,10 +16,19 @@ use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
 
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about = "Cairn client: files in a continuously available store")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn client: files in a continuously available store"
+)]
 pub struct Args {
     /// Server URL, e.g. http://127.0.0.1:8080.
-    #[arg(long, global = true, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// Bearer token for the share.
     #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
@@ -39,7 +48,10 @@ enum Command {
     /// Upload a local file (`-` for stdin) to REMOTE.
     Put { local: String, remote: String },
     /// Download REMOTE to LOCAL, or to stdout without LOCAL.
-    Get { remote: String, local: Option<String> },
+    Get {
+        remote: String,
+        local: Option<String>,
+    },
     /// List a directory (the share's root by default).
     Ls { remote: Option<String> },
     /// Show a file's or directory's attributes.
@@ -98,15 +110,22 @@ fn exit_code(e: &ClientError) -> u8 {
 
 async fn execute(args: Args) -> Result<(), ClientError> {
     if let Command::Dev(dev_args) = args.command {
-        return dev::run(dev_args).await.map_err(|e| ClientError::Invalid(format!("dev: {e:#}")));
+        return dev::run(dev_args)
+            .await
+            .map_err(|e| ClientError::Invalid(format!("dev: {e:#}")));
     }
-    let share = ShareName::parse(&args.share).map_err(|e| ClientError::Invalid(format!("--share: {e}")))?;
+    let share =
+        ShareName::parse(&args.share).map_err(|e| ClientError::Invalid(format!("--share: {e}")))?;
     let client = HttpClient::new(&args.url, args.token.clone())?;
     let remote = |p: &str| RemotePath::parse(&share, p);
     let out = Output { json: args.json };
     match args.command {
-        Command::Put { local, remote: r } => transfer::put(&client, &local, &remote(&r)?, out).await,
-        Command::Get { remote: r, local } => transfer::get(&client, &remote(&r)?, local.as_deref(), out).await,
+        Command::Put { local, remote: r } => {
+            transfer::put(&client, &local, &remote(&r)?, out).await
+        }
+        Command::Get { remote: r, local } => {
+            transfer::get(&client, &remote(&r)?, local.as_deref(), out).await
+        }
         Command::Ls { remote: r } => ls(&client, &remote(r.as_deref().unwrap_or(""))?, out).await,
         Command::Stat { remote: r } => {
             let stat = client.stat(&remote(&r)?).await?;
@@ -114,10 +133,21 @@ async fn execute(args: Args) -> Result<(), ClientError> {
             Ok(())
         }
         Command::Rm { remote: r } => client.delete(&remote(&r)?).await,
-        Command::Mkdir { remote: r } => client.mkdir(&remote(&r)?).await.map(|w| out.write_result(&w)),
-        Command::Mv { from, to, no_replace } => {
-            let to = FilePath::parse(to.trim_matches('/')).map_err(|e| ClientError::Invalid(format!("'{to}': {e}")))?;
-            client.rename(&remote(&from)?, &to, !no_replace).await.map(|w| out.write_result(&w))
+        Command::Mkdir { remote: r } => client
+            .mkdir(&remote(&r)?)
+            .await
+            .map(|w| out.write_result(&w)),
+        Command::Mv {
+            from,
+            to,
+            no_replace,
+        } => {
+            let to = FilePath::parse(to.trim_matches('/'))
+                .map_err(|e| ClientError::Invalid(format!("'{to}': {e}")))?;
+            client
+                .rename(&remote(&from)?, &to, !no_replace)
+                .await
+                .map(|w| out.write_result(&w))
         }
         Command::Dev(_) => Ok(()),
     }
@@ -129,8 +159,18 @@ async fn ls(client: &HttpClient, dir: &RemotePath, out: Output) -> Result<(), Cl
         if out.json {
             println!("{}", serde_json::to_string(&stat).unwrap_or_default());
         } else {
-            let suffix = if stat.kind == EntryKind::Directory { "/" } else { "" };
-            println!("{:>12}  {}  {}{}", stat.size, format_time(stat.mtime_ns), stat.name, suffix);
+            let suffix = if stat.kind == EntryKind::Directory {
+                "/"
+            } else {
+                ""
+            };
+            println!(
+                "{:>12}  {}  {}{}",
+                stat.size,
+                format_time(stat.mtime_ns),
+                stat.name,
+                suffix
+            );
         }
     }
     Ok(())

@@ -22,8 +22,10 @@ fn progress(len: Option<u64>) -> ProgressBar {
     match len {
         Some(n) if n >= PROGRESS_BYTES_MIN => {
             let bar = ProgressBar::new(n);
-            let style = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
@@ -32,17 +34,25 @@ fn progress(len: Option<u64>) -> ProgressBar {
     }
 }
 
-pub async fn put(client: &HttpClient, local: &str, remote: &RemotePath, out: Output) -> Result<(), ClientError> {
+pub async fn put(
+    client: &HttpClient,
+    local: &str,
+    remote: &RemotePath,
+    out: Output,
+) -> Result<(), ClientError> {
     let (reader, len): (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<u64>) = if local == "-" {
         (Box::new(tokio::io::stdin()), None)
     } else {
-        let file = tokio::fs::File::open(local).await.map_err(|e| io_context(e, local))?;
+        let file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| io_context(e, local))?;
         let len = file.metadata().await?.len();
         (Box::new(file), Some(len))
     };
     let bar = progress(len);
     let bar2 = bar.clone();
-    let stream = ReaderStream::with_capacity(reader, READ_BLOCK_BYTES).inspect_ok(move |b| bar2.inc(b.len() as u64));
+    let stream = ReaderStream::with_capacity(reader, READ_BLOCK_BYTES)
+        .inspect_ok(move |b| bar2.inc(b.len() as u64));
     let result = client.put_stream(remote, len, stream).await;
     bar.finish_and_clear();
     let w = result?;
@@ -52,7 +62,12 @@ pub async fn put(client: &HttpClient, local: &str, remote: &RemotePath, out: Out
     Ok(())
 }
 
-pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, out: Output) -> Result<(), ClientError> {
+pub async fn get(
+    client: &HttpClient,
+    remote: &RemotePath,
+    local: Option<&str>,
+    out: Output,
+) -> Result<(), ClientError> {
     let resp = client.get(remote).await?;
     let expected = resp
         .headers()
@@ -65,7 +80,9 @@ pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, 
     let (mut sink, part): (Box<dyn tokio::io::AsyncWrite + Unpin>, Option<String>) = match local {
         Some(path) => {
             let part = format!("{path}.cairn-part");
-            let f = tokio::fs::File::create(&part).await.map_err(|e| io_context(e, &part))?;
+            let f = tokio::fs::File::create(&part)
+                .await
+                .map_err(|e| io_context(e, &part))?;
             (Box::new(f), Some(part))
         }
         None => (Box::new(tokio::io::stdout()), None),
@@ -86,7 +103,10 @@ pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, 
     bar.finish_and_clear();
     let actual = hasher.finalize().to_hex().to_string();
     let result = result.and_then(|size| match &expected {
-        Some(e) if *e != actual => Err(ClientError::Integrity { expected: e.clone(), actual: actual.clone() }),
+        Some(e) if *e != actual => Err(ClientError::Integrity {
+            expected: e.clone(),
+            actual: actual.clone(),
+        }),
         _ => Ok(size),
     });
     match (result, part, local) {
@@ -94,7 +114,10 @@ pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, 
             drop(sink);
             tokio::fs::rename(&part, path).await?;
             if out.json {
-                println!("{}", serde_json::json!({ "path": path, "size": size, "etag": actual }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "path": path, "size": size, "etag": actual })
+                );
             }
             Ok(())
         }
@@ -109,5 +132,8 @@ pub async fn get(client: &HttpClient, remote: &RemotePath, local: Option<&str>, 
 }
 
 fn io_context(e: std::io::Error, path: &str) -> ClientError {
-    ClientError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", Path::new(path).display())))
+    ClientError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", Path::new(path).display()),
+    ))
 }

@@ -15,7 +15,12 @@ pub enum Need {
 }
 
 /// Checks the request's bearer token against `share`.
-pub fn authorize(meta: &MetaStore, headers: &HeaderMap, share: &ShareName, need: Need) -> ApiResult<()> {
+pub fn authorize(
+    meta: &MetaStore,
+    headers: &HeaderMap,
+    share: &ShareName,
+    need: Need,
+) -> ApiResult<()> {
     let unauthorized = |m: &str| ApiError::new(ErrorCode::Unauthorized, m);
     let header = headers
         .get(AUTHORIZATION)
@@ -31,10 +36,16 @@ pub fn authorize(meta: &MetaStore, headers: &HeaderMap, share: &ShareName, need:
         .token(&ContentHash::of(token.as_bytes()))?
         .ok_or_else(|| unauthorized("unknown token"))?;
     if record.share != *share {
-        return Err(ApiError::new(ErrorCode::Forbidden, format!("the token does not grant access to share '{share}'")));
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("the token does not grant access to share '{share}'"),
+        ));
     }
     if need == Need::Write && record.access != Access::ReadWrite {
-        return Err(ApiError::new(ErrorCode::Forbidden, format!("the token grants read-only access to share '{share}'")));
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("the token grants read-only access to share '{share}'"),
+        ));
     }
     Ok(())
 }

@@ -21,7 +21,12 @@ use crate::meta::{ChunkRef, Content, Inode};
 /// Chunks read ahead of the one being sent.
 pub const READ_AHEAD_CHUNKS: usize = 2;
 
-pub async fn get_file(state: &AppState, inode: &Inode, headers: &HeaderMap, head: bool) -> ApiResult<Response> {
+pub async fn get_file(
+    state: &AppState,
+    inode: &Inode,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response> {
     let Some(file) = inode.file.as_ref() else {
         return Err(ApiError::new(ErrorCode::IsDirectory, "not a file"));
     };
@@ -35,7 +40,13 @@ pub async fn get_file(state: &AppState, inode: &Inode, headers: &HeaderMap, head
         false => RangeRequest::Full,
     };
     let (status, span) = match range {
-        RangeRequest::Full => (StatusCode::OK, (file.size > 0).then(|| ByteRange { start: 0, end: file.size - 1 })),
+        RangeRequest::Full => (
+            StatusCode::OK,
+            (file.size > 0).then(|| ByteRange {
+                start: 0,
+                end: file.size - 1,
+            }),
+        ),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
         RangeRequest::Unsatisfiable => return Err(unsatisfiable(file.size)),
     };
@@ -46,15 +57,25 @@ pub async fn get_file(state: &AppState, inode: &Inode, headers: &HeaderMap, head
         .header(header::LAST_MODIFIED, &last_modified)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_LENGTH, len)
-        .header(header::CONTENT_TYPE, file.content_type.as_deref().unwrap_or("application/octet-stream"));
+        .header(
+            header::CONTENT_TYPE,
+            file.content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream"),
+        );
     if let (StatusCode::PARTIAL_CONTENT, Some(r)) = (status, span) {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end, file.size));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", r.start, r.end, file.size),
+        );
     }
     let body = match (head, span) {
         (true, _) | (_, None) => Body::empty(),
         (false, Some(r)) => body_for(state, &file.content, r),
     };
-    builder.body(body).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+    builder
+        .body(body)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -75,11 +96,18 @@ fn bodyless(status: StatusCode, etag: &str, last_modified: &str) -> Response {
 }
 
 fn unsatisfiable(size: u64) -> ApiError {
-    ApiError::new(ErrorCode::RangeNotSatisfiable, format!("the range lies outside the file's {size} bytes"))
+    ApiError::new(
+        ErrorCode::RangeNotSatisfiable,
+        format!("the range lies outside the file's {size} bytes"),
+    )
 }
 
 /// 412 or 304 when the request's conditions say so (RFC 9110 §13.2.2 order).
-fn conditional_status(headers: &HeaderMap, etag: ContentHash, mtime_ns: i64) -> ApiResult<Option<StatusCode>> {
+fn conditional_status(
+    headers: &HeaderMap,
+    etag: ContentHash,
+    mtime_ns: i64,
+) -> ApiResult<Option<StatusCode>> {
     let pre = precondition(headers)?;
     let current = Some(Some(etag));
     if pre.if_match.is_some() && !pre.holds_if_match(current) {
@@ -89,13 +117,13 @@ fn conditional_status(headers: &HeaderMap, etag: ContentHash, mtime_ns: i64) -> 
         if !pre.holds_if_none_match(current) {
             return Ok(Some(StatusCode::NOT_MODIFIED));
         }
-    } else if let Some(since) = header_str(headers, header::IF_MODIFIED_SINCE) {
-        if let Ok(since) = httpdate::parse_http_date(since) {
-            // HTTP dates have whole seconds.
-            let modified = ns_to_system_time(mtime_ns.div_euclid(1_000_000_000) * 1_000_000_000);
-            if modified <= since {
-                return Ok(Some(StatusCode::NOT_MODIFIED));
-            }
+    } else if let Some(since) = header_str(headers, header::IF_MODIFIED_SINCE)
+        && let Ok(since) = httpdate::parse_http_date(since)
+    {
+        // HTTP dates have whole seconds.
+        let modified = ns_to_system_time(mtime_ns.div_euclid(1_000_000_000) * 1_000_000_000);
+        if modified <= since {
+            return Ok(Some(StatusCode::NOT_MODIFIED));
         }
     }
     Ok(None)
@@ -114,7 +142,10 @@ fn body_for(state: &AppState, content: &Content, range: ByteRange) -> Body {
     match content {
         Content::Inline(data) => {
             let (start, end) = (range.start as usize, range.end as usize);
-            let slice = data.get(start..=end).map(|s| Bytes::copy_from_slice(s)).unwrap_or_default();
+            let slice = data
+                .get(start..=end)
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default();
             state.metrics.http_bytes_out.inc_by(slice.len() as u64);
             Body::from(slice)
         }
@@ -131,7 +162,9 @@ fn body_for(state: &AppState, content: &Content, range: ByteRange) -> Body {
                             .await
                             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
                         metrics.chunk_reads.inc();
-                        let data = data.inspect_err(|_| metrics.chunk_corrupt.inc())?;
+                        let data = data.inspect_err(|_| {
+                            metrics.chunk_corrupt.inc();
+                        })?;
                         let piece = Bytes::from(data).slice(start..end);
                         metrics.http_bytes_out.inc_by(piece.len() as u64);
                         Ok::<_, ApiError>(piece)
@@ -172,7 +205,10 @@ mod tests {
 
     #[test]
     fn pieces_cover_exactly_the_range() {
-        let c = |n: u8, len| ChunkRef { hash: ContentHash::of(&[n]), len };
+        let c = |n: u8, len| ChunkRef {
+            hash: ContentHash::of(&[n]),
+            len,
+        };
         let chunks = [c(1, 10), c(2, 10), c(3, 5)];
         let p = pieces(&chunks, ByteRange { start: 8, end: 21 });
         let spans: Vec<_> = p.iter().map(|(_, a, b)| (*a, *b)).collect();

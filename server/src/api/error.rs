@@ -12,8 +12,8 @@ use cairn_proto::api::ErrorBody;
 use cairn_proto::{ErrorCode, PathError};
 
 use crate::chunks::ChunkError;
-use crate::meta::{CommitError, MetaError, StoreError};
 use crate::meta::apply::ApplyError;
+use crate::meta::{CommitError, MetaError, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -25,7 +25,10 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -69,9 +72,17 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let retry = self.code.is_retryable();
-        let mut resp = (status, Json(ErrorBody { error: self.code, message: self.message })).into_response();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: self.code,
+                message: self.message,
+            }),
+        )
+            .into_response();
         if retry {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -92,7 +103,10 @@ impl From<MetaError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         if e.is_no_space() {
-            Self::new(ErrorCode::InsufficientStorage, format!("metadata disk is full: {e}"))
+            Self::new(
+                ErrorCode::InsufficientStorage,
+                format!("metadata disk is full: {e}"),
+            )
         } else {
             Self::new(ErrorCode::Internal, e.to_string())
         }
@@ -112,11 +126,14 @@ impl From<CommitError> for ApiError {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Meta(e) => e.into(),
-            CommitError::Store(e) if e.is_no_space() => {
-                Self::new(ErrorCode::InsufficientStorage, format!("metadata disk is full: {e}"))
-            }
+            CommitError::Store(e) if e.is_no_space() => Self::new(
+                ErrorCode::InsufficientStorage,
+                format!("metadata disk is full: {e}"),
+            ),
             CommitError::Store(e) => Self::new(ErrorCode::Internal, format!("metadata store: {e}")),
-            CommitError::Stopped => Self::new(ErrorCode::Unavailable, "the server is shutting down"),
+            CommitError::Stopped => {
+                Self::new(ErrorCode::Unavailable, "the server is shutting down")
+            }
         }
     }
 }

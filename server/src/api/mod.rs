@@ -72,26 +72,48 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let status = if state.shutdown.is_cancelled() { "shutting_down" } else { "ok" };
-    let code = if state.shutdown.is_cancelled() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let body = Health { status: status.into(), node_id: state.node_id, version: env!("CARGO_PKG_VERSION").into() };
+    let status = if state.shutdown.is_cancelled() {
+        "shutting_down"
+    } else {
+        "ok"
+    };
+    let code = if state.shutdown.is_cancelled() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Health {
+        status: status.into(),
+        node_id: state.node_id,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such route; objects live under /v1/{share}/{path}")
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; objects live under /v1/{share}/{path}",
+    )
 }
 
 /// Every object request: parse, authorize, dispatch, count.
@@ -100,10 +122,22 @@ async fn object(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let method = req.method().clone();
     let request_id = rand::random::<u32>();
     let span = tracing::info_span!("http", node = state.node_id, req = %format_args!("{request_id:08x}"), %method, path = %req.uri().path());
-    let resp = dispatch(&state, req).instrument(span).await.unwrap_or_else(IntoResponse::into_response);
+    let resp = dispatch(&state, req)
+        .instrument(span)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     let m = &state.metrics;
-    m.http_requests.get_or_create(&RequestLabels { method: method.to_string(), status: resp.status().as_u16() }).inc();
-    m.http_seconds.get_or_create(&MethodLabel { method: method.to_string() }).observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .get_or_create(&RequestLabels {
+            method: method.to_string(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.http_seconds
+        .get_or_create(&MethodLabel {
+            method: method.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -113,10 +147,17 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
     let query = Query::parse(parts.uri.query())?;
     let headers = &parts.headers;
     let method = parts.method;
-    let need = if method == Method::GET || method == Method::HEAD { Need::Read } else { Need::Write };
+    let need = if method == Method::GET || method == Method::HEAD {
+        Need::Read
+    } else {
+        Need::Write
+    };
     authorize(&state.meta, headers, &target.share, need)?;
     if need == Need::Write && state.shutdown.is_cancelled() {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server is shutting down",
+        ));
     }
     match method {
         Method::GET => read(state, &target, &query, headers, false).await,
@@ -124,11 +165,19 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
         Method::PUT => upload::put(state, &target, headers, body).await,
         Method::DELETE => ops::delete(state, &target, headers).await,
         Method::POST => post(state, &target, &query, body).await,
-        other => Err(ApiError::bad_request(format!("method {other} is not supported here"))),
+        other => Err(ApiError::bad_request(format!(
+            "method {other} is not supported here"
+        ))),
     }
 }
 
-async fn read(state: &AppState, target: &Target, query: &Query, headers: &HeaderMap, head: bool) -> ApiResult<Response> {
+async fn read(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response> {
     let (id, inode) = state.meta.snapshot().resolve(&target.share, &target.path)?;
     if query.stat {
         return Ok(axum::Json(ops::stat_of(target.path.file_name(), id, &inode)).into_response());
@@ -137,7 +186,10 @@ async fn read(state: &AppState, target: &Target, query: &Query, headers: &Header
         return ops::list(state, target, query, id, &inode);
     }
     if target.trailing_slash {
-        return Err(ApiError::new(ErrorCode::NotDirectory, format!("{} is a file", target.path)));
+        return Err(ApiError::new(
+            ErrorCode::NotDirectory,
+            format!("{} is a file", target.path),
+        ));
     }
     download::get_file(state, &inode, headers, head).await
 }
@@ -153,6 +205,8 @@ async fn post(state: &AppState, target: &Target, query: &Query, body: Body) -> A
     match (query.mkdir, &query.rename) {
         (true, None) => ops::mkdir(state, target).await,
         (false, Some(to)) => ops::rename(state, target, to, !query.noreplace).await,
-        _ => Err(ApiError::bad_request("POST needs exactly one of ?mkdir or ?rename=NEWPATH")),
+        _ => Err(ApiError::bad_request(
+            "POST needs exactly one of ?mkdir or ?rename=NEWPATH",
+        )),
     }
 }

@@ -34,19 +34,40 @@ pub fn stat_of(name: &str, id: InodeId, inode: &Inode) -> Stat {
     }
 }
 
-pub fn list(state: &AppState, target: &Target, query: &Query, dir: InodeId, inode: &Inode) -> ApiResult<Response> {
+pub fn list(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    dir: InodeId,
+    inode: &Inode,
+) -> ApiResult<Response> {
     if inode.kind != EntryKind::Directory {
-        return Err(ApiError::new(ErrorCode::NotDirectory, format!("{} is not a directory", target.path)));
+        return Err(ApiError::new(
+            ErrorCode::NotDirectory,
+            format!("{} is not a directory", target.path),
+        ));
     }
     let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
     if limit == 0 || limit > LIST_LIMIT_MAX {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {LIST_LIMIT_MAX}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {LIST_LIMIT_MAX}"
+        )));
     }
-    let (entries, more) = state.meta.snapshot().list(dir, query.after.as_deref(), limit)?;
-    let next_after = if more { entries.last().map(|e| e.name.clone()) } else { None };
+    let (entries, more) = state
+        .meta
+        .snapshot()
+        .list(dir, query.after.as_deref(), limit)?;
+    let next_after = if more {
+        entries.last().map(|e| e.name.clone())
+    } else {
+        None
+    };
     let listing = Listing {
         path: target.path.as_str().to_owned(),
-        entries: entries.iter().map(|e| stat_of(&e.name, e.entry.inode, &e.inode)).collect(),
+        entries: entries
+            .iter()
+            .map(|e| stat_of(&e.name, e.entry.inode, &e.inode))
+            .collect(),
         next_after,
     };
     Ok(Json(listing).into_response())
@@ -61,11 +82,21 @@ pub async fn mkdir(state: &AppState, target: &Target) -> ApiResult<Response> {
     };
     state.committer.commit(cmd).await?;
     tracing::info!(share = %target.share, path = %target.path, "mkdir");
-    let result = WriteResult { path: target.path.as_str().to_owned(), created: true, etag: None, size: 0 };
+    let result = WriteResult {
+        path: target.path.as_str().to_owned(),
+        created: true,
+        etag: None,
+        size: 0,
+    };
     Ok((StatusCode::CREATED, Json(result)).into_response())
 }
 
-pub async fn rename(state: &AppState, target: &Target, to: &str, replace: bool) -> ApiResult<Response> {
+pub async fn rename(
+    state: &AppState,
+    target: &Target,
+    to: &str,
+    replace: bool,
+) -> ApiResult<Response> {
     let to = FilePath::parse(to.trim_start_matches('/'))?;
     let cmd = Command::Rename {
         share: target.share.clone(),

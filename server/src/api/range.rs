@@ -11,8 +11,13 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
+    /// Never zero: a range holds at least one byte.
     pub fn len(&self) -> u64 {
         self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
     }
 }
 
@@ -50,21 +55,30 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
             if n == 0 || size == 0 {
                 RangeRequest::Unsatisfiable
             } else {
-                RangeRequest::Partial(ByteRange { start: size.saturating_sub(n), end: size - 1 })
+                RangeRequest::Partial(ByteRange {
+                    start: size.saturating_sub(n),
+                    end: size - 1,
+                })
             }
         }
         (false, Some(start), None) if last.trim().is_empty() => {
             if start >= size {
                 RangeRequest::Unsatisfiable
             } else {
-                RangeRequest::Partial(ByteRange { start, end: size - 1 })
+                RangeRequest::Partial(ByteRange {
+                    start,
+                    end: size - 1,
+                })
             }
         }
         (false, Some(start), Some(end)) if start <= end => {
             if start >= size {
                 RangeRequest::Unsatisfiable
             } else {
-                RangeRequest::Partial(ByteRange { start, end: end.min(size - 1) })
+                RangeRequest::Partial(ByteRange {
+                    start,
+                    end: end.min(size - 1),
+                })
             }
         }
         _ => RangeRequest::Full,

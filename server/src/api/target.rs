@@ -24,7 +24,11 @@ impl Target {
         let share = ShareName::parse(share)?;
         let trailing_slash = tail.ends_with('/');
         let tail = tail.strip_suffix('/').unwrap_or(tail);
-        Ok(Self { share, path: FilePath::parse_url(tail)?, trailing_slash })
+        Ok(Self {
+            share,
+            path: FilePath::parse_url(tail)?,
+            trailing_slash,
+        })
     }
 }
 
@@ -55,10 +59,16 @@ impl Query {
                 "after" => q.after = Some(v),
                 "rename" => q.rename = Some(v),
                 "limit" => {
-                    let n = v.parse().map_err(|_| ApiError::bad_request("limit must be a number"))?;
+                    let n = v
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("limit must be a number"))?;
                     q.limit = Some(n);
                 }
-                other => return Err(ApiError::bad_request(format!("unknown query parameter '{other}'"))),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter '{other}'"
+                    )));
+                }
             }
         }
         Ok(q)
@@ -99,7 +109,13 @@ mod tests {
         assert!(q.list);
         assert_eq!(q.after.as_deref(), Some("a b"));
         assert_eq!(q.limit, Some(10));
-        assert_eq!(Query::parse(Some("rename=x%2By")).unwrap().rename.as_deref(), Some("x+y"));
+        assert_eq!(
+            Query::parse(Some("rename=x%2By"))
+                .unwrap()
+                .rename
+                .as_deref(),
+            Some("x+y")
+        );
         assert!(Query::parse(Some("limit=x")).is_err());
         assert!(Query::parse(Some("bogus")).is_err());
     }

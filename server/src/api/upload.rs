@@ -10,9 +10,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -34,11 +35,44 @@ pub const CHUNK_WRITES_IN_FLIGHT: usize = 3;
 /// Permission bits of files created over HTTP.
 pub const FILE_MODE_DEFAULT: u32 = 0o644;
 
-pub async fn put(state: &AppState, target: &Target, headers: &HeaderMap, body: Body) -> ApiResult<Response> {
-    if target.path.is_root() || target.trailing_slash {
-        return Err(ApiError::new(ErrorCode::IsDirectory, "PUT needs a file path; create directories with POST ?mkdir"));
-    }
+/// When an upload is refused, the rest of its body is read and discarded
+/// (like nginx's lingering close) for up to this many bytes and this long,
+/// so clients that do not wait for `100 Continue` (reqwest, Python requests)
+/// get the error instead of a reset connection.
+pub const REFUSED_BODY_DRAIN_BYTES_MAX: u64 = 1 << 30;
+pub const REFUSED_BODY_DRAIN_TIME_MAX: Duration = Duration::from_secs(10);
+
+pub async fn put(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let announced = content_length(headers)?;
+    let precondition = match check_before_body(state, target, headers, announced) {
+        Ok(p) => p,
+        Err(e) => {
+            linger(body.into_data_stream()).await;
+            return Err(e);
+        }
+    };
+    let content_type = content_type(headers, target);
+    receive_and_commit(state, target, announced, precondition, content_type, body).await
+}
+
+/// Everything that can refuse an upload before its body is read.
+fn check_before_body(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    announced: Option<u64>,
+) -> ApiResult<Precondition> {
+    if target.path.is_root() || target.trailing_slash {
+        return Err(ApiError::new(
+            ErrorCode::IsDirectory,
+            "PUT needs a file path; create directories with POST ?mkdir",
+        ));
+    }
     let limits = &state.limits;
     if announced.is_some_and(|n| n > limits.upload_bytes_max) {
         return Err(too_large(limits.upload_bytes_max));
@@ -46,22 +80,66 @@ pub async fn put(state: &AppState, target: &Target, headers: &HeaderMap, body: B
     check_free_space(state, announced.unwrap_or(0))?;
     let precondition = precondition(headers)?;
     early_precondition_check(state, target, &precondition)?;
-    let content_type = content_type(headers, target);
+    Ok(precondition)
+}
 
+/// Reads and discards what is left of a refused upload's body, within
+/// [`REFUSED_BODY_DRAIN_BYTES_MAX`] and [`REFUSED_BODY_DRAIN_TIME_MAX`].
+async fn linger(mut stream: BodyDataStream) {
+    let drain = async {
+        let mut drained = 0u64;
+        while let Some(Ok(frame)) = stream.next().await {
+            drained += frame.len() as u64;
+            if drained > REFUSED_BODY_DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME_MAX, drain).await;
+}
+
+async fn receive_and_commit(
+    state: &AppState,
+    target: &Target,
+    announced: Option<u64>,
+    precondition: Precondition,
+    content_type: String,
+    body: Body,
+) -> ApiResult<Response> {
     state.metrics.uploads_in_flight.inc();
     let _in_flight = scopeguard(&state.metrics.uploads_in_flight);
-    let received = Receiver::new(state).receive(body).await?;
-    if let Some(n) = announced {
-        if n != received.size {
-            return Err(ApiError::bad_request(format!("body has {} bytes, Content-Length said {n}", received.size)));
+    let mut stream = body.into_data_stream();
+    let received = match Receiver::new(state).receive(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(
+                e.code,
+                ErrorCode::PayloadTooLarge | ErrorCode::InsufficientStorage
+            ) {
+                linger(stream).await;
+            }
+            return Err(e);
         }
+    };
+    if let Some(n) = announced
+        && n != received.size
+    {
+        return Err(ApiError::bad_request(format!(
+            "body has {} bytes, Content-Length said {n}",
+            received.size
+        )));
     }
     let etag = received.etag;
     let size = received.size;
     let cmd = Command::PutFile {
         share: target.share.clone(),
         path: target.path.clone(),
-        file: FileData { size, etag, content_type: Some(content_type), content: received.content },
+        file: FileData {
+            size,
+            etag,
+            content_type: Some(content_type),
+            content: received.content,
+        },
         mode: FILE_MODE_DEFAULT,
         now_ns: state.clock.now_ns(),
         precondition,
@@ -70,7 +148,11 @@ pub async fn put(state: &AppState, target: &Target, headers: &HeaderMap, body: B
     // The metadata now references every chunk: GC may see them from here on.
     drop(received.pins);
     tracing::info!(share = %target.share, path = %target.path, size, etag = %etag, "stored");
-    let status = if applied.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if applied.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let result = WriteResult {
         path: target.path.as_str().to_owned(),
         created: applied.created,
@@ -85,7 +167,10 @@ pub async fn put(state: &AppState, target: &Target, headers: &HeaderMap, body: B
 }
 
 fn too_large(max: u64) -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, format!("uploads are limited to {max} bytes"))
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("uploads are limited to {max} bytes"),
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
@@ -107,7 +192,9 @@ fn check_free_space(state: &AppState, incoming: u64) -> ApiResult<()> {
     if free < need {
         return Err(ApiError::new(
             ErrorCode::InsufficientStorage,
-            format!("not enough free space: {free} bytes free, {need} needed (upload plus reserve)"),
+            format!(
+                "not enough free space: {free} bytes free, {need} needed (upload plus reserve)"
+            ),
         ));
     }
     Ok(())
@@ -115,7 +202,11 @@ fn check_free_space(state: &AppState, incoming: u64) -> ApiResult<()> {
 
 /// Fails fast on a precondition that already does not hold, before the
 /// body is received. The authoritative check is in `apply`.
-fn early_precondition_check(state: &AppState, target: &Target, pre: &Precondition) -> ApiResult<()> {
+fn early_precondition_check(
+    state: &AppState,
+    target: &Target,
+    pre: &Precondition,
+) -> ApiResult<()> {
     if *pre == Precondition::default() {
         return Ok(());
     }
@@ -127,7 +218,10 @@ fn early_precondition_check(state: &AppState, target: &Target, pre: &Preconditio
     if pre.holds(current) {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::PreconditionFailed, format!("precondition failed for {}", target.path)))
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            format!("precondition failed for {}", target.path),
+        ))
     }
 }
 
@@ -140,7 +234,9 @@ fn content_type(headers: &HeaderMap, target: &Target) -> String {
         .filter(|v| !v.is_empty() && !v.starts_with("application/x-www-form-urlencoded"))
         .map(str::to_owned)
         .unwrap_or_else(|| {
-            mime_guess::from_path(target.path.file_name()).first_or_octet_stream().to_string()
+            mime_guess::from_path(target.path.file_name())
+                .first_or_octet_stream()
+                .to_string()
         })
 }
 
@@ -196,14 +292,22 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    async fn receive(mut self, body: Body) -> ApiResult<Received> {
+    async fn receive(mut self, stream: &mut BodyDataStream) -> ApiResult<Received> {
         let idle = self.state.limits.body_idle_timeout;
-        let mut stream = body.into_data_stream();
         loop {
             let frame = match tokio::time::timeout(idle, stream.next()).await {
-                Err(_) => return Err(ApiError::bad_request(format!("no body data for {} s", idle.as_secs()))),
+                Err(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "no body data for {} s",
+                        idle.as_secs()
+                    )));
+                }
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("upload body broken off: {e}"))),
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_request(format!(
+                        "upload body broken off: {e}"
+                    )));
+                }
                 Ok(Some(Ok(frame))) => frame,
             };
             self.push(frame).await?;
@@ -223,7 +327,8 @@ impl<'a> Receiver<'a> {
         while !frame.is_empty() {
             if self.chunked && self.permit.is_none() {
                 self.permit = Some(self.acquire_buffer().await?);
-                self.buf.reserve(CHUNK_SIZE_MAX.saturating_sub(self.buf.len()));
+                self.buf
+                    .reserve(CHUNK_SIZE_MAX.saturating_sub(self.buf.len()));
             }
             let room = CHUNK_SIZE_MAX - self.buf.len();
             let take = room.min(frame.len());
@@ -304,7 +409,12 @@ impl<'a> Receiver<'a> {
         if !self.chunked {
             let data = self.buf.split().freeze();
             let etag = ContentHash::of(&data);
-            return Ok(Received { content: Content::Inline(data.to_vec()), size: self.size, etag, pins: Vec::new() });
+            return Ok(Received {
+                content: Content::Inline(data.to_vec()),
+                size: self.size,
+                etag,
+                pins: Vec::new(),
+            });
         }
         self.seal().await?;
         while !self.writes.is_empty() {
@@ -315,7 +425,16 @@ impl<'a> Receiver<'a> {
             None => self.hasher.take().unwrap_or_default(),
         };
         let content = Content::Chunks(std::mem::take(&mut self.done));
-        assert_eq!(content.len(), self.size, "chunk lengths must add up to the body size");
-        Ok(Received { content, size: self.size, etag: hasher.finalize().into(), pins: std::mem::take(&mut self.pins) })
+        assert_eq!(
+            content.len(),
+            self.size,
+            "chunk lengths must add up to the body size"
+        );
+        Ok(Received {
+            content,
+            size: self.size,
+            etag: hasher.finalize().into(),
+            pins: std::mem::take(&mut self.pins),
+        })
     }
 }

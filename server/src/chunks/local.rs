@@ -34,7 +34,10 @@ impl LocalChunkStore {
             }
         }
         sync_dir(root)?;
-        Ok(Self { root: root.to_owned(), tmp })
+        Ok(Self {
+            root: root.to_owned(),
+            tmp,
+        })
     }
 
     fn path(&self, hash: &ContentHash) -> PathBuf {
@@ -43,7 +46,9 @@ impl LocalChunkStore {
     }
 
     fn write_new(&self, hash: &ContentHash, data: &[u8], dest: &Path) -> Result<(), ChunkError> {
-        let tmp = self.tmp.join(format!("{}.{:016x}", hash.to_hex(), rand::random::<u64>()));
+        let tmp = self
+            .tmp
+            .join(format!("{}.{:016x}", hash.to_hex(), rand::random::<u64>()));
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
@@ -64,12 +69,18 @@ impl LocalChunkStore {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(ChunkError::from_io)
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ChunkError::from_io)
 }
 
 impl ChunkStore for LocalChunkStore {
     fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError> {
-        assert!(data.len() <= CHUNK_SIZE_MAX, "chunk of {} bytes", data.len());
+        assert!(
+            data.len() <= CHUNK_SIZE_MAX,
+            "chunk of {} bytes",
+            data.len()
+        );
         debug_assert_eq!(ContentHash::of(data), *hash);
         let dest = self.path(hash);
         if dest.exists() {
@@ -96,7 +107,10 @@ impl ChunkStore for LocalChunkStore {
         f.read_to_end(&mut data)?;
         let actual = ContentHash::of(&data);
         if actual != *hash {
-            return Err(ChunkError::Corrupt { hash: *hash, actual });
+            return Err(ChunkError::Corrupt {
+                hash: *hash,
+                actual,
+            });
         }
         Ok(data)
     }

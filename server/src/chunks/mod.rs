@@ -21,7 +21,10 @@ pub enum ChunkError {
     Missing(ContentHash),
     /// The bytes on disk do not hash to the chunk's name. Never returned as data.
     #[error("chunk {hash} is corrupt: its content hashes to {actual}")]
-    Corrupt { hash: ContentHash, actual: ContentHash },
+    Corrupt {
+        hash: ContentHash,
+        actual: ContentHash,
+    },
     #[error("chunk {hash} is corrupt: {len} bytes is over the chunk size limit")]
     Oversize { hash: ContentHash, len: u64 },
     #[error("no space left for chunk data")]

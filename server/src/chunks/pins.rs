@@ -13,14 +13,15 @@ use cairn_proto::ContentHash;
 
 const SHARDS: usize = 64;
 
-#[derive(Default)]
 pub struct Pins {
     shards: [Mutex<HashMap<ContentHash, u32>>; SHARDS],
 }
 
 impl Pins {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        })
     }
 
     fn shard(&self, hash: &ContentHash) -> MutexGuard<'_, HashMap<ContentHash, u32>> {
@@ -33,7 +34,10 @@ impl Pins {
     /// Pins `hash` until the guard is dropped.
     pub fn pin(self: &Arc<Self>, hash: ContentHash) -> PinGuard {
         *self.shard(&hash).entry(hash).or_insert(0) += 1;
-        PinGuard { pins: Arc::clone(self), hash }
+        PinGuard {
+            pins: Arc::clone(self),
+            hash,
+        }
     }
 
     /// Runs `f` with `hash` known to be unpinned, holding off new pins of it
@@ -49,7 +53,10 @@ impl Pins {
     }
 
     pub fn count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
     }
 }
 

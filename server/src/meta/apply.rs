@@ -74,37 +74,67 @@ pub struct Applied {
 
 impl Applied {
     fn nothing() -> Self {
-        Self { created: false, inode: None }
+        Self {
+            created: false,
+            inode: None,
+        }
     }
 }
 
 /// Applies `cmd`, recording its writes in `tx`.
-pub fn apply<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>, cmd: &Command) -> Result<Applied, ApplyError> {
+pub fn apply<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    cmd: &Command,
+) -> Result<Applied, ApplyError> {
     match cmd {
         Command::CreateShare { share, now_ns } => create_share(tx, share, *now_ns),
-        Command::PutToken { token_hash, share, access } => {
+        Command::PutToken {
+            token_hash,
+            share,
+            access,
+        } => {
             load_share(tx, share)?;
-            let rec = TokenRecord { share: share.clone(), access: *access };
+            let rec = TokenRecord {
+                share: share.clone(),
+                access: *access,
+            };
             tx.put(keys::token(token_hash), encode(&rec));
             Ok(Applied::nothing())
         }
-        Command::PutFile { share, path, file, mode, now_ns, precondition } => {
-            put_file(tx, share, path, file, *mode, *now_ns, precondition)
-        }
-        Command::Mkdir { share, path, mode, now_ns } => mkdir(tx, share, path, *mode, *now_ns),
-        Command::Remove { share, path, now_ns, precondition } => {
-            remove(tx, share, path, *now_ns, precondition)
-        }
-        Command::Rename { share, from, to, replace, now_ns } => {
-            rename(tx, share, from, to, *replace, *now_ns)
-        }
+        Command::PutFile {
+            share,
+            path,
+            file,
+            mode,
+            now_ns,
+            precondition,
+        } => put_file(tx, share, path, file, *mode, *now_ns, precondition),
+        Command::Mkdir {
+            share,
+            path,
+            mode,
+            now_ns,
+        } => mkdir(tx, share, path, *mode, *now_ns),
+        Command::Remove {
+            share,
+            path,
+            now_ns,
+            precondition,
+        } => remove(tx, share, path, *now_ns, precondition),
+        Command::Rename {
+            share,
+            from,
+            to,
+            replace,
+            now_ns,
+        } => rename(tx, share, from, to, *replace, *now_ns),
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);
-                if let Some(rec) = get::<ChunkRecord, _>(tx, &key)? {
-                    if rec.refs == 0 {
-                        tx.delete(key);
-                    }
+                if let Some(rec) = get::<ChunkRecord, _>(tx, &key)?
+                    && rec.refs == 0
+                {
+                    tx.delete(key);
                 }
             }
             Ok(Applied::nothing())
@@ -124,8 +154,17 @@ fn create_share<R: KvRead + ?Sized>(
     let root = allocate_inode(tx)?;
     let inode = new_dir(root, DIR_MODE_DEFAULT, now_ns);
     tx.put(keys::inode(root), encode(&inode));
-    tx.put(key, encode(&ShareRecord { root, created_ns: now_ns }));
-    Ok(Applied { created: true, inode: Some(root) })
+    tx.put(
+        key,
+        encode(&ShareRecord {
+            root,
+            created_ns: now_ns,
+        }),
+    );
+    Ok(Applied {
+        created: true,
+        inode: Some(root),
+    })
 }
 
 fn put_file<R: KvRead + ?Sized>(
@@ -173,8 +212,20 @@ fn put_file<R: KvRead + ?Sized>(
         file: Some(file.clone()),
     };
     tx.put(keys::inode(id), encode(&inode));
-    link(tx, parent, name, DirEntry { inode: id, kind: EntryKind::File }, now_ns)?;
-    Ok(Applied { created: existing.is_none(), inode: Some(id) })
+    link(
+        tx,
+        parent,
+        name,
+        DirEntry {
+            inode: id,
+            kind: EntryKind::File,
+        },
+        now_ns,
+    )?;
+    Ok(Applied {
+        created: existing.is_none(),
+        inode: Some(id),
+    })
 }
 
 fn mkdir<R: KvRead + ?Sized>(
@@ -193,7 +244,10 @@ fn mkdir<R: KvRead + ?Sized>(
         return Err(MetaError::AlreadyExists(path.to_string()).into());
     }
     let id = create_dir(tx, parent, name, mode, now_ns)?;
-    Ok(Applied { created: true, inode: Some(id) })
+    Ok(Applied {
+        created: true,
+        inode: Some(id),
+    })
 }
 
 fn remove<R: KvRead + ?Sized>(
@@ -217,7 +271,10 @@ fn remove<R: KvRead + ?Sized>(
     }
     unlink(tx, parent, name, entry, now_ns)?;
     drop_inode(tx, entry.inode, now_ns)?;
-    Ok(Applied { created: false, inode: Some(entry.inode) })
+    Ok(Applied {
+        created: false,
+        inode: Some(entry.inode),
+    })
 }
 
 fn rename<R: KvRead + ?Sized>(
@@ -236,7 +293,10 @@ fn rename<R: KvRead + ?Sized>(
     };
     let (from_parent, entry) = resolve_entry(tx, root, &from_parent_path, from_name, from)?;
     if from == to {
-        return Ok(Applied { created: false, inode: Some(entry.inode) });
+        return Ok(Applied {
+            created: false,
+            inode: Some(entry.inode),
+        });
     }
     if entry.kind == EntryKind::Directory && to.starts_with(from) {
         return Err(MetaError::Invalid(format!("cannot move '{from}' into itself")).into());
@@ -254,7 +314,10 @@ fn rename<R: KvRead + ?Sized>(
     inode.parent = to_parent;
     inode.ctime_ns = now_ns;
     tx.put(keys::inode(entry.inode), encode(&inode));
-    Ok(Applied { created: target.is_none(), inode: Some(entry.inode) })
+    Ok(Applied {
+        created: target.is_none(),
+        inode: Some(entry.inode),
+    })
 }
 
 /// rename(2)'s rules for what may be replaced.
@@ -286,7 +349,9 @@ fn get<T: serde::de::DeserializeOwned, R: KvRead + ?Sized>(
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
     match tx.get(key)? {
-        Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?)),
+        Some(bytes) => Ok(Some(
+            decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?,
+        )),
         None => Ok(None),
     }
 }
@@ -301,7 +366,7 @@ pub(super) fn load_share<R: KvRead + ?Sized>(
 /// An inode that a directory entry points at must exist.
 pub(super) fn load_inode<R: KvRead + ?Sized>(tx: &R, id: InodeId) -> Result<Inode, StoreError> {
     let key = keys::inode(id);
-    get(tx, &key)?.ok_or_else(|| StoreError::Dangling(id))
+    get(tx, &key)?.ok_or(StoreError::Dangling(id))
 }
 
 pub(super) fn lookup<R: KvRead + ?Sized>(
@@ -322,7 +387,10 @@ pub(super) fn resolve_dir<R: KvRead + ?Sized>(
     let mut dir = root;
     for name in path.segments() {
         match lookup(tx, dir, name)? {
-            Some(DirEntry { inode, kind: EntryKind::Directory }) => dir = inode,
+            Some(DirEntry {
+                inode,
+                kind: EntryKind::Directory,
+            }) => dir = inode,
             Some(_) => return Err(MetaError::NotDirectory(path.to_string()).into()),
             None => return Ok(None),
         }
@@ -345,7 +413,9 @@ fn resolve_entry<R: KvRead + ?Sized>(
 
 fn has_entries<R: KvRead + ?Sized>(tx: &R, dir: InodeId) -> Result<bool, StoreError> {
     let prefix = keys::dir_prefix(dir);
-    Ok(tx.first_key_in(&prefix, &keys::prefix_end(&prefix))?.is_some())
+    Ok(tx
+        .first_key_in(&prefix, &keys::prefix_end(&prefix))?
+        .is_some())
 }
 
 // --- changes -------------------------------------------------------------
@@ -378,7 +448,16 @@ fn create_dir<R: KvRead + ?Sized>(
 ) -> Result<InodeId, StoreError> {
     let id = allocate_inode(tx)?;
     tx.put(keys::inode(id), encode(&new_dir(parent, mode, now_ns)));
-    link(tx, parent, name, DirEntry { inode: id, kind: EntryKind::Directory }, now_ns)?;
+    link(
+        tx,
+        parent,
+        name,
+        DirEntry {
+            inode: id,
+            kind: EntryKind::Directory,
+        },
+        now_ns,
+    )?;
     Ok(id)
 }
 
@@ -392,7 +471,10 @@ fn resolve_or_create_dir<R: KvRead + ?Sized>(
     let mut dir = root;
     for name in path.segments() {
         dir = match lookup(tx, dir, name)? {
-            Some(DirEntry { inode, kind: EntryKind::Directory }) => inode,
+            Some(DirEntry {
+                inode,
+                kind: EntryKind::Directory,
+            }) => inode,
             Some(_) => return Err(MetaError::NotDirectory(path.to_string()).into()),
             None => create_dir(tx, dir, name, DIR_MODE_DEFAULT, now_ns)?,
         };
@@ -410,7 +492,16 @@ fn link<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<(), StoreError> {
     tx.put(keys::dir_entry(dir, name), encode(&entry));
-    touch_dir(tx, dir, now_ns, if entry.kind == EntryKind::Directory { 1 } else { 0 })
+    touch_dir(
+        tx,
+        dir,
+        now_ns,
+        if entry.kind == EntryKind::Directory {
+            1
+        } else {
+            0
+        },
+    )
 }
 
 fn unlink<R: KvRead + ?Sized>(
@@ -421,7 +512,16 @@ fn unlink<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<(), StoreError> {
     tx.delete(keys::dir_entry(dir, name));
-    touch_dir(tx, dir, now_ns, if entry.kind == EntryKind::Directory { -1 } else { 0 })
+    touch_dir(
+        tx,
+        dir,
+        now_ns,
+        if entry.kind == EntryKind::Directory {
+            -1
+        } else {
+            0
+        },
+    )
 }
 
 fn touch_dir<R: KvRead + ?Sized>(
@@ -459,8 +559,10 @@ fn add_chunk_ref<R: KvRead + ?Sized>(
     chunk: &ChunkRef,
 ) -> Result<(), StoreError> {
     let key = keys::chunk(&chunk.hash);
-    let mut rec = get::<ChunkRecord, _>(tx, &key)?
-        .unwrap_or(ChunkRecord { refs: 0, unreferenced_since_ns: 0 });
+    let mut rec = get::<ChunkRecord, _>(tx, &key)?.unwrap_or(ChunkRecord {
+        refs: 0,
+        unreferenced_since_ns: 0,
+    });
     rec.refs += 1;
     rec.unreferenced_since_ns = 0;
     tx.put(key, encode(&rec));
@@ -474,10 +576,14 @@ fn release_chunk_ref<R: KvRead + ?Sized>(
 ) -> Result<(), StoreError> {
     let key = keys::chunk(hash);
     let Some(mut rec) = get::<ChunkRecord, _>(tx, &key)? else {
-        return Err(StoreError::Invariant(format!("chunk {hash} released but has no record")));
+        return Err(StoreError::Invariant(format!(
+            "chunk {hash} released but has no record"
+        )));
     };
     if rec.refs == 0 {
-        return Err(StoreError::Invariant(format!("chunk {hash} released below zero")));
+        return Err(StoreError::Invariant(format!(
+            "chunk {hash} released below zero"
+        )));
     }
     rec.refs -= 1;
     if rec.refs == 0 {

@@ -109,7 +109,9 @@ impl Precondition {
     }
 
     pub fn holds_if_none_match(&self, current: Option<Option<ContentHash>>) -> bool {
-        self.if_none_match.as_ref().is_none_or(|s| !s.matches(current))
+        self.if_none_match
+            .as_ref()
+            .is_none_or(|s| !s.matches(current))
     }
 }
 
@@ -121,18 +123,30 @@ mod tests {
     fn preconditions() {
         let a = ContentHash::of(b"a");
         let b = ContentHash::of(b"b");
-        let create_only = Precondition { if_none_match: Some(TagSet::Any), ..Default::default() };
+        let create_only = Precondition {
+            if_none_match: Some(TagSet::Any),
+            ..Default::default()
+        };
         assert!(create_only.holds(None));
         assert!(!create_only.holds(Some(Some(a))));
         assert!(!create_only.holds(Some(None)));
-        let if_a = Precondition { if_match: Some(TagSet::Tags(vec![a])), ..Default::default() };
+        let if_a = Precondition {
+            if_match: Some(TagSet::Tags(vec![a])),
+            ..Default::default()
+        };
         assert!(if_a.holds(Some(Some(a))));
         assert!(!if_a.holds(Some(Some(b))));
         assert!(!if_a.holds(None));
-        let must_exist = Precondition { if_match: Some(TagSet::Any), ..Default::default() };
+        let must_exist = Precondition {
+            if_match: Some(TagSet::Any),
+            ..Default::default()
+        };
         assert!(must_exist.holds(Some(Some(b))));
         assert!(!must_exist.holds(None));
-        let not_b = Precondition { if_none_match: Some(TagSet::Tags(vec![b])), ..Default::default() };
+        let not_b = Precondition {
+            if_none_match: Some(TagSet::Tags(vec![b])),
+            ..Default::default()
+        };
         assert!(not_b.holds(None) && not_b.holds(Some(Some(a))) && !not_b.holds(Some(Some(b))));
         assert!(Precondition::default().holds(None));
     }

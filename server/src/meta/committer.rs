@@ -65,7 +65,10 @@ impl Committer {
     /// Applies `cmd` and returns once it is durable (or refused).
     pub async fn commit(&self, cmd: Command) -> Result<Applied, CommitError> {
         let (reply, rx) = oneshot::channel();
-        self.queue.send(Request { cmd, reply }).await.map_err(|_| CommitError::Stopped)?;
+        self.queue
+            .send(Request { cmd, reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
         rx.await.map_err(|_| CommitError::Stopped)?
     }
 }
@@ -109,7 +112,10 @@ fn commit_group(store: &MetaStore, group: &mut Vec<Request>) {
 
 /// Applies `cmds` in order into one write batch and syncs it. A refused
 /// command changes nothing; a store failure commits none of the batch.
-pub fn apply_batch(store: &MetaStore, cmds: &[&Command]) -> Result<Vec<Result<Applied, MetaError>>, StoreError> {
+pub fn apply_batch(
+    store: &MetaStore,
+    cmds: &[&Command],
+) -> Result<Vec<Result<Applied, MetaError>>, StoreError> {
     let mut results = Vec::with_capacity(cmds.len());
     let mut overlay = Overlay::new(store);
     for cmd in cmds {

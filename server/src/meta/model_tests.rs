@@ -14,7 +14,10 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
     Dir,
-    File { etag: ContentHash, chunks: Vec<ContentHash> },
+    File {
+        etag: ContentHash,
+        chunks: Vec<ContentHash>,
+    },
 }
 
 /// The model: path -> node; the root is implicit.
@@ -23,16 +26,17 @@ struct Model {
     tree: BTreeMap<String, Node>,
 }
 
-fn parent_of(path: &str) -> Option<&str> {
-    path.rsplit_once('/').map(|(p, _)| p)
-}
-
 fn prefixes(path: &str) -> Vec<&str> {
     path.match_indices('/').map(|(i, _)| &path[..i]).collect()
 }
 
-fn below<'a>(path: &'a str, tree: &'a BTreeMap<String, Node>) -> impl Iterator<Item = &'a String> + 'a {
-    tree.keys().filter(move |k| k.len() > path.len() && k.starts_with(path) && k.as_bytes()[path.len()] == b'/')
+fn below<'a>(
+    path: &'a str,
+    tree: &'a BTreeMap<String, Node>,
+) -> impl Iterator<Item = &'a String> + 'a {
+    tree.keys().filter(move |k| {
+        k.len() > path.len() && k.starts_with(path) && k.as_bytes()[path.len()] == b'/'
+    })
 }
 
 impl Model {
@@ -53,7 +57,11 @@ impl Model {
 
     fn apply(&mut self, op: &Op) -> Result<(), ErrorCode> {
         match op {
-            Op::Put { path, content, create_only } => {
+            Op::Put {
+                path,
+                content,
+                create_only,
+            } => {
                 let missing = self.walk(path, true)?;
                 match self.tree.get(path.as_str()) {
                     Some(_) if *create_only => return Err(ErrorCode::PreconditionFailed),
@@ -63,7 +71,10 @@ impl Model {
                 for m in missing {
                     self.tree.insert(m, Node::Dir);
                 }
-                let chunks = content.iter().map(|c| ContentHash::of(&[*c])).collect::<Vec<_>>();
+                let chunks = content
+                    .iter()
+                    .map(|c| ContentHash::of(&[*c]))
+                    .collect::<Vec<_>>();
                 let etag = ContentHash::of(content);
                 self.tree.insert(path.clone(), Node::File { etag, chunks });
                 Ok(())
@@ -83,7 +94,9 @@ impl Model {
                 self.walk(path, false)?;
                 match self.tree.get(path.as_str()) {
                     None => return Err(ErrorCode::NotFound),
-                    Some(Node::Dir) if below(path, &self.tree).next().is_some() => return Err(ErrorCode::NotEmpty),
+                    Some(Node::Dir) if below(path, &self.tree).next().is_some() => {
+                        return Err(ErrorCode::NotEmpty);
+                    }
                     _ => {}
                 }
                 self.tree.remove(path.as_str());
@@ -110,7 +123,9 @@ impl Model {
             match (&moving, old) {
                 (Node::File { .. }, Node::Dir) => return Err(ErrorCode::IsDirectory),
                 (Node::Dir, Node::File { .. }) => return Err(ErrorCode::NotDirectory),
-                (Node::Dir, Node::Dir) if below(to, &self.tree).next().is_some() => return Err(ErrorCode::NotEmpty),
+                (Node::Dir, Node::Dir) if below(to, &self.tree).next().is_some() => {
+                    return Err(ErrorCode::NotEmpty);
+                }
                 _ => {}
             }
         }
@@ -122,7 +137,8 @@ impl Model {
         self.tree.insert(to.to_owned(), moving);
         for old in moved {
             let node = self.tree.remove(&old).unwrap();
-            self.tree.insert(format!("{to}{}", &old[from.len()..]), node);
+            self.tree
+                .insert(format!("{to}{}", &old[from.len()..]), node);
         }
         Ok(())
     }
@@ -130,14 +146,27 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { path: String, content: Vec<u8>, create_only: bool },
-    Mkdir { path: String },
-    Remove { path: String },
-    Rename { from: String, to: String, replace: bool },
+    Put {
+        path: String,
+        content: Vec<u8>,
+        create_only: bool,
+    },
+    Mkdir {
+        path: String,
+    },
+    Remove {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+        replace: bool,
+    },
 }
 
 fn path_strategy() -> impl Strategy<Value = String> {
-    proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..4).prop_map(|v| v.join("/"))
+    proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..4)
+        .prop_map(|v| v.join("/"))
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -158,7 +187,11 @@ fn share() -> ShareName {
 fn to_command(op: &Op, now_ns: i64) -> Command {
     let p = |s: &str| FilePath::parse(s).unwrap();
     match op {
-        Op::Put { path, content, create_only } => Command::PutFile {
+        Op::Put {
+            path,
+            content,
+            create_only,
+        } => Command::PutFile {
             share: share(),
             path: p(path),
             file: FileData {
@@ -167,7 +200,13 @@ fn to_command(op: &Op, now_ns: i64) -> Command {
                 content_type: None,
                 // One one-byte "chunk" per byte: exercises reference counts.
                 content: Content::Chunks(
-                    content.iter().map(|c| ChunkRef { hash: ContentHash::of(&[*c]), len: 1 }).collect(),
+                    content
+                        .iter()
+                        .map(|c| ChunkRef {
+                            hash: ContentHash::of(&[*c]),
+                            len: 1,
+                        })
+                        .collect(),
                 ),
             },
             mode: 0o644,
@@ -177,9 +216,25 @@ fn to_command(op: &Op, now_ns: i64) -> Command {
                 ..Default::default()
             },
         },
-        Op::Mkdir { path } => Command::Mkdir { share: share(), path: p(path), mode: 0o755, now_ns },
-        Op::Remove { path } => Command::Remove { share: share(), path: p(path), now_ns, precondition: Precondition::default() },
-        Op::Rename { from, to, replace } => Command::Rename { share: share(), from: p(from), to: p(to), replace: *replace, now_ns },
+        Op::Mkdir { path } => Command::Mkdir {
+            share: share(),
+            path: p(path),
+            mode: 0o755,
+            now_ns,
+        },
+        Op::Remove { path } => Command::Remove {
+            share: share(),
+            path: p(path),
+            now_ns,
+            precondition: Precondition::default(),
+        },
+        Op::Rename { from, to, replace } => Command::Rename {
+            share: share(),
+            from: p(from),
+            to: p(to),
+            replace: *replace,
+            now_ns,
+        },
     }
 }
 
@@ -189,7 +244,11 @@ fn dump(snap: &Snapshot<'_>, dir: InodeId, prefix: &str, out: &mut BTreeMap<Stri
     assert!(!more);
     let mut dirs = 0;
     for e in entries {
-        let path = if prefix.is_empty() { e.name.clone() } else { format!("{prefix}/{}", e.name) };
+        let path = if prefix.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{prefix}/{}", e.name)
+        };
         match e.inode.kind {
             EntryKind::Directory => {
                 dirs += 1;
@@ -199,7 +258,13 @@ fn dump(snap: &Snapshot<'_>, dir: InodeId, prefix: &str, out: &mut BTreeMap<Stri
             EntryKind::File => {
                 let f = e.inode.file.unwrap();
                 let chunks = f.content.chunks().iter().map(|c| c.hash).collect();
-                out.insert(path, Node::File { etag: f.etag, chunks });
+                out.insert(
+                    path,
+                    Node::File {
+                        etag: f.etag,
+                        chunks,
+                    },
+                );
             }
         }
     }

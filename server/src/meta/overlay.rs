@@ -24,7 +24,10 @@ pub struct Overlay<'a, R: KvRead + ?Sized> {
 
 impl<'a, R: KvRead + ?Sized> Overlay<'a, R> {
     pub fn new(base: &'a R) -> Self {
-        Self { base, pending: BTreeMap::new() }
+        Self {
+            base,
+            pending: BTreeMap::new(),
+        }
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {

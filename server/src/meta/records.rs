@@ -25,7 +25,7 @@ pub enum RecordError {
 
 /// Serializes `value` with the version byte in front.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
+    let out = vec![RECORD_VERSION];
     // Writing postcard into a Vec only fails if `T`'s Serialize impl fails,
     // which none of our derived records do.
     match postcard::to_extend(value, out) {
@@ -167,14 +167,23 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_check() {
-        let rec = ChunkRecord { refs: 3, unreferenced_since_ns: -1 };
+        let rec = ChunkRecord {
+            refs: 3,
+            unreferenced_since_ns: -1,
+        };
         let bytes = encode(&rec);
         assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(decode::<ChunkRecord>(&bytes).unwrap(), rec);
         let mut future = bytes.clone();
         future[0] = 9;
-        assert!(matches!(decode::<ChunkRecord>(&future), Err(RecordError::Version(9))));
-        assert!(matches!(decode::<ChunkRecord>(&[]), Err(RecordError::Empty)));
+        assert!(matches!(
+            decode::<ChunkRecord>(&future),
+            Err(RecordError::Version(9))
+        ));
+        assert!(matches!(
+            decode::<ChunkRecord>(&[]),
+            Err(RecordError::Empty)
+        ));
     }
 
     proptest! {

@@ -37,7 +37,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn corrupt(key: &[u8], source: RecordError) -> Self {
-        Self::Corrupt { key: escape(key), source }
+        Self::Corrupt {
+            key: escape(key),
+            source,
+        }
     }
 
     /// True if the disk under the store is full.
@@ -47,7 +50,10 @@ impl StoreError {
 }
 
 fn escape(key: &[u8]) -> String {
-    key.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    key.iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 /// Version of the key layout; bumped with a migration when it changes.
@@ -111,7 +117,10 @@ impl MetaStore {
 
     /// A consistent view of the committed state.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { snap: self.db.snapshot(), db: &self.db }
+        Snapshot {
+            snap: self.db.snapshot(),
+            db: &self.db,
+        }
     }
 
     pub fn token(&self, token_hash: &ContentHash) -> Result<Option<TokenRecord>, StoreError> {
@@ -127,10 +136,16 @@ impl MetaStore {
     }
 
     /// Every chunk record, for checks and tests; bounded by `limit`.
-    pub fn chunk_records(&self, limit: usize) -> Result<Vec<(ContentHash, ChunkRecord)>, StoreError> {
+    pub fn chunk_records(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, ChunkRecord)>, StoreError> {
         let prefix = [keys::CHUNK_PREFIX];
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
@@ -153,14 +168,21 @@ impl KvRead for MetaStore {
     fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
+        let mut it = self
+            .db
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
         Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
     }
 }
 
-fn read_record<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
+fn read_record<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
     match db.get(key)? {
-        Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?)),
+        Some(bytes) => Ok(Some(
+            decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?,
+        )),
         None => Ok(None),
     }
 }
@@ -180,21 +202,29 @@ impl KvRead for Snapshot<'_> {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&self.snap);
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
+        let mut it = self
+            .db
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
         Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
     }
 }
 
 impl Snapshot<'_> {
     /// The inode at `path` in `share`.
-    pub fn resolve(&self, share: &ShareName, path: &FilePath) -> Result<(InodeId, Inode), ApplyError> {
+    pub fn resolve(
+        &self,
+        share: &ShareName,
+        path: &FilePath,
+    ) -> Result<(InodeId, Inode), ApplyError> {
         let root = apply::load_share(self, share)?.root;
         let not_found = || MetaError::NotFound(path.to_string());
         let id = match path.split_last() {
             None => root,
             Some((parent_path, name)) => {
                 let parent = apply::resolve_dir(self, root, &parent_path)?.ok_or_else(not_found)?;
-                apply::lookup(self, parent, name)?.ok_or_else(not_found)?.inode
+                apply::lookup(self, parent, name)?
+                    .ok_or_else(not_found)?
+                    .inode
             }
         };
         Ok((id, apply::load_inode(self, id)?))
@@ -221,7 +251,10 @@ impl Snapshot<'_> {
         ro.set_snapshot(&self.snap);
         ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), ro) {
+        for item in self
+            .db
+            .iterator_opt(IteratorMode::From(&start, Direction::Forward), ro)
+        {
             let (k, v) = item?;
             if out.len() == limit {
                 return Ok((out, true));
@@ -231,7 +264,10 @@ impl Snapshot<'_> {
                 .to_owned();
             let entry: DirEntry = decode(&v).map_err(|e| StoreError::corrupt(&k, e))?;
             let inode = apply::load_inode(self, entry.inode)?;
-            debug_assert_eq!(inode.kind == EntryKind::Directory, entry.kind == EntryKind::Directory);
+            debug_assert_eq!(
+                inode.kind == EntryKind::Directory,
+                entry.kind == EntryKind::Directory
+            );
             out.push(Listed { name, entry, inode });
         }
         Ok((out, false))

@@ -54,13 +54,22 @@ impl Gc {
         .await
         .map_err(|e| e.to_string())??;
         for batch in forgotten.chunks(FORGET_BATCH_MAX) {
-            let cmd = Command::ForgetChunks { hashes: batch.to_vec() };
-            self.committer.commit(cmd).await.map_err(|e| e.to_string())?;
+            let cmd = Command::ForgetChunks {
+                hashes: batch.to_vec(),
+            };
+            self.committer
+                .commit(cmd)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         self.metrics.gc_runs.inc();
         self.metrics.gc_chunks_deleted.inc_by(report.deleted);
         if report.deleted > 0 {
-            tracing::info!(scanned = report.scanned, deleted = report.deleted, "gc pass");
+            tracing::info!(
+                scanned = report.scanned,
+                deleted = report.deleted,
+                "gc pass"
+            );
         }
         Ok(report)
     }
@@ -77,7 +86,10 @@ fn sweep(
     chunks
         .for_each(&mut |hash, written: SystemTime| candidates.push((hash, system_time_ns(written))))
         .map_err(|e| e.to_string())?;
-    let mut report = GcReport { scanned: candidates.len() as u64, deleted: 0 };
+    let mut report = GcReport {
+        scanned: candidates.len() as u64,
+        deleted: 0,
+    };
     let mut forgotten = Vec::new();
     for (hash, written_ns) in candidates {
         let decided = pins.if_unpinned(&hash, || -> Result<Option<bool>, String> {
@@ -94,12 +106,12 @@ fn sweep(
             chunks.delete(&hash).map_err(|e| e.to_string())?;
             Ok(Some(forget))
         });
-        if let Some(outcome) = decided {
-            if let Some(forget) = outcome? {
-                report.deleted += 1;
-                if forget {
-                    forgotten.push(hash);
-                }
+        if let Some(outcome) = decided
+            && let Some(forget) = outcome?
+        {
+            report.deleted += 1;
+            if forget {
+                forgotten.push(hash);
             }
         }
     }
