@@ -37,6 +37,15 @@ async fn get(s: &Server, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn delete(s: &Server, path: &str) -> reqwest::Response {
+    client()
+        .delete(s.object_url(path))
+        .header(header::AUTHORIZATION, s.auth())
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn error_code(resp: reqwest::Response) -> String {
     let v: serde_json::Value = resp.json().await.expect("error body is JSON");
     assert!(
@@ -428,34 +437,14 @@ async fn namespace_operations() {
     );
 
     // Delete: non-empty directory refused, file then directory removed.
-    let r = c
-        .delete(s.object_url("moved/d1/d2"))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&s, "moved/d1/d2").await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "not_empty");
-    let r = c
-        .delete(s.object_url("moved/d1/d2/a.txt"))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&s, "moved/d1/d2/a.txt").await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c
-        .delete(s.object_url("moved/d1/d2"))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&s, "moved/d1/d2").await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c
-        .delete(s.object_url("moved/d1/d2"))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&s, "moved/d1/d2").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // A file in the way of a directory path.
     let r = put(&s, "moved/plain+plus.txt/inner", b"x".to_vec()).await;
@@ -726,12 +715,7 @@ async fn gc_and_dedup() {
     put(&s, "one", data.clone()).await;
     put(&s, "two", data.clone()).await;
     assert_eq!(s.chunk_files(), 3, "identical chunks are stored once");
-    client()
-        .delete(s.object_url("one"))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap();
+    delete(&s, "one").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.chunk_files(), 3, "still referenced by 'two'");
     assert_eq!(get(&s, "two").await.bytes().await.unwrap(), data);

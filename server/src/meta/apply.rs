@@ -344,7 +344,8 @@ fn check_replaceable<R: KvRead + ?Sized>(
 
 // --- lookups -------------------------------------------------------------
 
-fn get<T: serde::de::DeserializeOwned, R: KvRead + ?Sized>(
+/// Reads and decodes one record.
+pub(super) fn get<T: serde::de::DeserializeOwned, R: KvRead + ?Sized>(
     tx: &R,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {

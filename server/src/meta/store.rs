@@ -124,15 +124,15 @@ impl MetaStore {
     }
 
     pub fn token(&self, token_hash: &ContentHash) -> Result<Option<TokenRecord>, StoreError> {
-        read_record(&self.db, &keys::token(token_hash))
+        apply::get(self, &keys::token(token_hash))
     }
 
     pub fn share(&self, share: &ShareName) -> Result<Option<ShareRecord>, StoreError> {
-        read_record(&self.db, &keys::share(share))
+        apply::get(self, &keys::share(share))
     }
 
     pub fn chunk_record(&self, hash: &ContentHash) -> Result<Option<ChunkRecord>, StoreError> {
-        read_record(&self.db, &keys::chunk(hash))
+        apply::get(self, &keys::chunk(hash))
     }
 
     /// Every chunk record, for checks and tests; bounded by `limit`.
@@ -172,18 +172,6 @@ impl KvRead for MetaStore {
             .db
             .iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
         Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
-    }
-}
-
-fn read_record<T: serde::de::DeserializeOwned>(
-    db: &DB,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match db.get(key)? {
-        Some(bytes) => Ok(Some(
-            decode(&bytes).map_err(|e| StoreError::corrupt(key, e))?,
-        )),
-        None => Ok(None),
     }
 }
 
