@@ -103,8 +103,16 @@ pub struct Cli {
     pub http_listen: Option<String>,
     #[arg(long, env = "CAIRN_UPLOAD_BYTES_MAX")]
     pub upload_bytes_max: Option<u64>,
+    #[arg(long, env = "CAIRN_INLINE_BYTES_MAX")]
+    pub inline_bytes_max: Option<u64>,
     #[arg(long, env = "CAIRN_FREE_BYTES_MIN")]
     pub free_bytes_min: Option<u64>,
+    #[arg(long, env = "CAIRN_UPLOAD_BUFFER_BYTES_MAX")]
+    pub upload_buffer_bytes_max: Option<u64>,
+    #[arg(long, env = "CAIRN_BODY_IDLE_TIMEOUT_SECS")]
+    pub body_idle_timeout_secs: Option<u64>,
+    #[arg(long, env = "CAIRN_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
     #[arg(long, env = "CAIRN_GC_GRACE_SECS")]
     pub gc_grace_secs: Option<u64>,
     #[arg(long, env = "CAIRN_GC_INTERVAL_SECS")]
@@ -178,6 +186,18 @@ impl Config {
         if let Some(v) = cli.free_bytes_min {
             file.free_bytes_min = v;
         }
+        if let Some(v) = cli.inline_bytes_max {
+            file.inline_bytes_max = v;
+        }
+        if let Some(v) = cli.upload_buffer_bytes_max {
+            file.upload_buffer_bytes_max = v;
+        }
+        if let Some(v) = cli.body_idle_timeout_secs {
+            file.body_idle_timeout_secs = v;
+        }
+        if let Some(v) = cli.shutdown_grace_secs {
+            file.shutdown_grace_secs = v;
+        }
         if let Some(v) = cli.gc_grace_secs {
             file.gc_grace_secs = v;
         }
@@ -207,9 +227,11 @@ impl Config {
                 "upload_buffer_bytes_max must be at least one chunk ({chunk} bytes)"
             )));
         }
-        if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 {
+        if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 || file.gc_grace_secs == 0
+        {
             return Err(invalid(
-                "gc_interval_secs and body_idle_timeout_secs must be positive".into(),
+                "gc_interval_secs, gc_grace_secs and body_idle_timeout_secs must be positive"
+                    .into(),
             ));
         }
         let mut shares = Vec::new();

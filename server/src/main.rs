@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         tokio::spawn(on_signal(shutdown.clone()));
         cairn_server::node::run(config, shutdown).await
     });
+    // Requests that outlived the shutdown grace period are abandoned here;
+    // everything they were told had succeeded is already durable.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -113,11 +113,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     drop(state);
     // Every commit was synced before it was acknowledged, so stopping here
     // leaves no torn state even if a straggling request still holds a handle.
-    if committer_thread.is_finished() || served.is_ok() {
+    // Connections that outlived the grace period still hold the committer;
+    // waiting for them could take forever, so only join after a clean drain.
+    if matches!(served, Ok(Drained::Clean)) {
         let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     }
     tracing::info!("stopped");
-    served
+    served.map(|_| ())
+}
+
+/// How the HTTP server stopped.
+enum Drained {
+    /// Every connection finished.
+    Clean,
+    /// The grace period ran out with requests still in flight.
+    TimedOut,
 }
 
 async fn serve(
@@ -125,7 +135,7 @@ async fn serve(
     state: Arc<AppState>,
     shutdown: CancellationToken,
     grace: std::time::Duration,
-) -> Result<(), NodeError> {
+) -> Result<Drained, NodeError> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -136,18 +146,18 @@ async fn serve(
         axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
-        r = &mut server => return r.map_err(NodeError::Serve),
+        r = &mut server => return r.map(|()| Drained::Clean).map_err(NodeError::Serve),
         _ = shutdown.cancelled() => {
             tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
         }
     }
     match tokio::time::timeout(grace, server).await {
-        Ok(r) => r.map_err(NodeError::Serve),
+        Ok(r) => r.map(|()| Drained::Clean).map_err(NodeError::Serve),
         Err(_) => {
             tracing::warn!(
                 "in-flight requests did not finish within the grace period; stopping anyway"
             );
-            Ok(())
+            Ok(Drained::TimedOut)
         }
     }
 }
@@ -181,8 +191,35 @@ async fn bootstrap_shares(
             committer.commit(cmd).await?;
         }
     }
+    revoke_unlisted_tokens(config, meta, committer).await
+}
+
+/// The configuration is the list of valid tokens for the shares it names: a
+/// token removed from it stops working at the next start.
+async fn revoke_unlisted_tokens(
+    config: &Config,
+    meta: &MetaStore,
+    committer: &Committer,
+) -> Result<(), NodeError> {
+    let listed: std::collections::HashSet<ContentHash> = config
+        .shares
+        .iter()
+        .flat_map(|(_, tokens)| tokens.iter().map(|t| ContentHash::of(t.token.as_bytes())))
+        .collect();
+    for (token_hash, record) in meta.tokens(TOKENS_MAX)? {
+        let configured = config.shares.iter().any(|(s, _)| *s == record.share);
+        if configured && !listed.contains(&token_hash) {
+            committer
+                .commit(Command::DeleteToken { token_hash })
+                .await?;
+            tracing::info!(share = %record.share, "revoked a token no longer in the configuration");
+        }
+    }
     Ok(())
 }
+
+/// Most tokens looked at when reconciling them with the configuration.
+const TOKENS_MAX: usize = 100_000;
 
 /// Writes `{"http": addr, "pid": n}` atomically (temp file, rename).
 fn write_ready_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {

@@ -181,6 +181,10 @@ async fn ranges() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        resp.headers()[header::CONTENT_RANGE].to_str().unwrap(),
+        format!("bytes */{size}")
+    );
     assert_eq!(error_code(resp).await, "range_not_satisfiable");
     // Several ranges: served whole.
     let resp = client()
@@ -740,15 +744,27 @@ async fn corrupt_chunks_are_never_served() {
         allowed_errors: vec!["corrupt".into()],
         ..Default::default()
     });
-    let data = random_bytes(6 << 20, 9);
+    let data = random_bytes(10 << 20, 9);
     put(&s, "c.bin", data.clone()).await;
-    for path in s.chunk_paths() {
+    let first = blake3::hash(&data[..4 << 20]).to_hex().to_string();
+    let last = blake3::hash(&data[8 << 20..]).to_hex().to_string();
+    let flip = |name: &str| {
+        let path = s
+            .chunk_paths()
+            .into_iter()
+            .find(|p| p.ends_with(name))
+            .unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
-    }
+    };
+
+    // A bad chunk after the first: the response is cut short, and what
+    // arrived before the cut is good data.
+    flip(&last);
     let resp = get(&s, "c.bin").await;
+    assert_eq!(resp.status(), StatusCode::OK);
     let mut received = Vec::new();
     let mut body = resp.bytes_stream();
     let mut failed = false;
@@ -762,12 +778,14 @@ async fn corrupt_chunks_are_never_served() {
         }
     }
     assert!(failed, "a download of corrupt data must fail");
-    assert!(received.len() < data.len());
-    assert_eq!(
-        &received[..],
-        &data[..received.len()],
-        "bytes sent before the failure are good bytes"
-    );
+    assert!(received.len() <= 8 << 20);
+    assert_eq!(&received[..], &data[..received.len()]);
+
+    // A bad first chunk: a clean 500 with a JSON error, for ranges too.
+    flip(&first);
+    let r = get(&s, "c.bin").await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(r).await, "corrupt");
     let r = client()
         .get(s.object_url("c.bin"))
         .header(header::AUTHORIZATION, s.auth())
@@ -775,5 +793,87 @@ async fn corrupt_chunks_are_never_served() {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_server_error() || r.bytes().await.is_err());
+    assert_eq!(error_code(r).await, "corrupt");
+    let m = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("cairn_chunk_corrupt_total") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_removed_from_the_configuration_are_revoked() {
+    let mut s = Server::start();
+    let c = client();
+    put(&s, "a", b"x".to_vec()).await;
+    let old = s.read_token.clone();
+    let r = c
+        .get(s.object_url("a"))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.read_token = format!("ro-new-{:032x}", 7u128);
+    assert_eq!(s.stop(), Some(0));
+    s.restart();
+    // A new client: the old one's pooled connections died with the server.
+    let c = client();
+    let r = c
+        .get(s.object_url("a"))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .get(s.object_url("a"))
+        .bearer_auth(&s.read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn strong_and_weak_etag_comparison() {
+    let s = Server::start();
+    let c = client();
+    let etag = put(&s, "e", b"e".to_vec()).await.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let weak = format!("W/{etag}");
+    // If-Match compares strongly: a weak tag never matches.
+    let r = c
+        .put(s.object_url("e"))
+        .header(header::AUTHORIZATION, s.auth())
+        .header(header::IF_MATCH, &weak)
+        .body("f")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    // If-None-Match compares weakly, and list headers may span lines.
+    let r = c
+        .get(s.object_url("e"))
+        .header(header::AUTHORIZATION, s.auth())
+        .header(header::IF_NONE_MATCH, "\"other\"")
+        .header(header::IF_NONE_MATCH, &weak)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    // DELETE of a file through a directory URL is refused.
+    let r = delete(&s, "e/").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(get(&s, "e").await.text().await.unwrap(), "e");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_proto::{ContentHash, ErrorCode};
 use futures::{StreamExt, TryStreamExt, stream};
@@ -15,8 +15,10 @@ use super::AppState;
 use super::conditional::{etag_header, precondition};
 use super::error::{ApiError, ApiResult};
 use super::range::{ByteRange, RangeRequest, parse_range};
+use crate::chunks::ChunkStore;
 use crate::clock::ns_to_system_time;
 use crate::meta::{ChunkRef, Content, Inode};
+use crate::metrics::Metrics;
 
 /// Chunks read ahead of the one being sent.
 pub const READ_AHEAD_CHUNKS: usize = 2;
@@ -31,11 +33,12 @@ pub async fn get_file(
         return Err(ApiError::new(ErrorCode::IsDirectory, "not a file"));
     };
     let etag = etag_header(&file.etag);
-    let last_modified = httpdate::fmt_http_date(ns_to_system_time(inode.mtime_ns));
+    // HTTP dates cannot say "before 1970".
+    let last_modified = httpdate::fmt_http_date(ns_to_system_time(inode.mtime_ns.max(0)));
     if let Some(status) = conditional_status(headers, file.etag, inode.mtime_ns)? {
         return Ok(bodyless(status, &etag, &last_modified));
     }
-    let range = match if_range_holds(headers, &etag, &last_modified) {
+    let range = match if_range_holds(headers, &etag) {
         true => parse_range(header_str(headers, header::RANGE), file.size),
         false => RangeRequest::Full,
     };
@@ -48,7 +51,13 @@ pub async fn get_file(
             }),
         ),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
-        RangeRequest::Unsatisfiable => return Err(unsatisfiable(file.size)),
+        RangeRequest::Unsatisfiable => {
+            let mut resp = unsatisfiable(file.size).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", file.size)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
     };
     let len = span.map_or(0, |r| r.len());
     let mut builder = Response::builder()
@@ -71,7 +80,7 @@ pub async fn get_file(
     }
     let body = match (head, span) {
         (true, _) | (_, None) => Body::empty(),
-        (false, Some(r)) => body_for(state, &file.content, r),
+        (false, Some(r)) => body_for(state, &file.content, r).await?,
     };
     builder
         .body(body)
@@ -129,17 +138,22 @@ fn conditional_status(
     Ok(None)
 }
 
-/// `If-Range`: honour Range only if the validator still matches.
-fn if_range_holds(headers: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+/// `If-Range`: honour Range only if the ETag still matches. Dates are not
+/// accepted: with one-second resolution two writes in the same second would
+/// splice two versions together.
+fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
     match header_str(headers, header::IF_RANGE) {
         None => true,
-        Some(v) => v == etag || v == last_modified,
+        Some(v) => v == etag,
     }
 }
 
 /// The bytes `range` of `content`, read ahead and verified chunk by chunk.
-fn body_for(state: &AppState, content: &Content, range: ByteRange) -> Body {
-    match content {
+/// The first chunk is read and verified before the response starts, so a
+/// corrupt or missing first chunk is a clean 500; a later one cuts the
+/// response short. Either way no unverified byte is sent.
+async fn body_for(state: &AppState, content: &Content, range: ByteRange) -> ApiResult<Body> {
+    let chunks = match content {
         Content::Inline(data) => {
             let (start, end) = (range.start as usize, range.end as usize);
             let slice = data
@@ -147,38 +161,44 @@ fn body_for(state: &AppState, content: &Content, range: ByteRange) -> Body {
                 .map(Bytes::copy_from_slice)
                 .unwrap_or_default();
             state.metrics.http_bytes_out.inc_by(slice.len() as u64);
-            Body::from(slice)
+            return Ok(Body::from(slice));
         }
-        Content::Chunks(chunks) => {
-            let pieces = pieces(chunks, range);
-            let chunks_store = Arc::clone(&state.chunks);
-            let metrics = Arc::clone(&state.metrics);
-            let s = stream::iter(pieces)
-                .map(move |(chunk, start, end)| {
-                    let store = Arc::clone(&chunks_store);
-                    let metrics = Arc::clone(&metrics);
-                    async move {
-                        let data = tokio::task::spawn_blocking(move || store.get(&chunk.hash))
-                            .await
-                            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-                        metrics.chunk_reads.inc();
-                        let data = data.inspect_err(|_| {
-                            metrics.chunk_corrupt.inc();
-                        })?;
-                        let piece = Bytes::from(data).slice(start..end);
-                        metrics.http_bytes_out.inc_by(piece.len() as u64);
-                        Ok::<_, ApiError>(piece)
-                    }
-                })
-                .buffered(READ_AHEAD_CHUNKS)
-                .map_err(|e| {
-                    // The client sees the response cut short, never bad bytes.
-                    tracing::error!(code = %e.code, "download aborted: {}", e.message);
-                    std::io::Error::other(e.message)
-                });
-            Body::from_stream(s)
-        }
-    }
+        Content::Chunks(chunks) => chunks,
+    };
+    let mut pieces = pieces(chunks, range).into_iter();
+    let Some(first) = pieces.next() else {
+        return Ok(Body::empty());
+    };
+    let first = read_piece(Arc::clone(&state.chunks), Arc::clone(&state.metrics), first).await?;
+    let store = Arc::clone(&state.chunks);
+    let metrics = Arc::clone(&state.metrics);
+    let rest = stream::iter(pieces)
+        .map(move |piece| read_piece(Arc::clone(&store), Arc::clone(&metrics), piece))
+        .buffered(READ_AHEAD_CHUNKS);
+    let s = stream::once(async move { Ok(first) })
+        .chain(rest)
+        .map_err(|e: ApiError| {
+            // The client sees the response cut short, never bad bytes.
+            tracing::error!(code = %e.code, "download aborted: {}", e.message);
+            std::io::Error::other(e.message)
+        });
+    Ok(Body::from_stream(s))
+}
+
+/// Reads one chunk on a blocking thread, verifies it, and cuts out the span.
+async fn read_piece(
+    store: Arc<dyn ChunkStore>,
+    metrics: Arc<Metrics>,
+    (chunk, start, end): (ChunkRef, usize, usize),
+) -> ApiResult<Bytes> {
+    let data = tokio::task::spawn_blocking(move || store.get(&chunk.hash)).await?;
+    metrics.chunk_reads.inc();
+    let data = data.inspect_err(|_| {
+        metrics.chunk_corrupt.inc();
+    })?;
+    let piece = Bytes::from(data).slice(start..end);
+    metrics.http_bytes_out.inc_by(piece.len() as u64);
+    Ok(piece)
 }
 
 /// The chunks overlapping `range`, each with the byte span to send from it.

@@ -118,6 +118,16 @@ pub async fn rename(
 }
 
 pub async fn delete(state: &AppState, target: &Target, headers: &HeaderMap) -> ApiResult<Response> {
+    if target.trailing_slash {
+        // `DELETE dir/` names a directory; refuse to delete a file by it.
+        let (_, inode) = state.meta.snapshot().resolve(&target.share, &target.path)?;
+        if !inode.is_dir() {
+            return Err(ApiError::new(
+                ErrorCode::NotDirectory,
+                format!("{} is a file", target.path),
+            ));
+        }
+    }
     let cmd = Command::Remove {
         share: target.share.clone(),
         path: target.path.clone(),

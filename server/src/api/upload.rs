@@ -52,7 +52,14 @@ pub async fn put(
     let precondition = match check_before_body(state, target, headers, announced) {
         Ok(p) => p,
         Err(e) => {
-            linger(body.into_data_stream()).await;
+            // A client waiting for `100 Continue` has sent nothing yet;
+            // reading the body would invite it to send it all for nothing.
+            let expects_continue = headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !expects_continue {
+                linger(body.into_data_stream()).await;
+            }
             return Err(e);
         }
     };
@@ -144,9 +151,17 @@ async fn receive_and_commit(
         now_ns: state.clock.now_ns(),
         precondition,
     };
-    let applied = state.committer.commit(cmd).await?;
-    // The metadata now references every chunk: GC may see them from here on.
-    drop(received.pins);
+    // The commit runs in its own task holding the pins: if the client goes
+    // away now, the handler is dropped but the queued command may still be
+    // applied, and GC must not delete its chunks before it is.
+    let committer = state.committer.clone();
+    let pins = received.pins;
+    let applied = tokio::spawn(async move {
+        let result = committer.commit(cmd).await;
+        drop(pins);
+        result
+    })
+    .await??;
     tracing::info!(share = %target.share, path = %target.path, size, etag = %etag, "stored");
     let status = if applied.created {
         StatusCode::CREATED
@@ -340,11 +355,24 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
+    /// A chunk buffer from the budget all uploads share. Waiting is bounded:
+    /// when slow uploads hold the budget, others get a retryable 503.
     async fn acquire_buffer(&self) -> ApiResult<OwnedSemaphorePermit> {
-        Arc::clone(&self.state.chunk_buffers)
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the server is shutting down"))
+        let busy = || {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "upload buffers are all in use; retry",
+            )
+        };
+        let acquire = Arc::clone(&self.state.chunk_buffers).acquire_owned();
+        match tokio::time::timeout(self.state.limits.body_idle_timeout, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down",
+            )),
+            Err(_) => Err(busy()),
+        }
     }
 
     /// Hands the full buffer to the content hasher and a chunk writer.

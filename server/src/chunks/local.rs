@@ -83,12 +83,18 @@ impl ChunkStore for LocalChunkStore {
         );
         debug_assert_eq!(ContentHash::of(data), *hash);
         let dest = self.path(hash);
-        if dest.exists() {
-            // Same name, same content: deduplicated. A damaged copy is caught
-            // by the hash check on every read.
-            return Ok(());
+        match fs::metadata(&dest) {
+            Ok(m) if m.len() == data.len() as u64 => {
+                // Same name, same content: deduplicated. Another writer may
+                // have renamed it into place without yet syncing the
+                // directory, so sync it before calling the chunk durable. A
+                // damaged copy is caught by the hash check on every read.
+                sync_dir(dest.parent().unwrap_or(&self.root))
+            }
+            // A copy of the wrong length is damaged: replace it with the
+            // good bytes we hold.
+            _ => self.write_new(hash, data, &dest),
         }
-        self.write_new(hash, data, &dest)
     }
 
     fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {

@@ -101,6 +101,10 @@ pub fn apply<R: KvRead + ?Sized>(
             tx.put(keys::token(token_hash), encode(&rec));
             Ok(Applied::nothing())
         }
+        Command::DeleteToken { token_hash } => {
+            tx.delete(keys::token(token_hash));
+            Ok(Applied::nothing())
+        }
         Command::PutFile {
             share,
             path,

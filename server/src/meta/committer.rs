@@ -97,7 +97,11 @@ fn commit_group(store: &MetaStore, group: &mut Vec<Request>) {
     match apply_batch(store, &cmds) {
         Ok(results) => {
             for (req, result) in group.drain(..).zip(results) {
-                let _ = req.reply.send(result.map_err(CommitError::Meta));
+                let result = result.map_err(|e| match e {
+                    ApplyError::Meta(e) => CommitError::Meta(e),
+                    ApplyError::Store(e) => CommitError::Store(Arc::new(e)),
+                });
+                let _ = req.reply.send(result);
             }
         }
         Err(e) => {
@@ -110,12 +114,13 @@ fn commit_group(store: &MetaStore, group: &mut Vec<Request>) {
     }
 }
 
-/// Applies `cmds` in order into one write batch and syncs it. A refused
-/// command changes nothing; a store failure commits none of the batch.
+/// Applies `cmds` in order into one write batch and syncs it. A command that
+/// is refused, or that meets a bad record, changes nothing and fails alone;
+/// a failed write commits none of the batch.
 pub fn apply_batch(
     store: &MetaStore,
     cmds: &[&Command],
-) -> Result<Vec<Result<Applied, MetaError>>, StoreError> {
+) -> Result<Vec<Result<Applied, ApplyError>>, StoreError> {
     let mut results = Vec::with_capacity(cmds.len());
     let mut overlay = Overlay::new(store);
     for cmd in cmds {
@@ -128,8 +133,7 @@ pub fn apply_batch(
                 overlay.absorb(writes);
                 results.push(Ok(applied));
             }
-            Err(ApplyError::Meta(e)) => results.push(Err(e)),
-            Err(ApplyError::Store(e)) => return Err(e),
+            Err(e) => results.push(Err(e)),
         }
     }
     if !overlay.is_empty() {

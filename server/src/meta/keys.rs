@@ -13,8 +13,10 @@ pub fn share(name: &ShareName) -> Vec<u8> {
     prefixed(b'S', name.as_str().as_bytes())
 }
 
+pub const TOKEN_PREFIX: u8 = b'T';
+
 pub fn token(token_hash: &ContentHash) -> Vec<u8> {
-    prefixed(b'T', token_hash.as_bytes())
+    prefixed(TOKEN_PREFIX, token_hash.as_bytes())
 }
 
 pub fn inode(id: InodeId) -> Vec<u8> {

@@ -143,6 +143,15 @@ impl Inode {
     pub fn size(&self) -> u64 {
         self.file.as_ref().map_or(0, |f| f.size)
     }
+
+    /// The attributes without the content (inline bytes, chunk list), so a
+    /// page of thousands of entries does not hold thousands of files' data.
+    pub fn attributes_only(mut self) -> Self {
+        if let Some(f) = self.file.as_mut() {
+            f.content = Content::Chunks(Vec::new());
+        }
+        self
+    }
 }
 
 /// A name in a directory.

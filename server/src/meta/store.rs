@@ -59,7 +59,8 @@ fn escape(key: &[u8]) -> String {
 /// Version of the key layout; bumped with a migration when it changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// A directory entry with the inode it names.
+/// A directory entry with the attributes of the inode it names (without its
+/// content: see [`Inode::attributes_only`]).
 #[derive(Clone, Debug)]
 pub struct Listed {
     pub name: String,
@@ -140,19 +141,35 @@ impl MetaStore {
         &self,
         limit: usize,
     ) -> Result<Vec<(ContentHash, ChunkRecord)>, StoreError> {
-        let prefix = [keys::CHUNK_PREFIX];
+        self.scan_hashed(keys::CHUNK_PREFIX, limit)
+    }
+
+    /// Every token (by hash); bounded by `limit`.
+    pub fn tokens(&self, limit: usize) -> Result<Vec<(ContentHash, TokenRecord)>, StoreError> {
+        self.scan_hashed(keys::TOKEN_PREFIX, limit)
+    }
+
+    /// Records keyed `tag | 32-byte hash`, in key order.
+    fn scan_hashed<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u8,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, T)>, StoreError> {
+        let prefix = [tag];
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), ro)
         {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if out.len() >= limit {
                 break;
             }
             let hash: [u8; 32] = k[1..]
                 .try_into()
-                .map_err(|_| StoreError::Invariant(format!("bad chunk key {}", escape(&k))))?;
+                .map_err(|_| StoreError::Invariant(format!("bad key {}", escape(&k))))?;
             let rec = decode(&v).map_err(|e| StoreError::corrupt(&k, e))?;
             out.push((ContentHash(hash), rec));
         }
@@ -256,7 +273,11 @@ impl Snapshot<'_> {
                 inode.kind == EntryKind::Directory,
                 entry.kind == EntryKind::Directory
             );
-            out.push(Listed { name, entry, inode });
+            out.push(Listed {
+                name,
+                entry,
+                inode: inode.attributes_only(),
+            });
         }
         Ok((out, false))
     }
