@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
 
     let server = Server::start_with(ServerOptions {
         data_dir: Some(args.dir.join("cairn")),
+        log_filter: "info".into(),
         ..Default::default()
     });
     let nginx_root = args.dir.join("www");
@@ -100,8 +101,11 @@ async fn main() -> anyhow::Result<()> {
         big >> 20
     );
     let data = Bytes::from(random_bytes(big as usize, 42));
-    let dd = dd_mib_s(&args.dir.join("dd.bin"), big)?;
+    // The disk's speed drifts: measure the baseline before and after, and
+    // compare with the mean.
+    let dd_before = dd_mib_s(&args.dir.join("dd.bin"), big)?;
     let put = timed_put(&c, &server, "big.bin", data.clone()).await?;
+    let dd = (dd_before + dd_mib_s(&args.dir.join("dd.bin"), big)?) / 2.0;
     rows.push(row(
         &format!("PUT {} MiB", big >> 20),
         big as f64 / put / 1048576.0,
@@ -132,8 +136,11 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     eprintln!("--- {small_count} x 4 KiB PUT, 32 clients vs write+fsync+rename+fsync-dir loop");
-    let base = small_file_baseline(&args.dir.join("baseline"), small_count.min(3000))?;
+    let baseline_count = small_count.min(3000);
+    let base_before = small_file_baseline(&args.dir.join("baseline-1"), baseline_count)?;
     let cairn_puts = small_puts(&c, &server, small_count).await?;
+    let base =
+        (base_before + small_file_baseline(&args.dir.join("baseline-2"), baseline_count)?) / 2.0;
     rows.push(row(
         "4 KiB PUT x32",
         cairn_puts,
@@ -177,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("--- peak RSS: {} GiB upload then download", rss_size >> 30);
     let rss_server = Server::start_with(ServerOptions {
         data_dir: Some(args.dir.join("cairn-rss")),
+        log_filter: "info".into(),
         ..Default::default()
     });
     streamed_put(&c, &rss_server, "huge.bin", rss_size).await?;

@@ -54,6 +54,8 @@ pub struct ServerOptions {
     pub allowed_errors: Vec<String>,
     /// Use this data directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// `CAIRN_LOG` filter for the server.
+    pub log_filter: String,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             body_idle_timeout_secs: 30,
             allowed_errors: Vec::new(),
             data_dir: None,
+            log_filter: "info,cairn_server=debug".into(),
         }
     }
 }
@@ -171,7 +174,7 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             .arg(&config)
             .arg("--ready-file")
             .arg(&ready)
-            .env("CAIRN_LOG", "info,cairn_server=debug")
+            .env("CAIRN_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

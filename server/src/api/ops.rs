@@ -81,7 +81,7 @@ pub async fn mkdir(state: &AppState, target: &Target) -> ApiResult<Response> {
         now_ns: state.clock.now_ns(),
     };
     state.committer.commit(cmd).await?;
-    tracing::info!(share = %target.share, path = %target.path, "mkdir");
+    tracing::debug!(share = %target.share, path = %target.path, "mkdir");
     let result = WriteResult {
         path: target.path.as_str().to_owned(),
         created: true,
@@ -106,7 +106,7 @@ pub async fn rename(
         now_ns: state.clock.now_ns(),
     };
     let applied = state.committer.commit(cmd).await?;
-    tracing::info!(share = %target.share, from = %target.path, to = %to, "renamed");
+    tracing::debug!(share = %target.share, from = %target.path, to = %to, "renamed");
     let (_, inode) = state.meta.snapshot().resolve(&target.share, &to)?;
     let result = WriteResult {
         path: to.as_str().to_owned(),
@@ -135,6 +135,6 @@ pub async fn delete(state: &AppState, target: &Target, headers: &HeaderMap) -> A
         precondition: precondition(headers)?,
     };
     state.committer.commit(cmd).await?;
-    tracing::info!(share = %target.share, path = %target.path, "deleted");
+    tracing::debug!(share = %target.share, path = %target.path, "deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -162,7 +162,7 @@ async fn receive_and_commit(
         result
     })
     .await??;
-    tracing::info!(share = %target.share, path = %target.path, size, etag = %etag, "stored");
+    tracing::debug!(share = %target.share, path = %target.path, size, etag = %etag, "stored");
     let status = if applied.created {
         StatusCode::CREATED
     } else {
