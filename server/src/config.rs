@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub free_bytes_min: u64,
     /// Memory for chunk buffers of all uploads together, in bytes.
     pub upload_buffer_bytes_max: u64,
+    /// Memory for chunks being read, verified and sent, across all downloads.
+    pub download_buffer_bytes_max: u64,
     /// An upload whose body stalls this long is aborted.
     pub body_idle_timeout_secs: u64,
     /// How long an unreferenced chunk is kept before GC deletes it.
@@ -55,6 +57,7 @@ impl Default for FileConfig {
             inline_bytes_max: 64 * 1024,
             free_bytes_min: 256 << 20,
             upload_buffer_bytes_max: 256 << 20,
+            download_buffer_bytes_max: 512 << 20,
             body_idle_timeout_secs: 60,
             gc_grace_secs: 3600,
             gc_interval_secs: 300,
@@ -109,6 +112,8 @@ pub struct Cli {
     pub free_bytes_min: Option<u64>,
     #[arg(long, env = "CAIRN_UPLOAD_BUFFER_BYTES_MAX")]
     pub upload_buffer_bytes_max: Option<u64>,
+    #[arg(long, env = "CAIRN_DOWNLOAD_BUFFER_BYTES_MAX")]
+    pub download_buffer_bytes_max: Option<u64>,
     #[arg(long, env = "CAIRN_BODY_IDLE_TIMEOUT_SECS")]
     pub body_idle_timeout_secs: Option<u64>,
     #[arg(long, env = "CAIRN_SHUTDOWN_GRACE_SECS")]
@@ -152,6 +157,7 @@ pub struct Config {
     pub inline_bytes_max: u64,
     pub free_bytes_min: u64,
     pub upload_buffers: usize,
+    pub download_buffers: usize,
     pub body_idle_timeout: Duration,
     pub gc_grace: Duration,
     pub gc_interval: Duration,
@@ -192,6 +198,9 @@ impl Config {
         if let Some(v) = cli.upload_buffer_bytes_max {
             file.upload_buffer_bytes_max = v;
         }
+        if let Some(v) = cli.download_buffer_bytes_max {
+            file.download_buffer_bytes_max = v;
+        }
         if let Some(v) = cli.body_idle_timeout_secs {
             file.body_idle_timeout_secs = v;
         }
@@ -222,9 +231,9 @@ impl Config {
             )));
         }
         let chunk = cairn_proto::CHUNK_SIZE_MAX as u64;
-        if file.upload_buffer_bytes_max < chunk {
+        if file.upload_buffer_bytes_max < chunk || file.download_buffer_bytes_max < chunk {
             return Err(invalid(format!(
-                "upload_buffer_bytes_max must be at least one chunk ({chunk} bytes)"
+                "upload_buffer_bytes_max and download_buffer_bytes_max must be at least one chunk ({chunk} bytes)"
             )));
         }
         if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 || file.gc_grace_secs == 0
@@ -254,6 +263,8 @@ impl Config {
             inline_bytes_max: file.inline_bytes_max,
             free_bytes_min: file.free_bytes_min,
             upload_buffers: usize::try_from(file.upload_buffer_bytes_max / chunk)
+                .unwrap_or(usize::MAX),
+            download_buffers: usize::try_from(file.download_buffer_bytes_max / chunk)
                 .unwrap_or(usize::MAX),
             body_idle_timeout: Duration::from_secs(file.body_idle_timeout_secs),
             gc_grace: Duration::from_secs(file.gc_grace_secs),

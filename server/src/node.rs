@@ -87,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             body_idle_timeout: config.body_idle_timeout,
         },
         chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
+        read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
         shutdown: shutdown.clone(),
     });
     let listener = TcpListener::bind(config.http_listen)

@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
     /// `CAIRN_LOG` filter for the server.
     pub log_filter: String,
+    /// More top-level config lines, e.g. `download_buffer_bytes_max = 4194304`.
+    pub extra_config: String,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +71,7 @@ impl Default for ServerOptions {
             allowed_errors: Vec::new(),
             data_dir: None,
             log_filter: "info,cairn_server=debug".into(),
+            extra_config: String::new(),
         }
     }
 }
@@ -134,6 +137,7 @@ upload_bytes_max = {max}
 free_bytes_min = {free}
 body_idle_timeout_secs = {idle}
 shutdown_grace_secs = 20
+{extra}
 
 [[shares]]
 name = "default"
@@ -155,6 +159,7 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             rw = self.token,
             ro = self.read_token,
             ot = self.other_token,
+            extra = o.extra_config,
         )
     }
 

@@ -877,3 +877,26 @@ async fn strong_and_weak_etag_comparison() {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(get(&s, "e").await.text().await.unwrap(), "e");
 }
+
+#[tokio::test]
+async fn download_memory_is_bounded_across_clients() {
+    let s = Server::start_with(ServerOptions {
+        body_idle_timeout_secs: 2,
+        extra_config: "download_buffer_bytes_max = 4194304".into(),
+        ..Default::default()
+    });
+    let data = random_bytes(24 << 20, 21);
+    put(&s, "big", data.clone()).await;
+    // A client that stops reading holds the only chunk buffer...
+    let stalled = get(&s, "big").await;
+    assert_eq!(stalled.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ...so another download waits, then gets a retryable 503.
+    let r = get(&s, "big").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(error_code(r).await, "unavailable");
+    // Once the first client reads on, both complete.
+    assert_eq!(stalled.bytes().await.unwrap(), data);
+    assert_eq!(get(&s, "big").await.bytes().await.unwrap(), data);
+}

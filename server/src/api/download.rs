@@ -3,6 +3,7 @@
 //! its bytes are sent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_proto::{ContentHash, ErrorCode};
 use futures::{StreamExt, TryStreamExt, stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::conditional::{etag_header, precondition};
@@ -169,11 +171,15 @@ async fn body_for(state: &AppState, content: &Content, range: ByteRange) -> ApiR
     let Some(first) = pieces.next() else {
         return Ok(Body::empty());
     };
-    let first = read_piece(Arc::clone(&state.chunks), Arc::clone(&state.metrics), first).await?;
-    let store = Arc::clone(&state.chunks);
-    let metrics = Arc::clone(&state.metrics);
+    let reader = PieceReader {
+        store: Arc::clone(&state.chunks),
+        metrics: Arc::clone(&state.metrics),
+        buffers: Arc::clone(&state.read_buffers),
+        wait: state.limits.body_idle_timeout,
+    };
+    let first = reader.read(first, true).await?;
     let rest = stream::iter(pieces)
-        .map(move |piece| read_piece(Arc::clone(&store), Arc::clone(&metrics), piece))
+        .map(move |piece| reader.clone().read_owned(piece))
         .buffered(READ_AHEAD_CHUNKS);
     let s = stream::once(async move { Ok(first) })
         .chain(rest)
@@ -185,20 +191,70 @@ async fn body_for(state: &AppState, content: &Content, range: ByteRange) -> ApiR
     Ok(Body::from_stream(s))
 }
 
-/// Reads one chunk on a blocking thread, verifies it, and cuts out the span.
-async fn read_piece(
+/// Reads chunks for one download within the shared read-buffer budget.
+#[derive(Clone)]
+struct PieceReader {
     store: Arc<dyn ChunkStore>,
     metrics: Arc<Metrics>,
-    (chunk, start, end): (ChunkRef, usize, usize),
-) -> ApiResult<Bytes> {
-    let data = tokio::task::spawn_blocking(move || store.get(&chunk.hash)).await?;
-    metrics.chunk_reads.inc();
-    let data = data.inspect_err(|_| {
-        metrics.chunk_corrupt.inc();
-    })?;
-    let piece = Bytes::from(data).slice(start..end);
-    metrics.http_bytes_out.inc_by(piece.len() as u64);
-    Ok(piece)
+    buffers: Arc<Semaphore>,
+    /// Longest wait for a buffer before giving up with a retryable error.
+    wait: Duration,
+}
+
+/// A verified chunk and the budget permit it holds until it is dropped.
+struct Held {
+    data: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl PieceReader {
+    /// A later piece of a download: it waits for a buffer as long as it
+    /// takes, since what frees buffers is clients reading, its own included.
+    async fn read_owned(self, piece: (ChunkRef, usize, usize)) -> ApiResult<Bytes> {
+        self.read(piece, false).await
+    }
+
+    /// Reads one chunk on a blocking thread, verifies it, and cuts out the
+    /// span. The returned bytes keep their buffer permit until sent. With
+    /// `bounded`, waiting for a buffer gives up after `wait` (a new download
+    /// gets a retryable 503 rather than queueing forever).
+    async fn read(
+        &self,
+        (chunk, start, end): (ChunkRef, usize, usize),
+        bounded: bool,
+    ) -> ApiResult<Bytes> {
+        let acquire = Arc::clone(&self.buffers).acquire_owned();
+        let wait = if bounded { self.wait } else { Duration::MAX };
+        let permit = match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "download buffers are all in use; retry",
+                ));
+            }
+        };
+        let store = Arc::clone(&self.store);
+        let data = tokio::task::spawn_blocking(move || store.get(&chunk.hash)).await?;
+        self.metrics.chunk_reads.inc();
+        let data = data.inspect_err(|_| {
+            self.metrics.chunk_corrupt.inc();
+        })?;
+        let piece = Bytes::from_owner(Held {
+            data,
+            _permit: permit,
+        })
+        .slice(start..end);
+        self.metrics.http_bytes_out.inc_by(piece.len() as u64);
+        Ok(piece)
+    }
 }
 
 /// The chunks overlapping `range`, each with the byte span to send from it.

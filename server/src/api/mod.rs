@@ -55,6 +55,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Chunk-sized buffers all uploads together may hold.
     pub chunk_buffers: Arc<Semaphore>,
+    /// Chunk-sized buffers all downloads together may hold; a permit lives
+    /// as long as the bytes it covers, until hyper has sent them.
+    pub read_buffers: Arc<Semaphore>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
 }
