@@ -1,7 +1,9 @@
 //! An async client for the HTTP API: streaming uploads and downloads,
 //! listing with pagination, and the namespace operations.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::api::{ErrorBody, Listing, Stat, WriteResult};
@@ -9,6 +11,7 @@ use cairn_proto::{ErrorCode, FilePath, ShareName};
 use futures::{Stream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use tokio_util::io::ReaderStream;
 
 use crate::ClientError;
 
@@ -50,36 +53,93 @@ impl RemotePath {
     }
 }
 
-/// One server's HTTP API.
+/// How long and how eagerly a request is retried on other nodes.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Give up after this long (0: one attempt per node at most, no waiting).
+    pub deadline: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether a request may be sent again after an unknown outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    /// Applying it twice has the effect of applying it once (reads, whole
+    /// PUTs, DELETE, mkdir): retry on any transport error or 503.
+    Safe,
+    /// Only retried when it surely never reached a server (connect failed).
+    NotSent,
+}
+
+/// The HTTP API of a cluster: any node serves any request, so a request
+/// that meets a dead node or a 503 is retried on the next one, with backoff,
+/// within the retry deadline.
 #[derive(Clone)]
 pub struct HttpClient {
-    base: String,
+    nodes: Vec<String>,
+    /// Index of the node that answered last; tried first.
+    preferred: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
+    retry: RetryPolicy,
 }
 
 impl HttpClient {
-    /// `base` is the server URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+    /// `urls` is one or more node URLs separated by commas, e.g.
+    /// `http://10.0.0.1:8080,http://10.0.0.2:8080`.
+    pub fn new(urls: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let nodes: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if nodes.is_empty() {
+            return Err(ClientError::Invalid("no server URL given".into()));
+        }
+        if let Some(bad) = nodes
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
             return Err(ClientError::Invalid(format!(
-                "'{base}' is not an http:// or https:// URL"
+                "'{bad}' is not an http:// or https:// URL"
             )));
         }
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .map_err(|source| ClientError::Transport {
-                url: base.clone(),
+                url: nodes[0].clone(),
                 source,
             })?;
-        Ok(Self { base, token, http })
+        Ok(Self {
+            nodes,
+            preferred: Arc::new(AtomicUsize::new(0)),
+            token,
+            http,
+            retry: RetryPolicy::default(),
+        })
     }
 
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The node tried first.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.nodes[self.preferred.load(Ordering::Relaxed) % self.nodes.len()]
     }
 
     fn request(&self, method: Method, url: String) -> RequestBuilder {
@@ -90,28 +150,65 @@ impl HttpClient {
         }
     }
 
-    fn url(&self, target: &RemotePath, query: &str) -> String {
+    fn url(base: &str, target: &RemotePath, query: &str) -> String {
         if query.is_empty() {
-            format!("{}/{}", self.base, target.url_tail())
+            format!("{base}/{}", target.url_tail())
         } else {
-            format!("{}/{}?{query}", self.base, target.url_tail())
+            format!("{base}/{}?{query}", target.url_tail())
         }
     }
 
-    async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = rb.send().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
-        if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
-            Ok(resp)
-        } else {
-            Err(api_error(resp).await)
+    /// Sends the request `make` builds for a node, moving on to the next
+    /// node on failures that `replay` allows to retry.
+    async fn send(
+        &self,
+        replay: Replay,
+        make: impl Fn(&Self, &str) -> Result<RequestBuilder, ClientError>,
+    ) -> Result<Response, ClientError> {
+        let started = Instant::now();
+        let mut backoff = self.retry.backoff_initial;
+        let mut attempts = 0usize;
+        loop {
+            let i = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
+            let base = &self.nodes[i];
+            attempts += 1;
+            let err = match make(self, base)?.send().await {
+                Ok(resp)
+                    if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED =>
+                {
+                    return Ok(resp);
+                }
+                Ok(resp) => api_error(resp).await,
+                Err(source) => ClientError::Transport {
+                    url: base.clone(),
+                    source,
+                },
+            };
+            let retry = match &err {
+                ClientError::Transport { source, .. } => {
+                    replay == Replay::Safe || source.is_connect()
+                }
+                ClientError::Api { code, .. } => replay == Replay::Safe && code.is_retryable(),
+                _ => false,
+            };
+            let out_of_time = started.elapsed() + backoff > self.retry.deadline;
+            if !retry || (out_of_time && attempts >= self.nodes.len()) {
+                return Err(err);
+            }
+            tracing::debug!(node = %base, error = %err, "retrying on the next node");
+            self.preferred
+                .store((i + 1) % self.nodes.len(), Ordering::Relaxed);
+            // Try every node once before waiting; then back off per round.
+            if attempts.is_multiple_of(self.nodes.len()) && !out_of_time {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.retry.backoff_max);
+            }
         }
     }
 
-    /// Uploads `body` to `target`, replacing any file there. With `len`
-    /// the server can refuse an oversize upload before it is sent.
+    /// Uploads `body` to `target`, replacing any file there, in one attempt
+    /// (a stream cannot be replayed). With `len` the server can refuse an
+    /// oversize upload before it is sent.
     pub async fn put_stream<S>(
         &self,
         target: &RemotePath,
@@ -121,12 +218,48 @@ impl HttpClient {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
     {
-        let mut rb = self.request(Method::PUT, self.url(target, ""));
-        if let Some(len) = len {
-            rb = rb.header(reqwest::header::CONTENT_LENGTH, len);
-        }
-        let rb = rb.body(reqwest::Body::wrap_stream(body));
-        json(self.send(rb).await?).await
+        let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(body)));
+        let resp = self
+            .send(Replay::NotSent, |c, base| {
+                let body = body.lock().ok().and_then(|mut b| b.take()).ok_or_else(|| {
+                    ClientError::Invalid("a streamed upload cannot be sent twice".into())
+                })?;
+                let mut rb = c.request(Method::PUT, Self::url(base, target, ""));
+                if let Some(len) = len {
+                    rb = rb.header(reqwest::header::CONTENT_LENGTH, len);
+                }
+                Ok(rb.body(body))
+            })
+            .await?;
+        json(resp).await
+    }
+
+    /// Uploads a local file, retrying on other nodes: a whole-file PUT is
+    /// idempotent, so a retry after an unknown outcome commits the same
+    /// content. `on_attempt` is called before each attempt (to reset a
+    /// progress bar), `on_bytes` as bytes are read.
+    pub async fn put_file(
+        &self,
+        target: &RemotePath,
+        local: &std::path::Path,
+        on_attempt: impl Fn() + Send + Sync,
+        on_bytes: impl Fn(u64) + Clone + Send + Sync + 'static,
+    ) -> Result<WriteResult, ClientError> {
+        let resp = self
+            .send(Replay::Safe, |c, base| {
+                on_attempt();
+                let file = std::fs::File::open(local)?;
+                let len = file.metadata()?.len();
+                let on_bytes = on_bytes.clone();
+                let stream =
+                    ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)
+                        .inspect_ok(move |b| on_bytes(b.len() as u64));
+                Ok(c.request(Method::PUT, Self::url(base, target, ""))
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(reqwest::Body::wrap_stream(stream)))
+            })
+            .await?;
+        json(resp).await
     }
 
     pub async fn put_bytes(
@@ -134,20 +267,29 @@ impl HttpClient {
         target: &RemotePath,
         data: Bytes,
     ) -> Result<WriteResult, ClientError> {
-        let rb = self.request(Method::PUT, self.url(target, "")).body(data);
-        json(self.send(rb).await?).await
+        let resp = self
+            .send(Replay::Safe, |c, base| {
+                Ok(c.request(Method::PUT, Self::url(base, target, ""))
+                    .body(data.clone()))
+            })
+            .await?;
+        json(resp).await
     }
 
     /// Starts a download; the response body streams.
     pub async fn get(&self, target: &RemotePath) -> Result<Response, ClientError> {
-        self.send(self.request(Method::GET, self.url(target, "")))
-            .await
+        self.send(Replay::Safe, |c, base| {
+            Ok(c.request(Method::GET, Self::url(base, target, "")))
+        })
+        .await
     }
 
     pub async fn stat(&self, target: &RemotePath) -> Result<Stat, ClientError> {
         json(
-            self.send(self.request(Method::GET, self.url(target, "stat")))
-                .await?,
+            self.send(Replay::Safe, |c, base| {
+                Ok(c.request(Method::GET, Self::url(base, target, "stat")))
+            })
+            .await?,
         )
         .await
     }
@@ -165,8 +307,10 @@ impl HttpClient {
             q.push_str(&utf8_percent_encode(a, QUERY).to_string());
         }
         json(
-            self.send(self.request(Method::GET, self.url(target, &q)))
-                .await?,
+            self.send(Replay::Safe, |c, base| {
+                Ok(c.request(Method::GET, Self::url(base, target, &q)))
+            })
+            .await?,
         )
         .await
     }
@@ -188,14 +332,20 @@ impl HttpClient {
         .try_flatten()
     }
 
+    /// Creates a directory; only retried if the request surely never
+    /// reached a node (a retry could not tell its own success from a
+    /// directory that already existed).
     pub async fn mkdir(&self, target: &RemotePath) -> Result<WriteResult, ClientError> {
         json(
-            self.send(self.request(Method::POST, self.url(target, "mkdir")))
-                .await?,
+            self.send(Replay::NotSent, |c, base| {
+                Ok(c.request(Method::POST, Self::url(base, target, "mkdir")))
+            })
+            .await?,
         )
         .await
     }
 
+    /// Renames; only retried if the request surely never reached a node.
     pub async fn rename(
         &self,
         from: &RemotePath,
@@ -207,16 +357,33 @@ impl HttpClient {
             q.push_str("&noreplace");
         }
         json(
-            self.send(self.request(Method::POST, self.url(from, &q)))
-                .await?,
+            self.send(Replay::NotSent, |c, base| {
+                Ok(c.request(Method::POST, Self::url(base, from, &q)))
+            })
+            .await?,
         )
         .await
     }
 
+    /// Deletes. Retried after an unknown outcome, a 404 means an earlier
+    /// attempt did it, so it counts as success then.
     pub async fn delete(&self, target: &RemotePath) -> Result<(), ClientError> {
-        self.send(self.request(Method::DELETE, self.url(target, "")))
-            .await?;
-        Ok(())
+        let attempts = AtomicUsize::new(0);
+        let result = self
+            .send(Replay::Safe, |c, base| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Ok(c.request(Method::DELETE, Self::url(base, target, "")))
+            })
+            .await;
+        match result {
+            Err(e)
+                if e.code() == Some(ErrorCode::NotFound)
+                    && attempts.load(Ordering::Relaxed) > 1 =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 }
 

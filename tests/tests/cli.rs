@@ -111,10 +111,15 @@ fn exit_codes_say_what_went_wrong() {
     assert_eq!(err["error"], "not_found");
     assert_eq!(cairn(&s, &["get", "../x"]).status.code(), Some(2));
     s.kill9();
+    let started = std::time::Instant::now();
     assert_eq!(
-        cairn(&s, &["ls"]).status.code(),
+        cairn(&s, &["--retry-secs", "1", "ls"]).status.code(),
         Some(6),
         "server down is 'unavailable, retry'"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after the retry deadline"
     );
 }
 
@@ -191,4 +196,53 @@ fn cairn_dev_runs_a_working_cluster_and_stops_cleanly() {
         !env_file.exists(),
         "a stopped cluster leaves no env file behind"
     );
+}
+
+#[test]
+fn requests_fail_over_to_a_live_node_and_wait_out_a_restart() {
+    let mut s = Server::start();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let seeds = format!("{dead},{}", s.url);
+    let run = |args: &[&str]| {
+        Command::new(binary("cairn"))
+            .args(args)
+            .env("CAIRN_URL", &seeds)
+            .env("CAIRN_TOKEN", &s.token)
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("f.bin");
+    let data = random_bytes(6 << 20, 8);
+    std::fs::write(&local, &data).unwrap();
+    let l = local.to_str().unwrap();
+    // The first seed is down: every request moves on to the live one.
+    ok(run(&["put", l, "f.bin"]));
+    assert_eq!(run(&["get", "f.bin"]).stdout, data);
+    ok(run(&["rm", "f.bin"]));
+
+    // The only live node dies; an upload started now waits it out.
+    s.kill9();
+    let put = Command::new(binary("cairn"))
+        .args(["put", l, "after-restart.bin"])
+        .env("CAIRN_URL", &seeds)
+        .env("CAIRN_TOKEN", &s.token)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.restart();
+    let out = put.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary("cairn"))
+        .args(["get", "after-restart.bin"])
+        .env("CAIRN_URL", &s.url)
+        .env("CAIRN_TOKEN", &s.token)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, data);
 }

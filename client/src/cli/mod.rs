@@ -9,6 +9,7 @@ mod transfer;
 
 use std::process::ExitCode;
 
+use cairn_client::http::RetryPolicy;
 use cairn_client::{ClientError, HttpClient, RemotePath};
 use cairn_proto::api::{EntryKind, Stat};
 use cairn_proto::{ErrorCode, FilePath, ShareName};
@@ -22,7 +23,8 @@ use futures::TryStreamExt;
     about = "Cairn client: files in a continuously available store"
 )]
 pub struct Args {
-    /// Server URL, e.g. http://127.0.0.1:8080.
+    /// Server URL, or several nodes' URLs separated by commas
+    /// (requests fail over between them).
     #[arg(
         long,
         global = true,
@@ -30,6 +32,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:8080"
     )]
     url: String,
+    /// How long to keep retrying on other nodes when a node is down or
+    /// answers 503, in seconds.
+    #[arg(long, global = true, env = "CAIRN_RETRY_SECS", default_value_t = 30)]
+    retry_secs: u64,
     /// Bearer token for the share.
     #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -116,7 +122,10 @@ async fn execute(args: Args) -> Result<(), ClientError> {
     }
     let share =
         ShareName::parse(&args.share).map_err(|e| ClientError::Invalid(format!("--share: {e}")))?;
-    let client = HttpClient::new(&args.url, args.token.clone())?;
+    let client = HttpClient::new(&args.url, args.token.clone())?.with_retry(RetryPolicy {
+        deadline: std::time::Duration::from_secs(args.retry_secs),
+        ..RetryPolicy::default()
+    });
     let remote = |p: &str| RemotePath::parse(&share, p);
     let out = Output { json: args.json };
     match args.command {

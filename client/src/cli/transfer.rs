@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use cairn_client::http::body_stream;
 use cairn_client::{ClientError, HttpClient, RemotePath};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::Output;
@@ -40,21 +40,28 @@ pub async fn put(
     remote: &RemotePath,
     out: Output,
 ) -> Result<(), ClientError> {
-    let (reader, len): (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<u64>) = if local == "-" {
-        (Box::new(tokio::io::stdin()), None)
+    let result = if local == "-" {
+        // Standard input cannot be replayed: one attempt.
+        let stream = ReaderStream::with_capacity(tokio::io::stdin(), READ_BLOCK_BYTES);
+        client.put_stream(remote, None, stream).await
     } else {
-        let file = tokio::fs::File::open(local)
+        let len = tokio::fs::metadata(local)
             .await
-            .map_err(|e| io_context(e, local))?;
-        let len = file.metadata().await?.len();
-        (Box::new(file), Some(len))
+            .map_err(|e| io_context(e, local))?
+            .len();
+        let bar = progress(Some(len));
+        let (reset, count) = (bar.clone(), bar.clone());
+        let result = client
+            .put_file(
+                remote,
+                Path::new(local),
+                move || reset.set_position(0),
+                move |n| count.inc(n),
+            )
+            .await;
+        bar.finish_and_clear();
+        result
     };
-    let bar = progress(len);
-    let bar2 = bar.clone();
-    let stream = ReaderStream::with_capacity(reader, READ_BLOCK_BYTES)
-        .inspect_ok(move |b| bar2.inc(b.len() as u64));
-    let result = client.put_stream(remote, len, stream).await;
-    bar.finish_and_clear();
     let w = result?;
     if out.json {
         println!("{}", serde_json::to_string(&w).unwrap_or_default());
