@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod netns;
+
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,6 +60,8 @@ pub struct ServerOptions {
     pub log_filter: String,
     /// More top-level config lines, e.g. `download_buffer_bytes_max = 4194304`.
     pub extra_config: String,
+    /// Run on this test host (network namespace) instead of loopback.
+    pub host: Option<netns::Host>,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +76,7 @@ impl Default for ServerOptions {
             data_dir: None,
             log_filter: "info,cairn_server=debug".into(),
             extra_config: String::new(),
+            host: None,
         }
     }
 }
@@ -129,7 +134,7 @@ impl Server {
         format!(
             r#"node_id = 1
 data_dir = "{data}"
-http_listen = "127.0.0.1:{port}"
+http_listen = "{ip}:{port}"
 log_format = "json"
 gc_grace_secs = {grace}
 gc_interval_secs = {interval}
@@ -160,6 +165,10 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             ro = self.read_token,
             ot = self.other_token,
             extra = o.extra_config,
+            ip = o
+                .host
+                .as_ref()
+                .map_or("127.0.0.1".to_owned(), |h| h.ip.to_string()),
         )
     }
 
@@ -174,7 +183,11 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(binary("cairn-server"))
+        let mut command = match &self.options.host {
+            Some(host) => host.command(binary("cairn-server")),
+            None => Command::new(binary("cairn-server")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("--ready-file")
@@ -201,7 +214,9 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             if let Ok(text) = fs::read_to_string(&ready) {
                 let v: serde_json::Value = serde_json::from_str(&text)?;
                 let addr: SocketAddr = v["http"].as_str().unwrap_or_default().parse()?;
-                if TcpStream::connect(addr).is_ok() {
+                // A server on a test host is out of this process's network;
+                // its ready file (written after bind) is the signal.
+                if self.options.host.is_some() || TcpStream::connect(addr).is_ok() {
                     self.addr = addr;
                     self.url = format!("http://{addr}");
                     return Ok(());
