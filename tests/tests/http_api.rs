@@ -392,6 +392,11 @@ async fn namespace_operations() {
     // Rename a file, refuse to replace with noreplace, then replace.
     let r = post("d1/b.txt", "rename=d1/d2/c.txt").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let moved: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(moved["path"], "d1/d2/c.txt");
+    assert_eq!(moved["created"], true);
+    assert_eq!(moved["size"], 3);
+    assert_eq!(moved["etag"], blake3::hash(b"bee").to_hex().as_str());
     assert_eq!(get(&s, "d1/b.txt").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(get(&s, "d1/d2/c.txt").await.text().await.unwrap(), "bee");
     let r = post("d1/d2/c.txt", "rename=d1/d2/a.txt&noreplace")

@@ -107,12 +107,11 @@ pub async fn rename(
     };
     let applied = state.committer.commit(cmd).await?;
     tracing::debug!(share = %target.share, from = %target.path, to = %to, "renamed");
-    let (_, inode) = state.meta.snapshot().resolve(&target.share, &to)?;
     let result = WriteResult {
         path: to.as_str().to_owned(),
         created: applied.created,
-        etag: inode.etag().map(|e| e.to_hex()),
-        size: inode.size(),
+        etag: applied.etag.map(|e| e.to_hex()),
+        size: applied.size,
     };
     Ok(Json(result).into_response())
 }

@@ -70,6 +70,9 @@ pub struct Applied {
     pub created: bool,
     /// The inode created or changed, if any.
     pub inode: Option<InodeId>,
+    /// ETag and size of the file the command left at its target (renames).
+    pub etag: Option<ContentHash>,
+    pub size: u64,
 }
 
 impl Applied {
@@ -77,6 +80,8 @@ impl Applied {
         Self {
             created: false,
             inode: None,
+            etag: None,
+            size: 0,
         }
     }
 }
@@ -168,6 +173,7 @@ fn create_share<R: KvRead + ?Sized>(
     Ok(Applied {
         created: true,
         inode: Some(root),
+        ..Applied::nothing()
     })
 }
 
@@ -229,6 +235,7 @@ fn put_file<R: KvRead + ?Sized>(
     Ok(Applied {
         created: existing.is_none(),
         inode: Some(id),
+        ..Applied::nothing()
     })
 }
 
@@ -251,6 +258,7 @@ fn mkdir<R: KvRead + ?Sized>(
     Ok(Applied {
         created: true,
         inode: Some(id),
+        ..Applied::nothing()
     })
 }
 
@@ -278,6 +286,7 @@ fn remove<R: KvRead + ?Sized>(
     Ok(Applied {
         created: false,
         inode: Some(entry.inode),
+        ..Applied::nothing()
     })
 }
 
@@ -297,9 +306,12 @@ fn rename<R: KvRead + ?Sized>(
     };
     let (from_parent, entry) = resolve_entry(tx, root, &from_parent_path, from_name, from)?;
     if from == to {
+        let inode = load_inode(tx, entry.inode)?;
         return Ok(Applied {
             created: false,
             inode: Some(entry.inode),
+            etag: inode.etag(),
+            size: inode.size(),
         });
     }
     if entry.kind == EntryKind::Directory && to.starts_with(from) {
@@ -321,6 +333,8 @@ fn rename<R: KvRead + ?Sized>(
     Ok(Applied {
         created: target.is_none(),
         inode: Some(entry.inode),
+        etag: inode.etag(),
+        size: inode.size(),
     })
 }
 

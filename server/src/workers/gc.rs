@@ -75,6 +75,9 @@ impl Gc {
     }
 }
 
+/// Decides on each chunk as the store lists it, so memory does not grow
+/// with the number of chunks (only with the number deleted this pass,
+/// whose records are then dropped). Stops at the first error.
 fn sweep(
     meta: &MetaStore,
     chunks: &dyn ChunkStore,
@@ -82,40 +85,65 @@ fn sweep(
     now_ns: i64,
     grace_ns: i64,
 ) -> Result<(GcReport, Vec<ContentHash>), String> {
-    let mut candidates = Vec::new();
-    chunks
-        .for_each(&mut |hash, written: SystemTime| candidates.push((hash, system_time_ns(written))))
-        .map_err(|e| e.to_string())?;
-    let mut report = GcReport {
-        scanned: candidates.len() as u64,
-        deleted: 0,
-    };
+    let mut report = GcReport::default();
     let mut forgotten = Vec::new();
-    for (hash, written_ns) in candidates {
-        let decided = pins.if_unpinned(&hash, || -> Result<Option<bool>, String> {
-            let record = meta.chunk_record(&hash).map_err(|e| e.to_string())?;
-            let expired = |since: i64| now_ns.saturating_sub(since) >= grace_ns;
-            let (delete, forget) = match record {
-                Some(r) if r.refs > 0 => (false, false),
-                Some(r) => (expired(r.unreferenced_since_ns), true),
-                None => (expired(written_ns), false),
-            };
-            if !delete {
-                return Ok(None);
+    let mut failure = None;
+    chunks
+        .for_each(&mut |hash, written: SystemTime| {
+            if failure.is_some() {
+                return;
             }
-            chunks.delete(&hash).map_err(|e| e.to_string())?;
-            Ok(Some(forget))
-        });
-        if let Some(outcome) = decided
-            && let Some(forget) = outcome?
-        {
-            report.deleted += 1;
-            if forget {
-                forgotten.push(hash);
+            report.scanned += 1;
+            let decided = pins.if_unpinned(&hash, || {
+                collect_one(
+                    meta,
+                    chunks,
+                    &hash,
+                    system_time_ns(written),
+                    now_ns,
+                    grace_ns,
+                )
+            });
+            match decided {
+                Some(Ok(Some(forget))) => {
+                    report.deleted += 1;
+                    if forget {
+                        forgotten.push(hash);
+                    }
+                }
+                Some(Err(e)) => failure = Some(e),
+                _ => {}
             }
-        }
+        })
+        .map_err(|e| e.to_string())?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((report, forgotten)),
     }
-    Ok((report, forgotten))
+}
+
+/// Deletes one unpinned chunk if it is collectable. `Some(forget)` when
+/// deleted, `forget` saying whether a zero-count record remains to drop.
+fn collect_one(
+    meta: &MetaStore,
+    chunks: &dyn ChunkStore,
+    hash: &ContentHash,
+    written_ns: i64,
+    now_ns: i64,
+    grace_ns: i64,
+) -> Result<Option<bool>, String> {
+    let record = meta.chunk_record(hash).map_err(|e| e.to_string())?;
+    let expired = |since: i64| now_ns.saturating_sub(since) >= grace_ns;
+    let (delete, forget) = match record {
+        Some(r) if r.refs > 0 => (false, false),
+        Some(r) => (expired(r.unreferenced_since_ns), true),
+        None => (expired(written_ns), false),
+    };
+    if !delete {
+        return Ok(None);
+    }
+    chunks.delete(hash).map_err(|e| e.to_string())?;
+    Ok(Some(forget))
 }
 
 impl Worker for Gc {
