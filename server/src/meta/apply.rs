@@ -511,18 +511,10 @@ fn link<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<(), StoreError> {
     tx.put(keys::dir_entry(dir, name), encode(&entry));
-    touch_dir(
-        tx,
-        dir,
-        now_ns,
-        if entry.kind == EntryKind::Directory {
-            1
-        } else {
-            0
-        },
-    )
+    touch_dir(tx, dir, now_ns, subdir_count(entry))
 }
 
+/// Removes `name` from `dir`; the inverse of [`link`].
 fn unlink<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     dir: InodeId,
@@ -531,16 +523,12 @@ fn unlink<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<(), StoreError> {
     tx.delete(keys::dir_entry(dir, name));
-    touch_dir(
-        tx,
-        dir,
-        now_ns,
-        if entry.kind == EntryKind::Directory {
-            -1
-        } else {
-            0
-        },
-    )
+    touch_dir(tx, dir, now_ns, -subdir_count(entry))
+}
+
+/// What an entry adds to its directory's link count.
+fn subdir_count(entry: DirEntry) -> i32 {
+    i32::from(entry.kind == EntryKind::Directory)
 }
 
 fn touch_dir<R: KvRead + ?Sized>(
