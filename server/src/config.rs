@@ -41,6 +41,10 @@ pub struct FileConfig {
     pub gc_interval_secs: u64,
     /// How long in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Open HTTP connections at most; more wait in the listen backlog.
+    pub http_connections_max: usize,
+    /// A request's headers must arrive within this many seconds.
+    pub http_header_timeout_secs: u64,
     /// `human` or `json`.
     pub log_format: LogFormat,
     /// Shares to create at startup, with their tokens.
@@ -62,6 +66,8 @@ impl Default for FileConfig {
             gc_grace_secs: 3600,
             gc_interval_secs: 300,
             shutdown_grace_secs: 30,
+            http_connections_max: 4096,
+            http_header_timeout_secs: 30,
             log_format: LogFormat::Human,
             shares: Vec::new(),
         }
@@ -118,6 +124,10 @@ pub struct Cli {
     pub body_idle_timeout_secs: Option<u64>,
     #[arg(long, env = "CAIRN_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    #[arg(long, env = "CAIRN_HTTP_CONNECTIONS_MAX")]
+    pub http_connections_max: Option<usize>,
+    #[arg(long, env = "CAIRN_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
     #[arg(long, env = "CAIRN_GC_GRACE_SECS")]
     pub gc_grace_secs: Option<u64>,
     #[arg(long, env = "CAIRN_GC_INTERVAL_SECS")]
@@ -162,6 +172,8 @@ pub struct Config {
     pub gc_grace: Duration,
     pub gc_interval: Duration,
     pub shutdown_grace: Duration,
+    pub http_connections_max: usize,
+    pub http_header_timeout: Duration,
     pub log_format: LogFormat,
     pub shares: Vec<(ShareName, Vec<TokenConfig>)>,
     pub ready_file: Option<PathBuf>,
@@ -207,6 +219,12 @@ impl Config {
         if let Some(v) = cli.shutdown_grace_secs {
             file.shutdown_grace_secs = v;
         }
+        if let Some(v) = cli.http_connections_max {
+            file.http_connections_max = v;
+        }
+        if let Some(v) = cli.http_header_timeout_secs {
+            file.http_header_timeout_secs = v;
+        }
         if let Some(v) = cli.gc_grace_secs {
             file.gc_grace_secs = v;
         }
@@ -235,6 +253,11 @@ impl Config {
             return Err(invalid(format!(
                 "upload_buffer_bytes_max and download_buffer_bytes_max must be at least one chunk ({chunk} bytes)"
             )));
+        }
+        if file.http_connections_max == 0 || file.http_header_timeout_secs == 0 {
+            return Err(invalid(
+                "http_connections_max and http_header_timeout_secs must be positive".into(),
+            ));
         }
         if file.gc_interval_secs == 0 || file.body_idle_timeout_secs == 0 || file.gc_grace_secs == 0
         {
@@ -270,6 +293,8 @@ impl Config {
             gc_grace: Duration::from_secs(file.gc_grace_secs),
             gc_interval: Duration::from_secs(file.gc_interval_secs),
             shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
+            http_connections_max: file.http_connections_max,
+            http_header_timeout: Duration::from_secs(file.http_header_timeout_secs),
             log_format: file.log_format,
             shares,
             ready_file,

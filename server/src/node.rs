@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::listener::{self, Drained, ListenLimits};
 use crate::api::{self, AppState, Limits};
 use crate::chunks::{ChunkError, ChunkStore, LocalChunkStore, Pins};
 use crate::clock::{Clock, SystemClock};
@@ -102,13 +103,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     tracing::info!(node = config.node_id, http = %addr, data_dir = %data_dir.display(), "listening");
 
-    let served = serve(
-        listener,
-        Arc::clone(&state),
-        shutdown.clone(),
-        config.shutdown_grace,
-    )
-    .await;
+    let limits = ListenLimits {
+        connections_max: config.http_connections_max,
+        header_timeout: config.http_header_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let served = listener::serve(listener, api::router(Arc::clone(&state)), limits, shutdown).await;
     workers_stop.cancel();
     let _ = gc_task.await;
     drop(state);
@@ -116,51 +116,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     // leaves no torn state even if a straggling request still holds a handle.
     // Connections that outlived the grace period still hold the committer;
     // waiting for them could take forever, so only join after a clean drain.
-    if matches!(served, Ok(Drained::Clean)) {
+    if served == Drained::Clean {
         let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     }
     tracing::info!("stopped");
-    served.map(|_| ())
-}
-
-/// How the HTTP server stopped.
-enum Drained {
-    /// Every connection finished.
-    Clean,
-    /// The grace period ran out with requests still in flight.
-    TimedOut,
-}
-
-async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-    grace: std::time::Duration,
-) -> Result<Drained, NodeError> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let router = api::router(state);
-    let stop = shutdown.clone();
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        r = &mut server => return r.map(|()| Drained::Clean).map_err(NodeError::Serve),
-        _ = shutdown.cancelled() => {
-            tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
-        }
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(r) => r.map(|()| Drained::Clean).map_err(NodeError::Serve),
-        Err(_) => {
-            tracing::warn!(
-                "in-flight requests did not finish within the grace period; stopping anyway"
-            );
-            Ok(Drained::TimedOut)
-        }
-    }
+    Ok(())
 }
 
 /// Creates the configured shares that do not exist yet and (re)installs

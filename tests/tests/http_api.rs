@@ -905,3 +905,53 @@ async fn download_memory_is_bounded_across_clients() {
     assert_eq!(stalled.bytes().await.unwrap(), data);
     assert_eq!(get(&s, "big").await.bytes().await.unwrap(), data);
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_connections_are_limited() {
+    let s = Server::start_with(ServerOptions {
+        extra_config: "http_header_timeout_secs = 2\nhttp_connections_max = 3".into(),
+        ..Default::default()
+    });
+    // A client that never finishes its headers is disconnected.
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after the header timeout"
+    );
+
+    // Three idle keep-alive connections fill the limit: a fourth client is
+    // not served until one of them goes away.
+    let raw_health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(raw_health).unwrap();
+        let mut b = [0u8; 512];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(c.read(&mut b).unwrap() > 0);
+        held.push(c);
+    }
+    let mut fourth = TcpStream::connect(s.addr).unwrap();
+    fourth.write_all(raw_health).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut b = [0u8; 512];
+    assert!(
+        fourth.read(&mut b).is_err(),
+        "no answer while the limit is reached"
+    );
+    drop(held.pop());
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = fourth.read(&mut b).unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+}

@@ -6,6 +6,7 @@ mod auth;
 mod conditional;
 mod download;
 pub mod error;
+pub mod listener;
 mod ops;
 pub mod range;
 mod target;
