@@ -117,6 +117,9 @@ impl HttpClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // A node that stops answering (a partition drops packets) must
+            // not hold a request past the retry deadline: reads time out.
+            .read_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
             .map_err(|source| ClientError::Transport {
@@ -165,18 +168,42 @@ impl HttpClient {
         replay: Replay,
         make: impl Fn(&Self, &str) -> Result<RequestBuilder, ClientError>,
     ) -> Result<Response, ClientError> {
+        self.send_tracked(replay, make).await.0
+    }
+
+    /// [`Self::send`], also saying whether a failed attempt may have been
+    /// applied (it got no answer after the request could have reached a
+    /// node, or a 503).
+    async fn send_tracked(
+        &self,
+        replay: Replay,
+        make: impl Fn(&Self, &str) -> Result<RequestBuilder, ClientError>,
+    ) -> (Result<Response, ClientError>, bool) {
         let started = Instant::now();
+        let n = self.nodes.len();
+        // Walk the nodes from the preferred one; other requests moving the
+        // preference meanwhile must not send this one back to a dead node.
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut backoff = self.retry.backoff_initial;
-        let mut attempts = 0usize;
+        let mut maybe_applied = false;
+        let mut last_err: Option<ClientError> = None;
+        let mut attempt = 0usize;
         loop {
-            let i = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
+            let i = (first + attempt) % n;
             let base = &self.nodes[i];
-            attempts += 1;
-            let err = match make(self, base)?.send().await {
+            attempt += 1;
+            let rb = match make(self, base) {
+                Ok(rb) => rb,
+                // A body that cannot be sent again: report why the last
+                // attempt failed, not that.
+                Err(e) => return (Err(last_err.unwrap_or(e)), maybe_applied),
+            };
+            let err = match rb.send().await {
                 Ok(resp)
                     if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED =>
                 {
-                    return Ok(resp);
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return (Ok(resp), maybe_applied);
                 }
                 Ok(resp) => api_error(resp).await,
                 Err(source) => ClientError::Transport {
@@ -184,22 +211,26 @@ impl HttpClient {
                     source,
                 },
             };
-            let retry = match &err {
-                ClientError::Transport { source, .. } => {
-                    replay == Replay::Safe || source.is_connect()
-                }
-                ClientError::Api { code, .. } => replay == Replay::Safe && code.is_retryable(),
-                _ => false,
+            let (retry, unknown) = match &err {
+                ClientError::Transport { source, .. } => (
+                    replay == Replay::Safe || source.is_connect(),
+                    !source.is_connect(),
+                ),
+                ClientError::Api { code, .. } => (
+                    replay == Replay::Safe && code.is_retryable(),
+                    *code == ErrorCode::Unavailable,
+                ),
+                _ => (false, false),
             };
+            maybe_applied |= unknown;
             let out_of_time = started.elapsed() + backoff > self.retry.deadline;
-            if !retry || (out_of_time && attempts >= self.nodes.len()) {
-                return Err(err);
+            if !retry || (out_of_time && attempt >= n) {
+                return (Err(err), maybe_applied);
             }
             tracing::debug!(node = %base, error = %err, "retrying on the next node");
-            self.preferred
-                .store((i + 1) % self.nodes.len(), Ordering::Relaxed);
+            last_err = Some(err);
             // Try every node once before waiting; then back off per round.
-            if attempts.is_multiple_of(self.nodes.len()) && !out_of_time {
+            if attempt.is_multiple_of(n) && !out_of_time {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(self.retry.backoff_max);
             }
@@ -366,22 +397,15 @@ impl HttpClient {
     }
 
     /// Deletes. Retried after an unknown outcome, a 404 means an earlier
-    /// attempt did it, so it counts as success then.
+    /// attempt did it, so it counts as success then (only then).
     pub async fn delete(&self, target: &RemotePath) -> Result<(), ClientError> {
-        let attempts = AtomicUsize::new(0);
-        let result = self
-            .send(Replay::Safe, |c, base| {
-                attempts.fetch_add(1, Ordering::Relaxed);
+        let (result, maybe_applied) = self
+            .send_tracked(Replay::Safe, |c, base| {
                 Ok(c.request(Method::DELETE, Self::url(base, target, "")))
             })
             .await;
         match result {
-            Err(e)
-                if e.code() == Some(ErrorCode::NotFound)
-                    && attempts.load(Ordering::Relaxed) > 1 =>
-            {
-                Ok(())
-            }
+            Err(e) if e.code() == Some(ErrorCode::NotFound) && maybe_applied => Ok(()),
             other => other.map(|_| ()),
         }
     }

@@ -49,14 +49,16 @@ impl Network {
         if hosts == 0 || hosts > 200 {
             bail!("1 to 200 hosts");
         }
-        let id = (std::process::id() % 1000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        let subnet = u8::try_from(id % 250).unwrap_or(0) + 1;
+        let (pid, n) = (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{pid}-{n}");
+        let subnet = u8::try_from(pid.wrapping_mul(31).wrapping_add(n) % 250).unwrap_or(0) + 1;
         let bridge_ns = format!("cairn-br-{id}");
+        // Only a namespace this call created may be deleted on drop.
+        run("ip", &["netns", "add", &bridge_ns])?;
         let mut net = Self {
             hosts: Vec::new(),
             bridge_ns: bridge_ns.clone(),
         };
-        run("ip", &["netns", "add", &bridge_ns])?;
         run_in(&bridge_ns, "ip", &["link", "add", "br0", "type", "bridge"])?;
         run_in(&bridge_ns, "ip", &["link", "set", "br0", "up"])?;
         for i in 0..hosts {
@@ -64,6 +66,7 @@ impl Network {
             let ip = Ipv4Addr::new(10, 231, subnet, u8::try_from(i + 1).unwrap_or(1));
             run("ip", &["netns", "add", &ns])?;
             net.hosts.push(Host { ns: ns.clone(), ip });
+            // veth names have at most 15 bytes: "v" + pid + "-" + n + "-" + i.
             let (inner, outer) = (format!("eth{i}"), format!("v{id}-{i}"));
             // Create the pair inside the host namespace and move one end to
             // the bridge namespace: neither end ever lives on the machine.

@@ -925,6 +925,17 @@ async fn slow_headers_are_cut_off_and_connections_are_limited() {
         started.elapsed() < Duration::from_secs(5),
         "closed after the header timeout"
     );
+    // So is one that connects and sends nothing at all.
+    let mut silent = TcpStream::connect(s.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "silent connection closed"
+    );
 
     // Three idle keep-alive connections fill the limit: a fourth client is
     // not served until one of them goes away.

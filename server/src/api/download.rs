@@ -22,6 +22,9 @@ use crate::clock::ns_to_system_time;
 use crate::meta::{ChunkRef, Content, Inode};
 use crate::metrics::Metrics;
 
+/// A later piece waits this many times the body idle timeout for a buffer.
+const LATER_PIECE_WAIT_FACTOR: u32 = 10;
+
 /// Chunks read ahead of the one being sent.
 pub const READ_AHEAD_CHUNKS: usize = 2;
 
@@ -214,8 +217,10 @@ impl AsRef<[u8]> for Held {
 }
 
 impl PieceReader {
-    /// A later piece of a download: it waits for a buffer as long as it
-    /// takes, since what frees buffers is clients reading, its own included.
+    /// A later piece of a download: it waits for a buffer much longer than a
+    /// new download does, since what frees buffers is clients reading, its
+    /// own included; but not forever, so a budget held by clients that stop
+    /// reading cannot stall everyone else's downloads indefinitely.
     async fn read_owned(self, piece: (ChunkRef, usize, usize)) -> ApiResult<Bytes> {
         self.read(piece, false).await
     }
@@ -230,7 +235,11 @@ impl PieceReader {
         bounded: bool,
     ) -> ApiResult<Bytes> {
         let acquire = Arc::clone(&self.buffers).acquire_owned();
-        let wait = if bounded { self.wait } else { Duration::MAX };
+        let wait = if bounded {
+            self.wait
+        } else {
+            self.wait * LATER_PIECE_WAIT_FACTOR
+        };
         let permit = match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(ApiError::new(ErrorCode::Unavailable, "shutting down")),

@@ -119,9 +119,13 @@ async fn receive_and_commit(
     let received = match Receiver::new(state).receive(&mut stream).await {
         Ok(r) => r,
         Err(e) => {
+            // Refusals the client should read (not a broken body): drain so
+            // it can finish sending and see them.
             if matches!(
                 e.code,
-                ErrorCode::PayloadTooLarge | ErrorCode::InsufficientStorage
+                ErrorCode::PayloadTooLarge
+                    | ErrorCode::InsufficientStorage
+                    | ErrorCode::Unavailable
             ) {
                 linger(stream).await;
             }
