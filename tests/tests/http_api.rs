@@ -18,10 +18,15 @@ fn client() -> Client {
         .unwrap()
 }
 
-async fn put(s: &Server, path: &str, data: Vec<u8>) -> reqwest::Response {
+/// A request to `path` in the default share with the read-write token.
+fn req(s: &Server, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
     client()
-        .put(s.object_url(path))
+        .request(method, s.object_url(path))
         .header(header::AUTHORIZATION, s.auth())
+}
+
+async fn put(s: &Server, path: &str, data: Vec<u8>) -> reqwest::Response {
+    req(s, reqwest::Method::PUT, path)
         .body(data)
         .send()
         .await
@@ -29,21 +34,11 @@ async fn put(s: &Server, path: &str, data: Vec<u8>) -> reqwest::Response {
 }
 
 async fn get(s: &Server, path: &str) -> reqwest::Response {
-    client()
-        .get(s.object_url(path))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap()
+    req(s, reqwest::Method::GET, path).send().await.unwrap()
 }
 
 async fn delete(s: &Server, path: &str) -> reqwest::Response {
-    client()
-        .delete(s.object_url(path))
-        .header(header::AUTHORIZATION, s.auth())
-        .send()
-        .await
-        .unwrap()
+    req(s, reqwest::Method::DELETE, path).send().await.unwrap()
 }
 
 async fn error_code(resp: reqwest::Response) -> String {
@@ -73,9 +68,7 @@ async fn put_streamed(
         let n = BLOCK.min(len - i * BLOCK) as usize;
         Ok::<_, std::io::Error>(Bytes::from(random_bytes(n, seed.wrapping_add(i))))
     });
-    let resp = client()
-        .put(s.object_url(path))
-        .header(header::AUTHORIZATION, s.auth())
+    let resp = req(s, reqwest::Method::PUT, path)
         .header(header::CONTENT_LENGTH, len)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
@@ -157,9 +150,7 @@ async fn ranges() {
         ("bytes=100-8388700", 100, 8_388_700),
     ];
     for (range, start, end) in cases {
-        let resp = client()
-            .get(s.object_url("r.bin"))
-            .header(header::AUTHORIZATION, s.auth())
+        let resp = req(&s, reqwest::Method::GET, "r.bin")
             .header(header::RANGE, range)
             .send()
             .await
@@ -173,9 +164,7 @@ async fn ranges() {
         let body = resp.bytes().await.unwrap();
         assert_eq!(&body[..], &data[start as usize..=end as usize], "{range}");
     }
-    let resp = client()
-        .get(s.object_url("r.bin"))
-        .header(header::AUTHORIZATION, s.auth())
+    let resp = req(&s, reqwest::Method::GET, "r.bin")
         .header(header::RANGE, format!("bytes={size}-"))
         .send()
         .await
@@ -187,9 +176,7 @@ async fn ranges() {
     );
     assert_eq!(error_code(resp).await, "range_not_satisfiable");
     // Several ranges: served whole.
-    let resp = client()
-        .get(s.object_url("r.bin"))
-        .header(header::AUTHORIZATION, s.auth())
+    let resp = req(&s, reqwest::Method::GET, "r.bin")
         .header(header::RANGE, "bytes=0-1,5-6")
         .send()
         .await
@@ -198,9 +185,7 @@ async fn ranges() {
     assert_eq!(resp.bytes().await.unwrap().len(), data.len());
     // Ranges on inline files.
     put(&s, "small", b"0123456789".to_vec()).await;
-    let resp = client()
-        .get(s.object_url("small"))
-        .header(header::AUTHORIZATION, s.auth())
+    let resp = req(&s, reqwest::Method::GET, "small")
         .header(header::RANGE, "bytes=-3")
         .send()
         .await
@@ -634,9 +619,7 @@ async fn bad_paths_are_refused_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = client()
-        .put(s.object_url("dir/"))
-        .header(header::AUTHORIZATION, s.auth())
+    let r = req(&s, reqwest::Method::PUT, "dir/")
         .body("x")
         .send()
         .await
@@ -669,15 +652,12 @@ async fn oversize_and_short_bodies_leave_data_intact() {
     let stream = futures::stream::iter(
         (0..8).map(|i| Ok::<_, std::io::Error>(Bytes::from(random_bytes(1 << 20, 20 + i)))),
     );
-    let r = client()
-        .put(s.object_url("keep.bin"))
-        .header(header::AUTHORIZATION, s.auth())
+    let r = req(&s, reqwest::Method::PUT, "keep.bin")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
+        .await
+        .expect("the server drains a refused body, so the client reads the answer");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Body shorter than its Content-Length, then the client goes away.
     let mut tcp = TcpStream::connect(s.addr).unwrap();
     let head = format!(
@@ -791,9 +771,7 @@ async fn corrupt_chunks_are_never_served() {
     let r = get(&s, "c.bin").await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error_code(r).await, "corrupt");
-    let r = client()
-        .get(s.object_url("c.bin"))
-        .header(header::AUTHORIZATION, s.auth())
+    let r = req(&s, reqwest::Method::GET, "c.bin")
         .header(header::RANGE, "bytes=0-9")
         .send()
         .await
@@ -965,4 +943,31 @@ async fn slow_headers_are_cut_off_and_connections_are_limited() {
         .unwrap();
     let n = fourth.read(&mut b).unwrap();
     assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn if_range_honours_a_range_only_for_the_current_version() {
+    let s = Server::start();
+    let etag = put(&s, "r", b"0123456789".to_vec()).await.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ranged = |validator: String| {
+        req(&s, reqwest::Method::GET, "r")
+            .header(header::RANGE, "bytes=2-4")
+            .header(header::IF_RANGE, validator)
+            .send()
+    };
+    let r = ranged(etag).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.text().await.unwrap(), "234");
+    // Another version (or a date, which is not trusted): the whole file.
+    for other in [
+        "\"0000\"".to_owned(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    ] {
+        let r = ranged(other).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+    }
 }

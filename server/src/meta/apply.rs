@@ -68,8 +68,6 @@ pub enum ApplyError {
 pub struct Applied {
     /// True if the command made a new entry rather than replacing one.
     pub created: bool,
-    /// The inode created or changed, if any.
-    pub inode: Option<InodeId>,
     /// ETag and size of the file the command left at its target (renames).
     pub etag: Option<ContentHash>,
     pub size: u64,
@@ -79,7 +77,6 @@ impl Applied {
     fn nothing() -> Self {
         Self {
             created: false,
-            inode: None,
             etag: None,
             size: 0,
         }
@@ -172,7 +169,6 @@ fn create_share<R: KvRead + ?Sized>(
     );
     Ok(Applied {
         created: true,
-        inode: Some(root),
         ..Applied::nothing()
     })
 }
@@ -208,7 +204,6 @@ fn put_file<R: KvRead + ?Sized>(
     if let Some((_, old)) = existing {
         drop_inode(tx, old.inode, now_ns)?;
     }
-    let id = allocate_inode(tx)?;
     for chunk in file.content.chunks() {
         add_chunk_ref(tx, chunk)?;
     }
@@ -221,20 +216,9 @@ fn put_file<R: KvRead + ?Sized>(
         parent,
         file: Some(file.clone()),
     };
-    tx.put(keys::inode(id), encode(&inode));
-    link(
-        tx,
-        parent,
-        name,
-        DirEntry {
-            inode: id,
-            kind: EntryKind::File,
-        },
-        now_ns,
-    )?;
+    add_inode(tx, parent, name, &inode, now_ns)?;
     Ok(Applied {
         created: existing.is_none(),
-        inode: Some(id),
         ..Applied::nothing()
     })
 }
@@ -254,10 +238,9 @@ fn mkdir<R: KvRead + ?Sized>(
     if lookup(tx, parent, name)?.is_some() {
         return Err(MetaError::AlreadyExists(path.to_string()).into());
     }
-    let id = create_dir(tx, parent, name, mode, now_ns)?;
+    create_dir(tx, parent, name, mode, now_ns)?;
     Ok(Applied {
         created: true,
-        inode: Some(id),
         ..Applied::nothing()
     })
 }
@@ -285,7 +268,6 @@ fn remove<R: KvRead + ?Sized>(
     drop_inode(tx, entry.inode, now_ns)?;
     Ok(Applied {
         created: false,
-        inode: Some(entry.inode),
         ..Applied::nothing()
     })
 }
@@ -309,7 +291,6 @@ fn rename<R: KvRead + ?Sized>(
         let inode = load_inode(tx, entry.inode)?;
         return Ok(Applied {
             created: false,
-            inode: Some(entry.inode),
             etag: inode.etag(),
             size: inode.size(),
         });
@@ -332,7 +313,6 @@ fn rename<R: KvRead + ?Sized>(
     tx.put(keys::inode(entry.inode), encode(&inode));
     Ok(Applied {
         created: target.is_none(),
-        inode: Some(entry.inode),
         etag: inode.etag(),
         size: inode.size(),
     })
@@ -465,19 +445,7 @@ fn create_dir<R: KvRead + ?Sized>(
     mode: u32,
     now_ns: i64,
 ) -> Result<InodeId, StoreError> {
-    let id = allocate_inode(tx)?;
-    tx.put(keys::inode(id), encode(&new_dir(parent, mode, now_ns)));
-    link(
-        tx,
-        parent,
-        name,
-        DirEntry {
-            inode: id,
-            kind: EntryKind::Directory,
-        },
-        now_ns,
-    )?;
-    Ok(id)
+    add_inode(tx, parent, name, &new_dir(parent, mode, now_ns), now_ns)
 }
 
 /// Like `mkdir -p`: walks `path`, creating the directories that are missing.
@@ -499,6 +467,24 @@ fn resolve_or_create_dir<R: KvRead + ?Sized>(
         };
     }
     Ok(dir)
+}
+
+/// Stores `inode` under a new inode number and names it `name` in `parent`.
+fn add_inode<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    parent: InodeId,
+    name: &str,
+    inode: &Inode,
+    now_ns: i64,
+) -> Result<InodeId, StoreError> {
+    let id = allocate_inode(tx)?;
+    tx.put(keys::inode(id), encode(inode));
+    let entry = DirEntry {
+        inode: id,
+        kind: inode.kind,
+    };
+    link(tx, parent, name, entry, now_ns)?;
+    Ok(id)
 }
 
 /// Adds `name -> entry` to `dir`, keeping the directory's times and link

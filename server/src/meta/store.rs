@@ -183,13 +183,20 @@ impl KvRead for MetaStore {
     }
 
     fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self
-            .db
-            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
-        Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
+        first_key(&self.db, ReadOptions::default(), start, end)
     }
+}
+
+/// The first key in `[start, end)` as `ro` sees the store.
+fn first_key(
+    db: &DB,
+    mut ro: ReadOptions,
+    start: &[u8],
+    end: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    ro.set_iterate_upper_bound(end.to_vec());
+    let mut it = db.iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
+    Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
 }
 
 /// A point-in-time view for readers.
@@ -206,11 +213,7 @@ impl KvRead for Snapshot<'_> {
     fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&self.snap);
-        ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self
-            .db
-            .iterator_opt(IteratorMode::From(start, Direction::Forward), ro);
-        Ok(it.next().transpose()?.map(|(k, _)| k.into_vec()))
+        first_key(self.db, ro, start, end)
     }
 }
 
