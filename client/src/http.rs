@@ -2,7 +2,8 @@
 //! listing with pagination, and the namespace operations.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -87,7 +88,10 @@ enum Replay {
 /// within the retry deadline.
 #[derive(Clone)]
 pub struct HttpClient {
-    nodes: Vec<String>,
+    /// Every node's base URL: the ones given, plus those learned from
+    /// `/cluster/status` the first time a node fails.
+    nodes: Arc<RwLock<Vec<String>>>,
+    discovered: Arc<AtomicBool>,
     /// Index of the node that answered last; tried first.
     preferred: Arc<AtomicUsize>,
     token: Option<String>,
@@ -99,11 +103,12 @@ impl HttpClient {
     /// `urls` is one or more node URLs separated by commas, e.g.
     /// `http://10.0.0.1:8080,http://10.0.0.2:8080`.
     pub fn new(urls: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let nodes: Vec<String> = urls
-            .split(',')
-            .map(|u| u.trim().trim_end_matches('/').to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
+        let mut nodes: Vec<String> = Vec::new();
+        for u in urls.split(',').map(|u| u.trim().trim_end_matches('/')) {
+            if !u.is_empty() && !nodes.iter().any(|n| n == u) {
+                nodes.push(u.to_owned());
+            }
+        }
         if nodes.is_empty() {
             return Err(ClientError::Invalid("no server URL given".into()));
         }
@@ -127,7 +132,8 @@ impl HttpClient {
                 source,
             })?;
         Ok(Self {
-            nodes,
+            nodes: Arc::new(RwLock::new(nodes)),
+            discovered: Arc::new(AtomicBool::new(false)),
             preferred: Arc::new(AtomicUsize::new(0)),
             token,
             http,
@@ -141,8 +147,66 @@ impl HttpClient {
     }
 
     /// The node tried first.
-    pub fn base_url(&self) -> &str {
-        &self.nodes[self.preferred.load(Ordering::Relaxed) % self.nodes.len()]
+    pub fn base_url(&self) -> String {
+        let nodes = self.nodes();
+        nodes[self.preferred.load(Ordering::Relaxed) % nodes.len()].clone()
+    }
+
+    /// Every node this client knows.
+    pub fn nodes(&self) -> Vec<String> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The cluster's status as the first node that answers reports it
+    /// (`GET /cluster/status`); every member's URL is remembered.
+    pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .send(Replay::Safe, |c, base| {
+                Ok(c.request(Method::GET, format!("{base}/cluster/status")))
+            })
+            .await?;
+        let url = resp.url().to_string();
+        let status: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        self.learn(&status);
+        Ok(status)
+    }
+
+    fn learn(&self, status: &serde_json::Value) {
+        let Some(members) = status.get("nodes").and_then(|n| n.as_array()) else {
+            return;
+        };
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        for m in members {
+            if let Some(url) = m.get("http").and_then(|u| u.as_str()) {
+                let url = url.trim_end_matches('/').to_owned();
+                if !nodes.contains(&url) {
+                    nodes.push(url);
+                }
+            }
+        }
+    }
+
+    /// Learns the other nodes from any known node, once per client.
+    async fn discover(&self) {
+        if self.discovered.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        for base in self.nodes() {
+            let req = self
+                .http
+                .get(format!("{base}/cluster/status"))
+                .timeout(Duration::from_secs(2));
+            if let Ok(resp) = req.send().await
+                && resp.status().is_success()
+                && let Ok(status) = resp.json::<serde_json::Value>().await
+            {
+                self.learn(&status);
+                return;
+            }
+        }
     }
 
     fn request(&self, method: Method, url: String) -> RequestBuilder {
@@ -180,7 +244,8 @@ impl HttpClient {
         make: impl Fn(&Self, &str) -> Result<RequestBuilder, ClientError>,
     ) -> (Result<Response, ClientError>, bool) {
         let started = Instant::now();
-        let n = self.nodes.len();
+        let mut nodes = self.nodes();
+        let mut n = nodes.len();
         // Walk the nodes from the preferred one; other requests moving the
         // preference meanwhile must not send this one back to a dead node.
         let first = self.preferred.load(Ordering::Relaxed);
@@ -190,7 +255,7 @@ impl HttpClient {
         let mut attempt = 0usize;
         loop {
             let i = (first + attempt) % n;
-            let base = &self.nodes[i];
+            let base = &nodes[i % n];
             attempt += 1;
             let rb = match make(self, base) {
                 Ok(rb) => rb,
@@ -229,6 +294,11 @@ impl HttpClient {
             }
             tracing::debug!(node = %base, error = %err, "retrying on the next node");
             last_err = Some(err);
+            if !self.discovered.load(Ordering::Relaxed) {
+                self.discover().await;
+                nodes = self.nodes();
+                n = nodes.len();
+            }
             // Try every node once before waiting; then back off per round.
             if attempt.is_multiple_of(n) && !out_of_time {
                 tokio::time::sleep(backoff).await;

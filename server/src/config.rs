@@ -49,6 +49,88 @@ pub struct FileConfig {
     pub log_format: LogFormat,
     /// Shares to create at startup, with their tokens.
     pub shares: Vec<ShareConfig>,
+    /// Replication: peers, transport, placement. Without `quic_listen` the
+    /// node is a cluster of one.
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address of the node-to-node QUIC listener; empty for a
+    /// single node without peers.
+    pub quic_listen: String,
+    /// Directory with `ca.pem`, `node.pem`, `node-key.pem`
+    /// (`cairn-server tls init` / `tls issue`).
+    pub tls_dir: Option<PathBuf>,
+    /// The HTTP URL clients and peers use for this node (default: from
+    /// `http_listen`).
+    pub advertise_http: Option<String>,
+    /// The QUIC address peers use for this node (default: `quic_listen`).
+    pub advertise_quic: Option<String>,
+    /// The first members of a new cluster. Every listed node initializes
+    /// the cluster with this same list at its first start; a node not
+    /// listed waits to be added (`cairn cluster add`).
+    pub initial_members: Vec<MemberConfig>,
+    /// A witness votes and holds metadata, but stores no chunks.
+    pub witness: bool,
+    /// Copies of each chunk (capped at the number of data nodes).
+    pub replicas: usize,
+    /// Copies that must be on disk before a write is acknowledged; 0 means
+    /// a majority of `replicas`.
+    pub write_quorum: usize,
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between this and
+    /// twice this starts an election.
+    pub election_timeout_ms: u64,
+    /// A node unreachable this long is declared dead: its chunks are
+    /// placed on, and repaired to, the other nodes.
+    pub dead_after_secs: u64,
+    /// Time between repair passes (missing copies are fetched).
+    pub repair_interval_secs: u64,
+    /// Time between scrub passes (every local chunk re-hashed).
+    pub scrub_interval_secs: u64,
+    /// Scrub reading rate, bytes per second.
+    pub scrub_bytes_per_sec: u64,
+    /// How long a metadata write may wait for a leader.
+    pub write_timeout_secs: u64,
+    /// How long a read may wait to confirm it sees the latest metadata.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            quic_listen: String::new(),
+            tls_dir: None,
+            advertise_http: None,
+            advertise_quic: None,
+            initial_members: Vec::new(),
+            witness: false,
+            replicas: 3,
+            write_quorum: 0,
+            heartbeat_ms: 100,
+            election_timeout_ms: 400,
+            dead_after_secs: 30,
+            repair_interval_secs: 10,
+            scrub_interval_secs: 6 * 3600,
+            scrub_bytes_per_sec: 64 << 20,
+            write_timeout_secs: 10,
+            read_timeout_secs: 5,
+        }
+    }
+}
+
+/// One entry of `initial_members`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub quic: String,
+    pub http: String,
+    #[serde(default)]
+    pub witness: bool,
 }
 
 impl Default for FileConfig {
@@ -70,6 +152,7 @@ impl Default for FileConfig {
             http_header_timeout_secs: 30,
             log_format: LogFormat::Human,
             shares: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -134,10 +217,45 @@ pub struct Cli {
     pub gc_interval_secs: Option<u64>,
     #[arg(long, env = "CAIRN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Once listening, write `{"http": "ADDR", "pid": N}` here (for scripts
-    /// and tests that bind port 0).
+    /// UDP address of the node-to-node QUIC listener (`[cluster]`).
+    #[arg(long, env = "CAIRN_QUIC_LISTEN")]
+    pub quic_listen: Option<String>,
+    #[arg(long, env = "CAIRN_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Once listening, write `{"id": N, "http": "ADDR", "quic": "ADDR",
+    /// "pid": N}` here (for scripts and tests that bind port 0).
     #[arg(long, env = "CAIRN_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+}
+
+/// Tools that run instead of the server.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Cluster certificates.
+    #[command(subcommand)]
+    Tls(TlsTool),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TlsTool {
+    /// Create a new cluster CA (`ca.pem`, `ca-key.pem`) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate from the CA in CA_DIR into OUT
+    /// (`node.pem`, `node-key.pem`, `ca.pem`): OUT is that node's tls_dir.
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// A name for the node (goes in the certificate's common name).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Why the configuration was refused.
@@ -177,6 +295,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shares: Vec<(ShareName, Vec<TokenConfig>)>,
     pub ready_file: Option<PathBuf>,
+    pub cluster: ClusterConfig,
 }
 
 /// Largest inline file: inline data rides in every metadata read of its inode.
@@ -234,6 +353,12 @@ impl Config {
         if let Some(v) = cli.log_format {
             file.log_format = v;
         }
+        if let Some(v) = cli.quic_listen {
+            file.cluster.quic_listen = v;
+        }
+        if let Some(v) = cli.tls_dir {
+            file.cluster.tls_dir = Some(v);
+        }
         Self::validate(file, cli.ready_file)
     }
 
@@ -266,6 +391,7 @@ impl Config {
                     .into(),
             ));
         }
+        validate_cluster(&file.cluster, file.node_id)?;
         let mut shares = Vec::new();
         for s in file.shares {
             let name = ShareName::parse(&s.name)
@@ -298,8 +424,43 @@ impl Config {
             log_format: file.log_format,
             shares,
             ready_file,
+            cluster: file.cluster,
         })
     }
+}
+
+fn validate_cluster(c: &ClusterConfig, node_id: u64) -> Result<(), ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+    if node_id == 0 {
+        return invalid("node_id must be positive");
+    }
+    if !c.quic_listen.is_empty() && c.tls_dir.is_none() {
+        return invalid("cluster.quic_listen needs cluster.tls_dir (see `cairn-server tls init`)");
+    }
+    if c.quic_listen.is_empty() && c.initial_members.len() > 1 {
+        return invalid("cluster.initial_members lists peers but cluster.quic_listen is empty");
+    }
+    if c.replicas == 0 || c.write_quorum > c.replicas {
+        return invalid(
+            "cluster.replicas must be positive and cluster.write_quorum at most replicas",
+        );
+    }
+    if c.heartbeat_ms == 0 || c.election_timeout_ms <= c.heartbeat_ms * 2 {
+        return invalid("cluster.election_timeout_ms must be over twice cluster.heartbeat_ms");
+    }
+    if c.dead_after_secs == 0 || c.repair_interval_secs == 0 || c.scrub_interval_secs == 0 {
+        return invalid("cluster dead_after_secs, repair and scrub intervals must be positive");
+    }
+    if c.write_timeout_secs == 0 || c.read_timeout_secs == 0 || c.scrub_bytes_per_sec == 0 {
+        return invalid("cluster timeouts and scrub_bytes_per_sec must be positive");
+    }
+    let mut ids: Vec<u64> = c.initial_members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != c.initial_members.len() || ids.contains(&0) {
+        return invalid("cluster.initial_members ids must be distinct and positive");
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -2,14 +2,18 @@
 
 use std::process::ExitCode;
 
-use cairn_server::config::{Cli, Config, LogFormat};
+use cairn_server::cluster::tls;
+use cairn_server::config::{Cli, Config, LogFormat, TlsTool, Tool};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(tool) = cli.command.take() {
+        return run_tool(tool);
+    }
     let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -45,8 +49,30 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_tool(tool: Tool) -> ExitCode {
+    let result = match tool {
+        Tool::Tls(TlsTool::Init { dir }) => tls::init_ca(&dir).map(|()| {
+            println!("created a cluster CA in {}", dir.display());
+        }),
+        Tool::Tls(TlsTool::Issue { ca_dir, out, name }) => {
+            tls::issue(&ca_dir, &out, &name).map(|()| {
+                println!("issued a certificate for {name} in {}", out.display());
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // openraft narrates every election and replication step at info.
+    let filter = EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,9 +1,11 @@
-//! Wiring: open the stores, start the committer and workers, serve HTTP,
-//! and shut all of it down in order.
+//! Wiring: open the stores, start Raft, the cluster transport and the
+//! workers, serve HTTP, and shut all of it down in order.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_proto::ContentHash;
 use tokio::net::TcpListener;
@@ -14,11 +16,24 @@ use crate::api::listener::{self, Drained, ListenLimits};
 use crate::api::{self, AppState, Limits};
 use crate::chunks::{ChunkError, ChunkStore, LocalChunkStore, Pins};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::meta::{Command, CommitError, Committer, MetaError, MetaStore, StoreError};
+use crate::cluster::liveness::Liveness;
+use crate::cluster::replicated::{Placement, ReplicatedChunks};
+use crate::cluster::service::{self, PeerService, RepairStats};
+use crate::cluster::tls::{self, TlsError};
+use crate::cluster::transport::Transport;
+use crate::config::{ClusterConfig, Config};
+use crate::consensus::committer::Timeouts;
+use crate::consensus::network::Network;
+use crate::consensus::snapshot::SnapshotDir;
+use crate::consensus::state_machine::MachineError;
+use crate::consensus::{CommitError, Committer, LogStore, NodeInfo, Raft, StateMachine};
+use crate::meta::{Command, MetaError, MetaStore, StoreError};
 use crate::metrics::Metrics;
 use crate::workers::gc::Gc;
+use crate::workers::probe::Prober;
+use crate::workers::repair::Repairer;
 use crate::workers::run_worker;
+use crate::workers::scrub::Scrubber;
 
 /// Why the node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +45,19 @@ pub enum NodeError {
     },
     #[error("metadata store: {0}")]
     Meta(#[from] StoreError),
+    #[error("metadata state machine: {0}")]
+    Machine(#[from] MachineError),
     #[error("chunk store: {0}")]
     Chunks(#[from] ChunkError),
+    #[error("cluster TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("Raft: {0}")]
+    Raft(String),
     #[error("bootstrapping shares: {0}")]
     Bootstrap(#[from] CommitError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        addr: SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
     #[error("writing the ready file: {0}")]
@@ -53,25 +74,134 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         source,
     })?;
     let meta = MetaStore::open(&data_dir.join("meta"))?;
-    let chunks: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
+    let local: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
     let metrics = Arc::new(Metrics::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (committer, committer_thread) = Committer::start(Arc::clone(&meta), Arc::clone(&metrics));
+
+    let listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.http_listen.to_string(),
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let endpoint = bind_quic(&config.cluster)?;
+    let quic_addr = match &endpoint {
+        Some(e) => Some(e.local_addr().map_err(NodeError::Serve)?),
+        None => None,
+    };
+    let transport = endpoint.clone().map(|e| Arc::new(Transport::new(e)));
+    let me = NodeInfo {
+        quic: config
+            .cluster
+            .advertise_quic
+            .clone()
+            .or(quic_addr.map(|a| a.to_string()))
+            .unwrap_or_default(),
+        http: config
+            .cluster
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}")),
+        witness: config.cluster.witness,
+    };
+
+    let raft = start_raft(&config, &meta, transport.clone()).await?;
+    initialize(&config, &raft, &me).await?;
+    let committer = Committer::new(
+        config.node_id,
+        raft.clone(),
+        transport.clone(),
+        Timeouts {
+            write: Duration::from_secs(config.cluster.write_timeout_secs),
+            read: Duration::from_secs(config.cluster.read_timeout_secs),
+        },
+    );
+    let liveness = Arc::new(Liveness::new(Duration::from_secs(
+        config.cluster.dead_after_secs,
+    )));
+    let placement = Placement {
+        me: config.node_id,
+        raft: raft.clone(),
+        liveness: Arc::clone(&liveness),
+        replicas: config.cluster.replicas,
+        write_quorum: config.cluster.write_quorum,
+    };
+    let stats = Arc::new(RepairStats::default());
+    let chunks: Arc<dyn ChunkStore> = match &transport {
+        Some(t) => Arc::new(ReplicatedChunks {
+            local: Arc::clone(&local),
+            transport: Arc::clone(t),
+            placement: placement.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            in_flight: Arc::new(Semaphore::new(REPLICATION_BYTES_MAX)),
+        }),
+        None => Arc::clone(&local),
+    };
+
+    let peers_stop = CancellationToken::new();
+    let peer_service = Arc::new(PeerService {
+        committer: committer.clone(),
+        local: Arc::clone(&local),
+        stats: Arc::clone(&stats),
+        budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
+    });
+    let peers_task = endpoint.map(|e| {
+        tokio::spawn(service::serve(
+            e,
+            Arc::clone(&peer_service),
+            peers_stop.clone(),
+        ))
+    });
+
     bootstrap_shares(&config, &meta, &committer, clock.as_ref()).await?;
 
     let pins = Pins::new();
     let workers_stop = CancellationToken::new();
-    let gc = Gc {
-        meta: Arc::clone(&meta),
-        committer: committer.clone(),
-        chunks: Arc::clone(&chunks),
-        pins: Arc::clone(&pins),
-        metrics: Arc::clone(&metrics),
-        clock: Arc::clone(&clock),
-        grace: config.gc_grace,
-        interval: config.gc_interval,
-    };
-    let gc_task = tokio::spawn(run_worker(gc, workers_stop.clone()));
+    let mut workers = vec![tokio::spawn(run_worker(
+        Gc {
+            meta: Arc::clone(&meta),
+            committer: committer.clone(),
+            chunks: Arc::clone(&chunks),
+            pins: Arc::clone(&pins),
+            metrics: Arc::clone(&metrics),
+            clock: Arc::clone(&clock),
+            grace: config.gc_grace,
+            interval: config.gc_interval,
+        },
+        workers_stop.clone(),
+    ))];
+    if let Some(t) = &transport {
+        workers.push(tokio::spawn(run_worker(
+            Prober {
+                transport: Arc::clone(t),
+                placement: placement.clone(),
+            },
+            workers_stop.clone(),
+        )));
+        workers.push(tokio::spawn(run_worker(
+            Repairer {
+                meta: Arc::clone(&meta),
+                local: Arc::clone(&local),
+                transport: Arc::clone(t),
+                placement: placement.clone(),
+                stats: Arc::clone(&stats),
+                interval: Duration::from_secs(config.cluster.repair_interval_secs),
+            },
+            workers_stop.clone(),
+        )));
+        workers.push(tokio::spawn(run_worker(
+            Scrubber {
+                local: Arc::clone(&local),
+                transport: Arc::clone(t),
+                placement: placement.clone(),
+                stats: Arc::clone(&stats),
+                interval: Duration::from_secs(config.cluster.scrub_interval_secs),
+                bytes_per_sec: config.cluster.scrub_bytes_per_sec,
+            },
+            workers_stop.clone(),
+        )));
+    }
 
     let state = Arc::new(AppState {
         node_id: config.node_id,
@@ -81,6 +211,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         pins,
         metrics,
         clock,
+        peers: Arc::clone(&peer_service),
+        liveness,
         limits: Limits {
             upload_bytes_max: config.upload_bytes_max,
             inline_bytes_max: config.inline_bytes_max,
@@ -91,17 +223,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
         shutdown: shutdown.clone(),
     });
-    let listener = TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: config.http_listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, addr).map_err(NodeError::ReadyFile)?;
+        write_ready_file(path, config.node_id, http_addr, quic_addr)
+            .map_err(NodeError::ReadyFile)?;
     }
-    tracing::info!(node = config.node_id, http = %addr, data_dir = %data_dir.display(), "listening");
+    tracing::info!(node = config.node_id, http = %http_addr, quic = ?quic_addr, data_dir = %data_dir.display(), "listening");
 
     let limits = ListenLimits {
         connections_max: config.http_connections_max,
@@ -110,21 +236,137 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     };
     let served = listener::serve(listener, api::router(Arc::clone(&state)), limits, shutdown).await;
     workers_stop.cancel();
-    let _ = gc_task.await;
+    for w in workers {
+        let _ = w.await;
+    }
     drop(state);
-    // Every commit was synced before it was acknowledged, so stopping here
-    // leaves no torn state even if a straggling request still holds a handle.
-    // Connections that outlived the grace period still hold the committer;
-    // waiting for them could take forever, so only join after a clean drain.
-    if served == Drained::Clean {
-        let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    // Raft last: peers keep hearing from this node until its requests are
+    // drained, so an orderly stop of a leader hands over cleanly.
+    peers_stop.cancel();
+    if let Some(t) = peers_task {
+        let _ = t.await;
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "Raft did not stop cleanly");
+    }
+    if served != Drained::Clean {
+        tracing::warn!("some connections outlived the shutdown grace period");
     }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Bytes of chunk copies this node sends to peers at once, at most.
+const REPLICATION_BYTES_MAX: usize = 128 << 20;
+/// Bytes of peer requests this node holds at once, at most.
+const INBOUND_BYTES_MAX: usize = 256 << 20;
+
+fn bind_quic(cluster: &ClusterConfig) -> Result<Option<quinn::Endpoint>, NodeError> {
+    if cluster.quic_listen.is_empty() {
+        return Ok(None);
+    }
+    let listen_err = |source: std::io::Error| NodeError::Listen {
+        addr: cluster.quic_listen.clone(),
+        source,
+    };
+    let addr: SocketAddr = cluster.quic_listen.parse().map_err(|e| {
+        listen_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{e}"),
+        ))
+    })?;
+    let Some(dir) = &cluster.tls_dir else {
+        return Ok(None);
+    };
+    let idle = Duration::from_secs(10);
+    let mut endpoint =
+        quinn::Endpoint::server(tls::server_config(dir, idle)?, addr).map_err(listen_err)?;
+    endpoint.set_default_client_config(tls::client_config(dir, idle)?);
+    Ok(Some(endpoint))
+}
+
+async fn start_raft(
+    config: &Config,
+    meta: &Arc<MetaStore>,
+    transport: Option<Arc<Transport>>,
+) -> Result<Raft, NodeError> {
+    let c = &config.cluster;
+    let raft_config = openraft::Config {
+        cluster_name: "cairn".into(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        // Entries carry inline files (<= 64 KiB by default): keep one
+        // append message well under the transport's message limit.
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let snapshots =
+        SnapshotDir::open(&config.data_dir.join("raft-snapshots")).map_err(|source| {
+            NodeError::DataDir {
+                path: config.data_dir.join("raft-snapshots").display().to_string(),
+                source,
+            }
+        })?;
+    let sm = StateMachine::open(Arc::clone(meta), snapshots)?;
+    Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        Network::new(transport),
+        LogStore::new(Arc::clone(meta)),
+        sm,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// A node that has never been part of a cluster starts one: alone, or with
+/// the configured initial members (each of which does the same, with the
+/// same list, which Raft allows). A node not in that list waits to be added.
+async fn initialize(config: &Config, raft: &Raft, me: &NodeInfo) -> Result<(), NodeError> {
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        return Ok(());
+    }
+    let initial = &config.cluster.initial_members;
+    let members: BTreeMap<u64, NodeInfo> = if initial.is_empty() {
+        BTreeMap::from([(config.node_id, me.clone())])
+    } else if initial.iter().any(|m| m.id == config.node_id) {
+        initial
+            .iter()
+            .map(|m| {
+                let info = NodeInfo {
+                    quic: m.quic.clone(),
+                    http: m.http.clone(),
+                    witness: m.witness,
+                };
+                (m.id, info)
+            })
+            .collect()
+    } else {
+        tracing::info!("not an initial member: waiting to be added to a cluster");
+        return Ok(());
+    };
+    tracing::info!(members = members.len(), "initializing a new cluster");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(NodeError::Raft(e.to_string())),
+    }
+}
+
 /// Creates the configured shares that do not exist yet and (re)installs
-/// their tokens.
+/// their tokens. Nothing is written when the state already matches, so a
+/// restarted node needs no quorum to start.
 async fn bootstrap_shares(
     config: &Config,
     meta: &MetaStore,
@@ -144,8 +386,13 @@ async fn bootstrap_shares(
             }
         }
         for t in tokens {
+            let token_hash = ContentHash::of(t.token.as_bytes());
+            let current = meta.token(&token_hash)?;
+            if current.is_some_and(|r| r.share == *share && r.access == t.access) {
+                continue;
+            }
             let cmd = Command::PutToken {
-                token_hash: ContentHash::of(t.token.as_bytes()),
+                token_hash,
                 share: share.clone(),
                 access: t.access,
             };
@@ -182,9 +429,19 @@ async fn revoke_unlisted_tokens(
 /// Most tokens looked at when reconciling them with the configuration.
 const TOKENS_MAX: usize = 100_000;
 
-/// Writes `{"http": addr, "pid": n}` atomically (temp file, rename).
-fn write_ready_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
-    let body = serde_json::json!({ "http": addr.to_string(), "pid": std::process::id() });
+/// Writes `{"id": n, "http": addr, "quic": addr, "pid": n}` atomically.
+fn write_ready_file(
+    path: &Path,
+    id: u64,
+    http: SocketAddr,
+    quic: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "id": id,
+        "http": http.to_string(),
+        "quic": quic.map(|q| q.to_string()),
+        "pid": std::process::id(),
+    });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body.to_string())?;
     std::fs::rename(&tmp, path)

@@ -4,6 +4,7 @@
 //! (exists, not empty, precondition), 5 authentication or permission,
 //! 6 unavailable (retry later), 7 corrupt data or server error.
 
+mod cluster;
 mod dev;
 mod transfer;
 
@@ -32,6 +33,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:8080"
     )]
     url: String,
+    /// More node URLs, comma-separated (`cairn dev` sets this); the client
+    /// also learns every member from the first node that answers.
+    #[arg(long, global = true, env = "CAIRN_NODES")]
+    node_urls: Option<String>,
     /// How long to keep retrying on other nodes when a node is down or
     /// answers 503, in seconds.
     #[arg(long, global = true, env = "CAIRN_RETRY_SECS", default_value_t = 30)]
@@ -76,6 +81,9 @@ enum Command {
     },
     /// Run a local development cluster in the foreground.
     Dev(dev::DevArgs),
+    /// The cluster: status and membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 pub async fn run(args: Args) -> ExitCode {
@@ -122,7 +130,11 @@ async fn execute(args: Args) -> Result<(), ClientError> {
     }
     let share =
         ShareName::parse(&args.share).map_err(|e| ClientError::Invalid(format!("--share: {e}")))?;
-    let client = HttpClient::new(&args.url, args.token.clone())?.with_retry(RetryPolicy {
+    let urls = match &args.node_urls {
+        Some(more) => format!("{},{more}", args.url),
+        None => args.url.clone(),
+    };
+    let client = HttpClient::new(&urls, args.token.clone())?.with_retry(RetryPolicy {
         deadline: std::time::Duration::from_secs(args.retry_secs),
         ..RetryPolicy::default()
     });
@@ -158,6 +170,7 @@ async fn execute(args: Args) -> Result<(), ClientError> {
                 .await
                 .map(|w| out.write_result(&w))
         }
+        Command::Cluster(c) => cluster::run(&client, c, out).await,
         Command::Dev(_) => Ok(()),
     }
 }

@@ -12,8 +12,9 @@ use cairn_proto::api::ErrorBody;
 use cairn_proto::{ErrorCode, PathError};
 
 use crate::chunks::ChunkError;
+use crate::consensus::CommitError;
 use crate::meta::apply::ApplyError;
-use crate::meta::{CommitError, MetaError, StoreError};
+use crate::meta::{MetaError, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -126,11 +127,10 @@ impl From<CommitError> for ApiError {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Meta(e) => e.into(),
-            CommitError::Store(e) if e.is_no_space() => Self::new(
-                ErrorCode::InsufficientStorage,
-                format!("metadata disk is full: {e}"),
-            ),
             CommitError::Store(e) => Self::new(ErrorCode::Internal, format!("metadata store: {e}")),
+            e @ (CommitError::Unavailable(_) | CommitError::Unknown(_)) => {
+                Self::new(ErrorCode::Unavailable, e.to_string())
+            }
             CommitError::Stopped => {
                 Self::new(ErrorCode::Unavailable, "the server is shutting down")
             }
@@ -145,6 +145,7 @@ impl From<ChunkError> for ApiError {
                 ErrorCode::Corrupt
             }
             ChunkError::NoSpace => ErrorCode::InsufficientStorage,
+            ChunkError::Unavailable(_) => ErrorCode::Unavailable,
             ChunkError::Io(_) => ErrorCode::Internal,
         };
         Self::new(code, e.to_string())

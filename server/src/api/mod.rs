@@ -3,6 +3,7 @@
 //! server will carry (native protocol, S3 subset).
 
 mod auth;
+mod cluster;
 mod conditional;
 mod download;
 pub mod error;
@@ -32,7 +33,10 @@ use self::error::{ApiError, ApiResult};
 use self::target::{Query, Target};
 use crate::chunks::{ChunkStore, Pins};
 use crate::clock::Clock;
-use crate::meta::{Committer, MetaStore};
+use crate::cluster::liveness::Liveness;
+use crate::cluster::service::PeerService;
+use crate::consensus::Committer;
+use crate::meta::MetaStore;
 use crate::metrics::{MethodLabel, Metrics, RequestLabels};
 
 /// Limits the HTTP layer enforces.
@@ -61,6 +65,10 @@ pub struct AppState {
     pub read_buffers: Arc<Semaphore>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// This node's answers to peers (its own status, for `cluster status`).
+    pub peers: Arc<PeerService>,
+    /// What this node knows of the others.
+    pub liveness: Arc<Liveness>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -68,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route("/cluster/status", get(cluster::status))
         .route("/v1/{share}", any(object))
         .route("/v1/{share}/", any(object))
         .route("/v1/{share}/{*path}", any(object))
@@ -196,6 +205,9 @@ async fn read(
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult<Response> {
+    // Linearizable: whatever was acknowledged anywhere before this request
+    // arrived is visible here.
+    state.committer.read_barrier().await?;
     let (id, inode) = state.meta.snapshot().resolve(&target.share, &target.path)?;
     if query.stat {
         return Ok(axum::Json(ops::stat_of(target.path.file_name(), id, &inode)).into_response());

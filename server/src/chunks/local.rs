@@ -89,6 +89,14 @@ impl ChunkStore for LocalChunkStore {
                 // have renamed it into place without yet syncing the
                 // directory, so sync it before calling the chunk durable. A
                 // damaged copy is caught by the hash check on every read.
+                // Its time is refreshed: GC keeps a chunk for its grace
+                // period after the last write, which covers an upload that
+                // found it here and is about to reference it.
+                File::options()
+                    .write(true)
+                    .open(&dest)
+                    .and_then(|f| f.set_modified(SystemTime::now()))
+                    .map_err(ChunkError::from_io)?;
                 sync_dir(dest.parent().unwrap_or(&self.root))
             }
             // A copy of the wrong length is damaged: replace it with the
@@ -126,6 +134,10 @@ impl ChunkStore for LocalChunkStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    fn has(&self, hash: &ContentHash) -> bool {
+        self.path(hash).exists()
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError> {

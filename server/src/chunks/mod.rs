@@ -29,11 +29,33 @@ pub enum ChunkError {
     Oversize { hash: ContentHash, len: u64 },
     #[error("no space left for chunk data")]
     NoSpace,
+    /// Too few replicas could be reached; retryable.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("chunk store I/O: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl ChunkError {
+    /// The same kind of error, for reporting a local failure again after
+    /// a fallback also failed (`std::io::Error` is not `Clone`).
+    pub fn clone_kind(&self) -> Self {
+        match self {
+            Self::Missing(h) => Self::Missing(*h),
+            Self::Corrupt { hash, actual } => Self::Corrupt {
+                hash: *hash,
+                actual: *actual,
+            },
+            Self::Oversize { hash, len } => Self::Oversize {
+                hash: *hash,
+                len: *len,
+            },
+            Self::NoSpace => Self::NoSpace,
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::Io(e) => Self::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+
     pub fn from_io(e: std::io::Error) -> Self {
         if e.raw_os_error() == Some(libc::ENOSPC) {
             Self::NoSpace
@@ -53,6 +75,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError>;
 
     fn delete(&self, hash: &ContentHash) -> Result<(), ChunkError>;
+
+    /// True if a copy is stored here (unverified: a cheap existence check).
+    fn has(&self, hash: &ContentHash) -> bool;
 
     /// Calls `visit` with every stored chunk and when it was written.
     fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError>;

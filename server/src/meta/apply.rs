@@ -20,7 +20,7 @@ use super::store::StoreError;
 pub const DIR_MODE_DEFAULT: u32 = 0o755;
 
 /// A command that was refused; nothing was changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetaError {
     #[error("share '{0}' does not exist")]
     NoSuchShare(String),
@@ -64,7 +64,7 @@ pub enum ApplyError {
 }
 
 /// What a successful command did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     /// True if the command made a new entry rather than replacing one.
     pub created: bool,
@@ -74,7 +74,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn nothing() -> Self {
+    pub fn nothing() -> Self {
         Self {
             created: false,
             etag: None,

@@ -9,6 +9,12 @@ use cairn_proto::{ContentHash, InodeId, ShareName};
 pub const NEXT_INODE: &[u8] = b"Mnext_inode";
 pub const SCHEMA: &[u8] = b"Mschema";
 
+/// The Raft log position and membership the state machine has applied.
+pub const RAFT_APPLIED: &[u8] = b"Mraft_applied";
+/// Present while a snapshot is being loaded: a crash then left a partial
+/// state, which is reloaded from the snapshot file at the next start.
+pub const SNAPSHOT_LOADING: &[u8] = b"Msnapshot_loading";
+
 pub fn share(name: &ShareName) -> Vec<u8> {
     prefixed(b'S', name.as_str().as_bytes())
 }

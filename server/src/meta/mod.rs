@@ -2,8 +2,8 @@
 //! reference counts, as a deterministic state machine over RocksDB.
 
 pub mod apply;
+pub mod batch;
 pub mod command;
-pub mod committer;
 pub mod keys;
 pub mod overlay;
 pub mod records;
@@ -13,7 +13,7 @@ pub mod store;
 mod model_tests;
 
 pub use apply::{Applied, MetaError};
+pub use batch::apply_batch;
 pub use command::{Command, Precondition, TagSet};
-pub use committer::{CommitError, Committer};
 pub use records::{Access, ChunkRef, Content, FileData, Inode};
 pub use store::{MetaStore, StoreError};

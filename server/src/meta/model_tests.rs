@@ -7,7 +7,7 @@ use cairn_proto::api::EntryKind;
 use cairn_proto::{ContentHash, ErrorCode, FilePath, InodeId, ShareName};
 use proptest::prelude::*;
 
-use super::committer::apply_batch;
+use super::batch::apply_batch;
 use super::store::{MetaStore, Snapshot};
 use super::*;
 
@@ -285,7 +285,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(dir.path()).unwrap();
         let create = Command::CreateShare { share: share(), now_ns: 1 };
-        assert!(apply_batch(&store, &[&create]).unwrap().remove(0).is_ok());
+        assert!(apply_batch(&store, &[&create], Vec::new(), true).unwrap().remove(0).is_ok());
         let mut model = Model::default();
 
         let mut i = 0;
@@ -294,7 +294,7 @@ proptest! {
             let n = (*sizes.next().unwrap()).min(ops.len() - i);
             let cmds: Vec<Command> = ops[i..i + n].iter().enumerate().map(|(j, op)| to_command(op, (i + j) as i64 + 10)).collect();
             let refs: Vec<&Command> = cmds.iter().collect();
-            let results = apply_batch(&store, &refs).unwrap();
+            let results = apply_batch(&store, &refs, Vec::new(), true).unwrap();
             for (op, got) in ops[i..i + n].iter().zip(results) {
                 let want = model.apply(op);
                 let got = got.map(|_| ()).map_err(|e| match e {

@@ -1,15 +1,19 @@
 //! The metadata store: RocksDB holding the state that `apply` builds.
 //!
-//! Writes come only from the committer (one batch per group of commands, synced
-//! before anyone is told). Readers take a RocksDB snapshot so a lookup that
-//! reads several keys sees one committed state, never half of a batch.
+//! The default column family is the state machine: written only by the Raft
+//! state machine (one batch per batch of committed entries). Readers take a
+//! RocksDB snapshot so a lookup that reads several keys sees one applied
+//! state, never half of a batch. The Raft log and vote live in their own
+//! column families of the same database, so one WAL orders all of it.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use cairn_proto::api::EntryKind;
 use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
-use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamily, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
 
 use super::apply::{self, ApplyError, MetaError};
 use super::keys;
@@ -33,6 +37,8 @@ pub enum StoreError {
     Invariant(String),
     #[error("metadata schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
     Schema { found: u32 },
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
 }
 
 impl StoreError {
@@ -68,6 +74,11 @@ pub struct Listed {
     pub inode: Inode,
 }
 
+/// Column family of the Raft log: big-endian index -> entry.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Column family of the vote, the purged and committed log ids.
+pub const CF_RAFT_STATE: &str = "raft_state";
+
 pub struct MetaStore {
     db: DB,
 }
@@ -82,7 +93,13 @@ impl MetaStore {
         opts.set_max_write_buffer_number(3);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
-        let db = DB::open(&opts, dir)?;
+        opts.create_missing_column_families(true);
+        let cfs = [
+            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+            CF_RAFT_LOG,
+            CF_RAFT_STATE,
+        ];
+        let db = DB::open_cf(&opts, dir, cfs)?;
         let store = Self { db };
         store.check_schema()?;
         Ok(Arc::new(store))
@@ -110,10 +127,28 @@ impl MetaStore {
 
     /// Writes `batch` atomically and waits until it is on disk (WAL fsynced).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write_batch(batch, true)
+    }
+
+    /// Writes `batch` atomically; with `sync`, returns once it is on disk.
+    /// Without, it is ordered before every later write in the one WAL, so
+    /// the next synced write makes it durable too.
+    pub fn write_batch(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync);
         self.db.write_opt(batch, &opts)?;
         Ok(())
+    }
+
+    /// The database itself, for the Raft log store and snapshots.
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))
     }
 
     /// A consistent view of the committed state.
@@ -142,6 +177,33 @@ impl MetaStore {
         limit: usize,
     ) -> Result<Vec<(ContentHash, ChunkRecord)>, StoreError> {
         self.scan_hashed(keys::CHUNK_PREFIX, limit)
+    }
+
+    /// Calls `visit` with every chunk that committed metadata references,
+    /// as one consistent snapshot sees them, without collecting them.
+    pub fn for_each_referenced_chunk(
+        &self,
+        visit: &mut dyn FnMut(ContentHash),
+    ) -> Result<(), StoreError> {
+        let snap = self.db.snapshot();
+        let prefix = [keys::CHUNK_PREFIX];
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        for item in self
+            .db
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), ro)
+        {
+            let (k, v) = item?;
+            let hash: [u8; 32] = k[1..]
+                .try_into()
+                .map_err(|_| StoreError::Invariant(format!("bad key {}", escape(&k))))?;
+            let rec: ChunkRecord = decode(&v).map_err(|e| StoreError::corrupt(&k, e))?;
+            if rec.refs > 0 {
+                visit(ContentHash(hash));
+            }
+        }
+        Ok(())
     }
 
     /// Every token (by hash); bounded by `limit`.

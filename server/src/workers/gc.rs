@@ -16,7 +16,8 @@ use cairn_proto::ContentHash;
 use super::Worker;
 use crate::chunks::{ChunkStore, Pins};
 use crate::clock::{Clock, system_time_ns};
-use crate::meta::{Command, Committer, MetaStore};
+use crate::consensus::Committer;
+use crate::meta::{Command, MetaStore};
 use crate::metrics::Metrics;
 
 /// Most chunk records dropped by one metadata command.
@@ -136,7 +137,12 @@ fn collect_one(
     let expired = |since: i64| now_ns.saturating_sub(since) >= grace_ns;
     let (delete, forget) = match record {
         Some(r) if r.refs > 0 => (false, false),
-        Some(r) => (expired(r.unreferenced_since_ns), true),
+        // Both clocks: a chunk another upload just wrote again (possibly on
+        // another node, which refreshes the file's time) is kept.
+        Some(r) => (
+            expired(r.unreferenced_since_ns) && expired(written_ns),
+            true,
+        ),
         None => (expired(written_ns), false),
     };
     if !delete {

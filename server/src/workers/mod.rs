@@ -1,6 +1,9 @@
 //! Background work, each piece a [`Worker`] that stops cleanly on shutdown.
 
 pub mod gc;
+pub mod probe;
+pub mod repair;
+pub mod scrub;
 
 use std::future::Future;
 use std::time::Duration;

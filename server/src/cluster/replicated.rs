@@ -1,0 +1,213 @@
+//! The chunk store the data path uses in a cluster: each chunk is written
+//! to its placement (this node's disk and peers over QUIC) and acknowledged
+//! once a write quorum has it on disk; reads use the local copy or fetch a
+//! verified copy from a peer (repairing the local one on the way).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cairn_proto::ContentHash;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::liveness::Liveness;
+use super::placement::{live_data_nodes, place, write_quorum};
+use super::rpc::{Request, Response};
+use super::transport::Transport;
+use crate::chunks::{ChunkError, ChunkStore};
+use crate::consensus::{NodeId, NodeInfo, Raft};
+
+/// How long one chunk transfer to or from a peer may take.
+pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Placement inputs shared by the data path and the repairer.
+#[derive(Clone)]
+pub struct Placement {
+    pub me: NodeId,
+    pub raft: Raft,
+    pub liveness: Arc<Liveness>,
+    pub replicas: usize,
+    pub write_quorum: usize,
+}
+
+impl Placement {
+    /// Every member, as the latest membership this node knows lists them.
+    pub fn members(&self) -> Vec<(NodeId, NodeInfo)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
+    /// The nodes that should hold `hash` now.
+    pub fn targets(&self, hash: &ContentHash) -> Vec<(NodeId, NodeInfo)> {
+        let live = live_data_nodes(self.members(), self.me, &self.liveness);
+        place(hash, &live, self.replicas)
+    }
+}
+
+pub struct ReplicatedChunks {
+    pub local: Arc<dyn ChunkStore>,
+    pub transport: Arc<Transport>,
+    pub placement: Placement,
+    pub runtime: Handle,
+    /// Bytes of chunk copies in flight to peers at once, at most; a write
+    /// acknowledged at quorum keeps sending to the rest in the background.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl ReplicatedChunks {
+    /// Fetches `hash` from the first peer (placement first, then everyone)
+    /// that has a good copy.
+    pub fn fetch_remote(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {
+        fetch_remote(&self.transport, &self.placement, &self.runtime, hash)
+    }
+}
+
+/// Fetches a verified copy of `hash` from a peer; blocks (call from a
+/// blocking thread).
+pub fn fetch_remote(
+    transport: &Transport,
+    placement: &Placement,
+    runtime: &Handle,
+    hash: &ContentHash,
+) -> Result<Vec<u8>, ChunkError> {
+    let mut candidates = placement.targets(hash);
+    for member in placement.members() {
+        if !candidates.iter().any(|c| c.0 == member.0) {
+            candidates.push(member);
+        }
+    }
+    for (id, info) in candidates {
+        if id == placement.me || info.witness {
+            continue;
+        }
+        let req = Request::GetChunk { hash: *hash };
+        let answer =
+            runtime.block_on(transport.call::<_, Response>(&info.quic, &req, CHUNK_RPC_TIMEOUT));
+        match answer {
+            Ok(Response::Chunk(Ok(Some(bytes)))) => {
+                let actual = ContentHash::of(&bytes.0);
+                if actual == *hash {
+                    return Ok(bytes.0);
+                }
+                tracing::error!(%hash, %actual, peer = id, "a peer sent a chunk that does not match its hash");
+            }
+            Ok(Response::Chunk(Ok(None))) => {}
+            Ok(other) => tracing::debug!(peer = id, ?other, "chunk fetch failed"),
+            Err(e) => tracing::debug!(peer = id, error = %e, "chunk fetch failed"),
+        }
+    }
+    Err(ChunkError::Missing(*hash))
+}
+
+impl ChunkStore for ReplicatedChunks {
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError> {
+        let targets = self.placement.targets(hash);
+        let need = write_quorum(self.placement.write_quorum, targets.len());
+        let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+        for (id, info) in targets.iter().filter(|t| t.0 != self.placement.me) {
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX).max(1);
+            let permit = self
+                .runtime
+                .block_on(Arc::clone(&self.in_flight).acquire_many_owned(len))
+                .map_err(|_| ChunkError::Unavailable("the node is shutting down".into()))?;
+            let transport = Arc::clone(&self.transport);
+            let (id, addr, tx) = (*id, info.quic.clone(), tx.clone());
+            let req = Request::PutChunk {
+                hash: *hash,
+                data: data.to_vec(),
+            };
+            self.runtime.spawn(async move {
+                let answer = transport
+                    .call::<_, Response>(&addr, &req, CHUNK_RPC_TIMEOUT)
+                    .await;
+                drop(permit);
+                let ok = match answer {
+                    Ok(Response::Stored(Ok(()))) => true,
+                    Ok(other) => {
+                        tracing::warn!(peer = id, ?other, "a replica refused a chunk");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = id, error = %e, "a replica write failed");
+                        false
+                    }
+                };
+                let _ = tx.send(ok).await;
+            });
+        }
+        drop(tx);
+        let mut acks = 0;
+        let mut local_error = None;
+        if targets.iter().any(|t| t.0 == self.placement.me) {
+            match self.local.put(hash, data) {
+                Ok(()) => acks += 1,
+                Err(e) => local_error = Some(e),
+            }
+        }
+        while acks < need {
+            match self.runtime.block_on(rx.recv()) {
+                Some(true) => acks += 1,
+                Some(false) => {}
+                None => break,
+            }
+        }
+        if acks >= need {
+            return Ok(());
+        }
+        match local_error {
+            Some(e @ ChunkError::NoSpace) => Err(e),
+            _ => Err(ChunkError::Unavailable(format!(
+                "only {acks} of the {need} copies needed could be stored"
+            ))),
+        }
+    }
+
+    fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {
+        let local_err = match self.local.get(hash) {
+            Ok(data) => return Ok(data),
+            Err(e @ (ChunkError::Missing(_) | ChunkError::Corrupt { .. })) => e,
+            Err(e) => return Err(e),
+        };
+        let data = self
+            .fetch_remote(hash)
+            .map_err(|_| local_err.clone_kind())?;
+        // Heal the local copy if this node should have one.
+        let corrupt = matches!(local_err, ChunkError::Corrupt { .. });
+        if corrupt
+            || self
+                .placement
+                .targets(hash)
+                .iter()
+                .any(|t| t.0 == self.placement.me)
+        {
+            if corrupt {
+                tracing::error!(%hash, "replacing a corrupt local chunk with a peer's copy");
+                self.local.delete(hash)?;
+            }
+            if let Err(e) = self.local.put(hash, &data) {
+                tracing::warn!(%hash, error = %e, "could not store the fetched copy locally");
+            }
+        }
+        Ok(data)
+    }
+
+    fn delete(&self, hash: &ContentHash) -> Result<(), ChunkError> {
+        self.local.delete(hash)
+    }
+
+    fn has(&self, hash: &ContentHash) -> bool {
+        self.local.has(hash)
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError> {
+        self.local.for_each(visit)
+    }
+
+    fn free_bytes(&self) -> Result<u64, ChunkError> {
+        self.local.free_bytes()
+    }
+}

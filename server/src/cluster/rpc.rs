@@ -1,0 +1,90 @@
+//! The node-to-node messages. Postcard-encoded; a peer on another version
+//! fails to decode and the call errors (nodes of one cluster run one build).
+
+use cairn_proto::ContentHash;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::consensus::{NodeId, Outcome, TypeConfig};
+use crate::meta::Command;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A metadata mutation forwarded to the leader.
+    Write(Command),
+    /// Asks the leader for a log index after which reads are linearizable.
+    ReadIndex,
+    /// Store a chunk (the receiver checks `data` hashes to `hash`).
+    PutChunk {
+        hash: ContentHash,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    GetChunk {
+        hash: ContentHash,
+    },
+    HasChunk {
+        hash: ContentHash,
+    },
+    /// Liveness probe and this node's view, for `cluster status`.
+    Status,
+}
+
+/// Why the leader-side of a forwarded request refused it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum Refused {
+    /// Not the leader; the request was not applied.
+    #[error("not the leader")]
+    NotLeader,
+    /// Leadership was lost while the request was in flight: it may or may
+    /// not have been applied.
+    #[error("leadership changed while the request was in flight")]
+    Unknown,
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Write(Result<Outcome, Refused>),
+    ReadIndex(Result<u64, Refused>),
+    Stored(Result<(), String>),
+    Chunk(Result<Option<ChunkBytes>, String>),
+    Has(bool),
+    Status(NodeStatus),
+    /// The request was not understood by this node.
+    BadRequest(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChunkBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// One node's view of itself, as `cluster status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Referenced chunks this node should hold but does not (as of the
+    /// last repair pass).
+    pub under_replicated: u64,
+    pub chunks_repaired: u64,
+    pub corrupt_chunks_found: u64,
+}

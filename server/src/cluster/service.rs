@@ -1,0 +1,173 @@
+//! The server side of node-to-node RPC: accepts QUIC connections from
+//! cluster peers and answers each stream's request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_proto::ContentHash;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::rpc::{ChunkBytes, NodeStatus, Request, Response};
+use super::transport::{self, FrameError};
+use crate::chunks::{ChunkError, ChunkStore};
+use crate::consensus::Committer;
+
+/// Counters the repairer and scrubber keep, reported by `Status`.
+#[derive(Debug, Default)]
+pub struct RepairStats {
+    pub under_replicated: AtomicU64,
+    pub repaired: AtomicU64,
+    pub corrupt_found: AtomicU64,
+}
+
+/// What a node answers peers with.
+pub struct PeerService {
+    pub committer: Committer,
+    /// This node's own disk (never the replicating store: a peer asking
+    /// for a chunk wants this node's copy).
+    pub local: Arc<dyn ChunkStore>,
+    pub stats: Arc<RepairStats>,
+    /// Bytes of inbound messages being held at once, at most.
+    pub budget: Arc<Semaphore>,
+}
+
+impl PeerService {
+    pub async fn handle(&self, req: Request) -> Response {
+        let raft = self.committer.raft();
+        match req {
+            Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(raft.vote(r).await),
+            Request::InstallSnapshot(r) => {
+                Response::InstallSnapshot(raft.install_snapshot(r).await)
+            }
+            Request::Write(cmd) => Response::Write(self.committer.write_here(cmd).await),
+            Request::ReadIndex => Response::ReadIndex(self.committer.read_index_here().await),
+            Request::PutChunk { hash, data } => Response::Stored(self.put_chunk(hash, data).await),
+            Request::GetChunk { hash } => Response::Chunk(self.get_chunk(hash).await),
+            Request::HasChunk { hash } => {
+                let local = Arc::clone(&self.local);
+                let has = tokio::task::spawn_blocking(move || local.has(&hash))
+                    .await
+                    .unwrap_or(false);
+                Response::Has(has)
+            }
+            Request::Status => Response::Status(self.status()),
+        }
+    }
+
+    async fn put_chunk(&self, hash: ContentHash, data: Vec<u8>) -> Result<(), String> {
+        let local = Arc::clone(&self.local);
+        tokio::task::spawn_blocking(move || {
+            // The sender's hash is a claim; the bytes are checked here.
+            let actual = ContentHash::of(&data);
+            if actual != hash {
+                return Err(format!(
+                    "chunk {hash} arrived with content hashing to {actual}"
+                ));
+            }
+            local.put(&hash, &data).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn get_chunk(&self, hash: ContentHash) -> Result<Option<ChunkBytes>, String> {
+        let local = Arc::clone(&self.local);
+        let stats = Arc::clone(&self.stats);
+        tokio::task::spawn_blocking(move || match local.get(&hash) {
+            Ok(data) => Ok(Some(ChunkBytes(data))),
+            Err(ChunkError::Missing(_)) => Ok(None),
+            Err(e @ ChunkError::Corrupt { .. }) => {
+                // Never served; the scrubber or repairer replaces it.
+                stats.corrupt_found.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%hash, error = %e, "a peer asked for a corrupt chunk");
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let raft = self.committer.raft();
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        NodeStatus {
+            id: m.id,
+            role: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            commit_index: m.last_applied.map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
+            under_replicated: self.stats.under_replicated.load(Ordering::Relaxed),
+            chunks_repaired: self.stats.repaired.load(Ordering::Relaxed),
+            corrupt_chunks_found: self.stats.corrupt_found.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Accepts peer connections until `shutdown`.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    service: Arc<PeerService>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            () = shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, service).await,
+                Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn serve_connection(conn: quinn::Connection, service: Arc<PeerService>) {
+    let peer = conn.remote_address();
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "peer connection closed");
+                return;
+            }
+        };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(send, recv, &service).await {
+                tracing::debug!(%peer, error = %e, "peer request failed");
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: &PeerService,
+) -> Result<(), FrameError> {
+    let (body, _permit) = transport::read_frame_budgeted(&mut recv, &service.budget).await?;
+    let resp = match postcard::from_bytes::<Request>(&body) {
+        Ok(req) => {
+            drop(body);
+            service.handle(req).await
+        }
+        Err(e) => Response::BadRequest(e.to_string()),
+    };
+    let bytes = postcard::to_stdvec(&resp).unwrap_or_else(|e| {
+        postcard::to_stdvec(&Response::BadRequest(e.to_string())).unwrap_or_default()
+    });
+    transport::write_frame(&mut send, &bytes).await?;
+    let _ = send.finish();
+    Ok(())
+}

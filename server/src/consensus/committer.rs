@@ -1,0 +1,272 @@
+//! Writing and reading metadata through Raft from any node.
+//!
+//! A mutation goes to the leader: applied here if this node leads, else
+//! forwarded over QUIC. Only a request that surely was not applied is sent
+//! again; one whose fate is unknown (the leader died with it in flight) is
+//! reported as such, and the HTTP client decides whether to replay it.
+//!
+//! Reads are linearizable by read-index: the leader confirms it still leads
+//! (a heartbeat round to a majority) and names its commit index; the
+//! reading node waits until it has applied that far, then reads locally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::time::Instant;
+
+use super::{NodeId, Outcome, Raft};
+use crate::cluster::rpc::{Refused, Request, Response};
+use crate::cluster::transport::Transport;
+use crate::meta::{Applied, Command, MetaError};
+
+/// Why a command was not (known to be) committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// Refused by `apply`; nothing changed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// No leader could take it (this node may be cut off from the
+    /// majority); nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The leader was lost with the request in flight: it may or may not
+    /// have been applied.
+    #[error("{0}")]
+    Unknown(String),
+    #[error("metadata store failed: {0}")]
+    Store(String),
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+/// Time limits of metadata requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// How long a write may wait for a leader and its commit.
+    pub write: Duration,
+    /// How long a read may wait to be linearizable.
+    pub read: Duration,
+}
+
+/// The handle through which everything writes (and barriers reads of)
+/// metadata.
+#[derive(Clone)]
+pub struct Committer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    transport: Option<Arc<Transport>>,
+    timeouts: Timeouts,
+}
+
+/// How often a waiting request looks for a leader again, at least.
+const POLL: Duration = Duration::from_millis(50);
+
+impl Committer {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        transport: Option<Arc<Transport>>,
+        timeouts: Timeouts,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                transport,
+                timeouts,
+            }),
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    fn leader_addr(&self, leader: NodeId) -> Option<String> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.quic.clone())
+    }
+
+    /// Waits until the leader may have changed, or a short while.
+    async fn wait_for_change(&self, deadline: Instant) {
+        let mut rx = self.inner.raft.metrics();
+        let until = deadline.min(Instant::now() + POLL * 4);
+        let _ = tokio::time::timeout_at(until, rx.changed()).await;
+        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+
+    /// Commits `cmd` and returns what it did, once a majority holds it.
+    pub async fn commit(&self, cmd: Command) -> Result<Applied, CommitError> {
+        let deadline = Instant::now() + self.inner.timeouts.write;
+        loop {
+            let attempt = match self.leader() {
+                Some(l) if l == self.inner.id => {
+                    Some(tokio::time::timeout_at(deadline, self.write_here(cmd.clone())).await)
+                }
+                Some(l) => Some(Ok(self.forward_write(l, &cmd, deadline).await)),
+                None => None,
+            };
+            match attempt {
+                Some(Ok(Ok(outcome))) => return outcome.map_err(CommitError::Meta),
+                Some(Ok(Err(Refused::NotLeader))) | None => {}
+                Some(Ok(Err(Refused::Unknown))) | Some(Err(_)) => {
+                    return Err(CommitError::Unknown(
+                        "the metadata leader was lost with this request in flight; it may or may \
+                         not have been applied"
+                            .into(),
+                    ));
+                }
+                Some(Ok(Err(Refused::Failed(e)))) => return Err(CommitError::Store(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(CommitError::Unavailable(
+                    "no metadata leader is reachable: this node may be cut off from the majority"
+                        .into(),
+                ));
+            }
+            self.wait_for_change(deadline).await;
+        }
+    }
+
+    /// Applies `cmd` through Raft on this node, which believes it leads.
+    pub async fn write_here(&self, cmd: Command) -> Result<Outcome, Refused> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            // openraft answers this only before appending, or for entries a
+            // new leader truncated: either way it was never applied.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Refused::NotLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(Refused::Failed(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Refused::Failed(e.to_string())),
+        }
+    }
+
+    /// Sends `cmd` to `leader`; gives up as soon as another leader shows up
+    /// (the old one is then dead or deposed, and its answer may never come).
+    async fn forward_write(
+        &self,
+        leader: NodeId,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<Outcome, Refused> {
+        let (Some(transport), Some(addr)) = (&self.inner.transport, self.leader_addr(leader))
+        else {
+            return Err(Refused::NotLeader);
+        };
+        let req = Request::Write(cmd.clone());
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let call = transport.call::<_, Response>(&addr, &req, timeout);
+        tokio::select! {
+            answer = call => match answer {
+                Ok(Response::Write(result)) => result,
+                Ok(other) => Err(Refused::Failed(format!("unexpected answer {other:?}"))),
+                Err(e) if e.surely_not_delivered() => Err(Refused::NotLeader),
+                Err(_) => Err(Refused::Unknown),
+            },
+            () = self.leader_changes(leader) => Err(Refused::Unknown),
+        }
+    }
+
+    /// Returns once the known leader is no longer `leader`.
+    async fn leader_changes(&self, leader: NodeId) {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if rx.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write
+    /// acknowledged before the call began.
+    pub async fn read_barrier(&self) -> Result<(), CommitError> {
+        let deadline = Instant::now() + self.inner.timeouts.read;
+        loop {
+            let index = match self.leader() {
+                Some(l) if l == self.inner.id => {
+                    tokio::time::timeout_at(deadline, self.read_index_here())
+                        .await
+                        .ok()
+                }
+                Some(l) => Some(self.forward_read_index(l, deadline).await),
+                None => None,
+            };
+            match index {
+                Some(Ok(index)) => return self.wait_applied(index, deadline).await,
+                Some(Err(Refused::Failed(e))) => return Err(CommitError::Store(e)),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(CommitError::Unavailable(
+                    "cannot confirm the latest metadata: no leader with a majority is reachable"
+                        .into(),
+                ));
+            }
+            self.wait_for_change(deadline).await;
+        }
+    }
+
+    /// On the leader: confirms leadership with a majority and returns the
+    /// index reads must wait for.
+    pub async fn read_index_here(&self) -> Result<u64, Refused> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Refused::NotLeader)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(Refused::NotLeader)
+            }
+            Err(RaftError::Fatal(e)) => Err(Refused::Failed(e.to_string())),
+        }
+    }
+
+    async fn forward_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, Refused> {
+        let (Some(transport), Some(addr)) = (&self.inner.transport, self.leader_addr(leader))
+        else {
+            return Err(Refused::NotLeader);
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let call = transport.call::<_, Response>(&addr, &Request::ReadIndex, timeout);
+        tokio::select! {
+            answer = call => match answer {
+                Ok(Response::ReadIndex(result)) => result,
+                Ok(other) => Err(Refused::Failed(format!("unexpected answer {other:?}"))),
+                Err(_) => Err(Refused::NotLeader),
+            },
+            () = self.leader_changes(leader) => Err(Refused::NotLeader),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), CommitError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| CommitError::Unavailable(format!("metadata is not caught up: {e}")))
+    }
+}
