@@ -174,6 +174,36 @@ impl HttpClient {
         Ok(status)
     }
 
+    /// One request to the node at `base` (no failover: membership changes
+    /// go to the leader), with `token` as the bearer; returns its JSON.
+    pub async fn call_node(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut rb = self.http.request(method, &url);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
+    }
+
     fn learn(&self, status: &serde_json::Value) {
         let Some(members) = status.get("nodes").and_then(|n| n.as_array()) else {
             return;

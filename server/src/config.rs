@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub log_format: LogFormat,
     /// Shares to create at startup, with their tokens.
     pub shares: Vec<ShareConfig>,
+    /// Bearer token that may change cluster membership (`cairn cluster
+    /// add/remove`); without one, membership cannot be changed over HTTP.
+    pub admin_token: Option<String>,
     /// Replication: peers, transport, placement. Without `quic_listen` the
     /// node is a cluster of one.
     pub cluster: ClusterConfig,
@@ -112,7 +115,7 @@ impl Default for ClusterConfig {
             write_quorum: 0,
             heartbeat_ms: 100,
             election_timeout_ms: 400,
-            dead_after_secs: 30,
+            dead_after_secs: 10,
             repair_interval_secs: 10,
             scrub_interval_secs: 6 * 3600,
             scrub_bytes_per_sec: 64 << 20,
@@ -152,6 +155,7 @@ impl Default for FileConfig {
             http_header_timeout_secs: 30,
             log_format: LogFormat::Human,
             shares: Vec::new(),
+            admin_token: None,
             cluster: ClusterConfig::default(),
         }
     }
@@ -295,6 +299,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shares: Vec<(ShareName, Vec<TokenConfig>)>,
     pub ready_file: Option<PathBuf>,
+    pub admin_token: Option<String>,
     pub cluster: ClusterConfig,
 }
 
@@ -392,6 +397,9 @@ impl Config {
             ));
         }
         validate_cluster(&file.cluster, file.node_id)?;
+        if file.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin_token is shorter than 16 characters".into()));
+        }
         let mut shares = Vec::new();
         for s in file.shares {
             let name = ShareName::parse(&s.name)
@@ -424,6 +432,7 @@ impl Config {
             log_format: file.log_format,
             shares,
             ready_file,
+            admin_token: file.admin_token,
             cluster: file.cluster,
         })
     }

@@ -104,10 +104,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             .clone()
             .unwrap_or_else(|| format!("http://{http_addr}")),
         witness: config.cluster.witness,
+        draining: false,
     };
 
     let raft = start_raft(&config, &meta, transport.clone()).await?;
-    initialize(&config, &raft, &me).await?;
+    let joined = initialize(&config, &raft, &me).await?;
     let committer = Committer::new(
         config.node_id,
         raft.clone(),
@@ -154,7 +155,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         ))
     });
 
-    bootstrap_shares(&config, &meta, &committer, clock.as_ref()).await?;
+    // A node waiting to join gets its shares with the cluster's state.
+    if joined {
+        bootstrap_shares(&config, &meta, &committer, clock.as_ref()).await?;
+    }
 
     let pins = Pins::new();
     let workers_stop = CancellationToken::new();
@@ -213,6 +217,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         clock,
         peers: Arc::clone(&peer_service),
         liveness,
+        me: me.clone(),
+        admin_token: config.admin_token.clone(),
         limits: Limits {
             upload_bytes_max: config.upload_bytes_max,
             inline_bytes_max: config.inline_bytes_max,
@@ -324,19 +330,22 @@ async fn start_raft(
     .map_err(|e| NodeError::Raft(e.to_string()))
 }
 
-/// A node that has never been part of a cluster starts one: alone, or with
-/// the configured initial members (each of which does the same, with the
-/// same list, which Raft allows). A node not in that list waits to be added.
-async fn initialize(config: &Config, raft: &Raft, me: &NodeInfo) -> Result<(), NodeError> {
+/// A node that has never been part of a cluster starts one: alone (no
+/// cluster listener), or with the configured initial members (each of
+/// which does the same, with the same list, which Raft allows). A cluster
+/// node not in that list (or with none) waits to be added; then this
+/// returns false.
+async fn initialize(config: &Config, raft: &Raft, me: &NodeInfo) -> Result<bool, NodeError> {
     if raft
         .is_initialized()
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
     {
-        return Ok(());
+        return Ok(true);
     }
     let initial = &config.cluster.initial_members;
-    let members: BTreeMap<u64, NodeInfo> = if initial.is_empty() {
+    let clustered = !config.cluster.quic_listen.is_empty();
+    let members: BTreeMap<u64, NodeInfo> = if initial.is_empty() && !clustered {
         BTreeMap::from([(config.node_id, me.clone())])
     } else if initial.iter().any(|m| m.id == config.node_id) {
         initial
@@ -346,20 +355,21 @@ async fn initialize(config: &Config, raft: &Raft, me: &NodeInfo) -> Result<(), N
                     quic: m.quic.clone(),
                     http: m.http.clone(),
                     witness: m.witness,
+                    draining: false,
                 };
                 (m.id, info)
             })
             .collect()
     } else {
         tracing::info!("not an initial member: waiting to be added to a cluster");
-        return Ok(());
+        return Ok(false);
     };
     tracing::info!(members = members.len(), "initializing a new cluster");
     match raft.initialize(members).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(openraft::error::RaftError::APIError(
             openraft::error::InitializeError::NotAllowed(_),
-        )) => Ok(()),
+        )) => Ok(true),
         Err(e) => Err(NodeError::Raft(e.to_string())),
     }
 }

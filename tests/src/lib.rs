@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cluster;
 pub mod netns;
 
 /// How long a server may take to start listening.
@@ -62,6 +63,14 @@ pub struct ServerOptions {
     pub extra_config: String,
     /// Run on this test host (network namespace) instead of loopback.
     pub host: Option<netns::Host>,
+    /// Use these tokens (read-write, read-only, other share) instead of
+    /// fresh random ones: the nodes of a cluster share them.
+    pub tokens: Option<[String; 3]>,
+    pub node_id: u64,
+    /// Listen on this HTTP port instead of a free one.
+    pub http_port: u16,
+    /// The `[cluster]` table, for a node of a [`cluster::Cluster`].
+    pub cluster_config: String,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +86,10 @@ impl Default for ServerOptions {
             log_filter: "info,cairn_server=debug".into(),
             extra_config: String::new(),
             host: None,
+            tokens: None,
+            node_id: 1,
+            http_port: 0,
+            cluster_config: String::new(),
         }
     }
 }
@@ -104,18 +117,37 @@ impl Server {
     }
 
     pub fn start_with(options: ServerOptions) -> Self {
+        let mut server = Self::launch(options);
+        server.wait_started().expect("start cairn-server");
+        server
+    }
+
+    /// Starts the process without waiting for it to listen: nodes of a
+    /// cluster are started together, as none is ready before a majority is.
+    pub fn launch(options: ServerOptions) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("cairn-test-")
             .tempdir()
             .expect("temp dir");
         let dir = tmp.path().to_path_buf();
         let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+        let [token, read_token, other_token] = options.tokens.clone().unwrap_or_else(|| {
+            [
+                format!("rw-{:032x}", rand::random::<u128>()),
+                format!("ro-{:032x}", rand::random::<u128>()),
+                format!("ot-{:032x}", rand::random::<u128>()),
+            ]
+        });
+        let ip = options
+            .host
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |h| h.ip);
         let mut server = Self {
             url: String::new(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: format!("rw-{:032x}", rand::random::<u128>()),
-            read_token: format!("ro-{:032x}", rand::random::<u128>()),
-            other_token: format!("ot-{:032x}", rand::random::<u128>()),
+            addr: SocketAddr::from((ip, options.http_port)),
+            token,
+            read_token,
+            other_token,
             data_dir,
             options,
             dir,
@@ -125,14 +157,14 @@ impl Server {
             checked: 0,
         };
         server.log = server.dir.join("server.log");
-        server.spawn().expect("start cairn-server");
+        server.launch_process().expect("start cairn-server");
         server
     }
 
     fn config_text(&self, port: u16) -> String {
         let o = &self.options;
         format!(
-            r#"node_id = 1
+            r#"node_id = {node_id}
 data_dir = "{data}"
 http_listen = "{ip}:{port}"
 log_format = "json"
@@ -154,7 +186,11 @@ tokens = [
 [[shares]]
 name = "other"
 tokens = [{{ token = "{ot}", access = "read_write" }}]
+
+{cluster}
 "#,
+            node_id = o.node_id,
+            cluster = o.cluster_config,
             data = self.data_dir.display(),
             grace = o.gc_grace_secs,
             interval = o.gc_interval_secs,
@@ -173,6 +209,11 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        self.launch_process()?;
+        self.wait_started()
+    }
+
+    fn launch_process(&mut self) -> anyhow::Result<()> {
         // Restarts reuse the port, so clients keep their URL.
         let port = self.addr.port();
         let config = self.dir.join("cairn.toml");
@@ -199,6 +240,12 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             .spawn()
             .context("spawning cairn-server")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the server has written its ready file and listens.
+    pub fn wait_started(&mut self) -> anyhow::Result<()> {
+        let ready = self.dir.join("ready.json");
         let started = Instant::now();
         loop {
             if let Some(status) = self
@@ -257,6 +304,30 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGSTOP: the process freezes (a long GC pause, a hung VM).
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, rustix::process::Signal::STOP);
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, rustix::process::Signal::CONT);
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the process again without waiting (see [`Self::launch`]).
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "relaunch a stopped or killed server");
+        self.launch_process().expect("relaunch cairn-server");
     }
 
     /// Starts the server again on the same data directory and port.

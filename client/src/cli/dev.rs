@@ -54,6 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dir.join("nodes.json"));
     let token = read_or_create_secret(&dir.join("token"))?;
     let read_token = read_or_create_secret(&dir.join("read-token"))?;
+    let admin_token = read_or_create_secret(&dir.join("admin-token"))?;
     let bin = server_binary(args.server_bin)?;
     let quic_port = args.quic_port.unwrap_or(args.http_port.saturating_add(100));
     let members: Vec<Member> = (1..=args.nodes)
@@ -77,10 +78,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&node_dir)?;
         let config = node_dir.join("cairn.toml");
         let cluster = (args.nodes > 1).then_some(members.as_slice());
-        std::fs::write(
-            &config,
-            node_config(&node_dir, m, cluster, &token, &read_token),
-        )?;
+        let secrets = [token.as_str(), read_token.as_str(), admin_token.as_str()];
+        std::fs::write(&config, node_config(&node_dir, m, cluster, secrets))?;
         let ready = node_dir.join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let child = Command::new(&bin)
@@ -110,7 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let all: Vec<&str> = nodes.iter().map(|n| n.http.as_str()).collect();
     let env = format!(
-        "export CAIRN_URL={}\nexport CAIRN_NODES={}\nexport CAIRN_TOKEN={token}\nexport CAIRN_READ_TOKEN={read_token}\nexport CAIRN_SHARE=default\n",
+        "export CAIRN_URL={}\nexport CAIRN_NODES={}\nexport CAIRN_TOKEN={token}\nexport CAIRN_READ_TOKEN={read_token}\nexport CAIRN_ADMIN_TOKEN={admin_token}\nexport CAIRN_SHARE=default\n",
         nodes[0].http,
         all.join(",")
     );
@@ -221,8 +220,7 @@ fn node_config(
     node_dir: &Path,
     me: &Member,
     cluster: Option<&[Member]>,
-    token: &str,
-    read_token: &str,
+    [token, read_token, admin_token]: [&str; 3],
 ) -> String {
     let mut config = format!(
         r#"# Written by `cairn dev`; rewritten at every start.
@@ -230,6 +228,7 @@ node_id = {id}
 data_dir = "{data}"
 http_listen = "127.0.0.1:{port}"
 free_bytes_min = 67108864
+admin_token = "{admin_token}"
 
 [[shares]]
 name = "default"

@@ -35,7 +35,7 @@ use crate::chunks::{ChunkStore, Pins};
 use crate::clock::Clock;
 use crate::cluster::liveness::Liveness;
 use crate::cluster::service::PeerService;
-use crate::consensus::Committer;
+use crate::consensus::{Committer, NodeInfo};
 use crate::meta::MetaStore;
 use crate::metrics::{MethodLabel, Metrics, RequestLabels};
 
@@ -69,6 +69,10 @@ pub struct AppState {
     pub peers: Arc<PeerService>,
     /// What this node knows of the others.
     pub liveness: Arc<Liveness>,
+    /// How peers and clients reach this node.
+    pub me: NodeInfo,
+    /// Bearer token for membership changes; none configured, none allowed.
+    pub admin_token: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -77,6 +81,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/cluster/status", get(cluster::status))
+        .route("/cluster/nodes", axum::routing::post(cluster::add))
+        .route(
+            "/cluster/nodes/{id}",
+            axum::routing::delete(cluster::remove),
+        )
+        .route(
+            "/cluster/nodes/{id}/drain",
+            axum::routing::post(cluster::drain),
+        )
         .route("/v1/{share}", any(object))
         .route("/v1/{share}/", any(object))
         .route("/v1/{share}/{*path}", any(object))

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use super::rpc::NodeStatus;
 use crate::consensus::NodeId;
 
+/// Silence after which a peer is skipped by writes (a few probe rounds).
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(2500);
+
 pub struct Liveness {
     started: Instant,
     dead_after: Duration,
@@ -49,6 +52,14 @@ impl Liveness {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let last = seen.get(&id).map_or(self.started, |s| s.at);
         last.elapsed() >= self.dead_after
+    }
+
+    /// True if `id` missed the last few probes: writes skip it (the
+    /// repairer fills its copy in later) rather than wait out a timeout.
+    pub fn is_suspect(&self, id: NodeId) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let last = seen.get(&id).map_or(self.started, |s| s.at);
+        last.elapsed() >= SUSPECT_AFTER
     }
 
     /// The last status `id` reported and how long ago, if it ever answered.

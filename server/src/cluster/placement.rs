@@ -34,7 +34,8 @@ pub fn place(
         .collect()
 }
 
-/// Data nodes (not witnesses) of `members` that are not declared dead;
+/// Data nodes (not witnesses, not draining) of `members` that are not
+/// declared dead;
 /// `me` always counts as alive.
 pub fn live_data_nodes(
     members: impl IntoIterator<Item = (NodeId, NodeInfo)>,
@@ -43,7 +44,9 @@ pub fn live_data_nodes(
 ) -> Vec<(NodeId, NodeInfo)> {
     members
         .into_iter()
-        .filter(|(id, info)| !info.witness && (*id == me || !liveness.is_dead(*id)))
+        .filter(|(id, info)| {
+            !info.witness && !info.draining && (*id == me || !liveness.is_dead(*id))
+        })
         .collect()
 }
 

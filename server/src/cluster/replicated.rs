@@ -108,7 +108,13 @@ impl ChunkStore for ReplicatedChunks {
         let targets = self.placement.targets(hash);
         let need = write_quorum(self.placement.write_quorum, targets.len());
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
-        for (id, info) in targets.iter().filter(|t| t.0 != self.placement.me) {
+        let me = self.placement.me;
+        let liveness = &self.placement.liveness;
+        // A peer that stopped answering probes is skipped, not waited for.
+        for (id, info) in targets
+            .iter()
+            .filter(|t| t.0 != me && !liveness.is_suspect(t.0))
+        {
             let len = u32::try_from(data.len()).unwrap_or(u32::MAX).max(1);
             let permit = self
                 .runtime

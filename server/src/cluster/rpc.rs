@@ -86,5 +86,7 @@ pub struct NodeStatus {
     /// last repair pass).
     pub under_replicated: u64,
     pub chunks_repaired: u64,
+    /// Repair passes completed since the node started.
+    pub repair_passes: u64,
     pub corrupt_chunks_found: u64,
 }

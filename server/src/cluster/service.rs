@@ -18,6 +18,7 @@ use crate::consensus::Committer;
 pub struct RepairStats {
     pub under_replicated: AtomicU64,
     pub repaired: AtomicU64,
+    pub passes: AtomicU64,
     pub corrupt_found: AtomicU64,
 }
 
@@ -104,6 +105,7 @@ impl PeerService {
             applied_index: m.last_applied.map(|l| l.index),
             under_replicated: self.stats.under_replicated.load(Ordering::Relaxed),
             chunks_repaired: self.stats.repaired.load(Ordering::Relaxed),
+            repair_passes: self.stats.passes.load(Ordering::Relaxed),
             corrupt_chunks_found: self.stats.corrupt_found.load(Ordering::Relaxed),
         }
     }

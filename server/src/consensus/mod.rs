@@ -40,6 +40,10 @@ pub struct NodeInfo {
     pub http: String,
     /// A witness votes and holds metadata but stores no chunks.
     pub witness: bool,
+    /// Being removed: no new chunk copies are placed here, and its copies
+    /// are re-replicated elsewhere before it leaves.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl fmt::Display for NodeInfo {
@@ -47,6 +51,9 @@ impl fmt::Display for NodeInfo {
         write!(f, "{} ({})", self.http, self.quic)?;
         if self.witness {
             f.write_str(" witness")?;
+        }
+        if self.draining {
+            f.write_str(" draining")?;
         }
         Ok(())
     }

@@ -121,6 +121,7 @@ impl Repairer {
         self.stats
             .under_replicated
             .store(still_missing, Ordering::Relaxed);
+        self.stats.passes.fetch_add(1, Ordering::Relaxed);
         for hash in work.surplus {
             if self.fully_placed(&hash).await {
                 let local = Arc::clone(&self.local);

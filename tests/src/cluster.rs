@@ -1,0 +1,359 @@
+//! A cluster of real `cairn-server` processes: N nodes with a fresh
+//! cluster CA, on loopback or on test hosts (network namespaces), which a
+//! test can kill, pause, restart and partition.
+
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::netns::Host;
+use crate::{Server, ServerOptions, binary};
+
+/// Options for every node of a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub server: ServerOptions,
+    /// More lines for each node's `[cluster]` table.
+    pub cluster_extra: String,
+    /// Indexes of the nodes that are witnesses (metadata only).
+    pub witnesses: Vec<usize>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            server: ServerOptions {
+                // openraft logs failed RPCs to a killed or cut-off peer as
+                // errors; those are what these tests cause on purpose.
+                allowed_errors: vec!["openraft::".into()],
+                ..ServerOptions::default()
+            },
+            cluster_extra: String::new(),
+            witnesses: Vec::new(),
+        }
+    }
+}
+
+/// Where one node listens.
+#[derive(Clone, Debug)]
+struct Addrs {
+    ip: Ipv4Addr,
+    http_port: u16,
+    quic_port: u16,
+}
+
+impl Addrs {
+    fn http(&self) -> String {
+        format!("http://{}:{}", self.ip, self.http_port)
+    }
+
+    fn quic(&self) -> String {
+        format!("{}:{}", self.ip, self.quic_port)
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    addrs: Vec<Addrs>,
+    options: ClusterOptions,
+    tls: tempfile::TempDir,
+}
+
+/// A port free for both TCP and UDP on loopback, outside the ephemeral
+/// range (so outgoing connections cannot take it meanwhile).
+fn free_port_pair() -> (u16, u16) {
+    loop {
+        let base = 12_000 + (rand::random::<u16>() % 18_000);
+        let (http, quic) = (base, base + 1);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, http)).is_ok()
+            && UdpSocket::bind((Ipv4Addr::LOCALHOST, quic)).is_ok()
+        {
+            return (http, quic);
+        }
+    }
+}
+
+fn run_tool(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(binary("cairn-server")).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "cairn-server {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// `n` nodes on loopback.
+    pub fn start(n: usize, options: ClusterOptions) -> Self {
+        let addrs = (0..n)
+            .map(|_| {
+                let (http_port, quic_port) = free_port_pair();
+                Addrs {
+                    ip: Ipv4Addr::LOCALHOST,
+                    http_port,
+                    quic_port,
+                }
+            })
+            .collect();
+        Self::start_at(addrs, None, options).expect("start cluster")
+    }
+
+    /// One node per test host.
+    pub fn start_on(hosts: &[Host], options: ClusterOptions) -> Self {
+        let addrs = hosts
+            .iter()
+            .map(|h| Addrs {
+                ip: h.ip,
+                http_port: 8080,
+                quic_port: 7080,
+            })
+            .collect();
+        Self::start_at(addrs, Some(hosts), options).expect("start cluster")
+    }
+
+    fn start_at(
+        addrs: Vec<Addrs>,
+        hosts: Option<&[Host]>,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        let tls = tempfile::Builder::new().prefix("cairn-tls-").tempdir()?;
+        let ca = tls.path().join("ca");
+        run_tool(&["tls", "init", "--dir", &ca.display().to_string()])?;
+        let tokens = [
+            format!("rw-{:032x}", rand::random::<u128>()),
+            format!("ro-{:032x}", rand::random::<u128>()),
+            format!("ot-{:032x}", rand::random::<u128>()),
+        ];
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            addrs,
+            options,
+            tls,
+        };
+        let members = cluster.members_toml(cluster.addrs.len());
+        for i in 0..cluster.addrs.len() {
+            let host = hosts.map(|h| h[i].clone());
+            let node = cluster.launch_node(i, &members, host, tokens.clone())?;
+            cluster.nodes.push(node);
+        }
+        for node in &mut cluster.nodes {
+            node.wait_started()?;
+        }
+        Ok(cluster)
+    }
+
+    fn members_toml(&self, count: usize) -> String {
+        self.addrs[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                format!(
+                    "[[cluster.initial_members]]\nid = {}\nquic = \"{}\"\nhttp = \"{}\"\nwitness = {}\n",
+                    i + 1,
+                    a.quic(),
+                    a.http(),
+                    self.options.witnesses.contains(&i),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn launch_node(
+        &self,
+        i: usize,
+        members: &str,
+        host: Option<Host>,
+        tokens: [String; 3],
+    ) -> anyhow::Result<Server> {
+        let a = &self.addrs[i];
+        let tls_dir = self.tls.path().join(format!("node-{}", i + 1));
+        run_tool(&[
+            "tls",
+            "issue",
+            "--ca-dir",
+            &self.tls.path().join("ca").display().to_string(),
+            "--out",
+            &tls_dir.display().to_string(),
+            "--name",
+            &format!("node-{}", i + 1),
+        ])?;
+        let cluster_config = format!(
+            "[cluster]\nquic_listen = \"{quic}\"\ntls_dir = \"{tls}\"\nadvertise_http = \"{http}\"\nwitness = {witness}\n{extra}\n{members}",
+            witness = self.options.witnesses.contains(&i),
+            quic = a.quic(),
+            tls = tls_dir.display(),
+            http = a.http(),
+            extra = self.options.cluster_extra,
+        );
+        let options = ServerOptions {
+            node_id: (i + 1) as u64,
+            http_port: a.http_port,
+            tokens: Some(tokens),
+            host,
+            cluster_config,
+            ..self.options.server.clone()
+        };
+        Ok(Server::launch(options))
+    }
+
+    /// Starts one more node on loopback, not in the initial membership: it
+    /// waits to be added (`cairn cluster add`). Returns its index.
+    pub fn launch_joiner(&mut self) -> usize {
+        let (http_port, quic_port) = free_port_pair();
+        self.addrs.push(Addrs {
+            ip: Ipv4Addr::LOCALHOST,
+            http_port,
+            quic_port,
+        });
+        let i = self.addrs.len() - 1;
+        let tokens = [
+            self.nodes[0].token.clone(),
+            self.nodes[0].read_token.clone(),
+            self.nodes[0].other_token.clone(),
+        ];
+        let mut node = self
+            .launch_node(i, "", None, tokens)
+            .expect("launch a joining node");
+        node.wait_started().expect("joining node starts");
+        self.nodes.push(node);
+        i
+    }
+
+    /// The HTTP URL of node `i` (0-based), and its QUIC address.
+    pub fn http(&self, i: usize) -> String {
+        self.addrs[i].http()
+    }
+
+    pub fn quic(&self, i: usize) -> String {
+        self.addrs[i].quic()
+    }
+
+    /// Every node's URL, comma-separated (the client's node list).
+    pub fn urls(&self) -> String {
+        (0..self.addrs.len())
+            .map(|i| self.http(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn auth(&self) -> String {
+        self.nodes[0].auth()
+    }
+
+    /// `GET /cluster/status` from node `i`, if it answers within 2 s.
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let url = format!("{}/cluster/status", self.http(i));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        client.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The leader that the running nodes agree on (a majority of them
+    /// naming it), as a node index.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut votes = std::collections::BTreeMap::new();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                continue;
+            }
+            if let Some(l) = self.status(i).await.and_then(|s| s["leader"].as_u64()) {
+                *votes.entry(l).or_insert(0usize) += 1;
+            }
+        }
+        let running = self.nodes.iter().filter(|n| n.is_running()).count();
+        votes
+            .into_iter()
+            .find(|(_, v)| *v * 2 > running)
+            .and_then(|(id, _)| usize::try_from(id).ok())
+            .map(|id| id - 1)
+    }
+
+    /// Waits until the running nodes agree on a leader.
+    pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self.leader().await
+                && self.nodes[l].is_running()
+            {
+                return Ok(l);
+            }
+            if started.elapsed() > within {
+                bail!("no agreed leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same log index
+    /// (and so holds the same metadata).
+    pub async fn wait_converged(&self, within: Duration) -> anyhow::Result<u64> {
+        let started = Instant::now();
+        loop {
+            let mut applied = Vec::new();
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].is_running() {
+                    let s = self.status(i).await;
+                    applied.push(s.and_then(|s| {
+                        s["nodes"].as_array().and_then(|nodes| {
+                            nodes
+                                .iter()
+                                .find(|n| n["id"].as_u64() == Some(i as u64 + 1))
+                                .and_then(|n| n["applied_index"].as_u64())
+                        })
+                    }));
+                }
+            }
+            if let Some(Some(first)) = applied.first()
+                && applied.iter().all(|a| *a == Some(*first))
+            {
+                return Ok(*first);
+            }
+            if started.elapsed() > within {
+                bail!("nodes did not converge within {within:?}: applied {applied:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last `lines` log lines of every node, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let text = n.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {} ---\n", i + 1));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs the `cairn` CLI against the cluster; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("cairn"))
+            .args(args)
+            .env("CAIRN_URL", self.urls())
+            .env("CAIRN_TOKEN", &self.nodes[0].token)
+            .output()
+            .context("running cairn")?;
+        if !out.status.success() {
+            bail!(
+                "cairn {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

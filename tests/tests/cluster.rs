@@ -1,0 +1,563 @@
+//! Replication and failover on real 3- and 4-node clusters on loopback:
+//! any node serves any request, a killed leader is replaced while clients
+//! carry on, nothing acknowledged is lost, lost and corrupt copies are
+//! repaired, nodes join, drain and leave, a witness holds metadata only.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_client::http::RetryPolicy;
+use cairn_client::{HttpClient, RemotePath};
+use cairn_proto::ShareName;
+use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::{ServerOptions, random_bytes};
+use reqwest::StatusCode;
+
+const MIB: usize = 1 << 20;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn put(c: &Cluster, node: usize, path: &str, data: &[u8]) -> StatusCode {
+    http()
+        .put(format!("{}/v1/default/{path}", c.http(node)))
+        .header("Authorization", c.auth())
+        .body(data.to_vec())
+        .send()
+        .await
+        .map_or(StatusCode::SERVICE_UNAVAILABLE, |r| r.status())
+}
+
+async fn get(c: &Cluster, node: usize, path: &str) -> (StatusCode, Vec<u8>) {
+    let resp = http()
+        .get(format!("{}/v1/default/{path}", c.http(node)))
+        .header("Authorization", c.auth())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
+
+/// Chunk files on node `i` named `hash`.
+fn holds_chunk(c: &Cluster, i: usize, hash: &str) -> bool {
+    c.nodes[i]
+        .chunk_paths()
+        .iter()
+        .any(|p| p.file_name().and_then(|n| n.to_str()) == Some(hash))
+}
+
+fn chunk_hashes(data: &[u8]) -> Vec<String> {
+    data.chunks(4 * MIB)
+        .map(|c| blake3::hash(c).to_hex().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_replicate_and_any_node_serves_them() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let big = random_bytes(9 * MIB, 1);
+    let small = b"hello, cluster".to_vec();
+    // Written through each node in turn: followers forward to the leader.
+    assert_eq!(put(&c, 0, "a/big.bin", &big).await, StatusCode::CREATED);
+    assert_eq!(put(&c, 1, "a/small.txt", &small).await, StatusCode::CREATED);
+    assert_eq!(put(&c, 2, "b/other.txt", b"x").await, StatusCode::CREATED);
+    for node in 0..3 {
+        assert_eq!(
+            get(&c, node, "a/big.bin").await,
+            (StatusCode::OK, big.clone())
+        );
+        assert_eq!(
+            get(&c, node, "a/small.txt").await,
+            (StatusCode::OK, small.clone())
+        );
+        // Every chunk is on every node (3 replicas): acknowledged at 2,
+        // the third copy follows in the background or by repair.
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for hash in chunk_hashes(&big) {
+        while !(0..3).all(|i| holds_chunk(&c, i, &hash)) {
+            assert!(Instant::now() < deadline, "chunk {hash} not on all 3 nodes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Kill the leader: a new one is elected, writes and reads go on.
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    c.nodes[leader].kill9();
+    let other = (leader + 1) % 3;
+    let started = Instant::now();
+    loop {
+        if put(&c, other, "a/after.txt", b"after").await == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no write accepted after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(&c, other, "a/big.bin").await,
+        (StatusCode::OK, big.clone())
+    );
+
+    // The old leader comes back as a follower and catches up.
+    c.nodes[leader].restart();
+    let applied = c.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert!(applied > 0);
+    assert_eq!(
+        get(&c, leader, "a/after.txt").await,
+        (StatusCode::OK, b"after".to_vec())
+    );
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(
+        new_leader, leader,
+        "the restarted node took over without an election"
+    );
+}
+
+/// What a client knows about one path: the states it may be in.
+#[derive(Clone, Debug, Default)]
+struct PathState {
+    /// Content hashes it may hold (`None`: absent). One element once an
+    /// operation on it was acknowledged.
+    possible: BTreeSet<Option<String>>,
+}
+
+#[derive(Default)]
+struct History {
+    paths: BTreeMap<String, PathState>,
+    acked: u64,
+    unknown: u64,
+    violations: Vec<String>,
+}
+
+fn client(c: &Cluster) -> HttpClient {
+    HttpClient::new(&c.urls(), Some(c.nodes[0].token.clone()))
+        .unwrap()
+        .with_retry(RetryPolicy {
+            deadline: Duration::from_secs(15),
+            ..RetryPolicy::default()
+        })
+}
+
+/// One client's loop: uploads, overwrites, deletes and verified reads of
+/// its own paths, recording what was acknowledged.
+async fn worker(
+    client: HttpClient,
+    id: u64,
+    history: Arc<Mutex<History>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let share = ShareName::parse("default").unwrap();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        i += 1;
+        let path = format!("w{id}/f{}", i % 12);
+        let target = RemotePath::parse(&share, &path).unwrap();
+        let op = (i * 7 + id) % 10;
+        let prior = history
+            .lock()
+            .unwrap()
+            .paths
+            .get(&path)
+            .cloned()
+            .unwrap_or_else(|| PathState {
+                possible: BTreeSet::from([None]),
+            });
+        if op < 5 {
+            let size = match i % 3 {
+                0 => 2000,
+                1 => 300_000,
+                _ => 5 * MIB,
+            };
+            let data = random_bytes(size, id * 1_000_000 + i);
+            let hash = blake3::hash(&data).to_hex().to_string();
+            let result = client.put_bytes(&target, Bytes::from(data)).await;
+            let mut h = history.lock().unwrap();
+            let st = h.paths.entry(path).or_insert(prior);
+            match result {
+                Ok(_) => {
+                    st.possible = BTreeSet::from([Some(hash)]);
+                    h.acked += 1;
+                }
+                Err(_) => {
+                    st.possible.insert(Some(hash));
+                    h.unknown += 1;
+                }
+            }
+        } else if op < 7 {
+            let result = client.delete(&target).await;
+            let mut h = history.lock().unwrap();
+            let st = h.paths.entry(path).or_insert(prior);
+            match result {
+                Ok(()) => {
+                    st.possible = BTreeSet::from([None]);
+                    h.acked += 1;
+                }
+                Err(e) if e.code() == Some(cairn_proto::ErrorCode::NotFound) => {
+                    st.possible = BTreeSet::from([None]);
+                }
+                Err(_) => {
+                    st.possible.insert(None);
+                    h.unknown += 1;
+                }
+            }
+        } else {
+            let seen = match client.get(&target).await {
+                Ok(resp) => match resp.bytes().await {
+                    Ok(b) => Some(Some(blake3::hash(&b).to_hex().to_string())),
+                    Err(_) => None,
+                },
+                Err(e) if e.code() == Some(cairn_proto::ErrorCode::NotFound) => Some(None),
+                Err(_) => None,
+            };
+            if let Some(seen) = seen {
+                let mut h = history.lock().unwrap();
+                let st = h.paths.entry(path.clone()).or_insert(prior);
+                if st.possible.contains(&seen) {
+                    // A linearizable read settles an unknown outcome.
+                    st.possible = BTreeSet::from([seen]);
+                } else {
+                    let msg = format!(
+                        "read {path}: saw {seen:?}, expected one of {:?}",
+                        st.possible
+                    );
+                    h.violations.push(msg);
+                }
+            }
+        }
+    }
+}
+
+/// `?list` of a directory on node `i`: name -> (etag, size).
+async fn listing(c: &Cluster, i: usize, dir: &str) -> BTreeMap<String, (String, u64)> {
+    let url = format!("{}/v1/default/{dir}?list&limit=10000", c.http(i));
+    let resp = http()
+        .get(url)
+        .header("Authorization", c.auth())
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == StatusCode::NOT_FOUND {
+        return BTreeMap::new();
+    }
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                (
+                    e["etag"].as_str().unwrap_or("").to_owned(),
+                    e["size"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_loop_loses_nothing_acknowledged() {
+    const KILLS: usize = 20;
+    const WORKERS: u64 = 4;
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|id| {
+            tokio::spawn(worker(
+                client(&c),
+                id,
+                Arc::clone(&history),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    for kill in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+        c.nodes[leader].kill9();
+        c.wait_leader(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.nodes[leader].restart();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    assert!(
+        h.violations.is_empty(),
+        "reads broke linearizability:\n{}",
+        h.violations.join("\n")
+    );
+    assert!(
+        h.acked > 100,
+        "only {} operations were acknowledged",
+        h.acked
+    );
+    eprintln!(
+        "{} acknowledged, {} unknown outcomes, {} paths",
+        h.acked,
+        h.unknown,
+        h.paths.len()
+    );
+    // Every node holds the same metadata...
+    for w in 0..WORKERS {
+        let dir = format!("w{w}");
+        let first = listing(&c, 0, &dir).await;
+        for i in 1..3 {
+            assert_eq!(
+                listing(&c, i, &dir).await,
+                first,
+                "node {i} differs in {dir}"
+            );
+        }
+    }
+    // ...and every path is in a state the client's log allows, with whole
+    // content (BLAKE3 checked) from every node.
+    for (path, st) in &h.paths {
+        for i in 0..3 {
+            let (status, body) = get(&c, i, path).await;
+            let seen = match status {
+                StatusCode::OK => Some(blake3::hash(&body).to_hex().to_string()),
+                StatusCode::NOT_FOUND => None,
+                other => panic!("GET {path} from node {i}: {other}"),
+            };
+            assert!(
+                st.possible.contains(&seen),
+                "{path} on node {i}: {seen:?} not in {:?}",
+                st.possible
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_node_is_repaired_onto_a_new_one() {
+    let options = ClusterOptions {
+        cluster_extra: "dead_after_secs = 3\nrepair_interval_secs = 1\n".into(),
+        witnesses: Vec::new(),
+        server: ServerOptions {
+            extra_config: format!("admin_token = \"{}\"", ADMIN),
+            ..ClusterOptions::default().server
+        },
+    };
+    let mut c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let data = random_bytes(13 * MIB, 7);
+    assert_eq!(
+        put(&c, 0, "keep/data.bin", &data).await,
+        StatusCode::CREATED
+    );
+    let hashes = chunk_hashes(&data);
+
+    // Node 3 is lost for good; a fourth node joins.
+    c.nodes[2].kill9();
+    let joiner = c.launch_joiner();
+    if let Err(e) = c.cli(&["cluster", "add", &c.http(joiner), "--admin-token", ADMIN]) {
+        panic!(
+            "{e}\n{:?}\n{:?}\n{}",
+            c.status(0).await,
+            c.status(1).await,
+            c.logs(20)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copies_ok = hashes
+            .iter()
+            .all(|h| [0, 1, joiner].iter().all(|&i| holds_chunk(&c, i, h)));
+        let status = c.status(0).await.unwrap();
+        if copies_ok && status["under_replicated"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copies not back to 3: {status}\n{}",
+            c.logs(40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = c.status(joiner).await.unwrap();
+    let member = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(joiner as u64 + 1))
+        .unwrap()
+        .clone();
+    assert_eq!(member["membership"], "voter", "{status}");
+    assert_eq!(
+        get(&c, joiner, "keep/data.bin").await,
+        (StatusCode::OK, data)
+    );
+}
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_node_leaves_only_after_its_data_moved() {
+    let options = ClusterOptions {
+        // Two copies on three nodes: the removed node holds chunks that
+        // exist on only one other node until the drain copies them.
+        cluster_extra: "replicas = 2\nrepair_interval_secs = 1\n".into(),
+        witnesses: Vec::new(),
+        server: ServerOptions {
+            extra_config: format!("admin_token = \"{}\"", ADMIN),
+            ..ClusterOptions::default().server
+        },
+    };
+    let mut c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let data = random_bytes(40 * MIB, 9);
+    assert_eq!(put(&c, 0, "d/data.bin", &data).await, StatusCode::CREATED);
+    let hashes = chunk_hashes(&data);
+    assert!(
+        hashes.iter().any(|h| holds_chunk(&c, 2, h)),
+        "node 3 holds none of the chunks"
+    );
+
+    if let Err(e) = c.cli(&[
+        "cluster",
+        "remove",
+        "3",
+        "--admin-token",
+        ADMIN,
+        "--timeout-secs",
+        "60",
+    ]) {
+        panic!("{e}\n{}\n{}", c.status(0).await.unwrap(), c.logs(30));
+    }
+    let status = c.status(0).await.unwrap();
+    let ids: Vec<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2], "{status}");
+    // Node 3 can go: every chunk now has its two copies on nodes 1 and 2.
+    c.nodes[2].kill9();
+    for h in &hashes {
+        assert!(
+            holds_chunk(&c, 0, h) && holds_chunk(&c, 1, h),
+            "chunk {h} lost a copy"
+        );
+    }
+    assert_eq!(get(&c, 1, "d/data.bin").await, (StatusCode::OK, data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrubber_replaces_a_corrupt_copy() {
+    let options = ClusterOptions {
+        cluster_extra: "scrub_interval_secs = 1\n".into(),
+        witnesses: Vec::new(),
+        server: ServerOptions {
+            allowed_errors: vec!["openraft::".into(), "corrupt".into()],
+            ..ClusterOptions::default().server
+        },
+    };
+    let c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let data = random_bytes(6 * MIB, 3);
+    assert_eq!(put(&c, 0, "s/data.bin", &data).await, StatusCode::CREATED);
+    let hash = chunk_hashes(&data)[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holds_chunk(&c, 1, &hash) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path: PathBuf = c.nodes[1]
+        .chunk_paths()
+        .into_iter()
+        .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(hash.as_str()))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Nobody reads it: the scrubber alone finds and replaces the bad copy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(b) = std::fs::read(&path)
+            && blake3::hash(&b).to_hex().as_str() == hash
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt copy was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        get(&c, 1, "s/data.bin").await,
+        (StatusCode::OK, data.clone())
+    );
+
+    // Corrupt it again and read through that node at once: the read is
+    // served from a good copy, never the bad bytes.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(get(&c, 1, "s/data.bin").await, (StatusCode::OK, data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_witness_votes_but_holds_no_chunks() {
+    let options = ClusterOptions {
+        witnesses: vec![2],
+        // Two data nodes: until the lost one is declared dead, a chunk
+        // cannot get its two copies.
+        cluster_extra: "dead_after_secs = 3\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let data = random_bytes(9 * MIB, 11);
+    assert_eq!(put(&c, 2, "w/data.bin", &data).await, StatusCode::CREATED);
+    assert_eq!(
+        get(&c, 2, "w/data.bin").await,
+        (StatusCode::OK, data.clone())
+    );
+    assert!(
+        c.nodes[2].chunk_paths().is_empty(),
+        "the witness stored chunks"
+    );
+    // One data node down: the witness keeps the majority, writes go on.
+    c.nodes[1].kill9();
+    let started = Instant::now();
+    while put(&c, 0, "w/after.bin", &data[..5 * MIB]).await != StatusCode::CREATED {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no write with one data node and the witness"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&c, 2, "w/data.bin").await, (StatusCode::OK, data));
+    assert!(
+        c.nodes[2].chunk_paths().is_empty(),
+        "the witness stored chunks"
+    );
+}
