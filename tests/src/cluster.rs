@@ -57,6 +57,9 @@ impl Addrs {
 
 pub struct Cluster {
     pub nodes: Vec<Server>,
+    /// On test hosts: the host the test's own requests come from (the
+    /// nodes' addresses exist only inside the namespaces).
+    pub client_host: Option<Host>,
     addrs: Vec<Addrs>,
     options: ClusterOptions,
     tls: tempfile::TempDir,
@@ -104,8 +107,9 @@ impl Cluster {
         Self::start_at(addrs, None, options).expect("start cluster")
     }
 
-    /// One node per test host.
-    pub fn start_on(hosts: &[Host], options: ClusterOptions) -> Self {
+    /// One node per test host; requests from the test go out from
+    /// `client` (a host of the same network).
+    pub fn start_on(hosts: &[Host], client: &Host, options: ClusterOptions) -> Self {
         let addrs = hosts
             .iter()
             .map(|h| Addrs {
@@ -114,7 +118,9 @@ impl Cluster {
                 quic_port: 7080,
             })
             .collect();
-        Self::start_at(addrs, Some(hosts), options).expect("start cluster")
+        let mut c = Self::start_at(addrs, Some(hosts), options).expect("start cluster");
+        c.client_host = Some(client.clone());
+        c
     }
 
     fn start_at(
@@ -132,6 +138,7 @@ impl Cluster {
         ];
         let mut cluster = Self {
             nodes: Vec::new(),
+            client_host: None,
             addrs,
             options,
             tls,
@@ -250,11 +257,44 @@ impl Cluster {
     /// `GET /cluster/status` from node `i`, if it answers within 2 s.
     pub async fn status(&self, i: usize) -> Option<Value> {
         let url = format!("{}/cluster/status", self.http(i));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .ok()?;
-        client.get(url).send().await.ok()?.json().await.ok()
+        let (status, body) = self.request("GET", &url, None, Duration::from_secs(2)).await;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// An HTTP request with the read-write token, from the test process or,
+    /// on test hosts, with curl from the client host. Returns the status
+    /// (0 when there was no answer in time) and the body.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> (u16, Vec<u8>) {
+        let auth = self.auth();
+        match &self.client_host {
+            None => {
+                let Ok(client) = reqwest::Client::builder().timeout(timeout).build() else {
+                    return (0, Vec::new());
+                };
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+                let mut rb = client.request(method, url).header("Authorization", auth);
+                if let Some(b) = body {
+                    rb = rb.body(b);
+                }
+                match rb.send().await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+                    }
+                    Err(_) => (0, Vec::new()),
+                }
+            }
+            Some(host) => curl(host, method, url, &auth, body, timeout).await,
+        }
     }
 
     /// The leader that the running nodes agree on (a majority of them
@@ -356,4 +396,37 @@ impl Cluster {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// One request with curl on `host`: (status, body); status 0 on no answer.
+async fn curl(
+    host: &Host,
+    method: &str,
+    url: &str,
+    auth: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> (u16, Vec<u8>) {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(_) => return (0, Vec::new()),
+    };
+    let out = dir.path().join("body");
+    let mut cmd = tokio::process::Command::from(host.command("curl"));
+    cmd.args(["-s", "-X", method, "-w", "%{http_code}", "-o"])
+        .arg(&out)
+        .args(["--max-time", &format!("{:.1}", timeout.as_secs_f64())])
+        .args(["-H", &format!("Authorization: {auth}")]);
+    if let Some(b) = body {
+        let input = dir.path().join("input");
+        if std::fs::write(&input, b).is_err() {
+            return (0, Vec::new());
+        }
+        cmd.arg("--data-binary").arg(format!("@{}", input.display()));
+    }
+    let Ok(output) = cmd.arg(url).output().await else {
+        return (0, Vec::new());
+    };
+    let status = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0);
+    (status, std::fs::read(&out).unwrap_or_default())
 }

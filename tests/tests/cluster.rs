@@ -561,3 +561,35 @@ async fn a_witness_votes_but_holds_no_chunks() {
         "the witness stored chunks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_majority_refuses_with_retry_after() {
+    let options = ClusterOptions {
+        cluster_extra: "write_timeout_secs = 2\nread_timeout_secs = 2\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(put(&c, 0, "m/before.txt", b"before").await, StatusCode::CREATED);
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let resp = http()
+        .put(format!("{}/v1/default/m/alone.txt", c.http(0)))
+        .header("Authorization", c.auth())
+        .body("alone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    // A majority again: the same write goes through.
+    c.nodes[1].restart();
+    let started = Instant::now();
+    while put(&c, 0, "m/alone.txt", b"alone").await != StatusCode::CREATED {
+        assert!(started.elapsed() < Duration::from_secs(15), "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&c, 1, "m/before.txt").await, (StatusCode::OK, b"before".to_vec()));
+}

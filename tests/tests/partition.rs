@@ -1,11 +1,17 @@
-//! The partition tooling against a real server: a client on another test
-//! host reaches it over the virtual switch, loses it when the link is cut,
-//! and gets it back when the link heals. (Needs root, as CI has.)
+//! Partitions, with network namespaces: the tooling against a real server,
+//! then a 3-node cluster whose leader or a follower is cut off from the
+//! others, and a flapping link. The minority refuses writes, the majority
+//! carries on, and after healing every node converges. (Needs root, as CI
+//! has.)
 
 #![allow(clippy::unwrap_used)]
 
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::netns::Network;
 use cairn_tests::{Server, ServerOptions};
 
@@ -78,4 +84,150 @@ fn cut_and_heal_a_link_between_test_hosts() {
         assert_eq!(ok(1), "200");
     }
     net.heal().unwrap();
+}
+
+/// A cluster of three nodes on hosts 0..3 of a 4-host network; host 3 is
+/// where the test's requests come from.
+fn partitioned_cluster(net: &Network) -> Cluster {
+    let options = ClusterOptions {
+        // Refusals come quickly enough to assert on.
+        cluster_extra: "write_timeout_secs = 3\nread_timeout_secs = 2\n".into(),
+        ..ClusterOptions::default()
+    };
+    Cluster::start_on(&net.hosts[..3], &net.hosts[3], options)
+}
+
+async fn put(c: &Cluster, node: usize, path: &str, body: &[u8]) -> u16 {
+    let url = format!("{}/v1/default/{path}", c.http(node));
+    c.request("PUT", &url, Some(body.to_vec()), Duration::from_secs(10)).await.0
+}
+
+async fn get(c: &Cluster, node: usize, path: &str) -> (u16, Vec<u8>) {
+    let url = format!("{}/v1/default/{path}", c.http(node));
+    c.request("GET", &url, None, Duration::from_secs(10)).await
+}
+
+/// Waits until node `i` itself names `leader` as the leader.
+async fn wait_sees_leader(c: &Cluster, i: usize, leader: usize) {
+    let started = Instant::now();
+    loop {
+        let seen = c.status(i).await.and_then(|s| s["leader"].as_u64());
+        if seen == Some(leader as u64 + 1) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node {i} sees leader {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_is_fenced_and_steps_down() {
+    let net = Network::create(4).unwrap();
+    let c = partitioned_cluster(&net);
+    let old = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(put(&c, old, "p/before.txt", b"before").await, 201);
+
+    // The leader loses both followers; the client still reaches everyone.
+    let followers: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    for &f in &followers {
+        net.cut(old, f).unwrap();
+    }
+    // The minority refuses writes (503, retryable): nothing it cannot
+    // replicate is acknowledged.
+    assert_eq!(put(&c, old, "p/minority.txt", b"lost").await, 503);
+    // The majority elects a new leader and carries on.
+    let started = Instant::now();
+    let new = loop {
+        let s = c.status(followers[0]).await;
+        if let Some(l) = s.and_then(|s| s["leader"].as_u64())
+            && l as usize - 1 != old
+        {
+            break l as usize - 1;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(put(&c, followers[1], "p/majority.txt", b"during").await, 201);
+    // Reads on the minority cannot be confirmed linearizable: refused.
+    assert_eq!(get(&c, old, "p/before.txt").await.0, 503);
+
+    net.heal().unwrap();
+    wait_sees_leader(&c, old, new).await;
+    c.wait_converged(Duration::from_secs(20)).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(get(&c, i, "p/majority.txt").await, (200, b"during".to_vec()));
+        assert_eq!(get(&c, i, "p/before.txt").await, (200, b"before".to_vec()));
+        assert_eq!(get(&c, i, "p/minority.txt").await.0, 404, "node {i}: a refused write appeared");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_follower_refuses_then_catches_up() {
+    let net = Network::create(4).unwrap();
+    let c = partitioned_cluster(&net);
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let f = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    net.cut(f, leader).unwrap();
+    net.cut(f, other).unwrap();
+    assert_eq!(put(&c, leader, "q/a.txt", b"a").await, 201);
+    assert_eq!(put(&c, other, "q/b.txt", b"b").await, 201);
+    assert_eq!(put(&c, f, "q/c.txt", b"c").await, 503);
+    assert_eq!(get(&c, f, "q/a.txt").await.0, 503);
+    net.heal().unwrap();
+    c.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(get(&c, f, "q/a.txt").await, (200, b"a".to_vec()));
+    assert_eq!(get(&c, f, "q/b.txt").await, (200, b"b".to_vec()));
+    assert_eq!(get(&c, f, "q/c.txt").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flapping_link_loses_nothing_acknowledged() {
+    let net = Network::create(4).unwrap();
+    let c = partitioned_cluster(&net);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+        let urls: Vec<String> = (0..3).map(|i| c.http(i)).collect();
+        let c = &c;
+        async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = format!("value {i}").into_bytes();
+                let path = format!("flap/{}", i % 20);
+                let url = format!("{}/v1/default/{path}", urls[i % 3]);
+                let (status, _) = c.request("PUT", &url, Some(body.clone()), Duration::from_secs(5)).await;
+                if status == 201 || status == 200 {
+                    acked.lock().unwrap().push((path, body));
+                }
+            }
+        }
+    };
+    let flapper = async {
+        for round in 0..12 {
+            let leader = c.leader().await.unwrap_or(round % 3);
+            let f = (leader + 1 + round % 2) % 3;
+            net.cut(leader, f).unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            net.heal().unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(writer, flapper);
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+    // The last acknowledged value of each path is what every node has.
+    let mut last = std::collections::BTreeMap::new();
+    for (path, body) in acked.lock().unwrap().iter() {
+        last.insert(path.clone(), body.clone());
+    }
+    assert!(last.len() >= 10, "too few writes acknowledged: {}", last.len());
+    for (path, body) in &last {
+        for i in 0..3 {
+            assert_eq!(&get(&c, i, path).await, &(200, body.clone()), "{path} on node {i}");
+        }
+    }
 }
