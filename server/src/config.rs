@@ -85,7 +85,7 @@ pub struct ClusterConfig {
     pub write_quorum: usize,
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for a random time between this and
-    /// twice this starts an election.
+    /// 1.5 times this starts an election.
     pub election_timeout_ms: u64,
     /// A node unreachable this long is declared dead: its chunks are
     /// placed on, and repaired to, the other nodes.
@@ -113,8 +113,8 @@ impl Default for ClusterConfig {
             witness: false,
             replicas: 3,
             write_quorum: 0,
-            heartbeat_ms: 100,
-            election_timeout_ms: 400,
+            heartbeat_ms: 75,
+            election_timeout_ms: 250,
             dead_after_secs: 10,
             repair_interval_secs: 10,
             scrub_interval_secs: 6 * 3600,

@@ -301,7 +301,10 @@ async fn start_raft(
         cluster_name: "cairn".into(),
         heartbeat_interval: c.heartbeat_ms,
         election_timeout_min: c.election_timeout_ms,
-        election_timeout_max: c.election_timeout_ms * 2,
+        // openraft's followers refuse votes until election_timeout_max after
+        // the last heartbeat (the leader lease), so a narrow range elects
+        // sooner after a leader dies: the second candidacy lands past it.
+        election_timeout_max: c.election_timeout_ms + c.election_timeout_ms / 2,
         // Entries carry inline files (<= 64 KiB by default): keep one
         // append message well under the transport's message limit.
         max_payload_entries: 64,
@@ -389,7 +392,7 @@ async fn bootstrap_shares(
                 share: share.clone(),
                 now_ns: clock.now_ns(),
             };
-            match committer.commit(cmd).await {
+            match commit_retrying(committer, cmd).await {
                 Ok(_) => tracing::info!(%share, "created share"),
                 Err(CommitError::Meta(MetaError::AlreadyExists(_))) => {}
                 Err(e) => return Err(e.into()),
@@ -406,7 +409,7 @@ async fn bootstrap_shares(
                 share: share.clone(),
                 access: t.access,
             };
-            committer.commit(cmd).await?;
+            commit_retrying(committer, cmd).await?;
         }
     }
     revoke_unlisted_tokens(config, meta, committer).await
@@ -427,14 +430,33 @@ async fn revoke_unlisted_tokens(
     for (token_hash, record) in meta.tokens(TOKENS_MAX)? {
         let configured = config.shares.iter().any(|(s, _)| *s == record.share);
         if configured && !listed.contains(&token_hash) {
-            committer
-                .commit(Command::DeleteToken { token_hash })
-                .await?;
+            commit_retrying(committer, Command::DeleteToken { token_hash }).await?;
             tracing::info!(share = %record.share, "revoked a token no longer in the configuration");
         }
     }
     Ok(())
 }
+
+/// Commits a bootstrap command, trying again while the cluster is still
+/// electing its first leader (these commands are safe to apply twice).
+async fn commit_retrying(committer: &Committer, cmd: Command) -> Result<(), CommitError> {
+    let started = std::time::Instant::now();
+    loop {
+        match committer.commit(cmd.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (CommitError::Unknown(_) | CommitError::Unavailable(_)))
+                if started.elapsed() < BOOTSTRAP_PATIENCE =>
+            {
+                tracing::info!(error = %e, "bootstrap write not committed yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long bootstrap writes wait for the cluster to have a majority.
+const BOOTSTRAP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Most tokens looked at when reconciling them with the configuration.
 const TOKENS_MAX: usize = 100_000;

@@ -55,8 +55,14 @@ impl Addrs {
     }
 }
 
+/// One cluster at a time per test binary: three nodes with 250 ms election
+/// timeouts already share two cores with the test's own load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cluster {
     pub nodes: Vec<Server>,
+    /// Held for the cluster's life (dropped after the nodes are killed).
+    _turn: std::sync::MutexGuard<'static, ()>,
     /// On test hosts: the host the test's own requests come from (the
     /// nodes' addresses exist only inside the namespaces).
     pub client_host: Option<Host>,
@@ -136,8 +142,10 @@ impl Cluster {
             format!("ro-{:032x}", rand::random::<u128>()),
             format!("ot-{:032x}", rand::random::<u128>()),
         ];
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut cluster = Self {
             nodes: Vec::new(),
+            _turn: turn,
             client_host: None,
             addrs,
             options,
@@ -257,7 +265,9 @@ impl Cluster {
     /// `GET /cluster/status` from node `i`, if it answers within 2 s.
     pub async fn status(&self, i: usize) -> Option<Value> {
         let url = format!("{}/cluster/status", self.http(i));
-        let (status, body) = self.request("GET", &url, None, Duration::from_secs(2)).await;
+        let (status, body) = self
+            .request("GET", &url, None, Duration::from_secs(2))
+            .await;
         if status != 200 {
             return None;
         }
@@ -288,7 +298,10 @@ impl Cluster {
                 match rb.send().await {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
-                        (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+                        (
+                            status,
+                            resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+                        )
                     }
                     Err(_) => (0, Vec::new()),
                 }
@@ -422,11 +435,15 @@ async fn curl(
         if std::fs::write(&input, b).is_err() {
             return (0, Vec::new());
         }
-        cmd.arg("--data-binary").arg(format!("@{}", input.display()));
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", input.display()));
     }
     let Ok(output) = cmd.arg(url).output().await else {
         return (0, Vec::new());
     };
-    let status = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     (status, std::fs::read(&out).unwrap_or_default())
 }

@@ -570,7 +570,10 @@ async fn a_node_without_a_majority_refuses_with_retry_after() {
     };
     let mut c = Cluster::start(3, options);
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(put(&c, 0, "m/before.txt", b"before").await, StatusCode::CREATED);
+    assert_eq!(
+        put(&c, 0, "m/before.txt", b"before").await,
+        StatusCode::CREATED
+    );
     c.nodes[1].kill9();
     c.nodes[2].kill9();
     let resp = http()
@@ -581,15 +584,25 @@ async fn a_node_without_a_majority_refuses_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "{:?}",
+        resp.headers()
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "unavailable", "{body}");
     // A majority again: the same write goes through.
     c.nodes[1].restart();
     let started = Instant::now();
     while put(&c, 0, "m/alone.txt", b"alone").await != StatusCode::CREATED {
-        assert!(started.elapsed() < Duration::from_secs(15), "writes did not resume");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "writes did not resume"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get(&c, 1, "m/before.txt").await, (StatusCode::OK, b"before".to_vec()));
+    assert_eq!(
+        get(&c, 1, "m/before.txt").await,
+        (StatusCode::OK, b"before".to_vec())
+    );
 }

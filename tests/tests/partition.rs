@@ -99,7 +99,9 @@ fn partitioned_cluster(net: &Network) -> Cluster {
 
 async fn put(c: &Cluster, node: usize, path: &str, body: &[u8]) -> u16 {
     let url = format!("{}/v1/default/{path}", c.http(node));
-    c.request("PUT", &url, Some(body.to_vec()), Duration::from_secs(10)).await.0
+    c.request("PUT", &url, Some(body.to_vec()), Duration::from_secs(10))
+        .await
+        .0
 }
 
 async fn get(c: &Cluster, node: usize, path: &str) -> (u16, Vec<u8>) {
@@ -115,7 +117,10 @@ async fn wait_sees_leader(c: &Cluster, i: usize, leader: usize) {
         if seen == Some(leader as u64 + 1) {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "node {i} sees leader {seen:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node {i} sees leader {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -147,7 +152,10 @@ async fn an_isolated_leader_is_fenced_and_steps_down() {
         assert!(started.elapsed() < Duration::from_secs(15), "no new leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(put(&c, followers[1], "p/majority.txt", b"during").await, 201);
+    assert_eq!(
+        put(&c, followers[1], "p/majority.txt", b"during").await,
+        201
+    );
     // Reads on the minority cannot be confirmed linearizable: refused.
     assert_eq!(get(&c, old, "p/before.txt").await.0, 503);
 
@@ -155,9 +163,16 @@ async fn an_isolated_leader_is_fenced_and_steps_down() {
     wait_sees_leader(&c, old, new).await;
     c.wait_converged(Duration::from_secs(20)).await.unwrap();
     for i in 0..3 {
-        assert_eq!(get(&c, i, "p/majority.txt").await, (200, b"during".to_vec()));
+        assert_eq!(
+            get(&c, i, "p/majority.txt").await,
+            (200, b"during".to_vec())
+        );
         assert_eq!(get(&c, i, "p/before.txt").await, (200, b"before".to_vec()));
-        assert_eq!(get(&c, i, "p/minority.txt").await.0, 404, "node {i}: a refused write appeared");
+        assert_eq!(
+            get(&c, i, "p/minority.txt").await.0,
+            404,
+            "node {i}: a refused write appeared"
+        );
     }
 }
 
@@ -199,7 +214,9 @@ async fn a_flapping_link_loses_nothing_acknowledged() {
                 let body = format!("value {i}").into_bytes();
                 let path = format!("flap/{}", i % 20);
                 let url = format!("{}/v1/default/{path}", urls[i % 3]);
-                let (status, _) = c.request("PUT", &url, Some(body.clone()), Duration::from_secs(5)).await;
+                let (status, _) = c
+                    .request("PUT", &url, Some(body.clone()), Duration::from_secs(5))
+                    .await;
                 if status == 201 || status == 200 {
                     acked.lock().unwrap().push((path, body));
                 }
@@ -224,10 +241,18 @@ async fn a_flapping_link_loses_nothing_acknowledged() {
     for (path, body) in acked.lock().unwrap().iter() {
         last.insert(path.clone(), body.clone());
     }
-    assert!(last.len() >= 10, "too few writes acknowledged: {}", last.len());
+    assert!(
+        last.len() >= 10,
+        "too few writes acknowledged: {}",
+        last.len()
+    );
     for (path, body) in &last {
         for i in 0..3 {
-            assert_eq!(&get(&c, i, path).await, &(200, body.clone()), "{path} on node {i}");
+            assert_eq!(
+                &get(&c, i, path).await,
+                &(200, body.clone()),
+                "{path} on node {i}"
+            );
         }
     }
 }
