@@ -26,6 +26,7 @@ use crate::consensus::committer::Timeouts;
 use crate::consensus::network::Network;
 use crate::consensus::snapshot::SnapshotDir;
 use crate::consensus::state_machine::MachineError;
+use crate::consensus::watchdog::{self, LeaderContact};
 use crate::consensus::{CommitError, Committer, LogStore, NodeInfo, Raft, StateMachine};
 use crate::meta::{Command, MetaError, MetaStore, StoreError};
 use crate::metrics::Metrics;
@@ -141,11 +142,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     };
 
     let peers_stop = CancellationToken::new();
+    let leader_contact = Arc::new(LeaderContact::default());
+    let watchdog = transport.as_ref().map(|_| {
+        let c = &config.cluster;
+        // openraft's leader lease is election_timeout_max (see start_raft).
+        let lease = Duration::from_millis(c.election_timeout_ms + c.election_timeout_ms / 2);
+        tokio::spawn(watchdog::run(
+            raft.clone(),
+            Arc::clone(&leader_contact),
+            lease,
+            peers_stop.clone(),
+        ))
+    });
     let peer_service = Arc::new(PeerService {
         committer: committer.clone(),
         local: Arc::clone(&local),
         stats: Arc::clone(&stats),
         budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
+        leader_contact: Arc::clone(&leader_contact),
     });
     let peers_task = endpoint.map(|e| {
         tokio::spawn(service::serve(
@@ -251,6 +265,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     peers_stop.cancel();
     if let Some(t) = peers_task {
         let _ = t.await;
+    }
+    if let Some(w) = watchdog {
+        let _ = w.await;
     }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not stop cleanly");

@@ -12,6 +12,7 @@ use super::rpc::{ChunkBytes, NodeStatus, Request, Response};
 use super::transport::{self, FrameError};
 use crate::chunks::{ChunkError, ChunkStore};
 use crate::consensus::Committer;
+use crate::consensus::watchdog::LeaderContact;
 
 /// Counters the repairer and scrubber keep, reported by `Status`.
 #[derive(Debug, Default)]
@@ -31,13 +32,21 @@ pub struct PeerService {
     pub stats: Arc<RepairStats>,
     /// Bytes of inbound messages being held at once, at most.
     pub budget: Arc<Semaphore>,
+    /// When a leader's append was last accepted, for the election watchdog.
+    pub leader_contact: Arc<LeaderContact>,
 }
 
 impl PeerService {
     pub async fn handle(&self, req: Request) -> Response {
         let raft = self.committer.raft();
         match req {
-            Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
+            Request::AppendEntries(r) => {
+                let answer = raft.append_entries(r).await;
+                if answer.as_ref().is_ok_and(|a| a.is_success()) {
+                    self.leader_contact.touch();
+                }
+                Response::AppendEntries(answer)
+            }
             Request::Vote(r) => Response::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(raft.install_snapshot(r).await)

@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod network;
 pub mod snapshot;
 pub mod state_machine;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::fmt;
