@@ -20,6 +20,9 @@ pub struct ClusterOptions {
     pub cluster_extra: String,
     /// Indexes of the nodes that are witnesses (metadata only).
     pub witnesses: Vec<usize>,
+    /// Run every node under strace, logging to `DIR/node-N.TID` (see
+    /// [`crate::powerloss`]).
+    pub strace_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -33,6 +36,7 @@ impl Default for ClusterOptions {
             },
             cluster_extra: String::new(),
             witnesses: Vec::new(),
+            strace_dir: None,
         }
     }
 }
@@ -207,7 +211,12 @@ impl Cluster {
             http = a.http(),
             extra = self.options.cluster_extra,
         );
+        let wrapper = match &self.options.strace_dir {
+            Some(dir) => crate::powerloss::strace_wrapper(&dir.join(format!("node-{}", i + 1))),
+            None => Vec::new(),
+        };
         let options = ServerOptions {
+            wrapper,
             node_id: (i + 1) as u64,
             http_port: a.http_port,
             tokens: Some(tokens),

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 
 pub mod cluster;
 pub mod netns;
+pub mod powerloss;
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,6 +72,8 @@ pub struct ServerOptions {
     pub http_port: u16,
     /// The `[cluster]` table, for a node of a [`cluster::Cluster`].
     pub cluster_config: String,
+    /// A command the server runs under (e.g. strace for power-loss tests).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +93,7 @@ impl Default for ServerOptions {
             node_id: 1,
             http_port: 0,
             cluster_config: String::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -224,10 +228,17 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut command = match &self.options.host {
-            Some(host) => host.command(binary("cairn-server")),
-            None => Command::new(binary("cairn-server")),
+        let (program, prefix) = match self.options.wrapper.split_first() {
+            Some((first, rest)) => (PathBuf::from(first), rest.to_vec()),
+            None => (binary("cairn-server"), Vec::new()),
         };
+        let mut command = match &self.options.host {
+            Some(host) => host.command(&program),
+            None => Command::new(&program),
+        };
+        if !prefix.is_empty() {
+            command.args(&prefix).arg(binary("cairn-server"));
+        }
         let child = command
             .arg("--config")
             .arg(&config)
@@ -283,6 +294,26 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -9` of the server when it runs under a wrapper (strace): the
+    /// server itself dies at once, then the wrapper is reaped.
+    pub fn kill9_wrapped(&mut self) {
+        if let Some(pid) = self.pid() {
+            let children =
+                fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                signal(child, rustix::process::Signal::KILL);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -358,6 +358,7 @@ async fn lost_node_is_repaired_onto_a_new_one() {
     let options = ClusterOptions {
         cluster_extra: "dead_after_secs = 3\nrepair_interval_secs = 1\n".into(),
         witnesses: Vec::new(),
+        strace_dir: None,
         server: ServerOptions {
             extra_config: format!("admin_token = \"{}\"", ADMIN),
             ..ClusterOptions::default().server
@@ -423,6 +424,7 @@ async fn removed_node_leaves_only_after_its_data_moved() {
         // exist on only one other node until the drain copies them.
         cluster_extra: "replicas = 2\nrepair_interval_secs = 1\n".into(),
         witnesses: Vec::new(),
+        strace_dir: None,
         server: ServerOptions {
             extra_config: format!("admin_token = \"{}\"", ADMIN),
             ..ClusterOptions::default().server
@@ -473,6 +475,7 @@ async fn scrubber_replaces_a_corrupt_copy() {
     let options = ClusterOptions {
         cluster_extra: "scrub_interval_secs = 1\n".into(),
         witnesses: Vec::new(),
+        strace_dir: None,
         server: ServerOptions {
             allowed_errors: vec!["openraft::".into(), "corrupt".into()],
             ..ClusterOptions::default().server
