@@ -113,7 +113,7 @@ impl Default for ClusterConfig {
             witness: false,
             replicas: 3,
             write_quorum: 0,
-            heartbeat_ms: 75,
+            heartbeat_ms: 100,
             election_timeout_ms: 250,
             dead_after_secs: 10,
             repair_interval_secs: 10,

@@ -117,6 +117,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         Timeouts {
             write: Duration::from_secs(config.cluster.write_timeout_secs),
             read: Duration::from_secs(config.cluster.read_timeout_secs),
+            quorum_lease: Duration::from_millis(
+                config.cluster.election_timeout_ms + config.cluster.election_timeout_ms / 2,
+            ),
         },
     );
     let liveness = Arc::new(Liveness::new(Duration::from_secs(
@@ -194,6 +197,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             Prober {
                 transport: Arc::clone(t),
                 placement: placement.clone(),
+                misses: Default::default(),
             },
             workers_stop.clone(),
         )));

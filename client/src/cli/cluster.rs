@@ -63,16 +63,14 @@ pub async fn run(client: &HttpClient, cmd: ClusterCommand, out: Output) -> Resul
                 "http": me["http"],
                 "witness": me["witness"].as_bool().unwrap_or(false),
             });
-            let leader = leader_url(client).await?;
-            let status = client
-                .call_node(
-                    &leader,
-                    Method::POST,
-                    "/cluster/nodes",
-                    Some(&admin_token),
-                    Some(&body),
-                )
-                .await?;
+            let status = on_leader(
+                client,
+                Method::POST,
+                "/cluster/nodes",
+                &admin_token,
+                Some(&body),
+            )
+            .await?;
             finish(&status, out);
             Ok(())
         }
@@ -112,6 +110,30 @@ async fn leader_url(client: &HttpClient) -> Result<String, ClientError> {
     }
 }
 
+/// Sends a membership change to the leader, again to the new one if the
+/// leader it found is gone or steps down meanwhile.
+async fn on_leader(
+    client: &HttpClient,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<Value, ClientError> {
+    let started = Instant::now();
+    loop {
+        let leader = leader_url(client).await?;
+        match client
+            .call_node(&leader, method.clone(), path, Some(token), body)
+            .await
+        {
+            Err(e) if e.is_retryable() && started.elapsed() < LEADER_WAIT => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// How long membership commands wait for the cluster to have a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
@@ -142,11 +164,8 @@ async fn remove(
     timeout: Duration,
     out: Output,
 ) -> Result<(), ClientError> {
-    let leader = leader_url(client).await?;
     let path = format!("/cluster/nodes/{id}/drain");
-    let status = client
-        .call_node(&leader, Method::POST, &path, Some(token), None)
-        .await?;
+    let status = on_leader(client, Method::POST, &path, token, None).await?;
     // Every other data node must finish two repair passes after the drain
     // (one may have started before it) with nothing left to copy.
     let start_passes = passes(&status, id);
@@ -165,16 +184,8 @@ async fn remove(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let leader = leader_url(client).await?;
-    let status = client
-        .call_node(
-            &leader,
-            Method::DELETE,
-            &format!("/cluster/nodes/{id}"),
-            Some(token),
-            None,
-        )
-        .await?;
+    let path = format!("/cluster/nodes/{id}");
+    let status = on_leader(client, Method::DELETE, &path, token, None).await?;
     finish(&status, out);
     Ok(())
 }

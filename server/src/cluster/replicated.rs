@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use cairn_proto::ContentHash;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
@@ -80,27 +81,43 @@ pub fn fetch_remote(
             candidates.push(member);
         }
     }
+    let mut unreachable = Vec::new();
     for (id, info) in candidates {
         if id == placement.me || info.witness {
             continue;
         }
         let req = Request::GetChunk { hash: *hash };
-        let answer =
-            runtime.block_on(transport.call::<_, Response>(&info.quic, &req, CHUNK_RPC_TIMEOUT));
-        match answer {
-            Ok(Response::Chunk(Ok(Some(bytes)))) => {
-                let actual = ContentHash::of(&bytes.0);
+        let call = transport.call_with_body::<_, Response>(
+            &info.quic,
+            &req,
+            Bytes::new(),
+            CHUNK_RPC_TIMEOUT,
+        );
+        match runtime.block_on(call) {
+            Ok((Response::Chunk(Ok(true)), data)) => {
+                let actual = ContentHash::of(&data);
                 if actual == *hash {
-                    return Ok(bytes.0);
+                    return Ok(data);
                 }
                 tracing::error!(%hash, %actual, peer = id, "a peer sent a chunk that does not match its hash");
             }
-            Ok(Response::Chunk(Ok(None))) => {}
-            Ok(other) => tracing::debug!(peer = id, ?other, "chunk fetch failed"),
-            Err(e) => tracing::debug!(peer = id, error = %e, "chunk fetch failed"),
+            Ok((Response::Chunk(Ok(false)), _)) => {}
+            Ok((other, _)) => tracing::debug!(peer = id, ?other, "chunk fetch failed"),
+            Err(e) => {
+                unreachable.push(id);
+                tracing::debug!(peer = id, error = %e, "chunk fetch failed");
+            }
         }
     }
-    Err(ChunkError::Missing(*hash))
+    if unreachable.is_empty() {
+        Err(ChunkError::Missing(*hash))
+    } else {
+        // A node that may hold it did not answer (killed, restarting, cut
+        // off): the chunk may well come back; worth a retry.
+        Err(ChunkError::Unavailable(format!(
+            "no reachable copy of chunk {hash} (nodes {unreachable:?} did not answer)"
+        )))
+    }
 }
 
 impl ChunkStore for ReplicatedChunks {
@@ -108,6 +125,8 @@ impl ChunkStore for ReplicatedChunks {
         let targets = self.placement.targets(hash);
         let need = write_quorum(self.placement.write_quorum, targets.len());
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+        // One copy, shared by every peer's send (QUIC takes it as it is).
+        let shared = Bytes::copy_from_slice(data);
         let me = self.placement.me;
         let liveness = &self.placement.liveness;
         // A peer that stopped answering probes is skipped, not waited for.
@@ -122,14 +141,13 @@ impl ChunkStore for ReplicatedChunks {
                 .map_err(|_| ChunkError::Unavailable("the node is shutting down".into()))?;
             let transport = Arc::clone(&self.transport);
             let (id, addr, tx) = (*id, info.quic.clone(), tx.clone());
-            let req = Request::PutChunk {
-                hash: *hash,
-                data: data.to_vec(),
-            };
+            let req = Request::PutChunk { hash: *hash };
+            let body = shared.clone();
             self.runtime.spawn(async move {
                 let answer = transport
-                    .call::<_, Response>(&addr, &req, CHUNK_RPC_TIMEOUT)
-                    .await;
+                    .call_with_body::<_, Response>(&addr, &req, body, CHUNK_RPC_TIMEOUT)
+                    .await
+                    .map(|(resp, _)| resp);
                 drop(permit);
                 let ok = match answer {
                     Ok(Response::Stored(Ok(()))) => true,
@@ -178,9 +196,10 @@ impl ChunkStore for ReplicatedChunks {
             Err(e @ (ChunkError::Missing(_) | ChunkError::Corrupt { .. })) => e,
             Err(e) => return Err(e),
         };
-        let data = self
-            .fetch_remote(hash)
-            .map_err(|_| local_err.clone_kind())?;
+        let data = self.fetch_remote(hash).map_err(|e| match e {
+            ChunkError::Unavailable(_) => e,
+            _ => local_err.clone_kind(),
+        })?;
         // Heal the local copy if this node should have one.
         let corrupt = matches!(local_err, ChunkError::Corrupt { .. });
         if corrupt

@@ -21,11 +21,10 @@ pub enum Request {
     Write(Command),
     /// Asks the leader for a log index after which reads are linearizable.
     ReadIndex,
-    /// Store a chunk (the receiver checks `data` hashes to `hash`).
+    /// Store a chunk, whose bytes are the frame's body (the receiver
+    /// checks they hash to `hash`).
     PutChunk {
         hash: ContentHash,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
     },
     GetChunk {
         hash: ContentHash,
@@ -61,15 +60,13 @@ pub enum Response {
     Write(Result<Outcome, Refused>),
     ReadIndex(Result<u64, Refused>),
     Stored(Result<(), String>),
-    Chunk(Result<Option<ChunkBytes>, String>),
+    /// Whether the chunk is here; its bytes are the frame's body.
+    Chunk(Result<bool, String>),
     Has(bool),
     Status(NodeStatus),
     /// The request was not understood by this node.
     BadRequest(String),
 }
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChunkBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// One node's view of itself, as `cluster status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -8,7 +8,9 @@ use cairn_proto::ContentHash;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::rpc::{ChunkBytes, NodeStatus, Request, Response};
+use bytes::Bytes;
+
+use super::rpc::{NodeStatus, Request, Response};
 use super::transport::{self, FrameError};
 use crate::chunks::{ChunkError, ChunkStore};
 use crate::consensus::Committer;
@@ -37,7 +39,23 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub async fn handle(&self, req: Request) -> Response {
+    /// Answers `req` (with the frame's `body`): a response and its body.
+    pub async fn handle(&self, req: Request, body: Vec<u8>) -> (Response, Bytes) {
+        match req {
+            Request::PutChunk { hash } => (
+                Response::Stored(self.put_chunk(hash, body).await),
+                Bytes::new(),
+            ),
+            Request::GetChunk { hash } => match self.get_chunk(hash).await {
+                Ok(Some(data)) => (Response::Chunk(Ok(true)), Bytes::from(data)),
+                Ok(None) => (Response::Chunk(Ok(false)), Bytes::new()),
+                Err(e) => (Response::Chunk(Err(e)), Bytes::new()),
+            },
+            other => (self.handle_message(other).await, Bytes::new()),
+        }
+    }
+
+    async fn handle_message(&self, req: Request) -> Response {
         let raft = self.committer.raft();
         match req {
             Request::AppendEntries(r) => {
@@ -53,8 +71,9 @@ impl PeerService {
             }
             Request::Write(cmd) => Response::Write(self.committer.write_here(cmd).await),
             Request::ReadIndex => Response::ReadIndex(self.committer.read_index_here().await),
-            Request::PutChunk { hash, data } => Response::Stored(self.put_chunk(hash, data).await),
-            Request::GetChunk { hash } => Response::Chunk(self.get_chunk(hash).await),
+            Request::PutChunk { .. } | Request::GetChunk { .. } => {
+                Response::BadRequest("chunk requests carry bodies".into())
+            }
             Request::HasChunk { hash } => {
                 let local = Arc::clone(&self.local);
                 let has = tokio::task::spawn_blocking(move || local.has(&hash))
@@ -82,11 +101,11 @@ impl PeerService {
         .map_err(|e| e.to_string())?
     }
 
-    async fn get_chunk(&self, hash: ContentHash) -> Result<Option<ChunkBytes>, String> {
+    async fn get_chunk(&self, hash: ContentHash) -> Result<Option<Vec<u8>>, String> {
         let local = Arc::clone(&self.local);
         let stats = Arc::clone(&self.stats);
         tokio::task::spawn_blocking(move || match local.get(&hash) {
-            Ok(data) => Ok(Some(ChunkBytes(data))),
+            Ok(data) => Ok(Some(data)),
             Err(ChunkError::Missing(_)) => Ok(None),
             Err(e @ ChunkError::Corrupt { .. }) => {
                 // Never served; the scrubber or repairer replaces it.
@@ -167,18 +186,15 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     service: &PeerService,
 ) -> Result<(), FrameError> {
-    let (body, _permit) = transport::read_frame_budgeted(&mut recv, &service.budget).await?;
-    let resp = match postcard::from_bytes::<Request>(&body) {
-        Ok(req) => {
-            drop(body);
-            service.handle(req).await
-        }
-        Err(e) => Response::BadRequest(e.to_string()),
+    let inbound = transport::read_frame_budgeted(&mut recv, &service.budget).await?;
+    let (resp, body) = match postcard::from_bytes::<Request>(&inbound.head) {
+        Ok(req) => service.handle(req, inbound.body).await,
+        Err(e) => (Response::BadRequest(e.to_string()), Bytes::new()),
     };
-    let bytes = postcard::to_stdvec(&resp).unwrap_or_else(|e| {
+    let head = postcard::to_stdvec(&resp).unwrap_or_else(|e| {
         postcard::to_stdvec(&Response::BadRequest(e.to_string())).unwrap_or_default()
     });
-    transport::write_frame(&mut send, &bytes).await?;
+    transport::write_frame(&mut send, &head, body).await?;
     let _ = send.finish();
     Ok(())
 }

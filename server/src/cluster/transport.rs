@@ -1,5 +1,6 @@
 //! Node-to-node RPC over QUIC: one bidirectional stream per call, one
-//! length-prefixed postcard message each way.
+//! length-prefixed postcard message each way, each followed by a raw body
+//! (chunk bytes travel there, never copied into or out of the message).
 //!
 //! Every call has a deadline; every message has a size limit; inbound
 //! messages wait for a share of a global byte budget before they are read,
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,8 +94,10 @@ impl Transport {
         Ok(c)
     }
 
-    /// Forgets the connection to `addr`, so the next call dials again.
-    async fn drop_connection(&self, addr: &str) {
+    /// Closes the connection to `addr`, so the next call dials again: for
+    /// a peer that stopped answering (a killed process is silent over UDP;
+    /// waiting for the idle timeout would stall every call to it).
+    pub async fn drop_connection(&self, addr: &str) {
         let slot = self.slot(addr);
         if let Some(c) = slot.lock().await.take() {
             c.close(0u32.into(), b"timed out");
@@ -107,33 +111,46 @@ impl Transport {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
-        let body = postcard::to_stdvec(req).map_err(|e| RpcError::Decode(e.to_string()))?;
-        if body.len() as u64 > u64::from(MESSAGE_MAX) {
-            return Err(RpcError::TooLarge(body.len() as u64));
+        self.call_with_body(addr, req, Bytes::new(), timeout)
+            .await
+            .map(|(resp, _)| resp)
+    }
+
+    /// [`Self::call`] with a body after the message, both ways.
+    pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        req: &Req,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(Resp, Vec<u8>), RpcError> {
+        let head = postcard::to_stdvec(req).map_err(|e| RpcError::Decode(e.to_string()))?;
+        let total = (head.len() + body.len()) as u64;
+        if total > u64::from(MESSAGE_MAX) {
+            return Err(RpcError::TooLarge(total));
         }
-        match tokio::time::timeout(timeout, self.exchange(addr, &body)).await {
-            Ok(Ok(bytes)) => {
-                postcard::from_bytes(&bytes).map_err(|e| RpcError::Decode(e.to_string()))
-            }
-            Ok(Err(e)) => {
-                if !matches!(e, RpcError::Decode(_)) {
-                    self.drop_connection(addr).await;
-                }
-                Err(e)
-            }
-            Err(_) => {
-                // A killed peer is silent over UDP: dial afresh next time
-                // instead of waiting for the idle timeout.
-                self.drop_connection(addr).await;
-                Err(RpcError::Timeout {
-                    addr: addr.to_owned(),
-                    after: timeout,
-                })
-            }
+        match tokio::time::timeout(timeout, self.exchange(addr, &head, body)).await {
+            Ok(Ok((head, body))) => postcard::from_bytes(&head)
+                .map(|resp| (resp, body))
+                .map_err(|e| RpcError::Decode(e.to_string())),
+            // A failed or slow call leaves the connection alone: other
+            // calls share it (a chunk transfer must not die because a
+            // heartbeat timed out). A closed connection is redialed on the
+            // next call; one to a silent peer is dropped by the prober.
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RpcError::Timeout {
+                addr: addr.to_owned(),
+                after: timeout,
+            }),
         }
     }
 
-    async fn exchange(&self, addr: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+    async fn exchange(
+        &self,
+        addr: &str,
+        head: &[u8],
+        body: Bytes,
+    ) -> Result<(Vec<u8>, Vec<u8>), RpcError> {
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| RpcError::Connect {
             addr: addr.to_owned(),
@@ -143,7 +160,7 @@ impl Transport {
             addr: addr.to_owned(),
             message,
         };
-        write_frame(&mut send, body)
+        write_frame(&mut send, head, body)
             .await
             .map_err(|e| lost(e.to_string()))?;
         send.finish().map_err(|e| lost(e.to_string()))?;
@@ -177,10 +194,24 @@ pub enum FrameError {
     Closed,
 }
 
-pub async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), FrameError> {
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len() as u64))?;
-    send.write_all(&len.to_le_bytes()).await?;
-    send.write_all(body).await?;
+/// Writes one frame: `u32 head length | head | u32 body length | body`.
+/// The body is handed to QUIC as it is (no copy).
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    head: &[u8],
+    body: Bytes,
+) -> Result<(), FrameError> {
+    let too_large = |n: usize| FrameError::TooLarge(n as u64);
+    let head_len = u32::try_from(head.len()).map_err(|_| too_large(head.len()))?;
+    let body_len = u32::try_from(body.len()).map_err(|_| too_large(body.len()))?;
+    let mut prefix = Vec::with_capacity(head.len() + 8);
+    prefix.extend_from_slice(&head_len.to_le_bytes());
+    prefix.extend_from_slice(head);
+    prefix.extend_from_slice(&body_len.to_le_bytes());
+    send.write_all(&prefix).await?;
+    if !body.is_empty() {
+        send.write_chunk(body).await?;
+    }
     Ok(())
 }
 
@@ -194,26 +225,64 @@ async fn read_len(recv: &mut quinn::RecvStream) -> Result<u32, FrameError> {
     Ok(len)
 }
 
-/// Reads one frame (an answer to a call this node made and awaits).
-pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameError> {
-    let len = read_len(recv).await?;
+async fn read_exactly(recv: &mut quinn::RecvStream, len: u32) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; len as usize];
     recv.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
-/// Reads one inbound frame after taking its size from `budget`; the permit
-/// is held until the request is answered.
+/// Reads one frame (an answer to a call this node made and awaits):
+/// (head, body).
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+    let head_len = read_len(recv).await?;
+    let head = read_exactly(recv, head_len).await?;
+    let body_len = read_len(recv).await?;
+    if u64::from(head_len) + u64::from(body_len) > u64::from(MESSAGE_MAX) {
+        return Err(FrameError::TooLarge(
+            u64::from(head_len) + u64::from(body_len),
+        ));
+    }
+    let body = read_exactly(recv, body_len).await?;
+    Ok((head, body))
+}
+
+/// An inbound frame and the share of the byte budget it holds until the
+/// request is answered.
+pub struct Inbound {
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    pub _permit: Vec<OwnedSemaphorePermit>,
+}
+
+/// Reads one inbound frame, taking each part's size from `budget` before
+/// reading it.
 pub async fn read_frame_budgeted(
     recv: &mut quinn::RecvStream,
     budget: &Arc<Semaphore>,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), FrameError> {
-    let len = read_len(recv).await?;
-    let permit = Arc::clone(budget)
-        .acquire_many_owned(len.max(1))
-        .await
-        .map_err(|_| FrameError::Closed)?;
-    let mut buf = vec![0u8; len as usize];
-    recv.read_exact(&mut buf).await?;
-    Ok((buf, permit))
+) -> Result<Inbound, FrameError> {
+    let take = |len: u32| {
+        let budget = Arc::clone(budget);
+        async move {
+            budget
+                .acquire_many_owned(len.max(1))
+                .await
+                .map_err(|_| FrameError::Closed)
+        }
+    };
+    let head_len = read_len(recv).await?;
+    let head_permit = take(head_len).await?;
+    let head = read_exactly(recv, head_len).await?;
+    let body_len = read_len(recv).await?;
+    if u64::from(head_len) + u64::from(body_len) > u64::from(MESSAGE_MAX) {
+        return Err(FrameError::TooLarge(
+            u64::from(head_len) + u64::from(body_len),
+        ));
+    }
+    let body_permit = take(body_len).await?;
+    let body = read_exactly(recv, body_len).await?;
+    Ok(Inbound {
+        head,
+        body,
+        _permit: vec![head_permit, body_permit],
+    })
 }

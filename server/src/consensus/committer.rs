@@ -47,6 +47,9 @@ pub struct Timeouts {
     pub write: Duration,
     /// How long a read may wait to be linearizable.
     pub read: Duration,
+    /// A leader that has not heard from a majority for this long refuses
+    /// writes instead of appending them (the leader lease).
+    pub quorum_lease: Duration,
 }
 
 /// The handle through which everything writes (and barriers reads of)
@@ -117,6 +120,7 @@ impl Committer {
         let deadline = Instant::now() + self.inner.timeouts.write;
         loop {
             let attempt = match self.leader() {
+                Some(l) if l == self.inner.id && !self.in_touch_with_majority() => None,
                 Some(l) if l == self.inner.id => {
                     Some(tokio::time::timeout_at(deadline, self.write_here(cmd.clone())).await)
                 }
@@ -145,8 +149,24 @@ impl Committer {
         }
     }
 
+    /// True unless this node leads a cluster of several voters and has not
+    /// heard from a majority of them within the lease: such a leader is
+    /// likely cut off, and what it appended could commit much later.
+    fn in_touch_with_majority(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        let lease = self.inner.timeouts.quorum_lease.as_millis() as u64;
+        m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease)
+    }
+
     /// Applies `cmd` through Raft on this node, which believes it leads.
     pub async fn write_here(&self, cmd: Command) -> Result<Outcome, Refused> {
+        if !self.in_touch_with_majority() {
+            return Err(Refused::NotLeader);
+        }
         match self.inner.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             // openraft answers this only before appending, or for entries a
