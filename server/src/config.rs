@@ -96,6 +96,9 @@ pub struct ClusterConfig {
     pub scrub_interval_secs: u64,
     /// Scrub reading rate, bytes per second.
     pub scrub_bytes_per_sec: u64,
+    /// Log entries between metadata snapshots (a new or far-behind node
+    /// receives the latest snapshot, then the log after it).
+    pub snapshot_logs: u64,
     /// How long a metadata write may wait for a leader.
     pub write_timeout_secs: u64,
     /// How long a read may wait to confirm it sees the latest metadata.
@@ -119,6 +122,7 @@ impl Default for ClusterConfig {
             repair_interval_secs: 10,
             scrub_interval_secs: 6 * 3600,
             scrub_bytes_per_sec: 64 << 20,
+            snapshot_logs: 10_000,
             write_timeout_secs: 10,
             read_timeout_secs: 5,
         }
@@ -459,6 +463,9 @@ fn validate_cluster(c: &ClusterConfig, node_id: u64) -> Result<(), ConfigError> 
     }
     if c.dead_after_secs == 0 || c.repair_interval_secs == 0 || c.scrub_interval_secs == 0 {
         return invalid("cluster dead_after_secs, repair and scrub intervals must be positive");
+    }
+    if c.snapshot_logs < 10 {
+        return invalid("cluster.snapshot_logs must be at least 10");
     }
     if c.write_timeout_secs == 0 || c.read_timeout_secs == 0 || c.scrub_bytes_per_sec == 0 {
         return invalid("cluster timeouts and scrub_bytes_per_sec must be positive");

@@ -329,8 +329,10 @@ async fn start_raft(
         // Entries carry inline files (<= 64 KiB by default): keep one
         // append message well under the transport's message limit.
         max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
+        // Entries kept behind a snapshot, so a briefly lagging follower
+        // catches up from the log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: c.snapshot_logs / 10,
         ..Default::default()
     }
     .validate()

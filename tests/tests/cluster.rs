@@ -627,3 +627,88 @@ async fn a_node_without_a_majority_refuses_with_retry_after() {
         (StatusCode::OK, b"before".to_vec())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_node_catches_up_from_a_snapshot() {
+    let options = ClusterOptions {
+        // A snapshot every 20 entries, 2 kept behind it: the log a new
+        // node would need is long gone.
+        cluster_extra: "snapshot_logs = 20\nrepair_interval_secs = 1\n".into(),
+        witnesses: Vec::new(),
+        strace_dir: None,
+        server: ServerOptions {
+            extra_config: format!("admin_token = \"{}\"", ADMIN),
+            ..ClusterOptions::default().server
+        },
+    };
+    let mut c = Cluster::start(3, options);
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let big = random_bytes(5 * MIB, 21);
+    assert_eq!(put(&c, 0, "snap/big.bin", &big).await, StatusCode::CREATED);
+    for i in 0..80 {
+        let body = format!("file {i}");
+        assert_eq!(
+            put(&c, i % 3, &format!("snap/f{i}.txt"), body.as_bytes()).await,
+            StatusCode::CREATED
+        );
+    }
+    let joiner = c.launch_joiner();
+    c.cli(&["cluster", "add", &c.http(joiner), "--admin-token", ADMIN])
+        .unwrap();
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let log = c.nodes[joiner].log_text();
+    assert!(
+        log.contains("installed a snapshot"),
+        "the new node did not get a snapshot"
+    );
+    for i in 0..80 {
+        let (status, body) = get(&c, joiner, &format!("snap/f{i}.txt")).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, format!("file {i}").into_bytes())
+        );
+    }
+    assert_eq!(get(&c, joiner, "snap/big.bin").await, (StatusCode::OK, big));
+    // The same metadata everywhere.
+    let first = listing(&c, 0, "snap").await;
+    assert_eq!(first.len(), 81);
+    assert_eq!(listing(&c, joiner, "snap").await, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_replaced_and_steps_down_when_resumed() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    // A long stall (GC pause, a frozen VM): the process is alive but silent.
+    c.nodes[leader].pause();
+    let other = (leader + 1) % 3;
+    let started = Instant::now();
+    while put(&c, other, "pause/during.txt", b"during").await != StatusCode::CREATED {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no write while the leader was paused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.nodes[leader].resume();
+    // It wakes up believing it leads; it learns otherwise and follows.
+    let started = Instant::now();
+    loop {
+        let s = c.status(leader).await;
+        if let Some(l) = s.as_ref().and_then(|s| s["leader"].as_u64())
+            && l as usize - 1 != leader
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the resumed leader did not step down: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        get(&c, leader, "pause/during.txt").await,
+        (StatusCode::OK, b"during".to_vec())
+    );
+}

@@ -152,22 +152,45 @@ impl Transport {
         body: Bytes,
     ) -> Result<(Vec<u8>, Vec<u8>), RpcError> {
         let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| RpcError::Connect {
+        let (send, mut recv) = conn.open_bi().await.map_err(|e| RpcError::Connect {
             addr: addr.to_owned(),
             message: e.to_string(),
         })?;
+        let mut send = ResetUnlessAnswered {
+            stream: send,
+            answered: false,
+        };
         let lost = |message: String| RpcError::Lost {
             addr: addr.to_owned(),
             message,
         };
-        write_frame(&mut send, head, body)
+        write_frame(&mut send.stream, head, body)
             .await
             .map_err(|e| lost(e.to_string()))?;
-        send.finish().map_err(|e| lost(e.to_string()))?;
-        read_frame(&mut recv).await.map_err(|e| match e {
+        send.stream.finish().map_err(|e| lost(e.to_string()))?;
+        let answer = read_frame(&mut recv).await.map_err(|e| match e {
             FrameError::TooLarge(n) => RpcError::TooLarge(n),
             e => lost(e.to_string()),
-        })
+        })?;
+        send.answered = true;
+        Ok(answer)
+    }
+}
+
+/// A request stream that is reset if the call ends without an answer
+/// (timeout, cancellation): QUIC then stops retransmitting it, so a request
+/// its caller gave up on cannot reach the peer later, after a partition
+/// heals, and be applied behind the caller's back.
+struct ResetUnlessAnswered {
+    stream: quinn::SendStream,
+    answered: bool,
+}
+
+impl Drop for ResetUnlessAnswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.stream.reset(0u32.into());
+        }
     }
 }
 
