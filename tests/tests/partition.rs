@@ -109,12 +109,19 @@ async fn get(c: &Cluster, node: usize, path: &str) -> (u16, Vec<u8>) {
     c.request("GET", &url, None, Duration::from_secs(10)).await
 }
 
-/// Waits until node `i` itself names `leader` as the leader.
-async fn wait_sees_leader(c: &Cluster, i: usize, leader: usize) {
+/// Waits until node `i` names another node as the leader and that node
+/// agrees it leads.
+async fn wait_follows(c: &Cluster, i: usize) {
     let started = Instant::now();
     loop {
         let seen = c.status(i).await.and_then(|s| s["leader"].as_u64());
-        if seen == Some(leader as u64 + 1) {
+        if let Some(l) = seen
+            && l as usize - 1 != i
+            && c.status(l as usize - 1)
+                .await
+                .and_then(|s| s["leader"].as_u64())
+                == Some(l)
+        {
             return;
         }
         assert!(
@@ -160,7 +167,10 @@ async fn an_isolated_leader_is_fenced_and_steps_down() {
     assert_eq!(get(&c, old, "p/before.txt").await.0, 503);
 
     net.heal().unwrap();
-    wait_sees_leader(&c, old, new).await;
+    // The old leader follows (the majority's leader, or one elected after
+    // the heal: either way not itself).
+    wait_follows(&c, old).await;
+    assert_ne!(new, old);
     c.wait_converged(Duration::from_secs(20)).await.unwrap();
     for i in 0..3 {
         assert_eq!(

@@ -187,8 +187,14 @@ async fn body_for(state: &AppState, content: &Content, range: ByteRange) -> ApiR
     let s = stream::once(async move { Ok(first) })
         .chain(rest)
         .map_err(|e: ApiError| {
-            // The client sees the response cut short, never bad bytes.
-            tracing::error!(code = %e.code, "download aborted: {}", e.message);
+            // The client sees the response cut short, never bad bytes. A
+            // copy that is only out of reach (its nodes restarting or cut
+            // off) is a retryable condition, not one for a human.
+            if e.code == ErrorCode::Unavailable {
+                tracing::warn!(code = %e.code, "download aborted: {}", e.message);
+            } else {
+                tracing::error!(code = %e.code, "download aborted: {}", e.message);
+            }
             std::io::Error::other(e.message)
         });
     Ok(Body::from_stream(s))

@@ -44,6 +44,13 @@ pub struct GcReport {
 impl Gc {
     /// One full pass over the chunk store.
     pub async fn pass(&self) -> Result<GcReport, String> {
+        // Only on metadata known to be current: a node cut off from the
+        // majority, or still catching up, could take a chunk for unused
+        // that a newer committed file references.
+        self.committer
+            .read_barrier()
+            .await
+            .map_err(|e| format!("metadata not known to be current, pass skipped: {e}"))?;
         let meta = Arc::clone(&self.meta);
         let chunks = Arc::clone(&self.chunks);
         let pins = Arc::clone(&self.pins);
