@@ -11,9 +11,11 @@
 //!
 //!     cargo build --release --bins && target/release/cairn-bench-cluster [--quick]
 
+#[path = "common.rs"]
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use cairn_proto::ShareName;
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use clap::Parser;
+use common::{dd_mib_s, mib_s};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -289,24 +292,4 @@ async fn timed_put(url: &str, auth: &str, data: Bytes) -> anyhow::Result<f64> {
         bail!("PUT {url}: {}", r.status());
     }
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn mib_s(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / secs / 1048576.0
-}
-
-fn dd_mib_s(path: &Path, bytes: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let status = Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", path.display()))
-        .args(["bs=4M", &format!("count={}", bytes >> 22), "conv=fsync"])
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("dd failed");
-    }
-    let secs = started.elapsed().as_secs_f64();
-    fs::remove_file(path)?;
-    Ok(mib_s(bytes, secs))
 }

@@ -5,6 +5,9 @@
 //!
 //!     cargo build --release --bins && target/release/cairn-bench-http [--quick]
 
+#[path = "common.rs"]
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use clap::Parser;
+use common::{dd_mib_s, mib_s};
 use futures::StreamExt;
 use reqwest::{Client, header};
 use serde::Serialize;
@@ -215,10 +219,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mib_s(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / secs / 1048576.0
-}
-
 fn print_table(rows: &[Row], peak: f64) {
     println!(
         "{:<16} {:>12} {:>12} {:<22} {:>8} {:>8}",
@@ -234,22 +234,6 @@ fn print_table(rows: &[Row], peak: f64) {
         "{:<16} {:>12.1} {:>12} {:<22} {:>8} {:>8}   (MiB)",
         "peak RSS", peak, "-", "-", "-", "<= 128"
     );
-}
-
-fn dd_mib_s(path: &Path, bytes: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let status = Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", path.display()))
-        .args(["bs=4M", &format!("count={}", bytes >> 22), "conv=fsync"])
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("dd failed");
-    }
-    let secs = started.elapsed().as_secs_f64();
-    fs::remove_file(path)?;
-    Ok(mib_s(bytes, secs))
 }
 
 async fn timed_put(c: &Client, s: &Server, path: &str, data: Bytes) -> anyhow::Result<f64> {

@@ -1,0 +1,28 @@
+//! Baselines both benchmark programs measure.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::bail;
+
+pub fn mib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1048576.0
+}
+
+/// `dd bs=4M conv=fsync` of `bytes` zeros into `path` (then removed).
+pub fn dd_mib_s(path: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=4M", &format!("count={}", bytes >> 22), "conv=fsync"])
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("dd failed");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(mib_s(bytes, secs))
+}
