@@ -28,7 +28,7 @@ use cairn_proto::ShareName;
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use clap::Parser;
-use common::{dd_mib_s, mib_s};
+use common::{dd_mib_s, mib_s, timed_put};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -226,6 +226,7 @@ async fn failover(kills: usize) -> anyhow::Result<Stall> {
 async fn put(dir: &Path, mib: u64) -> anyhow::Result<Put> {
     let bytes = mib << 20;
     let data = Bytes::from(random_bytes(bytes as usize, 42));
+    let http = reqwest::Client::new();
     let dd = (dd_mib_s(&dir.join("dd.bin"), bytes)? + dd_mib_s(&dir.join("dd.bin"), bytes)?) / 2.0;
 
     let single = Server::start_with(ServerOptions {
@@ -233,6 +234,7 @@ async fn put(dir: &Path, mib: u64) -> anyhow::Result<Put> {
         ..Default::default()
     });
     let single_secs = timed_put(
+        &http,
         &format!("{}/v1/default/big.bin", single.url),
         &single.auth(),
         data.clone(),
@@ -252,6 +254,7 @@ async fn put(dir: &Path, mib: u64) -> anyhow::Result<Put> {
     // Through a follower: the path most clients take (any node serves).
     let via = (leader + 1) % 3;
     let replicated_secs = timed_put(
+        &http,
         &format!("{}/v1/default/big.bin", c.http(via)),
         &c.auth(),
         data,
@@ -268,28 +271,4 @@ async fn put(dir: &Path, mib: u64) -> anyhow::Result<Put> {
         ratio_to_single_node: replicated / single,
         target: ">= 0.8 x dd / 3",
     })
-}
-
-async fn timed_put(url: &str, auth: &str, data: Bytes) -> anyhow::Result<f64> {
-    let client = reqwest::Client::new();
-    let len = data.len();
-    let blocks: Vec<Bytes> = (0..len)
-        .step_by(1 << 20)
-        .map(|o| data.slice(o..(o + (1 << 20)).min(len)))
-        .collect();
-    let body = reqwest::Body::wrap_stream(futures::stream::iter(
-        blocks.into_iter().map(Ok::<_, std::io::Error>),
-    ));
-    let started = Instant::now();
-    let r = client
-        .put(url)
-        .header("Authorization", auth)
-        .header("Content-Length", len)
-        .body(body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("PUT {url}: {}", r.status());
-    }
-    Ok(started.elapsed().as_secs_f64())
 }

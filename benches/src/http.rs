@@ -237,26 +237,7 @@ fn print_table(rows: &[Row], peak: f64) {
 }
 
 async fn timed_put(c: &Client, s: &Server, path: &str, data: Bytes) -> anyhow::Result<f64> {
-    let len = data.len();
-    let blocks: Vec<Bytes> = (0..len)
-        .step_by(1 << 20)
-        .map(|o| data.slice(o..(o + (1 << 20)).min(len)))
-        .collect();
-    let body = reqwest::Body::wrap_stream(futures::stream::iter(
-        blocks.into_iter().map(Ok::<_, std::io::Error>),
-    ));
-    let started = Instant::now();
-    let r = c
-        .put(s.object_url(path))
-        .header(header::AUTHORIZATION, s.auth())
-        .header(header::CONTENT_LENGTH, len)
-        .body(body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("PUT {path}: {}", r.status());
-    }
-    Ok(started.elapsed().as_secs_f64())
+    common::timed_put(c, &s.object_url(path), &s.auth(), data).await
 }
 
 /// Uploads `len` bytes generated on the fly (for the RSS run).

@@ -370,15 +370,7 @@ async fn leader_kill_loop_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_node_is_repaired_onto_a_new_one() {
-    let options = ClusterOptions {
-        cluster_extra: "dead_after_secs = 3\nrepair_interval_secs = 1\n".into(),
-        witnesses: Vec::new(),
-        strace_dir: None,
-        server: ServerOptions {
-            extra_config: format!("admin_token = \"{}\"", ADMIN),
-            ..ClusterOptions::default().server
-        },
-    };
+    let options = with_admin_token("dead_after_secs = 3\nrepair_interval_secs = 1\n");
     let mut c = Cluster::start(3, options);
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
     let data = random_bytes(13 * MIB, 7);
@@ -432,19 +424,25 @@ async fn lost_node_is_repaired_onto_a_new_one() {
 
 const ADMIN: &str = "admin-token-for-tests-0123456789";
 
+/// Options for a cluster whose membership the test changes: `extra` for
+/// the `[cluster]` table, and the admin token.
+fn with_admin_token(extra: &str) -> ClusterOptions {
+    let defaults = ClusterOptions::default();
+    ClusterOptions {
+        cluster_extra: extra.into(),
+        server: ServerOptions {
+            extra_config: format!("admin_token = \"{ADMIN}\""),
+            ..defaults.server.clone()
+        },
+        ..defaults
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removed_node_leaves_only_after_its_data_moved() {
-    let options = ClusterOptions {
-        // Two copies on three nodes: the removed node holds chunks that
-        // exist on only one other node until the drain copies them.
-        cluster_extra: "replicas = 2\nrepair_interval_secs = 1\n".into(),
-        witnesses: Vec::new(),
-        strace_dir: None,
-        server: ServerOptions {
-            extra_config: format!("admin_token = \"{}\"", ADMIN),
-            ..ClusterOptions::default().server
-        },
-    };
+    // Two copies on three nodes: the removed node holds chunks that
+    // exist on only one other node until the drain copies them.
+    let options = with_admin_token("replicas = 2\nrepair_interval_secs = 1\n");
     let mut c = Cluster::start(3, options);
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
     let data = random_bytes(40 * MIB, 9);
@@ -630,17 +628,9 @@ async fn a_node_without_a_majority_refuses_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_catches_up_from_a_snapshot() {
-    let options = ClusterOptions {
-        // A snapshot every 20 entries, 2 kept behind it: the log a new
-        // node would need is long gone.
-        cluster_extra: "snapshot_logs = 20\nrepair_interval_secs = 1\n".into(),
-        witnesses: Vec::new(),
-        strace_dir: None,
-        server: ServerOptions {
-            extra_config: format!("admin_token = \"{}\"", ADMIN),
-            ..ClusterOptions::default().server
-        },
-    };
+    // A snapshot every 20 entries, 2 kept behind it: the log a new
+    // node would need is long gone.
+    let options = with_admin_token("snapshot_logs = 20\nrepair_interval_secs = 1\n");
     let mut c = Cluster::start(3, options);
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
     let big = random_bytes(5 * MIB, 21);

@@ -32,6 +32,9 @@ pub struct ClusterStatus {
     pub me: NodeInfo,
     pub leader: Option<NodeId>,
     pub term: u64,
+    /// The answering node's applied index: openraft 0.9 does not report
+    /// the commit index itself, which this trails by at most one apply
+    /// batch (on the leader, by the entries in flight).
     pub commit_index: Option<u64>,
     /// Sum of every reachable node's under-replicated chunk count.
     pub under_replicated: u64,
@@ -119,7 +122,7 @@ fn build(state: &AppState) -> ClusterStatus {
         me: state.me.clone(),
         leader: m.current_leader,
         term: m.current_term,
-        commit_index: me.commit_index,
+        commit_index: me.applied_index,
         under_replicated: under,
         nodes,
     }

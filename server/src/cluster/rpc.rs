@@ -77,7 +77,6 @@ pub struct NodeStatus {
     pub term: u64,
     pub leader: Option<NodeId>,
     pub last_log_index: Option<u64>,
-    pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     /// Referenced chunks this node should hold but does not (as of the
     /// last repair pass).

@@ -129,7 +129,6 @@ impl PeerService {
             term: m.current_term,
             leader: m.current_leader,
             last_log_index: m.last_log_index,
-            commit_index: m.last_applied.map(|l| l.index),
             applied_index: m.last_applied.map(|l| l.index),
             under_replicated: self.stats.under_replicated.load(Ordering::Relaxed),
             chunks_repaired: self.stats.repaired.load(Ordering::Relaxed),
