@@ -40,10 +40,16 @@ pub enum ErrorCode {
     /// Try again: the server is shutting down, overloaded or has lost quorum.
     Unavailable,
     Internal,
+    /// Native protocol: the handle is not open (closed, or expired after
+    /// its session was gone longer than the handle timeout).
+    StaleHandle,
+    /// Native protocol: the session does not exist (never set up, logged
+    /// off, or expired); set up a new one.
+    NoSession,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::BadRequest,
         Self::InvalidPath,
         Self::Unauthorized,
@@ -60,6 +66,8 @@ impl ErrorCode {
         Self::Corrupt,
         Self::Unavailable,
         Self::Internal,
+        Self::StaleHandle,
+        Self::NoSession,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +88,8 @@ impl ErrorCode {
             Self::Corrupt => "corrupt",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::StaleHandle => "stale_handle",
+            Self::NoSession => "no_session",
         }
     }
 

@@ -8,6 +8,7 @@ pub mod api;
 pub mod error;
 pub mod ids;
 pub mod path;
+pub mod wire;
 
 pub use error::ErrorCode;
 pub use ids::{ContentHash, HashParseError, InodeId};

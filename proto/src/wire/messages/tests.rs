@@ -1,0 +1,227 @@
+use super::*;
+use crate::wire::decode_frame;
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9/._-]{0,20}"
+}
+
+fn handle() -> impl Strategy<Value = HandleId> {
+    any::<u64>().prop_map(HandleId)
+}
+
+fn disposition() -> impl Strategy<Value = Disposition> {
+    prop_oneof![
+        Just(Disposition::Open),
+        Just(Disposition::Create),
+        Just(Disposition::CreateNew),
+        Just(Disposition::Overwrite),
+        Just(Disposition::OpenOrCreate),
+    ]
+}
+
+fn attr() -> impl Strategy<Value = Attr> {
+    (
+        name(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<i64>(),
+        proptest::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(name, dir, inode, size, mode, t, etag)| Attr {
+            name,
+            kind: if dir {
+                EntryKind::Directory
+            } else {
+                EntryKind::File
+            },
+            inode,
+            size,
+            mode,
+            nlink: 1,
+            mtime_ns: t,
+            ctime_ns: t.wrapping_add(1),
+            etag,
+        })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..200);
+    prop_oneof![
+        (proptest::collection::vec(any::<u16>(), 0..4), any::<u64>(), name()).prop_map(
+            |(versions, capabilities, client)| Request::Negotiate(Negotiate {
+                versions,
+                capabilities,
+                client
+            })
+        ),
+        (name(), name(), any::<bool>()).prop_map(|(token, share, resume)| {
+            Request::SessionSetup(SessionSetup {
+                token,
+                share,
+                resume,
+            })
+        }),
+        Just(Request::KeepAlive),
+        Just(Request::Logoff),
+        (name(), disposition(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u32>()).prop_map(
+            |(path, disposition, access, share_access, flags, mode)| Request::Open(Open {
+                path,
+                disposition,
+                access,
+                share_access,
+                flags,
+                mode
+            })
+        ),
+        (handle(), any::<u64>(), any::<u32>())
+            .prop_map(|(handle, offset, len)| Request::Read(Read { handle, offset, len })),
+        (handle(), any::<u64>(), bytes).prop_map(|(handle, offset, data)| {
+            Request::Write(Write {
+                handle,
+                offset,
+                data,
+            })
+        }),
+        handle().prop_map(Request::Flush),
+        handle().prop_map(Request::Close),
+        handle().prop_map(Request::StatHandle),
+        name().prop_map(|path| Request::Stat(PathReq { path })),
+        name().prop_map(|path| Request::Remove(PathReq { path })),
+        (
+            handle(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(handle, size, mtime_ns, mode)| Request::SetInfo(SetInfo {
+                handle,
+                size,
+                mtime_ns,
+                mode
+            })),
+        (name(), proptest::option::of(name()), any::<u32>())
+            .prop_map(|(path, after, limit)| Request::ReadDir(ReadDir { path, after, limit })),
+        (name(), any::<u32>()).prop_map(|(path, mode)| Request::Mkdir(Mkdir { path, mode })),
+        (name(), name(), any::<bool>())
+            .prop_map(|(from, to, replace)| Request::Rename(Rename { from, to, replace })),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (0..ErrorCode::ALL.len(), name()).prop_map(|(i, message)| Response::Error(ErrorReply {
+            code: ErrorCode::ALL[i],
+            message
+        })),
+        (any::<u16>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(v, c, m, t)| {
+            Response::Negotiated(Negotiated {
+                version: v,
+                capabilities: c,
+                max_read: m,
+                max_write: m,
+                handle_timeout_ms: t,
+                replay_window: m,
+                node_id: t,
+            })
+        }),
+        (any::<bool>(), proptest::collection::vec(handle(), 0..5)).prop_map(|(resumed, handles)| {
+            Response::SessionReady(SessionReady {
+                resumed,
+                writable: !resumed,
+                handles,
+            })
+        }),
+        Just(Response::Done),
+        (handle(), any::<bool>(), attr()).prop_map(|(handle, created, attr)| {
+            Response::Opened(Opened {
+                handle,
+                created,
+                attr,
+            })
+        }),
+        (proptest::collection::vec(any::<u8>(), 0..200), any::<bool>())
+            .prop_map(|(data, eof)| Response::Data(Data { data, eof })),
+        (any::<u32>(), any::<u64>()).prop_map(|(count, size)| Response::Written(Written { count, size })),
+        attr().prop_map(Response::Attr),
+        (proptest::collection::vec(attr(), 0..4), proptest::option::of(name()))
+            .prop_map(|(entries, next_after)| Response::DirPage(DirPage { entries, next_after })),
+    ]
+}
+
+fn header() -> impl Strategy<Value = RequestHeader> {
+    (any::<[u8; 16]>(), any::<u64>()).prop_map(|(s, seq)| RequestHeader {
+        session: SessionId(s),
+        seq,
+    })
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(h in header(), req in request()) {
+        let bytes = req.encode(&h).unwrap();
+        let (frame, used) = decode_frame(&bytes).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(Request::decode(&frame).unwrap(), (h, req));
+    }
+
+    #[test]
+    fn responses_round_trip(resp in response()) {
+        let bytes = resp.encode().unwrap();
+        let (frame, _) = decode_frame(&bytes).unwrap().unwrap();
+        prop_assert_eq!(Response::decode(&frame).unwrap(), resp);
+    }
+
+    #[test]
+    fn garbage_payloads_never_panic(kind in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let frame = Frame { kind, payload };
+        let _ = Request::decode(&frame);
+        let _ = Response::decode(&frame);
+    }
+}
+
+#[test]
+fn appended_fields_are_ignored() {
+    // A newer peer may append fields to a body; this version must still read it.
+    let req = Request::Flush(HandleId(9));
+    let bytes = req.encode(&RequestHeader::default()).unwrap();
+    let (mut frame, _) = decode_frame(&bytes).unwrap().unwrap();
+    frame.payload.extend_from_slice(&[1, 2, 3]);
+    assert_eq!(Request::decode(&frame).unwrap().1, req);
+}
+
+#[test]
+fn unknown_kinds_are_named() {
+    let frame = Frame {
+        kind: 0x7777,
+        payload: vec![0; 17],
+    };
+    assert_eq!(
+        Request::decode(&frame),
+        Err(MessageError::UnknownKind(0x7777))
+    );
+}
+
+#[test]
+fn only_state_changes_are_sequenced() {
+    assert!(
+        Request::Open(Open {
+            path: "a".into(),
+            disposition: Disposition::Open,
+            access: access::READ,
+            share_access: 0,
+            flags: 0,
+            mode: 0
+        })
+        .is_sequenced()
+    );
+    assert!(!Request::Read(Read {
+        handle: HandleId(1),
+        offset: 0,
+        len: 1
+    })
+    .is_sequenced());
+    assert!(!Request::Flush(HandleId(1)).is_sequenced());
+}

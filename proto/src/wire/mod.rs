@@ -1,0 +1,19 @@
+//! The native client protocol: frames and messages, with no I/O.
+//!
+//! A request is one frame on its own QUIC bidirectional stream, answered by
+//! one response frame on the same stream; server notices travel on
+//! unidirectional streams. `PROTOCOL.md` (next to this crate's manifest) is
+//! the reference for other implementations; this module is the one Rust
+//! implementation of it.
+
+mod frame;
+mod messages;
+
+pub use frame::{FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, decode_frame, encode_frame};
+pub use messages::*;
+
+/// The protocol version this build speaks (negotiated; see `Negotiate`).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The TLS ALPN of the native protocol on a node's QUIC port.
+pub const ALPN: &[u8] = b"cairn/1";
