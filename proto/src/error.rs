@@ -46,10 +46,12 @@ pub enum ErrorCode {
     /// Native protocol: the session does not exist (never set up, logged
     /// off, or expired); set up a new one.
     NoSession,
+    /// Native protocol: another open handle's share mode forbids this access.
+    SharingViolation,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadRequest,
         Self::InvalidPath,
         Self::Unauthorized,
@@ -68,6 +70,7 @@ impl ErrorCode {
         Self::Internal,
         Self::StaleHandle,
         Self::NoSession,
+        Self::SharingViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::StaleHandle => "stale_handle",
             Self::NoSession => "no_session",
+            Self::SharingViolation => "sharing_violation",
         }
     }
 

@@ -46,11 +46,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BadRequest | ErrorCode::InvalidPath => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::StaleHandle | ErrorCode::NoSession => {
+            StatusCode::NOT_FOUND
+        }
         ErrorCode::AlreadyExists
         | ErrorCode::NotEmpty
         | ErrorCode::IsDirectory
-        | ErrorCode::NotDirectory => StatusCode::CONFLICT,
+        | ErrorCode::NotDirectory
+        | ErrorCode::SharingViolation => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

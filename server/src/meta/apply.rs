@@ -38,6 +38,14 @@ pub enum MetaError {
     PreconditionFailed(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("session {0} does not exist")]
+    NoSession(String),
+    #[error("handle {0} is not open")]
+    StaleHandle(String),
+    #[error("'{0}' is open by another handle that does not share this access")]
+    SharingViolation(String),
 }
 
 impl MetaError {
@@ -50,6 +58,10 @@ impl MetaError {
             Self::NotDirectory(_) => ErrorCode::NotDirectory,
             Self::PreconditionFailed(_) => ErrorCode::PreconditionFailed,
             Self::Invalid(_) => ErrorCode::InvalidPath,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NoSession(_) => ErrorCode::NoSession,
+            Self::StaleHandle(_) => ErrorCode::StaleHandle,
+            Self::SharingViolation(_) => ErrorCode::SharingViolation,
         }
     }
 }
@@ -71,6 +83,9 @@ pub struct Applied {
     /// ETag and size of the file the command left at its target (renames).
     pub etag: Option<ContentHash>,
     pub size: u64,
+    /// The handle an open made, and the file it opened.
+    pub handle: Option<u64>,
+    pub inode: Option<InodeId>,
 }
 
 impl Applied {
@@ -79,6 +94,8 @@ impl Applied {
             created: false,
             etag: None,
             size: 0,
+            handle: None,
+            inode: None,
         }
     }
 }
@@ -134,6 +151,19 @@ pub fn apply<R: KvRead + ?Sized>(
             replace,
             now_ns,
         } => rename(tx, share, from, to, *replace, *now_ns),
+        Command::Sequenced { .. } => {
+            // Its result must be kept even when it is a refusal, which only
+            // `sessions::apply_logged` can do.
+            Err(MetaError::Invalid("sequenced commands go through apply_logged".into()).into())
+        }
+        Command::OpenSession { .. }
+        | Command::RenewSessions { .. }
+        | Command::ExpireSessions { .. }
+        | Command::CloseSession { .. }
+        | Command::OpenFile { .. }
+        | Command::SetContent { .. }
+        | Command::SetAttr { .. }
+        | Command::CloseHandle { .. } => super::sessions::apply_session_command(tx, cmd),
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);
@@ -293,6 +323,7 @@ fn rename<R: KvRead + ?Sized>(
             created: false,
             etag: inode.etag(),
             size: inode.size(),
+            ..Applied::nothing()
         });
     }
     if entry.kind == EntryKind::Directory && to.starts_with(from) {
@@ -315,6 +346,7 @@ fn rename<R: KvRead + ?Sized>(
         created: target.is_none(),
         etag: inode.etag(),
         size: inode.size(),
+        ..Applied::nothing()
     })
 }
 
@@ -419,7 +451,7 @@ fn has_entries<R: KvRead + ?Sized>(tx: &R, dir: InodeId) -> Result<bool, StoreEr
 
 // --- changes -------------------------------------------------------------
 
-fn allocate_inode<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>) -> Result<InodeId, StoreError> {
+pub(super) fn allocate_inode<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>) -> Result<InodeId, StoreError> {
     let next = get::<u64, _>(tx, keys::NEXT_INODE)?.unwrap_or(1);
     let following = next.checked_add(1).ok_or(StoreError::InodesExhausted)?;
     tx.put(keys::NEXT_INODE.to_vec(), encode(&following));
@@ -449,7 +481,7 @@ fn create_dir<R: KvRead + ?Sized>(
 }
 
 /// Like `mkdir -p`: walks `path`, creating the directories that are missing.
-fn resolve_or_create_dir<R: KvRead + ?Sized>(
+pub(super) fn resolve_or_create_dir<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     root: InodeId,
     path: &FilePath,
@@ -470,7 +502,7 @@ fn resolve_or_create_dir<R: KvRead + ?Sized>(
 }
 
 /// Stores `inode` under a new inode number and names it `name` in `parent`.
-fn add_inode<R: KvRead + ?Sized>(
+pub(super) fn add_inode<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     parent: InodeId,
     name: &str,
@@ -532,12 +564,20 @@ fn touch_dir<R: KvRead + ?Sized>(
 }
 
 /// Deletes an inode that no entry names any more, releasing its chunks.
-fn drop_inode<R: KvRead + ?Sized>(
+pub(super) fn drop_inode<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     id: InodeId,
     now_ns: i64,
 ) -> Result<(), StoreError> {
-    let inode = load_inode(tx, id)?;
+    let mut inode = load_inode(tx, id)?;
+    if super::sessions::is_open(tx, id)? {
+        // Unlinked while open: the handles keep reading it; the last close
+        // drops it for real.
+        inode.nlink = 0;
+        inode.ctime_ns = now_ns;
+        tx.put(keys::inode(id), encode(&inode));
+        return Ok(());
+    }
     if let Some(file) = &inode.file {
         for chunk in file.content.chunks() {
             release_chunk_ref(tx, &chunk.hash, now_ns)?;
@@ -547,7 +587,7 @@ fn drop_inode<R: KvRead + ?Sized>(
     Ok(())
 }
 
-fn add_chunk_ref<R: KvRead + ?Sized>(
+pub(super) fn add_chunk_ref<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     chunk: &ChunkRef,
 ) -> Result<(), StoreError> {
@@ -562,7 +602,7 @@ fn add_chunk_ref<R: KvRead + ?Sized>(
     Ok(())
 }
 
-fn release_chunk_ref<R: KvRead + ?Sized>(
+pub(super) fn release_chunk_ref<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     hash: &ContentHash,
     now_ns: i64,

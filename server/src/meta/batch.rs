@@ -6,14 +6,15 @@
 
 use rocksdb::WriteBatch;
 
-use super::apply::{Applied, ApplyError, apply};
+use super::apply::{Applied, ApplyError};
+use super::sessions::apply_logged;
 use super::command::Command;
 use super::overlay::Overlay;
 use super::store::{MetaStore, StoreError};
 
 /// Applies `cmds` in order into one write batch, adds `extra` (the applied
 /// log position, say) and writes it. A command that is refused changes
-/// nothing and fails alone; a failed write commits none of the batch.
+/// nothing (a sequenced one only records its refusal) and fails alone; a failed write commits none of the batch.
 ///
 /// `sync` says whether the write waits for the disk. The state machine
 /// does not: its input, the Raft log, is synced before anything is
@@ -27,17 +28,11 @@ pub fn apply_batch(
     let mut results = Vec::with_capacity(cmds.len());
     let mut overlay = Overlay::new(store);
     for cmd in cmds {
-        let outcome = {
-            let mut tx = Overlay::new(&overlay);
-            apply(&mut tx, cmd).map(|applied| (applied, tx.into_pending()))
-        };
-        match outcome {
-            Ok((applied, writes)) => {
-                overlay.absorb(writes);
-                results.push(Ok(applied));
-            }
-            Err(e) => results.push(Err(e)),
+        let (result, writes) = apply_logged(&overlay, cmd);
+        if let Some(writes) = writes {
+            overlay.absorb(writes);
         }
+        results.push(result);
     }
     if overlay.is_empty() && extra.is_empty() {
         return Ok(results);

@@ -6,6 +6,7 @@
 //! commands to the same state always gives the same state: that is what lets
 //! the command log be replicated.
 
+use cairn_proto::wire::{Disposition, HandleId, SessionId};
 use cairn_proto::{ContentHash, FilePath, ShareName};
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,67 @@ pub enum Command {
     },
     /// Drops chunk records whose count is still zero, after GC deleted them.
     ForgetChunks { hashes: Vec<ContentHash> },
+    // --- native protocol: sessions and durable handles. (New variants go
+    // at the end: the log stores a variant's position.)
+    /// Creates a session, or renews it if it exists: setting up the same
+    /// session twice (a retry) is the same as once.
+    OpenSession {
+        session: SessionId,
+        share: ShareName,
+        writable: bool,
+        now_ns: i64,
+    },
+    /// Sessions some node has a live connection for.
+    RenewSessions {
+        sessions: Vec<SessionId>,
+        now_ns: i64,
+    },
+    /// Ends sessions not renewed for `timeout_ns`, closing their handles.
+    ExpireSessions { now_ns: i64, timeout_ns: i64 },
+    /// Ends a session (logoff), closing its handles.
+    CloseSession { session: SessionId, now_ns: i64 },
+    /// A session's mutating request: applied once; a second copy with the
+    /// same sequence number gets the first one's result.
+    Sequenced {
+        session: SessionId,
+        seq: u64,
+        cmd: Box<Command>,
+    },
+    /// Opens (perhaps creates or truncates) a file, making a handle.
+    OpenFile {
+        session: SessionId,
+        share: ShareName,
+        path: FilePath,
+        disposition: Disposition,
+        access: u8,
+        share_access: u8,
+        flags: u8,
+        mode: u32,
+        now_ns: i64,
+    },
+    /// Replaces an open file's content (flush, truncate), if it is still
+    /// `base`: writers on other nodes are not overwritten unseen.
+    SetContent {
+        handle: HandleId,
+        base: ContentHash,
+        file: FileData,
+        now_ns: i64,
+    },
+    /// Changes an open file's mode or modification time.
+    SetAttr {
+        handle: HandleId,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+        now_ns: i64,
+    },
+    /// Closes a handle. `settle` = (provisional, real): the file's ETag
+    /// becomes the BLAKE3 of its content if it is still the provisional
+    /// one its writer's flush gave it.
+    CloseHandle {
+        handle: HandleId,
+        settle: Option<(ContentHash, ContentHash)>,
+        now_ns: i64,
+    },
 }
 
 impl Command {
@@ -72,6 +134,15 @@ impl Command {
             Self::Remove { .. } => "remove",
             Self::Rename { .. } => "rename",
             Self::ForgetChunks { .. } => "forget_chunks",
+            Self::OpenSession { .. } => "open_session",
+            Self::RenewSessions { .. } => "renew_sessions",
+            Self::ExpireSessions { .. } => "expire_sessions",
+            Self::CloseSession { .. } => "close_session",
+            Self::Sequenced { cmd, .. } => cmd.kind(),
+            Self::OpenFile { .. } => "open_file",
+            Self::SetContent { .. } => "set_content",
+            Self::SetAttr { .. } => "set_attr",
+            Self::CloseHandle { .. } => "close_handle",
         }
     }
 }

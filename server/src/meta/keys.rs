@@ -4,6 +4,7 @@
 //! `D | parent | name`, so a directory's entries are one contiguous range in
 //! name order, which is what listing and pagination need.
 
+use cairn_proto::wire::{HandleId, SessionId};
 use cairn_proto::{ContentHash, InodeId, ShareName};
 
 pub const NEXT_INODE: &[u8] = b"Mnext_inode";
@@ -44,6 +45,57 @@ pub const CHUNK_PREFIX: u8 = b'C';
 
 pub fn chunk(hash: &ContentHash) -> Vec<u8> {
     prefixed(CHUNK_PREFIX, hash.as_bytes())
+}
+
+pub const NEXT_HANDLE: &[u8] = b"Mnext_handle";
+
+pub const SESSION_PREFIX: u8 = b'N';
+
+pub fn session(id: &SessionId) -> Vec<u8> {
+    prefixed(SESSION_PREFIX, &id.0)
+}
+
+pub fn handle(id: HandleId) -> Vec<u8> {
+    prefixed(b'H', &id.0.to_be_bytes())
+}
+
+/// The handles a session holds: `h | session | handle`.
+pub fn session_handles(id: &SessionId) -> Vec<u8> {
+    prefixed(b'h', &id.0)
+}
+
+pub fn session_handle(id: &SessionId, handle: HandleId) -> Vec<u8> {
+    let mut k = session_handles(id);
+    k.extend_from_slice(&handle.0.to_be_bytes());
+    k
+}
+
+/// The handles open on an inode: `O | inode | handle`.
+pub fn open_handles(inode: InodeId) -> Vec<u8> {
+    prefixed(b'O', &inode.to_be_bytes())
+}
+
+pub fn open_handle(inode: InodeId, handle: HandleId) -> Vec<u8> {
+    let mut k = open_handles(inode);
+    k.extend_from_slice(&handle.0.to_be_bytes());
+    k
+}
+
+/// A session's remembered results: `R | session | seq`.
+pub fn replays(id: &SessionId) -> Vec<u8> {
+    prefixed(b'R', &id.0)
+}
+
+pub fn replay(id: &SessionId, seq: u64) -> Vec<u8> {
+    let mut k = replays(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The last 8 bytes of a key as a big-endian number (handle ids in index keys).
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
 }
 
 fn prefixed(tag: u8, body: &[u8]) -> Vec<u8> {

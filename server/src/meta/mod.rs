@@ -7,6 +7,7 @@ pub mod command;
 pub mod keys;
 pub mod overlay;
 pub mod records;
+pub mod sessions;
 pub mod store;
 
 #[cfg(test)]
@@ -15,5 +16,5 @@ mod model_tests;
 pub use apply::{Applied, MetaError};
 pub use batch::apply_batch;
 pub use command::{Command, Precondition, TagSet};
-pub use records::{Access, ChunkRef, Content, FileData, Inode};
+pub use records::{Access, ChunkRef, Content, FileData, HandleRecord, Inode, SessionRecord};
 pub use store::{MetaStore, StoreError};

@@ -5,6 +5,7 @@
 //! the store reports as corruption instead of guessing.
 
 use cairn_proto::api::EntryKind;
+use cairn_proto::wire::SessionId;
 use cairn_proto::{ContentHash, InodeId, ShareName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,27 @@ pub struct DirEntry {
 pub struct ChunkRecord {
     pub refs: u64,
     pub unreferenced_since_ns: i64,
+}
+
+/// A native-protocol session: replicated, so any node can resume it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub share: ShareName,
+    pub writable: bool,
+    pub created_ns: i64,
+    /// Last time a node said a client holds it; expiry counts from here.
+    pub renewed_ns: i64,
+}
+
+/// An open file of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleRecord {
+    pub session: SessionId,
+    pub inode: InodeId,
+    /// `wire::access` bits granted, and what other handles may do.
+    pub access: u8,
+    pub share_access: u8,
+    pub flags: u8,
 }
 
 #[cfg(test)]

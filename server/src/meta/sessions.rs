@@ -1,0 +1,522 @@
+//! Native-protocol sessions, durable handles and the replay table, as
+//! metadata: every node applies the same commands, so any node can resume a
+//! session whose connection was lost, and a retried request is answered
+//! from the table instead of being applied twice.
+
+use cairn_proto::api::EntryKind;
+use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
+use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
+
+use super::apply::{
+    Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get,
+    load_inode, load_share, lookup, release_chunk_ref, resolve_dir,
+};
+use super::command::Command;
+use super::keys;
+use super::overlay::{KvRead, Overlay};
+use super::records::{
+    Content, FileData, HandleRecord, Inode, SessionRecord, encode,
+};
+use super::store::StoreError;
+
+/// Sequenced requests remembered per session. Clients keep fewer than this
+/// many in flight, so a retry always finds its first answer.
+pub const REPLAY_WINDOW: u64 = 1024;
+
+/// Writes one command made, to be kept whatever its result.
+pub type Writes = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Applies `cmd` over `base`. Returns its result and the writes to keep:
+/// `None` when nothing changes, which is every refusal except that of a
+/// sequenced request (its refusal is remembered, so a retry gets it too).
+pub fn apply_logged<R: KvRead + ?Sized>(
+    base: &R,
+    cmd: &Command,
+) -> (Result<Applied, ApplyError>, Option<Writes>) {
+    match cmd {
+        Command::Sequenced { session, seq, cmd } => sequenced(base, session, *seq, cmd),
+        _ => {
+            let mut tx = Overlay::new(base);
+            match apply(&mut tx, cmd) {
+                Ok(applied) => (Ok(applied), Some(tx.into_pending())),
+                Err(e) => (Err(e), None),
+            }
+        }
+    }
+}
+
+fn sequenced<R: KvRead + ?Sized>(
+    base: &R,
+    session: &SessionId,
+    seq: u64,
+    cmd: &Command,
+) -> (Result<Applied, ApplyError>, Option<Writes>) {
+    let mut tx = Overlay::new(base);
+    match get::<Result<Applied, MetaError>, _>(&tx, &keys::replay(session, seq)) {
+        Ok(Some(first)) => return (first.map_err(ApplyError::from), None),
+        Ok(None) => {}
+        Err(e) => return (Err(e.into()), None),
+    }
+    match load_session(&tx, session) {
+        Ok(_) => {}
+        Err(e) => return (Err(e), None),
+    }
+    if matches!(cmd, Command::Sequenced { .. }) {
+        return (
+            Err(MetaError::Invalid("nested sequenced command".into()).into()),
+            None,
+        );
+    }
+    let result = {
+        let mut inner = Overlay::new(&tx);
+        apply(&mut inner, cmd).map(|a| (a, inner.into_pending()))
+    };
+    let outcome = match result {
+        Ok((applied, writes)) => {
+            tx.absorb(writes);
+            Ok(applied)
+        }
+        Err(ApplyError::Meta(e)) => Err(e),
+        Err(e @ ApplyError::Store(_)) => return (Err(e), None),
+    };
+    tx.put(keys::replay(session, seq), encode(&outcome));
+    if let Some(old) = seq.checked_sub(REPLAY_WINDOW) {
+        tx.delete(keys::replay(session, old));
+    }
+    (outcome.map_err(ApplyError::from), Some(tx.into_pending()))
+}
+
+/// Applies the session and handle commands.
+pub(super) fn apply_session_command<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    cmd: &Command,
+) -> Result<Applied, ApplyError> {
+    match cmd {
+        Command::OpenSession {
+            session,
+            share,
+            writable,
+            now_ns,
+        } => open_session(tx, session, share, *writable, *now_ns),
+        Command::RenewSessions { sessions, now_ns } => {
+            for id in sessions {
+                if let Some(mut rec) = get::<SessionRecord, _>(tx, &keys::session(id))? {
+                    rec.renewed_ns = rec.renewed_ns.max(*now_ns);
+                    tx.put(keys::session(id), encode(&rec));
+                }
+            }
+            Ok(Applied::nothing())
+        }
+        Command::ExpireSessions { now_ns, timeout_ns } => {
+            for (id, rec) in all_sessions(tx)? {
+                if rec.renewed_ns.saturating_add(*timeout_ns) < *now_ns {
+                    close_session(tx, &id, *now_ns)?;
+                }
+            }
+            Ok(Applied::nothing())
+        }
+        Command::CloseSession { session, now_ns } => {
+            load_session(tx, session)?;
+            close_session(tx, session, *now_ns)?;
+            Ok(Applied::nothing())
+        }
+        Command::OpenFile {
+            session,
+            share,
+            path,
+            disposition,
+            access,
+            share_access,
+            flags,
+            mode,
+            now_ns,
+        } => open_file(
+            tx,
+            &OpenArgs {
+                session,
+                share,
+                path,
+                disposition: *disposition,
+                access: *access,
+                share_access: *share_access,
+                flags: *flags,
+                mode: *mode,
+                now_ns: *now_ns,
+            },
+        ),
+        Command::SetContent {
+            handle,
+            base,
+            file,
+            now_ns,
+        } => set_content(tx, *handle, base, file, *now_ns),
+        Command::SetAttr {
+            handle,
+            mode,
+            mtime_ns,
+            now_ns,
+        } => {
+            let h = writable_handle(tx, *handle)?;
+            let mut inode = load_inode(tx, h.inode)?;
+            if let Some(m) = mode {
+                inode.mode = *m & 0o7777;
+            }
+            if let Some(t) = mtime_ns {
+                inode.mtime_ns = *t;
+            }
+            inode.ctime_ns = *now_ns;
+            tx.put(keys::inode(h.inode), encode(&inode));
+            Ok(applied_for(h.inode, &inode))
+        }
+        Command::CloseHandle {
+            handle,
+            settle,
+            now_ns,
+        } => close_handle(tx, *handle, settle.as_ref(), *now_ns),
+        other => Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into()),
+    }
+}
+
+/// True if any handle has `inode` open.
+pub(super) fn is_open<R: KvRead + ?Sized>(tx: &R, inode: InodeId) -> Result<bool, StoreError> {
+    let prefix = keys::open_handles(inode);
+    Ok(tx
+        .first_key_in(&prefix, &keys::prefix_end(&prefix))?
+        .is_some())
+}
+
+pub fn load_session<R: KvRead + ?Sized>(
+    tx: &R,
+    id: &SessionId,
+) -> Result<SessionRecord, ApplyError> {
+    get(tx, &keys::session(id))?.ok_or_else(|| MetaError::NoSession(id.to_string()).into())
+}
+
+pub fn load_handle<R: KvRead + ?Sized>(
+    tx: &R,
+    id: HandleId,
+) -> Result<HandleRecord, ApplyError> {
+    get(tx, &keys::handle(id))?.ok_or_else(|| MetaError::StaleHandle(id.to_string()).into())
+}
+
+fn writable_handle<R: KvRead + ?Sized>(
+    tx: &R,
+    id: HandleId,
+) -> Result<HandleRecord, ApplyError> {
+    let h = load_handle(tx, id)?;
+    if h.access & access::WRITE == 0 {
+        return Err(MetaError::Forbidden(format!("handle {id} is not open for writing")).into());
+    }
+    Ok(h)
+}
+
+fn applied_for(id: InodeId, inode: &Inode) -> Applied {
+    Applied {
+        etag: inode.etag(),
+        size: inode.size(),
+        inode: Some(id),
+        ..Applied::nothing()
+    }
+}
+
+fn open_session<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    id: &SessionId,
+    share: &ShareName,
+    writable: bool,
+    now_ns: i64,
+) -> Result<Applied, ApplyError> {
+    load_share(tx, share)?;
+    let key = keys::session(id);
+    let existing = get::<SessionRecord, _>(tx, &key)?;
+    let created = existing.is_none();
+    let rec = match existing {
+        Some(rec) if rec.share != *share => {
+            return Err(MetaError::Invalid(format!(
+                "session {id} belongs to share '{}'",
+                rec.share
+            ))
+            .into());
+        }
+        Some(rec) => SessionRecord {
+            renewed_ns: rec.renewed_ns.max(now_ns),
+            ..rec
+        },
+        None => SessionRecord {
+            share: share.clone(),
+            writable,
+            created_ns: now_ns,
+            renewed_ns: now_ns,
+        },
+    };
+    tx.put(key, encode(&rec));
+    Ok(Applied {
+        created,
+        ..Applied::nothing()
+    })
+}
+
+fn all_sessions<R: KvRead + ?Sized>(
+    tx: &Overlay<'_, R>,
+) -> Result<Vec<(SessionId, SessionRecord)>, StoreError> {
+    let prefix = [keys::SESSION_PREFIX];
+    let end = keys::prefix_end(&prefix);
+    let mut start = prefix.to_vec();
+    let mut out = Vec::new();
+    while let Some(key) = tx.first_key_in(&start, &end)? {
+        let id: [u8; 16] = key[1..]
+            .try_into()
+            .map_err(|_| StoreError::Invariant("bad session key".into()))?;
+        if let Some(rec) = get::<SessionRecord, _>(tx, &key)? {
+            out.push((SessionId(id), rec));
+        }
+        start = key;
+        start.push(0);
+    }
+    Ok(out)
+}
+
+/// Every key in `[prefix, prefix_end)`, read through the overlay.
+fn keys_under<R: KvRead + ?Sized>(
+    tx: &Overlay<'_, R>,
+    prefix: &[u8],
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let end = keys::prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    let mut out = Vec::new();
+    while let Some(key) = tx.first_key_in(&start, &end)? {
+        start = key.clone();
+        start.push(0);
+        out.push(key);
+    }
+    Ok(out)
+}
+
+fn close_session<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    id: &SessionId,
+    now_ns: i64,
+) -> Result<(), ApplyError> {
+    for key in keys_under(tx, &keys::session_handles(id))? {
+        if let Some(h) = keys::trailing_u64(&key) {
+            close_handle(tx, HandleId(h), None, now_ns)?;
+        }
+    }
+    for key in keys_under(tx, &keys::replays(id))? {
+        tx.delete(key);
+    }
+    tx.delete(keys::session(id));
+    Ok(())
+}
+
+struct OpenArgs<'a> {
+    session: &'a SessionId,
+    share: &'a ShareName,
+    path: &'a FilePath,
+    disposition: Disposition,
+    access: u8,
+    share_access: u8,
+    flags: u8,
+    mode: u32,
+    now_ns: i64,
+}
+
+fn empty_file() -> FileData {
+    FileData {
+        size: 0,
+        etag: ContentHash::of(b""),
+        content_type: None,
+        content: Content::Inline(Vec::new()),
+    }
+}
+
+fn open_file<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    a: &OpenArgs<'_>,
+) -> Result<Applied, ApplyError> {
+    let session = load_session(tx, a.session)?;
+    if session.share != *a.share {
+        return Err(MetaError::Invalid(format!("session {} is for another share", a.session)).into());
+    }
+    let wants_change = a.access & (access::WRITE | access::DELETE) != 0
+        || !matches!(a.disposition, Disposition::Open);
+    if wants_change && !session.writable {
+        return Err(MetaError::Forbidden("this session's token is read-only".into()).into());
+    }
+    let Some((parent_path, name)) = a.path.split_last() else {
+        return Err(MetaError::IsDirectory(a.path.to_string()).into());
+    };
+    let root = load_share(tx, a.share)?.root;
+    let not_found = || MetaError::NotFound(a.path.to_string());
+    let parent = resolve_dir(tx, root, &parent_path)?.ok_or_else(not_found)?;
+    let existing = lookup(tx, parent, name)?;
+    let truncates = matches!(a.disposition, Disposition::Create | Disposition::Overwrite);
+    let (id, created) = match (existing, a.disposition) {
+        (Some(e), _) if e.kind == EntryKind::Directory => {
+            return Err(MetaError::IsDirectory(a.path.to_string()).into());
+        }
+        (Some(_), Disposition::CreateNew) => {
+            return Err(MetaError::AlreadyExists(a.path.to_string()).into());
+        }
+        (None, Disposition::Open | Disposition::Overwrite) => return Err(not_found().into()),
+        (Some(e), _) => (e.inode, false),
+        (None, _) => {
+            let inode = Inode {
+                kind: EntryKind::File,
+                mode: a.mode & 0o7777,
+                nlink: 1,
+                mtime_ns: a.now_ns,
+                ctime_ns: a.now_ns,
+                parent,
+                file: Some(empty_file()),
+            };
+            (add_inode(tx, parent, name, &inode, a.now_ns)?, true)
+        }
+    };
+    check_share_modes(tx, id, a.access, a.share_access, a.path)?;
+    if truncates && !created {
+        if a.access & access::WRITE == 0 {
+            return Err(MetaError::Forbidden("truncating needs write access".into()).into());
+        }
+        replace_content(tx, id, &empty_file(), a.now_ns)?;
+    }
+    let handle = allocate_handle(tx)?;
+    let rec = HandleRecord {
+        session: *a.session,
+        inode: id,
+        access: a.access,
+        share_access: a.share_access,
+        flags: a.flags,
+    };
+    tx.put(keys::handle(handle), encode(&rec));
+    tx.put(keys::session_handle(a.session, handle), Vec::new());
+    tx.put(keys::open_handle(id, handle), Vec::new());
+    let inode = load_inode(tx, id)?;
+    Ok(Applied {
+        created,
+        handle: Some(handle.0),
+        ..applied_for(id, &inode)
+    })
+}
+
+/// SMB-style share modes: an open must allow what every other open handle
+/// does, and ask only for what every other handle allows.
+fn check_share_modes<R: KvRead + ?Sized>(
+    tx: &Overlay<'_, R>,
+    inode: InodeId,
+    wanted: u8,
+    shared: u8,
+    path: &FilePath,
+) -> Result<(), ApplyError> {
+    for key in keys_under(tx, &keys::open_handles(inode))? {
+        let Some(h) = keys::trailing_u64(&key) else {
+            continue;
+        };
+        let other = load_handle(tx, HandleId(h))?;
+        if wanted & !other.share_access != 0 || other.access & !shared != 0 {
+            return Err(MetaError::SharingViolation(path.to_string()).into());
+        }
+    }
+    Ok(())
+}
+
+fn allocate_handle<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>) -> Result<HandleId, StoreError> {
+    let next = get::<u64, _>(tx, keys::NEXT_HANDLE)?.unwrap_or(1);
+    let following = next.checked_add(1).ok_or(StoreError::InodesExhausted)?;
+    tx.put(keys::NEXT_HANDLE.to_vec(), encode(&following));
+    Ok(HandleId(next))
+}
+
+/// Swaps an inode's content, moving chunk references from old to new.
+fn replace_content<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    id: InodeId,
+    file: &FileData,
+    now_ns: i64,
+) -> Result<Inode, ApplyError> {
+    let mut inode = load_inode(tx, id)?;
+    let Some(old) = inode.file.take() else {
+        return Err(MetaError::IsDirectory(format!("inode {}", id.0)).into());
+    };
+    for chunk in file.content.chunks() {
+        add_chunk_ref(tx, chunk)?;
+    }
+    for chunk in old.content.chunks() {
+        release_chunk_ref(tx, &chunk.hash, now_ns)?;
+    }
+    inode.file = Some(FileData {
+        content_type: file.content_type.clone().or(old.content_type),
+        ..file.clone()
+    });
+    inode.mtime_ns = now_ns;
+    inode.ctime_ns = now_ns;
+    tx.put(keys::inode(id), encode(&inode));
+    Ok(inode)
+}
+
+fn set_content<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    handle: HandleId,
+    base: &ContentHash,
+    file: &FileData,
+    now_ns: i64,
+) -> Result<Applied, ApplyError> {
+    let h = writable_handle(tx, handle)?;
+    let current = load_inode(tx, h.inode)?;
+    if current.etag() != Some(*base) {
+        return Err(MetaError::PreconditionFailed(format!("inode {}", h.inode.0)).into());
+    }
+    if file.content.len() != file.size {
+        return Err(MetaError::Invalid("content length differs from size".into()).into());
+    }
+    let inode = replace_content(tx, h.inode, file, now_ns)?;
+    Ok(applied_for(h.inode, &inode))
+}
+
+fn close_handle<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    handle: HandleId,
+    settle: Option<&(ContentHash, ContentHash)>,
+    now_ns: i64,
+) -> Result<Applied, ApplyError> {
+    let h = load_handle(tx, handle)?;
+    tx.delete(keys::handle(handle));
+    tx.delete(keys::session_handle(&h.session, handle));
+    tx.delete(keys::open_handle(h.inode, handle));
+    let Some(mut inode) = get::<Inode, _>(tx, &keys::inode(h.inode))? else {
+        return Ok(Applied::nothing());
+    };
+    if let (Some((provisional, real)), Some(file)) = (settle, inode.file.as_mut())
+        && file.etag == *provisional
+    {
+        file.etag = *real;
+        tx.put(keys::inode(h.inode), encode(&inode));
+    }
+    if inode.nlink == 0 && !is_open(tx, h.inode)? {
+        drop_inode(tx, h.inode, now_ns)?;
+        return Ok(Applied::nothing());
+    }
+    Ok(applied_for(h.inode, &inode))
+}
+
+/// The handles a session holds (for a resume).
+pub fn session_handles<R: KvRead + ?Sized>(
+    tx: &R,
+    id: &SessionId,
+) -> Result<Vec<HandleId>, StoreError> {
+    let prefix = keys::session_handles(id);
+    let end = keys::prefix_end(&prefix);
+    let mut start = prefix.clone();
+    let mut out = Vec::new();
+    while let Some(key) = tx.first_key_in(&start, &end)? {
+        if let Some(h) = keys::trailing_u64(&key) {
+            out.push(HandleId(h));
+        }
+        start = key;
+        start.push(0);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,331 @@
+use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
+use cairn_proto::{ContentHash, ErrorCode, FilePath, ShareName};
+
+use crate::meta::batch::apply_batch;
+use crate::meta::records::{ChunkRef, Content, FileData};
+use crate::meta::store::MetaStore;
+use crate::meta::{Applied, Command, MetaError, Precondition};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: std::sync::Arc<MetaStore>,
+}
+
+fn share() -> ShareName {
+    ShareName::parse("s").unwrap()
+}
+
+fn path(p: &str) -> FilePath {
+    FilePath::parse(p).unwrap()
+}
+
+const S1: SessionId = SessionId([1; 16]);
+const S2: SessionId = SessionId([2; 16]);
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let f = Self { _dir: dir, store };
+        f.ok(Command::CreateShare {
+            share: share(),
+            now_ns: 1,
+        });
+        for s in [S1, S2] {
+            f.ok(Command::OpenSession {
+                session: s,
+                share: share(),
+                writable: true,
+                now_ns: 10,
+            });
+        }
+        f
+    }
+
+    fn run(&self, cmd: Command) -> Result<Applied, MetaError> {
+        let mut r = apply_batch(&self.store, &[&cmd], Vec::new(), false).unwrap();
+        match r.pop().unwrap() {
+            Ok(a) => Ok(a),
+            Err(crate::meta::apply::ApplyError::Meta(e)) => Err(e),
+            Err(e) => panic!("store error {e}"),
+        }
+    }
+
+    fn ok(&self, cmd: Command) -> Applied {
+        self.run(cmd).unwrap()
+    }
+
+    fn seq(&self, session: SessionId, seq: u64, cmd: Command) -> Result<Applied, MetaError> {
+        self.run(Command::Sequenced {
+            session,
+            seq,
+            cmd: Box::new(cmd),
+        })
+    }
+
+    fn open(&self, session: SessionId, p: &str, d: Disposition, acc: u8, share_access: u8) -> Result<Applied, MetaError> {
+        self.run(open_cmd(session, p, d, acc, share_access))
+    }
+
+    fn exists(&self, p: &str) -> bool {
+        self.store.snapshot().resolve(&share(), &path(p)).is_ok()
+    }
+
+    fn chunk_refs(&self, hash: &ContentHash) -> u64 {
+        self.store.chunk_record(hash).unwrap().map_or(0, |r| r.refs)
+    }
+}
+
+fn open_cmd(session: SessionId, p: &str, d: Disposition, acc: u8, share_access: u8) -> Command {
+    Command::OpenFile {
+        session,
+        share: share(),
+        path: path(p),
+        disposition: d,
+        access: acc,
+        share_access,
+        flags: 0,
+        mode: 0o644,
+        now_ns: 20,
+    }
+}
+
+const RW: u8 = access::READ | access::WRITE;
+const ALL: u8 = access::READ | access::WRITE | access::DELETE;
+
+fn chunked(hash: ContentHash, len: u32) -> FileData {
+    FileData {
+        size: u64::from(len),
+        etag: ContentHash::of(b"provisional"),
+        content_type: None,
+        content: Content::Chunks(vec![ChunkRef { hash, len }]),
+    }
+}
+
+#[test]
+fn dispositions() {
+    let f = Fixture::new();
+    let e = |r: Result<Applied, MetaError>| r.unwrap_err().code();
+    assert_eq!(e(f.open(S1, "a", Disposition::Open, RW, ALL)), ErrorCode::NotFound);
+    assert_eq!(e(f.open(S1, "a", Disposition::Overwrite, RW, ALL)), ErrorCode::NotFound);
+    let created = f.open(S1, "a", Disposition::CreateNew, RW, ALL).unwrap();
+    assert!(created.created && created.handle.is_some());
+    assert_eq!(e(f.open(S1, "a", Disposition::CreateNew, RW, ALL)), ErrorCode::AlreadyExists);
+    let again = f.open(S1, "a", Disposition::OpenOrCreate, RW, ALL).unwrap();
+    assert!(!again.created);
+    assert_ne!(again.handle, created.handle);
+    assert_eq!(e(f.open(S1, "missing/a", Disposition::Create, RW, ALL)), ErrorCode::NotFound);
+    assert_eq!(e(f.open(S1, "", Disposition::Open, RW, ALL)), ErrorCode::IsDirectory);
+    assert_eq!(
+        e(f.open(S1, "a", Disposition::Overwrite, access::READ, ALL)),
+        ErrorCode::Forbidden,
+        "truncating needs write access"
+    );
+    assert_eq!(
+        e(f.open(SessionId([9; 16]), "a", Disposition::Open, RW, ALL)),
+        ErrorCode::NoSession
+    );
+}
+
+#[test]
+fn share_modes_conflict_between_sessions() {
+    let f = Fixture::new();
+    let reader_only = f.open(S1, "a", Disposition::Create, RW, access::READ).unwrap();
+    assert_eq!(
+        f.open(S2, "a", Disposition::Open, access::WRITE, ALL).unwrap_err().code(),
+        ErrorCode::SharingViolation,
+        "the first handle shares only reading"
+    );
+    f.open(S2, "a", Disposition::Open, access::READ, access::READ)
+        .expect_err("the first handle writes, which this one does not share");
+    f.open(S2, "a", Disposition::Open, access::READ, RW)
+        .expect("sharing read and write with a writer is fine");
+    f.ok(Command::CloseHandle {
+        handle: HandleId(reader_only.handle.unwrap()),
+        settle: None,
+        now_ns: 30,
+    });
+    f.open(S2, "a", Disposition::Open, access::WRITE, RW)
+        .expect("once it is closed, writing is allowed");
+}
+
+#[test]
+fn replayed_requests_return_the_first_result_and_apply_once() {
+    let f = Fixture::new();
+    let create = open_cmd(S1, "a", Disposition::CreateNew, RW, ALL);
+    let first = f.seq(S1, 1, create.clone()).unwrap();
+    let replay = f.seq(S1, 1, create.clone()).unwrap();
+    assert_eq!(first, replay, "a replayed create-new is answered, not refused");
+    assert_eq!(
+        f.seq(S1, 2, create).unwrap_err().code(),
+        ErrorCode::AlreadyExists,
+        "a new sequence number is a new request"
+    );
+    // A refusal is remembered too: once the file exists, the retry of the
+    // refused request still sees its refusal.
+    let rename = Command::Rename {
+        share: share(),
+        from: path("b"),
+        to: path("c"),
+        replace: false,
+        now_ns: 40,
+    };
+    assert_eq!(f.seq(S1, 3, rename.clone()).unwrap_err().code(), ErrorCode::NotFound);
+    f.open(S1, "b", Disposition::CreateNew, RW, ALL).unwrap();
+    assert_eq!(f.seq(S1, 3, rename.clone()).unwrap_err().code(), ErrorCode::NotFound);
+    assert!(f.exists("b"));
+    f.seq(S1, 4, rename.clone()).unwrap();
+    f.seq(S1, 4, rename).expect("replayed rename succeeds again without a source");
+    assert!(f.exists("c") && !f.exists("b"));
+    let remove = Command::Remove {
+        share: share(),
+        path: path("c"),
+        now_ns: 50,
+        precondition: Precondition::default(),
+    };
+    f.seq(S1, 5, remove.clone()).unwrap();
+    f.seq(S1, 5, remove.clone()).expect("replayed remove answers success");
+    assert_eq!(f.seq(S1, 6, remove).unwrap_err().code(), ErrorCode::NotFound);
+    // The same number in another session is another request.
+    assert_eq!(
+        f.seq(S2, 1, open_cmd(S2, "a", Disposition::CreateNew, RW, ALL))
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+}
+
+#[test]
+fn replay_table_is_bounded() {
+    let f = Fixture::new();
+    let n = super::REPLAY_WINDOW + 50;
+    for seq in 1..=n {
+        f.seq(S1, seq, Command::RenewSessions { sessions: vec![], now_ns: 1 })
+            .unwrap();
+    }
+    let prefix = crate::meta::keys::replays(&S1);
+    let count = f
+        .store
+        .db()
+        .prefix_iterator(&prefix)
+        .take_while(|kv| kv.as_ref().is_ok_and(|(k, _)| k.starts_with(&prefix)))
+        .count() as u64;
+    assert_eq!(count, super::REPLAY_WINDOW);
+}
+
+#[test]
+fn unlinked_open_files_live_until_the_last_close() {
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let handle = HandleId(h.handle.unwrap());
+    let chunk = ContentHash::of(b"data");
+    let set = f
+        .ok(Command::SetContent {
+            handle,
+            base: h.etag.unwrap(),
+            file: chunked(chunk, 4),
+            now_ns: 30,
+        });
+    assert_eq!(set.size, 4);
+    assert_eq!(f.chunk_refs(&chunk), 1);
+    f.ok(Command::Remove {
+        share: share(),
+        path: path("a"),
+        now_ns: 40,
+        precondition: Precondition::default(),
+    });
+    assert!(!f.exists("a"));
+    let inode = f.store.snapshot();
+    let rec = crate::meta::sessions::load_handle(&inode, handle).unwrap();
+    let kept = crate::meta::apply::load_inode(&inode, rec.inode).unwrap();
+    assert_eq!((kept.nlink, kept.size()), (0, 4), "still readable through the handle");
+    assert_eq!(f.chunk_refs(&chunk), 1);
+    f.ok(Command::CloseHandle {
+        handle,
+        settle: None,
+        now_ns: 50,
+    });
+    assert_eq!(f.chunk_refs(&chunk), 0, "the last close releases the content");
+    assert!(crate::meta::apply::load_inode(&f.store.snapshot(), rec.inode).is_err());
+}
+
+#[test]
+fn stale_base_and_read_only_handles_are_refused() {
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let handle = HandleId(h.handle.unwrap());
+    let cmd = |base| Command::SetContent {
+        handle,
+        base,
+        file: chunked(ContentHash::of(b"x"), 1),
+        now_ns: 30,
+    };
+    f.ok(cmd(h.etag.unwrap()));
+    assert_eq!(
+        f.run(cmd(h.etag.unwrap())).unwrap_err().code(),
+        ErrorCode::PreconditionFailed,
+        "another flush happened in between"
+    );
+    let ro = f.open(S2, "a", Disposition::Open, access::READ, ALL).unwrap();
+    assert_eq!(
+        f.run(Command::SetAttr {
+            handle: HandleId(ro.handle.unwrap()),
+            mode: Some(0o600),
+            mtime_ns: None,
+            now_ns: 40
+        })
+        .unwrap_err()
+        .code(),
+        ErrorCode::Forbidden
+    );
+}
+
+#[test]
+fn close_settles_the_provisional_etag() {
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let handle = HandleId(h.handle.unwrap());
+    let provisional = ContentHash::of(b"provisional");
+    let real = ContentHash::of(b"real");
+    f.ok(Command::SetContent {
+        handle,
+        base: h.etag.unwrap(),
+        file: chunked(ContentHash::of(b"x"), 1),
+        now_ns: 30,
+    });
+    let closed = f.ok(Command::CloseHandle {
+        handle,
+        settle: Some((provisional, real)),
+        now_ns: 40,
+    });
+    assert_eq!(closed.etag, Some(real));
+    assert_eq!(
+        f.run(Command::CloseHandle { handle, settle: None, now_ns: 41 })
+            .unwrap_err()
+            .code(),
+        ErrorCode::StaleHandle
+    );
+}
+
+#[test]
+fn expired_sessions_lose_their_handles_and_replays() {
+    let f = Fixture::new();
+    let h = f.seq(S1, 1, open_cmd(S1, "a", Disposition::Create, RW, access::READ)).unwrap();
+    f.ok(Command::RenewSessions {
+        sessions: vec![S2],
+        now_ns: 100,
+    });
+    f.ok(Command::ExpireSessions {
+        now_ns: 100,
+        timeout_ns: 50,
+    });
+    assert_eq!(
+        f.open(S1, "a", Disposition::Open, RW, ALL).unwrap_err().code(),
+        ErrorCode::NoSession
+    );
+    f.open(S2, "a", Disposition::Open, RW, ALL)
+        .expect("the expired session's exclusive handle is gone");
+    assert!(crate::meta::sessions::load_handle(&f.store.snapshot(), HandleId(h.handle.unwrap())).is_err());
+    let prefix = crate::meta::keys::replays(&S1);
+    assert!(f.store.db().prefix_iterator(&prefix).next().is_none_or(|kv| !kv.unwrap().0.starts_with(&prefix)));
+}
