@@ -103,6 +103,12 @@ pub struct ClusterConfig {
     pub write_timeout_secs: u64,
     /// How long a read may wait to confirm it sees the latest metadata.
     pub read_timeout_secs: u64,
+    /// Native protocol: how long a session's handles (and their locks)
+    /// outlive the loss of its connection before they are closed.
+    pub handle_timeout_secs: u64,
+    /// Native protocol: memory for unflushed writes of all handles on this
+    /// node, in bytes; writers wait when it is used up.
+    pub write_buffer_bytes_max: u64,
 }
 
 impl Default for ClusterConfig {
@@ -125,6 +131,8 @@ impl Default for ClusterConfig {
             snapshot_logs: 10_000,
             write_timeout_secs: 10,
             read_timeout_secs: 5,
+            handle_timeout_secs: 60,
+            write_buffer_bytes_max: 512 << 20,
         }
     }
 }

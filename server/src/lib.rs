@@ -14,5 +14,6 @@ pub mod config;
 pub mod consensus;
 pub mod meta;
 pub mod metrics;
+pub mod native;
 pub mod node;
 pub mod workers;

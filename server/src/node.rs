@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cairn_proto::ContentHash;
@@ -30,6 +30,7 @@ use crate::consensus::watchdog::{self, LeaderContact};
 use crate::consensus::{CommitError, Committer, LogStore, NodeInfo, Raft, StateMachine};
 use crate::meta::{Command, MetaError, MetaStore, StoreError};
 use crate::metrics::Metrics;
+use crate::native::NativeServer;
 use crate::workers::gc::Gc;
 use crate::workers::probe::Prober;
 use crate::workers::repair::Repairer;
@@ -164,10 +165,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
         leader_contact: Arc::clone(&leader_contact),
     });
+    let native = Arc::new(OnceLock::new());
     let peers_task = endpoint.map(|e| {
         tokio::spawn(service::serve(
             e,
             Arc::clone(&peer_service),
+            Arc::clone(&native),
             peers_stop.clone(),
         ))
     });
@@ -245,8 +248,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         },
         chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
         read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
+        write_buffers: Arc::new(Semaphore::new(
+            usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),
+        )),
         shutdown: shutdown.clone(),
     });
+    let native_server = NativeServer::new(
+        Arc::clone(&state),
+        Duration::from_secs(config.cluster.handle_timeout_secs),
+    );
+    let _ = native.set(Arc::clone(&native_server));
+    let native_timers = tokio::spawn(native_server.run_timers(workers_stop.clone()));
     if let Some(path) = &config.ready_file {
         write_ready_file(path, config.node_id, http_addr, quic_addr)
             .map_err(NodeError::ReadyFile)?;
@@ -263,6 +275,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     for w in workers {
         let _ = w.await;
     }
+    let _ = native_timers.await;
     drop(state);
     // Raft last: peers keep hearing from this node until its requests are
     // drained, so an orderly stop of a leader hands over cleanly.

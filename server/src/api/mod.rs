@@ -63,6 +63,8 @@ pub struct AppState {
     /// Chunk-sized buffers all downloads together may hold; a permit lives
     /// as long as the bytes it covers, until hyper has sent them.
     pub read_buffers: Arc<Semaphore>,
+    /// Bytes of unflushed native-protocol writes all handles may hold.
+    pub write_buffers: Arc<Semaphore>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// This node's answers to peers (its own status, for `cluster status`).

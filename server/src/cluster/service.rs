@@ -1,12 +1,14 @@
 //! The server side of node-to-node RPC: accepts QUIC connections from
 //! cluster peers and answers each stream's request.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_proto::ContentHash;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::native::NativeServer;
 
 use bytes::Bytes;
 
@@ -142,6 +144,7 @@ impl PeerService {
 pub async fn serve(
     endpoint: quinn::Endpoint,
     service: Arc<PeerService>,
+    native: Arc<OnceLock<Arc<NativeServer>>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -151,14 +154,37 @@ pub async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let service = Arc::clone(&service);
+        let native = Arc::clone(&native);
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => serve_connection(conn, service).await,
-                Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
+                Ok(conn) => route(conn, service, &native).await,
+                Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
             }
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
+}
+
+/// Native-protocol clients to the native server; peers, which must have
+/// shown a CA-signed certificate, to the peer service.
+async fn route(conn: quinn::Connection, service: Arc<PeerService>, native: &OnceLock<Arc<NativeServer>>) {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(cairn_proto::wire::ALPN) {
+        match native.get() {
+            Some(n) => Arc::clone(n).serve_connection(conn).await,
+            None => conn.close(1u32.into(), b"starting"),
+        }
+        return;
+    }
+    if conn.peer_identity().is_none() {
+        tracing::warn!(peer = %conn.remote_address(), "peer connection without a certificate refused");
+        conn.close(2u32.into(), b"certificate required");
+        return;
+    }
+    serve_connection(conn, service).await;
 }
 
 async fn serve_connection(conn: quinn::Connection, service: Arc<PeerService>) {

@@ -176,15 +176,21 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
 /// Most concurrent RPC streams a peer may open to a node.
 pub const STREAMS_MAX: u32 = 64;
 
-/// The QUIC server side: TLS 1.3, peers must present a CA-signed certificate.
+/// The QUIC server side: TLS 1.3 for peers (ALPN `cairn-peer`, with a
+/// CA-signed certificate) and native-protocol clients (ALPN `cairn/1`).
 pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
     let loaded = load(dir)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(loaded.roots, provider()).build()?;
+    // Peers must present a CA-signed certificate (checked here when they do,
+    // and required by the peer service); native-protocol clients present
+    // none and authenticate with share tokens.
+    let verifier = WebPkiClientVerifier::builder_with_provider(loaded.roots, provider())
+        .allow_unauthenticated()
+        .build()?;
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    crypto.alpn_protocols = vec![ALPN.to_vec(), cairn_proto::wire::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(crypto))
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));

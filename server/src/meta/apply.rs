@@ -395,7 +395,7 @@ pub(super) fn load_share<R: KvRead + ?Sized>(
 }
 
 /// An inode that a directory entry points at must exist.
-pub(super) fn load_inode<R: KvRead + ?Sized>(tx: &R, id: InodeId) -> Result<Inode, StoreError> {
+pub fn load_inode<R: KvRead + ?Sized>(tx: &R, id: InodeId) -> Result<Inode, StoreError> {
     let key = keys::inode(id);
     get(tx, &key)?.ok_or(StoreError::Dangling(id))
 }

@@ -1,0 +1,209 @@
+//! Reading ranges of a file's committed content and building its next
+//! content from that and a handle's unflushed writes.
+//!
+//! New content keeps a 4 MiB grid (every chunk but the last is full size),
+//! so a flush rewrites only the cells that writes touched: chunks of
+//! untouched cells are kept by reference, a cell that writes cover whole is
+//! stored without reading anything, and a partly written cell is read,
+//! patched and stored.
+
+use std::sync::Arc;
+
+use cairn_proto::{CHUNK_SIZE_MAX, ContentHash};
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::extents::Extents;
+use crate::api::AppState;
+use crate::api::error::{ApiError, ApiResult};
+use crate::chunks::PinGuard;
+use crate::meta::{ChunkRef, Content, FileData};
+
+/// Chunks of one flush stored at once.
+const CHUNK_PUTS_IN_FLIGHT: usize = 4;
+const CELL: u64 = CHUNK_SIZE_MAX as u64;
+/// Bytes read at a time when hashing a whole file.
+pub const HASH_PIECE: u64 = CELL;
+
+/// Reads `[off, off + len)` of `content` (clipped to it), chunks verified.
+pub async fn read_range(
+    state: &Arc<AppState>,
+    content: &Content,
+    off: u64,
+    len: u64,
+) -> ApiResult<Vec<u8>> {
+    let size = content.len();
+    let end = size.min(off.saturating_add(len));
+    if off >= end {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity((end - off) as usize);
+    match content {
+        Content::Inline(bytes) => out.extend_from_slice(&bytes[off as usize..end as usize]),
+        Content::Chunks(chunks) => {
+            let mut at = 0u64;
+            for c in chunks {
+                let c_end = at + u64::from(c.len);
+                if c_end > off && at < end {
+                    let data = get_chunk(state, c.hash).await?;
+                    let from = (off.max(at) - at) as usize;
+                    let to = (end.min(c_end) - at) as usize;
+                    let piece = data.get(from..to).ok_or_else(|| {
+                        ApiError::new(
+                            cairn_proto::ErrorCode::Corrupt,
+                            format!("chunk {} is shorter than its record", c.hash),
+                        )
+                    })?;
+                    out.extend_from_slice(piece);
+                }
+                if c_end >= end {
+                    break;
+                }
+                at = c_end;
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Vec<u8>> {
+    let store = Arc::clone(&state.chunks);
+    Ok(tokio::task::spawn_blocking(move || store.get(&hash)).await??)
+}
+
+/// The provisional ETag of chunked content written through handles: a hash
+/// of its chunk list. The real one (BLAKE3 of the bytes) replaces it when
+/// the last writer closes.
+pub fn manifest_etag(chunks: &[ChunkRef]) -> ContentHash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cairn manifest v1");
+    for c in chunks {
+        h.update(c.hash.as_bytes());
+        h.update(&c.len.to_le_bytes());
+    }
+    ContentHash(*h.finalize().as_bytes())
+}
+
+/// New content and the pins that keep GC off its chunks until committed.
+pub struct Built {
+    pub file: FileData,
+    pub pins: Vec<PinGuard>,
+}
+
+/// The content `base` becomes with `dirty` written over it and the size set
+/// to `size`.
+pub async fn build(
+    state: &Arc<AppState>,
+    base: &FileData,
+    dirty: &Extents,
+    size: u64,
+) -> ApiResult<Built> {
+    if size <= state.limits.inline_bytes_max {
+        let mut bytes = read_range(state, &base.content, 0, size).await?;
+        bytes.resize(size as usize, 0);
+        dirty.overlay(0, &mut bytes);
+        return Ok(Built {
+            file: FileData {
+                size,
+                etag: ContentHash::of(&bytes),
+                content_type: base.content_type.clone(),
+                content: Content::Inline(bytes),
+            },
+            pins: Vec::new(),
+        });
+    }
+    let cells = size.div_ceil(CELL);
+    let built: Vec<(ChunkRef, Option<PinGuard>)> = stream::iter(0..cells)
+        .map(|k| cell(state, base, dirty, k, size))
+        .buffered(CHUNK_PUTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut chunks = Vec::with_capacity(built.len());
+    let mut pins = Vec::new();
+    for (c, pin) in built {
+        chunks.push(c);
+        pins.extend(pin);
+    }
+    Ok(Built {
+        file: FileData {
+            size,
+            etag: manifest_etag(&chunks),
+            content_type: base.content_type.clone(),
+            content: Content::Chunks(chunks),
+        },
+        pins,
+    })
+}
+
+/// Cell `k` of the new content: the base's own chunk when nothing changed
+/// in it, else a new chunk.
+async fn cell(
+    state: &Arc<AppState>,
+    base: &FileData,
+    dirty: &Extents,
+    k: u64,
+    size: u64,
+) -> ApiResult<(ChunkRef, Option<PinGuard>)> {
+    let start = k * CELL;
+    let end = size.min(start + CELL);
+    if !dirty.touches(start, end)
+        && let Some(c) = base_chunk_at(&base.content, start, end)
+    {
+        return Ok((c, None));
+    }
+    let mut bytes = if dirty.covers(start, end) {
+        vec![0; (end - start) as usize]
+    } else {
+        let mut b = read_range(state, &base.content, start, end - start).await?;
+        b.resize((end - start) as usize, 0);
+        b
+    };
+    dirty.overlay(start, &mut bytes);
+    let hash = ContentHash::of(&bytes);
+    let pin = state.pins.pin(hash);
+    let len = bytes.len() as u32;
+    let store = Arc::clone(&state.chunks);
+    tokio::task::spawn_blocking(move || store.put(&hash, &bytes)).await??;
+    Ok((ChunkRef { hash, len }, Some(pin)))
+}
+
+/// The base chunk spanning exactly `[start, end)`, if there is one.
+fn base_chunk_at(content: &Content, start: u64, end: u64) -> Option<ChunkRef> {
+    let mut at = 0u64;
+    for c in content.chunks() {
+        if at == start {
+            return (at + u64::from(c.len) == end).then_some(*c);
+        }
+        if at > start {
+            return None;
+        }
+        at += u64::from(c.len);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_chunks_are_found_only_on_exact_cells() {
+        let h = ContentHash::of(b"a");
+        let content = Content::Chunks(vec![
+            ChunkRef { hash: h, len: 4 },
+            ChunkRef { hash: h, len: 6 },
+        ]);
+        assert!(base_chunk_at(&content, 0, 4).is_some());
+        assert!(base_chunk_at(&content, 4, 10).is_some());
+        assert!(base_chunk_at(&content, 4, 9).is_none());
+        assert!(base_chunk_at(&content, 2, 4).is_none());
+        assert!(base_chunk_at(&content, 10, 12).is_none());
+    }
+
+    #[test]
+    fn manifest_etags_differ_from_content_hashes_and_each_other() {
+        let a = ChunkRef { hash: ContentHash::of(b"a"), len: 1 };
+        let b = ChunkRef { hash: ContentHash::of(b"b"), len: 1 };
+        assert_ne!(manifest_etag(&[a]), manifest_etag(&[b]));
+        assert_ne!(manifest_etag(&[a, b]), manifest_etag(&[b, a]));
+    }
+}

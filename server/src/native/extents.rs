@@ -1,0 +1,172 @@
+//! A handle's written-but-not-flushed bytes: non-overlapping extents, the
+//! latest write winning where writes overlap.
+
+use std::collections::BTreeMap;
+
+#[derive(Default, Debug)]
+pub struct Extents {
+    map: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Extents {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// One past the last byte written, if anything was.
+    pub fn end(&self) -> Option<u64> {
+        self.map
+            .iter()
+            .next_back()
+            .map(|(s, d)| s + d.len() as u64)
+    }
+
+    pub fn insert(&mut self, off: u64, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        let end = off + data.len() as u64;
+        self.cut(off, end);
+        self.bytes += data.len();
+        self.map.insert(off, data);
+    }
+
+    /// Forgets everything at or after `size` (a truncate).
+    pub fn truncate(&mut self, size: u64) {
+        self.cut(size, u64::MAX);
+    }
+
+    /// Removes `[off, end)`, keeping the parts of extents outside it.
+    fn cut(&mut self, off: u64, end: u64) {
+        let overlapping: Vec<u64> = self
+            .map
+            .range(..end)
+            .rev()
+            .take_while(|(s, d)| **s + d.len() as u64 > off)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in overlapping {
+            let Some(d) = self.map.remove(&s) else {
+                continue;
+            };
+            self.bytes -= d.len();
+            let d_end = s + d.len() as u64;
+            if d_end > end {
+                let tail = d[(end - s) as usize..].to_vec();
+                self.bytes += tail.len();
+                self.map.insert(end, tail);
+            }
+            if s < off {
+                let head = d[..(off - s) as usize].to_vec();
+                self.bytes += head.len();
+                self.map.insert(s, head);
+            }
+        }
+    }
+
+    /// Copies what was written inside `[off, off + buf.len())` over `buf`.
+    pub fn overlay(&self, off: u64, buf: &mut [u8]) {
+        let end = off + buf.len() as u64;
+        for (s, d) in self
+            .map
+            .range(..end)
+            .rev()
+            .take_while(|(s, d)| **s + d.len() as u64 > off)
+        {
+            let from = off.max(*s);
+            let to = end.min(s + d.len() as u64);
+            buf[(from - off) as usize..(to - off) as usize]
+                .copy_from_slice(&d[(from - s) as usize..(to - s) as usize]);
+        }
+    }
+
+    /// True if some write touches `[off, end)`.
+    pub fn touches(&self, off: u64, end: u64) -> bool {
+        self.map
+            .range(..end)
+            .next_back()
+            .is_some_and(|(s, d)| s + d.len() as u64 > off)
+    }
+
+    /// True if writes cover every byte of `[off, end)`.
+    pub fn covers(&self, off: u64, end: u64) -> bool {
+        let mut at = off;
+        for (s, d) in self.map.range(..end) {
+            let d_end = s + d.len() as u64;
+            if d_end <= at {
+                continue;
+            }
+            if *s > at {
+                return false;
+            }
+            at = d_end;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
+
+    /// Writes made after `older` was taken win over it: `self` is newer.
+    pub fn absorb_older(&mut self, older: Extents) {
+        let newer = std::mem::replace(self, older);
+        for (s, d) in newer.map {
+            self.insert(s, d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a plain byte array: any sequence of writes and truncates
+        /// reads back the same, and the byte count is what is held.
+        #[test]
+        fn matches_a_byte_array(ops in proptest::collection::vec((0u64..200, 0usize..50, any::<u8>(), any::<bool>()), 1..40)) {
+            let mut model = vec![None::<u8>; 300];
+            let mut ext = Extents::default();
+            for (off, len, byte, truncate) in ops {
+                if truncate {
+                    ext.truncate(off);
+                    for b in &mut model[off as usize..] { *b = None; }
+                } else {
+                    ext.insert(off, vec![byte; len]);
+                    for b in &mut model[off as usize..off as usize + len] { *b = Some(byte); }
+                }
+            }
+            let mut buf = vec![0xEE; 300];
+            ext.overlay(0, &mut buf);
+            for (i, m) in model.iter().enumerate() {
+                prop_assert_eq!(buf[i], m.unwrap_or(0xEE), "byte {}", i);
+            }
+            prop_assert_eq!(ext.bytes(), model.iter().filter(|b| b.is_some()).count());
+            for a in (0..300u64).step_by(7) {
+                for b in (a + 1..300).step_by(11) {
+                    let written = model[a as usize..b as usize].iter().filter(|x| x.is_some()).count();
+                    prop_assert_eq!(ext.touches(a, b), written > 0);
+                    prop_assert_eq!(ext.covers(a, b), written == (b - a) as usize);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn newer_writes_win_when_merged_back() {
+        let mut older = Extents::default();
+        older.insert(0, vec![1; 10]);
+        let mut newer = Extents::default();
+        newer.insert(5, vec![2; 10]);
+        newer.absorb_older(older);
+        let mut buf = vec![0; 15];
+        newer.overlay(0, &mut buf);
+        assert_eq!(buf, [[1; 5], [2; 5], [2; 5]].concat());
+    }
+}

@@ -1,0 +1,261 @@
+//! What a node holds for an open handle besides its replicated record:
+//! unflushed writes and a running hash. None of it needs to survive the
+//! node: clients keep every write until a flush acknowledges it and send
+//! them again to whichever node they reconnect to.
+
+use std::sync::Arc;
+
+use cairn_proto::wire::{HandleId, SessionId, access, open_flags};
+use cairn_proto::{ContentHash, ErrorCode};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::content::{self, build, read_range};
+use super::extents::Extents;
+use crate::api::AppState;
+use crate::api::error::{ApiError, ApiResult};
+use crate::meta::sessions::load_handle;
+use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
+
+/// Unflushed bytes one handle may hold on a node; clients flush well before.
+pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
+/// Times a flush is rebuilt when another writer's flush got in first.
+const FLUSH_ATTEMPTS: usize = 5;
+
+pub struct OpenFile {
+    pub id: HandleId,
+    pub record: HandleRecord,
+    dirty: Extents,
+    permits: Vec<OwnedSemaphorePermit>,
+    /// This handle's idea of the size, when its writes or a truncate
+    /// changed it and no flush has recorded it yet.
+    size: Option<u64>,
+    /// BLAKE3 of the bytes written so far, while the handle has only
+    /// appended to an empty file: then closing needs no second read.
+    sequential: Option<(blake3::Hasher, u64)>,
+    /// The provisional ETag this handle's last flush gave the file.
+    provisional: Option<ContentHash>,
+    /// Read through a barrier before trusting local metadata: set when
+    /// the handle is first used on this node and after each flush.
+    stale: bool,
+}
+
+fn stale(id: HandleId) -> ApiError {
+    ApiError::new(ErrorCode::StaleHandle, format!("handle {id} is not open"))
+}
+
+impl OpenFile {
+    /// The handle's state on this node, from replicated metadata.
+    pub async fn load(state: &AppState, id: HandleId, session: &SessionId) -> ApiResult<Self> {
+        let record = match load_handle(&state.meta.snapshot(), id) {
+            Ok(r) => r,
+            Err(_) => {
+                // Opened through another node a moment ago, perhaps.
+                state.committer.read_barrier().await?;
+                load_handle(&state.meta.snapshot(), id).map_err(|_| stale(id))?
+            }
+        };
+        if record.session != *session {
+            return Err(stale(id));
+        }
+        let inode = load_inode(state, &record)?;
+        let sequential = (inode.size() == 0).then(|| (blake3::Hasher::new(), 0));
+        Ok(Self {
+            id,
+            record,
+            dirty: Extents::default(),
+            permits: Vec::new(),
+            size: None,
+            sequential,
+            provisional: None,
+            stale: true,
+        })
+    }
+
+    async fn committed(&mut self, state: &AppState) -> ApiResult<Inode> {
+        if self.stale {
+            state.committer.read_barrier().await?;
+            self.stale = false;
+        }
+        load_inode(state, &self.record)
+    }
+
+    fn need(&self, bits: u8, what: &str) -> ApiResult<()> {
+        if self.record.access & bits == 0 {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("handle {} is not open for {what}", self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn has_unflushed(&self) -> bool {
+        !self.dirty.is_empty() || self.size.is_some()
+    }
+
+    /// The size as this handle sees it.
+    pub async fn size(&mut self, state: &AppState) -> ApiResult<u64> {
+        match self.size {
+            Some(s) => Ok(s),
+            None => Ok(self.committed(state).await?.size()),
+        }
+    }
+
+    pub async fn read(&mut self, state: &Arc<AppState>, off: u64, len: u32) -> ApiResult<(Vec<u8>, bool)> {
+        self.need(access::READ, "reading")?;
+        let inode = self.committed(state).await?;
+        let size = self.size.unwrap_or(inode.size());
+        let end = size.min(off.saturating_add(u64::from(len)));
+        if off >= end {
+            return Ok((Vec::new(), true));
+        }
+        let file = inode.file.as_ref().ok_or_else(|| not_a_file(self.id))?;
+        let mut buf = read_range(state, &file.content, off, end - off).await?;
+        buf.resize((end - off) as usize, 0);
+        self.dirty.overlay(off, &mut buf);
+        Ok((buf, end == size))
+    }
+
+    /// Takes `data` at `off` (or at the end, for append handles); returns
+    /// the size this handle now sees.
+    pub async fn write(&mut self, state: &Arc<AppState>, off: u64, data: Vec<u8>) -> ApiResult<u64> {
+        self.need(access::WRITE, "writing")?;
+        if self.dirty.bytes() + data.len() > DIRTY_BYTES_PER_HANDLE_MAX {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("handle {} holds {} unflushed bytes; flush first", self.id, self.dirty.bytes()),
+            ));
+        }
+        let size = self.size(state).await?;
+        let off = if self.record.flags & open_flags::APPEND != 0 { size } else { off };
+        let permit = Arc::clone(&state.write_buffers)
+            .acquire_many_owned(u32::try_from(data.len()).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the server is shutting down"))?;
+        self.permits.push(permit);
+        self.sequential = match self.sequential.take() {
+            Some((mut h, at)) if at == off => {
+                h.update(&data);
+                Some((h, at + data.len() as u64))
+            }
+            _ => None,
+        };
+        let end = off + data.len() as u64;
+        self.dirty.insert(off, data);
+        let size = size.max(end);
+        self.size = Some(size);
+        Ok(size)
+    }
+
+    pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
+        self.need(access::WRITE, "writing")?;
+        self.dirty.truncate(size);
+        if self.sequential.as_ref().is_some_and(|(_, at)| *at != size) {
+            self.sequential = None;
+        }
+        self.size = Some(size);
+        Ok(())
+    }
+
+    /// Makes every write so far durable on the cluster.
+    pub async fn flush(&mut self, state: &Arc<AppState>) -> ApiResult<Inode> {
+        if !self.has_unflushed() {
+            return self.committed(state).await;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let permits = std::mem::take(&mut self.permits);
+        let size = self.size.take();
+        match self.flush_taken(state, &dirty, size).await {
+            Ok(inode) => {
+                drop(permits);
+                Ok(inode)
+            }
+            Err(e) => {
+                // Keep the writes for the next flush; later ones win.
+                self.dirty.absorb_older(dirty);
+                self.permits.extend(permits);
+                self.size = self.size.or(size);
+                Err(e)
+            }
+        }
+    }
+
+    async fn flush_taken(
+        &mut self,
+        state: &Arc<AppState>,
+        dirty: &Extents,
+        size: Option<u64>,
+    ) -> ApiResult<Inode> {
+        for _ in 0..FLUSH_ATTEMPTS {
+            let base_inode = self.committed(state).await?;
+            let base = base_inode.file.clone().ok_or_else(|| not_a_file(self.id))?;
+            let new_size = size.unwrap_or_else(|| base.size.max(dirty.end().unwrap_or(0)));
+            let built = build(state, &base, dirty, new_size).await?;
+            let etag = built.file.etag;
+            let cmd = Command::SetContent {
+                handle: self.id,
+                base: base.etag,
+                file: built.file,
+                now_ns: state.clock.now_ns(),
+            };
+            match state.committer.commit(cmd).await {
+                Ok(_) => {
+                    drop(built.pins);
+                    self.provisional = Some(etag);
+                    self.stale = true;
+                    return self.committed(state).await;
+                }
+                Err(crate::consensus::committer::CommitError::Meta(MetaError::PreconditionFailed(_))) => {
+                    // Another handle flushed since we read the base.
+                    self.stale = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "other writers kept changing the file; flush again",
+        ))
+    }
+
+    /// What closing should tell the metadata: the real ETag of content this
+    /// handle's flush left with a provisional one.
+    pub async fn settle(&mut self, state: &Arc<AppState>) -> ApiResult<Option<(ContentHash, ContentHash)>> {
+        let Some(provisional) = self.provisional else {
+            return Ok(None);
+        };
+        let inode = self.committed(state).await?;
+        let Some(file) = inode.file.as_ref().filter(|f| f.etag == provisional) else {
+            return Ok(None);
+        };
+        let real = match &self.sequential {
+            Some((h, at)) if *at == file.size => ContentHash(*h.finalize().as_bytes()),
+            _ => hash_content(state, file).await?,
+        };
+        Ok(Some((provisional, real)))
+    }
+}
+
+/// BLAKE3 of a file's bytes, read chunk by chunk.
+async fn hash_content(state: &Arc<AppState>, file: &FileData) -> ApiResult<ContentHash> {
+    let mut h = blake3::Hasher::new();
+    let mut off = 0;
+    while off < file.size {
+        let piece = read_range(state, &file.content, off, content::HASH_PIECE).await?;
+        if piece.is_empty() {
+            break;
+        }
+        h.update(&piece);
+        off += piece.len() as u64;
+    }
+    Ok(ContentHash(*h.finalize().as_bytes()))
+}
+
+fn not_a_file(id: HandleId) -> ApiError {
+    ApiError::new(ErrorCode::IsDirectory, format!("handle {id} is not a file"))
+}
+
+fn load_inode(state: &AppState, record: &HandleRecord) -> ApiResult<Inode> {
+    crate::meta::apply::load_inode(&state.meta.snapshot(), record.inode)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}

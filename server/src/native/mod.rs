@@ -1,0 +1,280 @@
+//! The native protocol's server side: sessions over QUIC connections on the
+//! node's QUIC port (ALPN `cairn/1`), one request per bidirectional stream,
+//! so a large read never holds up a small stat.
+//!
+//! Sessions, handles and the replay table are replicated metadata
+//! (`meta::sessions`): a client whose node died reconnects to any other,
+//! resumes its session and carries on with the same handles. What a node
+//! keeps in memory for a handle (unflushed writes) the client can always
+//! send again.
+
+mod content;
+mod extents;
+mod handles;
+mod ops;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_proto::wire::{
+    FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, HandleId, Request, RequestHeader, Response, SessionId,
+    decode_frame,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::AppState;
+use crate::meta::Command;
+use handles::OpenFile;
+
+/// The per-node state of the native protocol.
+pub struct NativeServer {
+    state: Arc<AppState>,
+    handle_timeout: Duration,
+    /// Handles used through this node, with their unflushed writes.
+    open: Mutex<HashMap<HandleId, OpenEntry>>,
+    /// Sessions with a live connection to this node (and how many).
+    live: Mutex<HashMap<SessionId, usize>>,
+}
+
+struct OpenEntry {
+    file: Arc<tokio::sync::Mutex<OpenFile>>,
+    session: SessionId,
+    last_used: Instant,
+}
+
+/// The session a connection is bound to, once set up.
+#[derive(Clone, Debug)]
+struct Bound {
+    id: SessionId,
+    share: cairn_proto::ShareName,
+    writable: bool,
+}
+
+#[derive(Default)]
+struct ConnState {
+    negotiated: bool,
+    bound: Option<Bound>,
+}
+
+impl NativeServer {
+    pub fn new(state: Arc<AppState>, handle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            handle_timeout,
+            open: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn bind_live(&self, id: SessionId) {
+        if let Ok(mut live) = self.live.lock() {
+            *live.entry(id).or_default() += 1;
+        }
+    }
+
+    fn unbind_live(&self, id: &SessionId) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(n) = live.get_mut(id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(id);
+            }
+        }
+    }
+
+    /// Serves one client connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        let peer = conn.remote_address();
+        let cs = Arc::new(tokio::sync::Mutex::new(ConnState::default()));
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client connection closed");
+                    break;
+                }
+            };
+            let server = Arc::clone(&self);
+            let cs = Arc::clone(&cs);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_stream(&cs, send, recv).await {
+                    tracing::debug!(%peer, error = %e, "client stream failed");
+                }
+            });
+        }
+        if let Some(b) = cs.lock().await.bound.take() {
+            self.unbind_live(&b.id);
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        cs: &tokio::sync::Mutex<ConnState>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), StreamError> {
+        let bytes = recv
+            .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
+            .await
+            .map_err(|e| StreamError(e.to_string()))?;
+        let resp = match decode_frame(&bytes) {
+            Ok(Some((frame, _))) => match Request::decode(&frame) {
+                Ok((header, req)) => {
+                    let span = tracing::info_span!(
+                        "native",
+                        session = %header.session,
+                        seq = header.seq,
+                        op = req.name(),
+                        handle = handle_of(&req).map(|h| h.0),
+                    );
+                    self.dispatch(cs, header, req).instrument(span).await
+                }
+                Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
+            },
+            Ok(None) => Response::error(cairn_proto::ErrorCode::BadRequest, "truncated frame"),
+            Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
+        };
+        let out = resp.encode().map_err(|e| StreamError(e.to_string()))?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| StreamError(e.to_string()))?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        cs: &tokio::sync::Mutex<ConnState>,
+        header: RequestHeader,
+        req: Request,
+    ) -> Response {
+        let started = Instant::now();
+        let name = req.name();
+        let resp = match ops::handle(self, cs, header, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.code == cairn_proto::ErrorCode::Internal {
+                    tracing::error!(error = %e.message, "request failed");
+                } else {
+                    tracing::debug!(code = %e.code, error = %e.message, "request refused");
+                }
+                Response::error(e.code, e.message)
+            }
+        };
+        tracing::trace!(op = name, elapsed_us = started.elapsed().as_micros() as u64, "done");
+        resp
+    }
+
+    /// The node-side state of `id`, loaded from metadata on first use.
+    async fn file(
+        &self,
+        id: HandleId,
+        session: &SessionId,
+    ) -> crate::api::error::ApiResult<Arc<tokio::sync::Mutex<OpenFile>>> {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(e) = open.get_mut(&id)
+            && e.session == *session
+        {
+            e.last_used = Instant::now();
+            return Ok(Arc::clone(&e.file));
+        }
+        let file = Arc::new(tokio::sync::Mutex::new(
+            OpenFile::load(&self.state, id, session).await?,
+        ));
+        if let Ok(mut open) = self.open.lock() {
+            let e = open.entry(id).or_insert(OpenEntry {
+                file,
+                session: *session,
+                last_used: Instant::now(),
+            });
+            return Ok(Arc::clone(&e.file));
+        }
+        Err(crate::api::error::ApiError::new(
+            cairn_proto::ErrorCode::Internal,
+            "handle table poisoned",
+        ))
+    }
+
+    fn forget(&self, id: HandleId) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&id);
+        }
+    }
+
+    fn forget_session(&self, session: &SessionId) {
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|_, e| e.session != *session);
+        }
+    }
+
+    /// Renews the sessions connected here; drops the node-side state of
+    /// handles whose session has been away longer than the handle timeout
+    /// (their unflushed writes are the client's to resend, and it is gone).
+    async fn renew(&self) {
+        let sessions: Vec<SessionId> = match self.live.lock() {
+            Ok(l) => l.keys().copied().collect(),
+            Err(_) => return,
+        };
+        if let Ok(mut open) = self.open.lock() {
+            let timeout = self.handle_timeout;
+            open.retain(|_, e| sessions.contains(&e.session) || e.last_used.elapsed() < timeout);
+        }
+        if sessions.is_empty() {
+            return;
+        }
+        let cmd = Command::RenewSessions {
+            sessions,
+            now_ns: self.state.clock.now_ns(),
+        };
+        if let Err(e) = self.state.committer.commit(cmd).await {
+            tracing::warn!(error = %e, "could not renew sessions");
+        }
+    }
+
+    /// On the leader: ends sessions nobody renewed within the timeout.
+    async fn expire(&self) {
+        let raft = self.state.committer.raft();
+        if raft.metrics().borrow().current_leader != Some(self.state.node_id) {
+            return;
+        }
+        let cmd = Command::ExpireSessions {
+            now_ns: self.state.clock.now_ns(),
+            timeout_ns: i64::try_from(self.handle_timeout.as_nanos()).unwrap_or(i64::MAX),
+        };
+        if let Err(e) = self.state.committer.commit(cmd).await {
+            tracing::debug!(error = %e, "could not expire sessions");
+        }
+    }
+
+    /// Renewal and expiry until `stop`.
+    pub async fn run_timers(self: Arc<Self>, stop: CancellationToken) {
+        // Renew often enough that two missed rounds still beat the timeout.
+        let renew_every = (self.handle_timeout / 4).max(Duration::from_millis(250));
+        let mut renew = tokio::time::interval(renew_every);
+        let mut expire = tokio::time::interval(renew_every.min(Duration::from_secs(5)));
+        loop {
+            tokio::select! {
+                _ = renew.tick() => self.renew().await,
+                _ = expire.tick() => self.expire().await,
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn handle_of(req: &Request) -> Option<HandleId> {
+    match req {
+        Request::Read(r) => Some(r.handle),
+        Request::Write(w) => Some(w.handle),
+        Request::Flush(h) | Request::Close(h) | Request::StatHandle(h) => Some(*h),
+        Request::SetInfo(s) => Some(s.handle),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StreamError(String);

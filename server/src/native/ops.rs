@@ -1,0 +1,417 @@
+//! One function per request.
+
+use cairn_proto::wire::{
+    Attr, Data, DirPage, HandleId, Negotiated, Opened, PROTOCOL_VERSION, Request, RequestHeader,
+    Response, SessionReady, Written,
+};
+use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
+
+use super::{Bound, ConnState, NativeServer};
+use crate::api::error::{ApiError, ApiResult};
+use crate::meta::sessions::{REPLAY_WINDOW, load_session, session_handles};
+use crate::meta::{Applied, Command, Inode, Precondition};
+
+/// Entries per directory page, at most.
+const DIR_PAGE_MAX: u32 = 1000;
+
+pub(super) async fn handle(
+    server: &NativeServer,
+    cs: &tokio::sync::Mutex<ConnState>,
+    header: RequestHeader,
+    req: Request,
+) -> ApiResult<Response> {
+    match req {
+        Request::Negotiate(n) => {
+            if !n.versions.contains(&PROTOCOL_VERSION) {
+                return Err(ApiError::bad_request(format!(
+                    "no common protocol version: the client speaks {:?}, this server {PROTOCOL_VERSION}",
+                    n.versions
+                )));
+            }
+            cs.lock().await.negotiated = true;
+            Ok(Response::Negotiated(Negotiated {
+                version: PROTOCOL_VERSION,
+                capabilities: 0,
+                max_read: CHUNK_SIZE_MAX as u32,
+                max_write: CHUNK_SIZE_MAX as u32,
+                handle_timeout_ms: server.handle_timeout.as_millis() as u64,
+                replay_window: REPLAY_WINDOW as u32,
+                node_id: server.state.node_id,
+            }))
+        }
+        Request::SessionSetup(s) => session_setup(server, cs, header, s).await,
+        other => {
+            let bound = bound(cs, &header).await?;
+            if other.is_sequenced() && header.seq == 0 {
+                return Err(ApiError::bad_request(format!(
+                    "{} changes state and needs a sequence number",
+                    other.name()
+                )));
+            }
+            session_op(server, cs, &bound, header, other).await
+        }
+    }
+}
+
+async fn bound(cs: &tokio::sync::Mutex<ConnState>, header: &RequestHeader) -> ApiResult<Bound> {
+    match &cs.lock().await.bound {
+        Some(b) if b.id == header.session => Ok(b.clone()),
+        _ => Err(ApiError::new(
+            ErrorCode::NoSession,
+            format!("session {} is not set up on this connection", header.session),
+        )),
+    }
+}
+
+async fn session_setup(
+    server: &NativeServer,
+    cs: &tokio::sync::Mutex<ConnState>,
+    header: RequestHeader,
+    s: cairn_proto::wire::SessionSetup,
+) -> ApiResult<Response> {
+    let state = &server.state;
+    if !cs.lock().await.negotiated {
+        return Err(ApiError::bad_request("negotiate first"));
+    }
+    let share = cairn_proto::ShareName::parse(&s.share)?;
+    let token = state
+        .meta
+        .token(&ContentHash::of(s.token.as_bytes()))?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+    if token.share != share {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("the token does not grant access to share '{share}'"),
+        ));
+    }
+    let writable = token.access.can_write();
+    let resumed = if s.resume {
+        state.committer.read_barrier().await?;
+        let rec = load_session(&state.meta.snapshot(), &header.session)?;
+        if rec.share != share {
+            return Err(ApiError::new(ErrorCode::Forbidden, "the session is for another share"));
+        }
+        state
+            .committer
+            .commit(Command::RenewSessions {
+                sessions: vec![header.session],
+                now_ns: state.clock.now_ns(),
+            })
+            .await?;
+        true
+    } else {
+        state
+            .committer
+            .commit(Command::OpenSession {
+                session: header.session,
+                share: share.clone(),
+                writable,
+                now_ns: state.clock.now_ns(),
+            })
+            .await?;
+        false
+    };
+    let handles = if resumed {
+        session_handles(&state.meta.snapshot(), &header.session)?
+    } else {
+        Vec::new()
+    };
+    let previous = cs.lock().await.bound.replace(Bound {
+        id: header.session,
+        share,
+        writable,
+    });
+    if let Some(p) = previous {
+        server.unbind_live(&p.id);
+    }
+    server.bind_live(header.session);
+    tracing::info!(session = %header.session, resumed, handles = handles.len(), "session ready");
+    Ok(Response::SessionReady(SessionReady {
+        resumed,
+        writable,
+        handles,
+    }))
+}
+
+fn path(p: &str) -> ApiResult<FilePath> {
+    Ok(FilePath::parse(p.trim_matches('/'))?)
+}
+
+/// A state change of the session, applied once whatever the retries.
+async fn sequenced(
+    server: &NativeServer,
+    header: &RequestHeader,
+    cmd: Command,
+) -> ApiResult<Applied> {
+    Ok(server
+        .state
+        .committer
+        .commit(Command::Sequenced {
+            session: header.session,
+            seq: header.seq,
+            cmd: Box::new(cmd),
+        })
+        .await?)
+}
+
+fn require_writable(b: &Bound) -> ApiResult<()> {
+    if !b.writable {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this session's token is read-only",
+        ));
+    }
+    Ok(())
+}
+
+async fn session_op(
+    server: &NativeServer,
+    cs: &tokio::sync::Mutex<ConnState>,
+    b: &Bound,
+    header: RequestHeader,
+    req: Request,
+) -> ApiResult<Response> {
+    let state = &server.state;
+    let now = state.clock.now_ns();
+    match req {
+        Request::KeepAlive => Ok(Response::Done),
+        Request::Logoff => {
+            state
+                .committer
+                .commit(Command::CloseSession {
+                    session: b.id,
+                    now_ns: now,
+                })
+                .await?;
+            server.forget_session(&b.id);
+            if cs.lock().await.bound.take().is_some() {
+                server.unbind_live(&b.id);
+            }
+            Ok(Response::Done)
+        }
+        Request::Open(o) => {
+            let applied = sequenced(
+                server,
+                &header,
+                Command::OpenFile {
+                    session: b.id,
+                    share: b.share.clone(),
+                    path: path(&o.path)?,
+                    disposition: o.disposition,
+                    access: o.access,
+                    share_access: o.share_access,
+                    flags: o.flags,
+                    mode: o.mode,
+                    now_ns: now,
+                },
+            )
+            .await?;
+            let handle = HandleId(applied.handle.ok_or_else(|| internal("open made no handle"))?);
+            let inode = applied.inode.ok_or_else(|| internal("open named no file"))?;
+            let attr = current_attr(server, inode, &applied, name_of(&o.path)).await?;
+            Ok(Response::Opened(Opened {
+                handle,
+                created: applied.created,
+                attr,
+            }))
+        }
+        Request::Read(r) => {
+            let file = server.file(r.handle, &b.id).await?;
+            let len = r.len.min(CHUNK_SIZE_MAX as u32);
+            let (data, eof) = file.lock().await.read(&server.state, r.offset, len).await?;
+            Ok(Response::Data(Data { data, eof }))
+        }
+        Request::Write(w) => {
+            let file = server.file(w.handle, &b.id).await?;
+            let count = w.data.len() as u32;
+            let size = file.lock().await.write(&server.state, w.offset, w.data).await?;
+            Ok(Response::Written(Written { count, size }))
+        }
+        Request::Flush(h) => {
+            let file = server.file(h, &b.id).await?;
+            let mut f = file.lock().await;
+            let inode = f.flush(&server.state).await?;
+            Ok(Response::Attr(attr_of(f.record.inode, &inode, String::new())))
+        }
+        Request::Close(h) => close(server, b, &header, h).await,
+        Request::StatHandle(h) => {
+            let file = server.file(h, &b.id).await?;
+            let mut f = file.lock().await;
+            let size = f.size(&server.state).await?;
+            let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), f.record.inode)?;
+            let mut attr = attr_of(f.record.inode, &inode, String::new());
+            attr.size = size;
+            Ok(Response::Attr(attr))
+        }
+        Request::SetInfo(s) => {
+            let file = server.file(s.handle, &b.id).await?;
+            let mut f = file.lock().await;
+            if let Some(size) = s.size {
+                f.truncate(size)?;
+                f.flush(&server.state).await?;
+            }
+            if s.mode.is_some() || s.mtime_ns.is_some() {
+                sequenced(
+                    server,
+                    &header,
+                    Command::SetAttr {
+                        handle: s.handle,
+                        mode: s.mode,
+                        mtime_ns: s.mtime_ns,
+                        now_ns: now,
+                    },
+                )
+                .await?;
+            }
+            state.committer.read_barrier().await?;
+            let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), f.record.inode)?;
+            Ok(Response::Attr(attr_of(f.record.inode, &inode, String::new())))
+        }
+        Request::Stat(p) => {
+            state.committer.read_barrier().await?;
+            let path = path(&p.path)?;
+            let (id, inode) = state.meta.snapshot().resolve(&b.share, &path)?;
+            Ok(Response::Attr(attr_of(id, &inode, name_of(&p.path))))
+        }
+        Request::ReadDir(r) => {
+            state.committer.read_barrier().await?;
+            let path = path(&r.path)?;
+            let snap = state.meta.snapshot();
+            let (id, inode) = snap.resolve(&b.share, &path)?;
+            if !inode.is_dir() {
+                return Err(ApiError::new(ErrorCode::NotDirectory, format!("'{path}' is not a directory")));
+            }
+            let limit = r.limit.clamp(1, DIR_PAGE_MAX) as usize;
+            let (listed, more) = snap.list(id, r.after.as_deref(), limit)?;
+            let next_after = more.then(|| listed.last().map(|l| l.name.clone())).flatten();
+            let entries = listed
+                .into_iter()
+                .map(|l| attr_of(l.entry.inode, &l.inode, l.name))
+                .collect();
+            Ok(Response::DirPage(DirPage { entries, next_after }))
+        }
+        Request::Mkdir(m) => {
+            require_writable(b)?;
+            sequenced(
+                server,
+                &header,
+                Command::Mkdir {
+                    share: b.share.clone(),
+                    path: path(&m.path)?,
+                    mode: m.mode & 0o7777,
+                    now_ns: now,
+                },
+            )
+            .await?;
+            Ok(Response::Done)
+        }
+        Request::Rename(r) => {
+            require_writable(b)?;
+            sequenced(
+                server,
+                &header,
+                Command::Rename {
+                    share: b.share.clone(),
+                    from: path(&r.from)?,
+                    to: path(&r.to)?,
+                    replace: r.replace,
+                    now_ns: now,
+                },
+            )
+            .await?;
+            Ok(Response::Done)
+        }
+        Request::Remove(p) => {
+            require_writable(b)?;
+            sequenced(
+                server,
+                &header,
+                Command::Remove {
+                    share: b.share.clone(),
+                    path: path(&p.path)?,
+                    now_ns: now,
+                    precondition: Precondition::default(),
+                },
+            )
+            .await?;
+            Ok(Response::Done)
+        }
+        Request::Negotiate(_) | Request::SessionSetup(_) => {
+            Err(ApiError::bad_request("already handled"))
+        }
+    }
+}
+
+/// Flushes what the handle holds, settles the file's ETag, and closes.
+async fn close(
+    server: &NativeServer,
+    b: &Bound,
+    header: &RequestHeader,
+    h: HandleId,
+) -> ApiResult<Response> {
+    let state = &server.state;
+    // A retried close finds the handle gone; the replay table answers it.
+    let settle = match server.file(h, &b.id).await {
+        Ok(file) => {
+            let mut f = file.lock().await;
+            f.flush(state).await?;
+            f.settle(state).await?
+        }
+        Err(e) if e.code == ErrorCode::StaleHandle => None,
+        Err(e) => return Err(e),
+    };
+    sequenced(
+        server,
+        header,
+        Command::CloseHandle {
+            handle: h,
+            settle,
+            now_ns: state.clock.now_ns(),
+        },
+    )
+    .await?;
+    server.forget(h);
+    Ok(Response::Done)
+}
+
+/// The attributes after a change: from this node's metadata when it has
+/// applied the change already, else after a read barrier.
+async fn current_attr(
+    server: &NativeServer,
+    id: InodeId,
+    applied: &Applied,
+    name: String,
+) -> ApiResult<Attr> {
+    let state = &server.state;
+    let fresh = |inode: &Inode| inode.etag() == applied.etag && inode.size() == applied.size;
+    if let Ok(inode) = crate::meta::apply::load_inode(&state.meta.snapshot(), id)
+        && fresh(&inode)
+    {
+        return Ok(attr_of(id, &inode, name));
+    }
+    state.committer.read_barrier().await?;
+    let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), id)?;
+    Ok(attr_of(id, &inode, name))
+}
+
+fn name_of(p: &str) -> String {
+    p.trim_matches('/').rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+pub(super) fn attr_of(id: InodeId, inode: &Inode, name: String) -> Attr {
+    Attr {
+        name,
+        kind: inode.kind,
+        inode: id.0,
+        size: inode.size(),
+        mode: inode.mode,
+        nlink: inode.nlink,
+        mtime_ns: inode.mtime_ns,
+        ctime_ns: inode.ctime_ns,
+        etag: inode.etag().map(|e| e.0),
+    }
+}
+
+fn internal(m: &str) -> ApiError {
+    ApiError::new(ErrorCode::Internal, m)
+}
