@@ -14,6 +14,12 @@ pub enum ClientError {
     /// No usable answer: connection refused, reset, timed out.
     #[error("cannot reach {url}: {source}")]
     Transport { url: String, source: reqwest::Error },
+    /// The server answered a native-protocol request with an error.
+    #[error("{message} ({code})")]
+    Protocol { code: ErrorCode, message: String },
+    /// No node answered a native-protocol request in time.
+    #[error("no answer from the cluster: {0}")]
+    Connection(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("invalid argument: {0}")]
@@ -26,7 +32,7 @@ impl ClientError {
     /// The protocol error code, when the server gave one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Api { code, .. } => Some(*code),
+            Self::Api { code, .. } | Self::Protocol { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -34,8 +40,8 @@ impl ClientError {
     /// True if sending the same request again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Api { code, .. } => code.is_retryable(),
-            Self::Transport { .. } => true,
+            Self::Api { code, .. } | Self::Protocol { code, .. } => code.is_retryable(),
+            Self::Transport { .. } | Self::Connection(_) => true,
             _ => false,
         }
     }

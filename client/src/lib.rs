@@ -1,8 +1,11 @@
-//! The Cairn client library: an async client for the HTTP API (used by the
-//! `cairn` CLI), to be joined by the native protocol and failover.
+//! The Cairn client library: the native protocol (sessions and durable
+//! handles over QUIC that survive failover; what the `cairn` CLI uses) and
+//! an async client for the HTTP API.
 
 pub mod error;
 pub mod http;
+pub mod native;
 
 pub use error::ClientError;
 pub use http::{HttpClient, RemotePath};
+pub use native::{Client, File, NativeConfig, OpenOptions};

@@ -108,11 +108,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     write_nodes_json(&dir, &nodes)?;
 
     let all: Vec<&str> = nodes.iter().map(|n| n.http.as_str()).collect();
-    let env = format!(
+    let mut env = format!(
         "export CAIRN_URL={}\nexport CAIRN_NODES={}\nexport CAIRN_TOKEN={token}\nexport CAIRN_READ_TOKEN={read_token}\nexport CAIRN_ADMIN_TOKEN={admin_token}\nexport CAIRN_SHARE=default\n",
         nodes[0].http,
         all.join(",")
     );
+    if args.nodes > 1 {
+        // The native protocol: the nodes' QUIC ports and the CA to trust.
+        let quic: Vec<&str> = nodes.iter().map(|n| n.quic.as_str()).collect();
+        let ca = dir.join("tls").join("ca").join("ca.pem");
+        env.push_str(&format!(
+            "export CAIRN_QUIC={}\nexport CAIRN_CA={}\n",
+            quic.join(","),
+            ca.display()
+        ));
+    }
     let tmp = dir.join("env.tmp");
     std::fs::write(&tmp, env)?;
     std::fs::rename(&tmp, &env_file)?;

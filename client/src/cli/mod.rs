@@ -6,6 +6,7 @@
 
 mod cluster;
 mod dev;
+mod native;
 mod transfer;
 
 use std::process::ExitCode;
@@ -47,6 +48,16 @@ pub struct Args {
     /// Share that REMOTE paths live in.
     #[arg(long, global = true, env = "CAIRN_SHARE", default_value = "default")]
     share: String,
+    /// The nodes' QUIC addresses (`host:port`, comma-separated): with
+    /// `--ca`, file commands use the native protocol (`cairn dev` sets both).
+    #[arg(long, global = true, env = "CAIRN_QUIC")]
+    quic: Option<String>,
+    /// The cluster CA certificate the native protocol trusts.
+    #[arg(long, global = true, env = "CAIRN_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// Use the HTTP API even when the native protocol is configured.
+    #[arg(long, global = true)]
+    http: bool,
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -140,6 +151,11 @@ async fn execute(args: Args) -> Result<(), ClientError> {
     });
     let remote = |p: &str| RemotePath::parse(&share, p);
     let out = Output { json: args.json };
+    if let Some(native) = native_config(&args)? {
+        if let Some(result) = native::run(native, &args.command, out).await {
+            return result;
+        }
+    }
     match args.command {
         Command::Put { local, remote: r } => {
             transfer::put(&client, &local, &remote(&r)?, out).await
@@ -175,6 +191,26 @@ async fn execute(args: Args) -> Result<(), ClientError> {
     }
 }
 
+/// The native protocol's settings, when it is configured and not refused.
+fn native_config(args: &Args) -> Result<Option<cairn_client::NativeConfig>, ClientError> {
+    let (Some(quic), Some(ca), false) = (&args.quic, &args.ca, args.http) else {
+        return Ok(None);
+    };
+    let token = args
+        .token
+        .clone()
+        .ok_or_else(|| ClientError::Invalid("the native protocol needs --token".into()))?;
+    let nodes = quic
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut cfg = cairn_client::NativeConfig::new(nodes, ca.clone(), token, args.share.clone());
+    cfg.failover_timeout = std::time::Duration::from_secs(args.retry_secs.max(1) * 2);
+    Ok(Some(cfg))
+}
+
 async fn ls(client: &HttpClient, dir: &RemotePath, out: Output) -> Result<(), ClientError> {
     let mut entries = std::pin::pin!(client.list_all(dir));
     while let Some(stat) = entries.try_next().await? {
@@ -198,7 +234,7 @@ async fn ls(client: &HttpClient, dir: &RemotePath, out: Output) -> Result<(), Cl
     Ok(())
 }
 
-fn format_time(ns: i64) -> String {
+pub(super) fn format_time(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
     httpdate::fmt_http_date(t)
@@ -211,7 +247,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn stat(&self, s: &Stat) {
+    pub(super) fn stat(&self, s: &Stat) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
             return;
@@ -235,7 +271,7 @@ impl Output {
         }
     }
 
-    fn write_result(&self, w: &cairn_proto::api::WriteResult) {
+    pub(super) fn write_result(&self, w: &cairn_proto::api::WriteResult) {
         if self.json {
             println!("{}", serde_json::to_string(w).unwrap_or_default());
         }

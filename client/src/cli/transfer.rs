@@ -18,7 +18,7 @@ const PROGRESS_BYTES_MIN: u64 = 4 << 20;
 /// Read size for uploads.
 const READ_BLOCK_BYTES: usize = 256 << 10;
 
-fn progress(len: Option<u64>) -> ProgressBar {
+pub(super) fn progress(len: Option<u64>) -> ProgressBar {
     match len {
         Some(n) if n >= PROGRESS_BYTES_MIN => {
             let bar = ProgressBar::new(n);
@@ -138,7 +138,7 @@ pub async fn get(
     }
 }
 
-fn io_context(e: std::io::Error, path: &str) -> ClientError {
+pub(super) fn io_context(e: std::io::Error, path: &str) -> ClientError {
     ClientError::Io(std::io::Error::new(
         e.kind(),
         format!("{}: {e}", Path::new(path).display()),

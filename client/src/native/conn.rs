@@ -1,0 +1,108 @@
+//! One QUIC connection to one node: TLS that trusts only the cluster CA,
+//! and request/response exchanges, one per stream.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::wire::{
+    ALPN, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Request, RequestHeader, Response, decode_frame,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::ClientError;
+
+/// The name every node's certificate carries (see `cairn-server tls issue`).
+pub const SERVER_NAME: &str = "cairn-node";
+
+/// A silent connection is declared dead after this long; keep-alives go
+/// four times as often, so only a dead or cut-off node stays silent.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let invalid = |e: &dyn std::fmt::Display| {
+        ClientError::Invalid(format!("CA certificate {}: {e}", ca.display()))
+    };
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| invalid(&e))? {
+        roots
+            .add(cert.map_err(|e| invalid(&e))?)
+            .map_err(|e| invalid(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| invalid(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(crypto))
+        .map_err(|e| invalid(&e))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    // Large reads and writes in flight together: a window of a few of them.
+    transport.stream_receive_window((8u32 << 20).into());
+    transport.receive_window((64u32 << 20).into());
+    transport.send_window(64 << 20);
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Why an exchange gave no answer. `sent` says whether the request may
+/// have reached the server.
+#[derive(Debug)]
+pub struct Lost {
+    pub message: String,
+}
+
+pub async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection, Lost> {
+    let lost = |m: String| Lost { message: m };
+    let sock: SocketAddr = match tokio::net::lookup_host(addr).await {
+        Ok(mut a) => a.next().ok_or_else(|| lost(format!("{addr}: no address")))?,
+        Err(e) => return Err(lost(format!("{addr}: {e}"))),
+    };
+    let connecting = endpoint
+        .connect(sock, SERVER_NAME)
+        .map_err(|e| lost(format!("{addr}: {e}")))?;
+    tokio::time::timeout(IDLE_TIMEOUT * 3, connecting)
+        .await
+        .map_err(|_| lost(format!("{addr}: connection timed out")))?
+        .map_err(|e| lost(format!("{addr}: {e}")))
+}
+
+/// Sends one request and reads its answer.
+pub async fn exchange(
+    conn: &quinn::Connection,
+    header: &RequestHeader,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, Lost> {
+    let lost = |m: String| Lost { message: m };
+    let bytes = req
+        .encode(header)
+        .map_err(|e| lost(format!("cannot encode request: {e}")))?;
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        send.write_all(&bytes).await.map_err(|e| lost(e.to_string()))?;
+        let _ = send.finish();
+        let answer = recv
+            .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        match decode_frame(&answer) {
+            Ok(Some((frame, _))) => Response::decode(&frame).map_err(|e| lost(e.to_string())),
+            Ok(None) => Err(lost("truncated answer".into())),
+            Err(e) => Err(lost(e.to_string())),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| lost(format!("no answer in {timeout:?}")))?
+}

@@ -1,0 +1,324 @@
+//! An open file: positional reads and writes through a durable handle.
+//!
+//! Writes are kept until a flush acknowledges them, so after a failover the
+//! client can send them again to the node it reconnected to; a flush every
+//! [`FLUSH_BYTES`] bounds that memory.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_proto::wire::{Attr, Disposition, HandleId, Read, Request, Response, SetInfo, Write};
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{Client, OpenOptions, unexpected};
+use crate::ClientError;
+
+/// Largest single read or write request.
+pub const IO_BYTES_MAX: usize = 4 << 20;
+/// Unflushed bytes that make a write flush.
+pub const FLUSH_BYTES: usize = 64 << 20;
+/// Reads or writes one transfer keeps in flight.
+const TRANSFERS_IN_FLIGHT: usize = 4;
+
+/// Writes not yet covered by a flush, in the order they were made.
+#[derive(Default)]
+pub struct Unflushed {
+    writes: Mutex<BTreeMap<u64, Pending>>,
+    next: AtomicU64,
+    bytes: AtomicUsize,
+}
+
+struct Pending {
+    offset: u64,
+    data: Bytes,
+    acked: bool,
+}
+
+impl Unflushed {
+    fn add(&self, offset: u64, data: Bytes) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(data.len(), Ordering::Relaxed);
+        if let Ok(mut w) = self.writes.lock() {
+            w.insert(id, Pending { offset, data, acked: false });
+        }
+        id
+    }
+
+    fn ack(&self, id: u64) {
+        if let Ok(mut w) = self.writes.lock()
+            && let Some(p) = w.get_mut(&id)
+        {
+            p.acked = true;
+        }
+    }
+
+    /// Writes acknowledged so far: what a flush sent now covers.
+    fn acked(&self) -> Vec<u64> {
+        match self.writes.lock() {
+            Ok(w) => w.iter().filter(|(_, p)| p.acked).map(|(id, _)| *id).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn forget(&self, ids: &[u64]) {
+        if let Ok(mut w) = self.writes.lock() {
+            for id in ids {
+                if let Some(p) = w.remove(id) {
+                    self.bytes.fetch_sub(p.data.len(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Every write still to be flushed, as requests, oldest first.
+    pub(super) fn pending(&self, handle: HandleId) -> Vec<Request> {
+        match self.writes.lock() {
+            Ok(w) => w
+                .values()
+                .map(|p| {
+                    Request::Write(Write {
+                        handle,
+                        offset: p.offset,
+                        data: p.data.to_vec(),
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// An open file on the cluster.
+pub struct File {
+    client: Client,
+    handle: HandleId,
+    attr: Attr,
+    unflushed: Arc<Unflushed>,
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl File {
+    pub(super) fn new(client: Client, handle: HandleId, attr: Attr, unflushed: Arc<Unflushed>) -> Self {
+        Self {
+            client,
+            handle,
+            attr,
+            unflushed,
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn handle(&self) -> HandleId {
+        self.handle
+    }
+
+    /// The attributes when the file was opened.
+    pub fn opened_attr(&self) -> &Attr {
+        &self.attr
+    }
+
+    /// Up to `len` bytes at `offset`; shorter only at the end of the file.
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::with_capacity(len.min(IO_BYTES_MAX));
+        while out.len() < len {
+            let want = (len - out.len()).min(IO_BYTES_MAX) as u32;
+            let (data, eof) = self.read_piece(offset + out.len() as u64, want).await?;
+            out.extend_from_slice(&data);
+            if eof || data.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_piece(&self, offset: u64, len: u32) -> Result<(Vec<u8>, bool), ClientError> {
+        let req = Request::Read(Read {
+            handle: self.handle,
+            offset,
+            len,
+        });
+        match self.client.call(req).await? {
+            Response::Data(d) => Ok((d.data, d.eof)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes `data` at `offset`. Durable only after [`File::flush`] or
+    /// [`File::close`]; until then the client keeps it to send again.
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + IO_BYTES_MAX).min(data.len());
+            let piece = data.slice(at..end);
+            let id = self.unflushed.add(offset + at as u64, piece.clone());
+            let req = Request::Write(Write {
+                handle: self.handle,
+                offset: offset + at as u64,
+                data: piece.to_vec(),
+            });
+            match self.client.call(req).await? {
+                Response::Written(_) => self.unflushed.ack(id),
+                other => return Err(unexpected(&other)),
+            }
+            at = end;
+        }
+        if self.unflushed.bytes.load(Ordering::Relaxed) >= FLUSH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every acknowledged write durable on the cluster.
+    pub async fn flush(&self) -> Result<Attr, ClientError> {
+        let _one = self.flushing.lock().await;
+        let covered = self.unflushed.acked();
+        match self.client.call(Request::Flush(self.handle)).await? {
+            Response::Attr(a) => {
+                self.unflushed.forget(&covered);
+                Ok(a)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Truncates or extends (with zeros); durable on return.
+    pub async fn set_len(&self, size: u64) -> Result<Attr, ClientError> {
+        self.flush().await?;
+        let req = Request::SetInfo(SetInfo {
+            handle: self.handle,
+            size: Some(size),
+            mtime_ns: None,
+            mode: None,
+        });
+        match self.client.call(req).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The attributes as this handle sees them (its writes included).
+    pub async fn metadata(&self) -> Result<Attr, ClientError> {
+        match self.client.call(Request::StatHandle(self.handle)).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Flushes and closes; the handle is gone on every node.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush().await?;
+        match self.client.call(Request::Close(self.handle)).await? {
+            Response::Done => {
+                self.client.forget_file(self.handle);
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Called with each transferred byte count.
+pub type TransferProgress<'a> = &'a (dyn Fn(u64) + Sync);
+
+impl Client {
+    /// Uploads everything `reader` yields to `path` (created or replaced),
+    /// several writes in flight.
+    pub async fn put(
+        &self,
+        path: &str,
+        reader: &mut (dyn AsyncRead + Unpin + Send),
+        progress: TransferProgress<'_>,
+    ) -> Result<Attr, ClientError> {
+        let file = self
+            .open(path, OpenOptions::create().with(Disposition::Create))
+            .await?;
+        let mut in_flight = FuturesUnordered::new();
+        let mut offset = 0u64;
+        loop {
+            let block = read_block(reader, IO_BYTES_MAX).await?;
+            if block.is_empty() {
+                break;
+            }
+            let len = block.len() as u64;
+            let f = &file;
+            in_flight.push(async move {
+                f.write_at(offset, block).await?;
+                progress(len);
+                Ok::<_, ClientError>(())
+            });
+            offset += len;
+            if in_flight.len() >= TRANSFERS_IN_FLIGHT
+                && let Some(r) = in_flight.next().await
+            {
+                r?;
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            r?;
+        }
+        drop(in_flight);
+        let attr = file.flush().await?;
+        file.close().await?;
+        Ok(attr)
+    }
+
+    /// Downloads `path` into `writer`, several reads in flight; returns the
+    /// byte count.
+    pub async fn get(
+        &self,
+        path: &str,
+        writer: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: TransferProgress<'_>,
+    ) -> Result<u64, ClientError> {
+        let file = self.open(path, OpenOptions::read()).await?;
+        let size = file.opened_attr().size;
+        let mut pieces = FuturesOrdered::new();
+        let mut next = 0u64;
+        let mut written = 0u64;
+        loop {
+            while next < size && pieces.len() < TRANSFERS_IN_FLIGHT {
+                let len = (size - next).min(IO_BYTES_MAX as u64) as usize;
+                let f = &file;
+                let at = next;
+                pieces.push_back(async move { f.read_at(at, len).await.map(|d| (d, len)) });
+                next += len as u64;
+            }
+            let Some(piece) = pieces.next().await else {
+                break;
+            };
+            let (data, wanted) = piece?;
+            if data.len() != wanted {
+                return Err(ClientError::Connection(format!(
+                    "the file shrank while being read ({written} + {} of {size} bytes)",
+                    data.len()
+                )));
+            }
+            writer.write_all(&data).await?;
+            written += data.len() as u64;
+            progress(data.len() as u64);
+        }
+        drop(pieces);
+        writer.flush().await?;
+        file.close().await?;
+        Ok(written)
+    }
+}
+
+/// Reads until `max` bytes or the end.
+async fn read_block(reader: &mut (dyn AsyncRead + Unpin + Send), max: usize) -> Result<Bytes, ClientError> {
+    let mut buf = vec![0u8; max];
+    let mut n = 0;
+    while n < max {
+        let got = reader.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    buf.truncate(n);
+    Ok(Bytes::from(buf))
+}

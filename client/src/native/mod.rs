@@ -1,0 +1,414 @@
+//! The native-protocol client: a session over QUIC that survives the loss
+//! of the node it talks to.
+//!
+//! Every request goes to the current connection; when it breaks (or the
+//! node stops answering), the client connects to the next node, resumes
+//! its session there, sends again the writes no flush has acknowledged,
+//! and repeats the request with the same sequence number, which the
+//! cluster's replay table turns into "applied once". Application code sees
+//! a slower call, not an error, unless no node answers within the failover
+//! timeout.
+
+mod conn;
+mod file;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_proto::ErrorCode;
+use cairn_proto::wire::{
+    Attr, Disposition, HandleId, Mkdir, Negotiate, Open, PROTOCOL_VERSION, PathReq, ReadDir,
+    Rename, Request, RequestHeader, Response, SessionId, SessionSetup, access,
+};
+
+pub use file::{File, TransferProgress};
+
+use crate::ClientError;
+use file::Unflushed;
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct NativeConfig {
+    /// Nodes' QUIC addresses (`host:port`); any one is enough to start.
+    pub nodes: Vec<String>,
+    /// The cluster CA's certificate (`ca.pem`).
+    pub ca: PathBuf,
+    pub token: String,
+    pub share: String,
+    /// How long calls keep trying other nodes before failing.
+    pub failover_timeout: Duration,
+    /// How long one request may take on a live connection.
+    pub request_timeout: Duration,
+}
+
+impl NativeConfig {
+    pub fn new(nodes: Vec<String>, ca: PathBuf, token: String, share: String) -> Self {
+        Self {
+            nodes,
+            ca,
+            token,
+            share,
+            failover_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A session with the cluster. Cheap to clone; clones share the session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: NativeConfig,
+    endpoint: quinn::Endpoint,
+    session: SessionId,
+    seq: AtomicU64,
+    current: tokio::sync::Mutex<Current>,
+    /// Open files' unflushed writes, sent again after a reconnect.
+    files: Mutex<HashMap<HandleId, Arc<Unflushed>>>,
+    next_node: AtomicUsize,
+    /// The session exists on the cluster: later connections resume it.
+    established: AtomicBool,
+    /// Reconnects so far (for tests and metrics).
+    reconnects: AtomicU64,
+}
+
+#[derive(Default)]
+struct Current {
+    generation: u64,
+    conn: Option<quinn::Connection>,
+    node: String,
+}
+
+/// Options for [`Client::open`], like `std::fs::OpenOptions`.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub disposition: Disposition,
+    pub access: u8,
+    pub share_access: u8,
+    pub append: bool,
+    pub mode: u32,
+}
+
+impl OpenOptions {
+    pub fn read() -> Self {
+        Self {
+            disposition: Disposition::Open,
+            access: access::READ,
+            share_access: access::READ | access::WRITE | access::DELETE,
+            append: false,
+            mode: 0o644,
+        }
+    }
+
+    /// Create or truncate, for reading and writing.
+    pub fn create() -> Self {
+        Self {
+            disposition: Disposition::Create,
+            access: access::READ | access::WRITE,
+            ..Self::read()
+        }
+    }
+
+    pub fn with(mut self, disposition: Disposition) -> Self {
+        self.disposition = disposition;
+        self
+    }
+}
+
+impl Client {
+    /// Connects to one of the nodes and sets up a new session.
+    pub async fn connect(cfg: NativeConfig) -> Result<Self, ClientError> {
+        if cfg.nodes.is_empty() {
+            return Err(ClientError::Invalid("no node addresses".into()));
+        }
+        let endpoint = conn::client_endpoint(&cfg.ca)?;
+        let client = Self {
+            inner: Arc::new(Inner {
+                cfg,
+                endpoint,
+                session: SessionId(rand::random()),
+                seq: AtomicU64::new(1),
+                current: tokio::sync::Mutex::new(Current::default()),
+                files: Mutex::new(HashMap::new()),
+                next_node: AtomicUsize::new(0),
+                established: AtomicBool::new(false),
+                reconnects: AtomicU64::new(0),
+            }),
+        };
+        let deadline = Instant::now() + client.inner.cfg.failover_timeout;
+        client.connection(deadline).await?;
+        Ok(client)
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.inner.session
+    }
+
+    /// Times this client moved to another connection.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The node the session is on now.
+    pub async fn current_node(&self) -> String {
+        self.inner.current.lock().await.node.clone()
+    }
+
+    /// The live connection, or a new one with the session resumed on it.
+    async fn connection(&self, deadline: Instant) -> Result<(u64, quinn::Connection), ClientError> {
+        let mut cur = self.inner.current.lock().await;
+        if let Some(c) = &cur.conn
+            && c.close_reason().is_none()
+        {
+            return Ok((cur.generation, c.clone()));
+        }
+        let nodes = &self.inner.cfg.nodes;
+        let mut last = String::from("no node tried");
+        let mut pause = Duration::from_millis(50);
+        loop {
+            for _ in 0..nodes.len() {
+                let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                match self.establish(&nodes[i]).await {
+                    Ok(conn) => {
+                        if cur.generation > 0 {
+                            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(node = %nodes[i], session = %self.inner.session, "session resumed");
+                        }
+                        // Stay on this node next time.
+                        self.inner.next_node.store(i, Ordering::Relaxed);
+                        cur.generation += 1;
+                        cur.conn = Some(conn.clone());
+                        cur.node = nodes[i].clone();
+                        return Ok((cur.generation, conn));
+                    }
+                    Err(Establish::Fatal(e)) => return Err(e),
+                    Err(Establish::Retry(m)) => {
+                        tracing::debug!(node = %nodes[i], error = %m, "node not usable");
+                        last = m;
+                    }
+                }
+            }
+            if Instant::now() + pause > deadline {
+                return Err(ClientError::Connection(format!(
+                    "no node could resume the session: {last}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Connects to `node`, negotiates, sets up or resumes the session and
+    /// sends again every write not yet flushed.
+    async fn establish(&self, node: &str) -> Result<quinn::Connection, Establish> {
+        let inner = &self.inner;
+        let conn = conn::connect(&inner.endpoint, node)
+            .await
+            .map_err(|l| Establish::Retry(l.message))?;
+        let t = inner.cfg.request_timeout;
+        let header = RequestHeader {
+            session: inner.session,
+            seq: 0,
+        };
+        let negotiate = Request::Negotiate(Negotiate {
+            versions: vec![PROTOCOL_VERSION],
+            capabilities: 0,
+            client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
+        });
+        expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
+        let resume = inner.established.load(Ordering::Relaxed);
+        let setup = Request::SessionSetup(SessionSetup {
+            token: inner.cfg.token.clone(),
+            share: inner.cfg.share.clone(),
+            resume,
+        });
+        expect_ok(conn::exchange(&conn, &header, &setup, t).await)?;
+        inner.established.store(true, Ordering::Relaxed);
+        let files: Vec<(HandleId, Arc<Unflushed>)> = match inner.files.lock() {
+            Ok(f) => f.iter().map(|(h, u)| (*h, Arc::clone(u))).collect(),
+            Err(_) => Vec::new(),
+        };
+        for (handle, unflushed) in files {
+            for w in unflushed.pending(handle) {
+                expect_ok(conn::exchange(&conn, &header, &w, t).await)?;
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn drop_connection(&self, generation: u64) {
+        let mut cur = self.inner.current.lock().await;
+        if cur.generation == generation
+            && let Some(c) = cur.conn.take()
+        {
+            c.close(0u32.into(), b"giving up on this node");
+        }
+    }
+
+    /// Sends `req` until some node answers it or the failover timeout
+    /// passes. State changes take the next sequence number, kept across
+    /// retries.
+    pub(crate) async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        let header = RequestHeader {
+            session: self.inner.session,
+            seq: if req.is_sequenced() {
+                self.inner.seq.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            },
+        };
+        let deadline = Instant::now() + self.inner.cfg.failover_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let (generation, conn) = self.connection(deadline).await?;
+            match conn::exchange(&conn, &header, &req, self.inner.cfg.request_timeout).await {
+                Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
+                    // No leader just now: the cluster is failing over.
+                    tracing::debug!(error = %e.message, "unavailable; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Ok(Response::Error(e)) => {
+                    return Err(ClientError::Protocol {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                Ok(resp) => return Ok(resp),
+                Err(lost) => {
+                    tracing::debug!(error = %lost.message, "connection lost; failing over");
+                    self.drop_connection(generation).await;
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Connection(lost.message));
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn open(&self, path: &str, opts: OpenOptions) -> Result<File, ClientError> {
+        let resp = self
+            .call(Request::Open(Open {
+                path: path.to_owned(),
+                disposition: opts.disposition,
+                access: opts.access,
+                share_access: opts.share_access,
+                flags: if opts.append {
+                    cairn_proto::wire::open_flags::APPEND
+                } else {
+                    0
+                },
+                mode: opts.mode,
+            }))
+            .await?;
+        match resp {
+            Response::Opened(o) => {
+                let unflushed = Arc::new(Unflushed::default());
+                if let Ok(mut f) = self.inner.files.lock() {
+                    f.insert(o.handle, Arc::clone(&unflushed));
+                }
+                Ok(File::new(self.clone(), o.handle, o.attr, unflushed))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn forget_file(&self, handle: HandleId) {
+        if let Ok(mut f) = self.inner.files.lock() {
+            f.remove(&handle);
+        }
+    }
+
+    pub async fn metadata(&self, path: &str) -> Result<Attr, ClientError> {
+        match self.call(Request::Stat(PathReq { path: path.to_owned() })).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every entry of a directory, page by page.
+    pub async fn read_dir(&self, path: &str) -> Result<Vec<Attr>, ClientError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let req = Request::ReadDir(ReadDir {
+                path: path.to_owned(),
+                after: after.take(),
+                limit: 1000,
+            });
+            match self.call(req).await? {
+                Response::DirPage(p) => {
+                    out.extend(p.entries);
+                    match p.next_after {
+                        Some(n) => after = Some(n),
+                        None => return Ok(out),
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    pub async fn create_dir(&self, path: &str) -> Result<(), ClientError> {
+        self.done(Request::Mkdir(Mkdir {
+            path: path.to_owned(),
+            mode: 0o755,
+        }))
+        .await
+    }
+
+    pub async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<(), ClientError> {
+        self.done(Request::Rename(Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            replace,
+        }))
+        .await
+    }
+
+    pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
+        self.done(Request::Remove(PathReq { path: path.to_owned() }))
+            .await
+    }
+
+    /// Ends the session: its handles close, its replay table is dropped.
+    pub async fn logoff(&self) -> Result<(), ClientError> {
+        self.done(Request::Logoff).await
+    }
+
+    async fn done(&self, req: Request) -> Result<(), ClientError> {
+        match self.call(req).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+enum Establish {
+    Retry(String),
+    Fatal(ClientError),
+}
+
+/// A setup step's answer: errors that another node would repeat (a bad
+/// token, an expired session) are fatal; the rest mean "try elsewhere".
+fn expect_ok(r: Result<Response, conn::Lost>) -> Result<Response, Establish> {
+    match r {
+        Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => Err(Establish::Retry(e.message)),
+        Ok(Response::Error(e)) => Err(Establish::Fatal(ClientError::Protocol {
+            code: e.code,
+            message: e.message,
+        })),
+        Ok(resp) => Ok(resp),
+        Err(l) => Err(Establish::Retry(l.message)),
+    }
+}
+
+fn unexpected(resp: &Response) -> ClientError {
+    ClientError::Connection(format!("unexpected answer {:#06x}", resp.kind()))
+}
