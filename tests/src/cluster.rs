@@ -271,6 +271,26 @@ impl Cluster {
         self.nodes[0].auth()
     }
 
+    /// The read-write share token itself.
+    pub fn token(&self) -> String {
+        self.auth().trim_start_matches("Bearer ").to_owned()
+    }
+
+    /// The cluster CA certificate native-protocol clients trust.
+    pub fn ca_pem(&self) -> std::path::PathBuf {
+        self.tls.path().join("ca").join("ca.pem")
+    }
+
+    /// Every node's QUIC address, in node order.
+    pub fn quic_addrs(&self) -> Vec<String> {
+        (0..self.addrs.len()).map(|i| self.quic(i)).collect()
+    }
+
+    /// The node (index) whose QUIC address is `addr`.
+    pub fn node_at(&self, addr: &str) -> Option<usize> {
+        (0..self.addrs.len()).find(|&i| self.quic(i) == addr)
+    }
+
     /// `GET /cluster/status` from node `i`, if it answers within 2 s.
     pub async fn status(&self, i: usize) -> Option<Value> {
         let url = format!("{}/cluster/status", self.http(i));

@@ -151,10 +151,10 @@ async fn execute(args: Args) -> Result<(), ClientError> {
     });
     let remote = |p: &str| RemotePath::parse(&share, p);
     let out = Output { json: args.json };
-    if let Some(native) = native_config(&args)? {
-        if let Some(result) = native::run(native, &args.command, out).await {
-            return result;
-        }
+    if let Some(native) = native_config(&args)?
+        && let Some(result) = native::run(native, &args.command, out).await
+    {
+        return result;
     }
     match args.command {
         Command::Put { local, remote: r } => {

@@ -15,15 +15,17 @@ pub async fn run(cfg: NativeConfig, cmd: &Command, out: Output) -> Option<Result
     if matches!(cmd, Command::Dev(_) | Command::Cluster(_)) {
         return None;
     }
-    Some(async {
-        let client = Client::connect(cfg).await?;
-        let result = execute(&client, cmd, out).await;
-        // Ending the session now frees its replay table; if the cluster is
-        // unreachable the session simply expires.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.logoff()).await;
-        result
-    }
-    .await)
+    Some(
+        async {
+            let client = Client::connect(cfg).await?;
+            let result = execute(&client, cmd, out).await;
+            // Ending the session now frees its replay table; if the cluster is
+            // unreachable the session simply expires.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.logoff()).await;
+            result
+        }
+        .await,
+    )
 }
 
 fn clean(p: &str) -> String {
@@ -38,10 +40,23 @@ async fn execute(client: &Client, cmd: &Command, out: Output) -> Result<(), Clie
             let dir = clean(remote.as_deref().unwrap_or(""));
             for a in client.read_dir(&dir).await? {
                 if out.json {
-                    println!("{}", serde_json::to_string(&stat_of(&a)).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string(&stat_of(&a)).unwrap_or_default()
+                    );
                 } else {
-                    let suffix = if a.kind == EntryKind::Directory { "/" } else { "" };
-                    println!("{:>12}  {}  {}{}", a.size, format_time(a.mtime_ns), a.name, suffix);
+                    let suffix = if a.kind == EntryKind::Directory {
+                        "/"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:>12}  {}  {}{}",
+                        a.size,
+                        format_time(a.mtime_ns),
+                        a.name,
+                        suffix
+                    );
                 }
             }
             Ok(())
@@ -63,7 +78,11 @@ async fn execute(client: &Client, cmd: &Command, out: Output) -> Result<(), Clie
             });
             Ok(())
         }
-        Command::Mv { from, to, no_replace } => {
+        Command::Mv {
+            from,
+            to,
+            no_replace,
+        } => {
             let (from, to) = (clean(from), clean(to));
             if let Some((parent, _)) = to.rsplit_once('/') {
                 mkdir_p(client, parent).await?;
@@ -119,7 +138,12 @@ async fn put(client: &Client, local: &str, remote: &str, out: Output) -> Result<
     Ok(())
 }
 
-async fn get(client: &Client, remote: &str, local: Option<&str>, out: Output) -> Result<(), ClientError> {
+async fn get(
+    client: &Client,
+    remote: &str,
+    local: Option<&str>,
+    out: Output,
+) -> Result<(), ClientError> {
     let size = client.metadata(remote).await?.size;
     let bar = progress(Some(size));
     let count = bar.clone();
@@ -145,7 +169,9 @@ async fn get(client: &Client, remote: &str, local: Option<&str>, out: Output) ->
         }
         None => {
             let mut stdout = tokio::io::stdout();
-            let r = client.get(remote, &mut stdout, &move |n| count.inc(n)).await;
+            let r = client
+                .get(remote, &mut stdout, &move |n| count.inc(n))
+                .await;
             stdout.flush().await?;
             r
         }

@@ -65,13 +65,15 @@ pub struct Lost {
 pub async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection, Lost> {
     let lost = |m: String| Lost { message: m };
     let sock: SocketAddr = match tokio::net::lookup_host(addr).await {
-        Ok(mut a) => a.next().ok_or_else(|| lost(format!("{addr}: no address")))?,
+        Ok(mut a) => a
+            .next()
+            .ok_or_else(|| lost(format!("{addr}: no address")))?,
         Err(e) => return Err(lost(format!("{addr}: {e}"))),
     };
     let connecting = endpoint
         .connect(sock, SERVER_NAME)
         .map_err(|e| lost(format!("{addr}: {e}")))?;
-    tokio::time::timeout(IDLE_TIMEOUT * 3, connecting)
+    tokio::time::timeout(IDLE_TIMEOUT, connecting)
         .await
         .map_err(|_| lost(format!("{addr}: connection timed out")))?
         .map_err(|e| lost(format!("{addr}: {e}")))
@@ -90,7 +92,9 @@ pub async fn exchange(
         .map_err(|e| lost(format!("cannot encode request: {e}")))?;
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        send.write_all(&bytes).await.map_err(|e| lost(e.to_string()))?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
         let _ = send.finish();
         let answer = recv
             .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)

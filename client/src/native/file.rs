@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cairn_proto::wire::{Attr, Disposition, HandleId, Read, Request, Response, SetInfo, Write};
-use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Client, OpenOptions, unexpected};
@@ -36,30 +36,47 @@ struct Pending {
     offset: u64,
     data: Bytes,
     acked: bool,
+    /// The sequence number of an append whose offset is not known yet.
+    append_seq: u64,
 }
 
 impl Unflushed {
-    fn add(&self, offset: u64, data: Bytes) -> u64 {
+    fn add(&self, offset: u64, data: Bytes, append_seq: u64) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(data.len(), Ordering::Relaxed);
         if let Ok(mut w) = self.writes.lock() {
-            w.insert(id, Pending { offset, data, acked: false });
+            w.insert(
+                id,
+                Pending {
+                    offset,
+                    data,
+                    acked: false,
+                    append_seq,
+                },
+            );
         }
         id
     }
 
-    fn ack(&self, id: u64) {
+    /// The server took write `id` at `offset`.
+    fn ack(&self, id: u64, offset: u64) {
         if let Ok(mut w) = self.writes.lock()
             && let Some(p) = w.get_mut(&id)
         {
             p.acked = true;
+            p.offset = offset;
+            p.append_seq = 0;
         }
     }
 
     /// Writes acknowledged so far: what a flush sent now covers.
     fn acked(&self) -> Vec<u64> {
         match self.writes.lock() {
-            Ok(w) => w.iter().filter(|(_, p)| p.acked).map(|(id, _)| *id).collect(),
+            Ok(w) => w
+                .iter()
+                .filter(|(_, p)| p.acked)
+                .map(|(id, _)| *id)
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -74,17 +91,19 @@ impl Unflushed {
         }
     }
 
-    /// Every write still to be flushed, as requests, oldest first.
-    pub(super) fn pending(&self, handle: HandleId) -> Vec<Request> {
+    /// Every write still to be flushed, as (sequence number, request),
+    /// oldest first: positional writes, and appends not yet placed.
+    pub(super) fn pending(&self, handle: HandleId) -> Vec<(u64, Request)> {
         match self.writes.lock() {
             Ok(w) => w
                 .values()
                 .map(|p| {
-                    Request::Write(Write {
+                    let req = Request::Write(Write {
                         handle,
                         offset: p.offset,
                         data: p.data.to_vec(),
-                    })
+                    });
+                    (p.append_seq, req)
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -99,16 +118,24 @@ pub struct File {
     attr: Attr,
     unflushed: Arc<Unflushed>,
     flushing: tokio::sync::Mutex<()>,
+    append: bool,
 }
 
 impl File {
-    pub(super) fn new(client: Client, handle: HandleId, attr: Attr, unflushed: Arc<Unflushed>) -> Self {
+    pub(super) fn new(
+        client: Client,
+        handle: HandleId,
+        attr: Attr,
+        unflushed: Arc<Unflushed>,
+        append: bool,
+    ) -> Self {
         Self {
             client,
             handle,
             attr,
             unflushed,
             flushing: tokio::sync::Mutex::new(()),
+            append,
         }
     }
 
@@ -147,21 +174,28 @@ impl File {
         }
     }
 
-    /// Writes `data` at `offset`. Durable only after [`File::flush`] or
+    /// Writes `data` at `offset` (at the end of the file, for a file
+    /// opened to append). Durable only after [`File::flush`] or
     /// [`File::close`]; until then the client keeps it to send again.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
         let mut at = 0;
         while at < data.len() {
             let end = (at + IO_BYTES_MAX).min(data.len());
             let piece = data.slice(at..end);
-            let id = self.unflushed.add(offset + at as u64, piece.clone());
+            // Appends are placed by the server, once per sequence number.
+            let seq = if self.append {
+                self.client.next_seq()
+            } else {
+                0
+            };
+            let id = self.unflushed.add(offset + at as u64, piece.clone(), seq);
             let req = Request::Write(Write {
                 handle: self.handle,
                 offset: offset + at as u64,
                 data: piece.to_vec(),
             });
-            match self.client.call(req).await? {
-                Response::Written(_) => self.unflushed.ack(id),
+            match self.client.call_with(req, seq).await? {
+                Response::Written(w) => self.unflushed.ack(id, w.offset),
                 other => return Err(unexpected(&other)),
             }
             at = end;
@@ -309,7 +343,10 @@ impl Client {
 }
 
 /// Reads until `max` bytes or the end.
-async fn read_block(reader: &mut (dyn AsyncRead + Unpin + Send), max: usize) -> Result<Bytes, ClientError> {
+async fn read_block(
+    reader: &mut (dyn AsyncRead + Unpin + Send),
+    max: usize,
+) -> Result<Bytes, ClientError> {
     let mut buf = vec![0u8; max];
     let mut n = 0;
     while n < max {

@@ -235,8 +235,9 @@ impl Client {
             Err(_) => Vec::new(),
         };
         for (handle, unflushed) in files {
-            for w in unflushed.pending(handle) {
-                expect_ok(conn::exchange(&conn, &header, &w, t).await)?;
+            for (seq, w) in unflushed.pending(handle) {
+                let h = RequestHeader { seq, ..header };
+                expect_ok(conn::exchange(&conn, &h, &w, t).await)?;
             }
         }
         Ok(conn)
@@ -248,6 +249,8 @@ impl Client {
             && let Some(c) = cur.conn.take()
         {
             c.close(0u32.into(), b"giving up on this node");
+            // Try the others first: this one just failed.
+            self.inner.next_node.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -255,20 +258,39 @@ impl Client {
     /// passes. State changes take the next sequence number, kept across
     /// retries.
     pub(crate) async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        let seq = if req.is_sequenced() {
+            self.next_seq()
+        } else {
+            0
+        };
+        self.call_with(req, seq).await
+    }
+
+    /// The session's next sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a request with an explicit sequence number (0 for none), with
+    /// the same failover as every call. For protocol tools and tests: the
+    /// typed methods number requests themselves.
+    pub async fn request(&self, req: Request, seq: u64) -> Result<Response, ClientError> {
+        self.call_with(req, seq).await
+    }
+
+    pub(crate) async fn call_with(&self, req: Request, seq: u64) -> Result<Response, ClientError> {
         let header = RequestHeader {
             session: self.inner.session,
-            seq: if req.is_sequenced() {
-                self.inner.seq.fetch_add(1, Ordering::Relaxed)
-            } else {
-                0
-            },
+            seq,
         };
         let deadline = Instant::now() + self.inner.cfg.failover_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             let (generation, conn) = self.connection(deadline).await?;
             match conn::exchange(&conn, &header, &req, self.inner.cfg.request_timeout).await {
-                Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
+                Ok(Response::Error(e))
+                    if e.code == ErrorCode::Unavailable && Instant::now() < deadline =>
+                {
                     // No leader just now: the cluster is failing over.
                     tracing::debug!(error = %e.message, "unavailable; retrying");
                     tokio::time::sleep(pause).await;
@@ -313,7 +335,13 @@ impl Client {
                 if let Ok(mut f) = self.inner.files.lock() {
                     f.insert(o.handle, Arc::clone(&unflushed));
                 }
-                Ok(File::new(self.clone(), o.handle, o.attr, unflushed))
+                Ok(File::new(
+                    self.clone(),
+                    o.handle,
+                    o.attr,
+                    unflushed,
+                    opts.append,
+                ))
             }
             other => Err(unexpected(&other)),
         }
@@ -326,7 +354,12 @@ impl Client {
     }
 
     pub async fn metadata(&self, path: &str) -> Result<Attr, ClientError> {
-        match self.call(Request::Stat(PathReq { path: path.to_owned() })).await? {
+        match self
+            .call(Request::Stat(PathReq {
+                path: path.to_owned(),
+            }))
+            .await?
+        {
             Response::Attr(a) => Ok(a),
             other => Err(unexpected(&other)),
         }
@@ -373,8 +406,10 @@ impl Client {
     }
 
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {
-        self.done(Request::Remove(PathReq { path: path.to_owned() }))
-            .await
+        self.done(Request::Remove(PathReq {
+            path: path.to_owned(),
+        }))
+        .await
     }
 
     /// Ends the session: its handles close, its replay table is dropped.
@@ -399,7 +434,9 @@ enum Establish {
 /// token, an expired session) are fatal; the rest mean "try elsewhere".
 fn expect_ok(r: Result<Response, conn::Lost>) -> Result<Response, Establish> {
     match r {
-        Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => Err(Establish::Retry(e.message)),
+        Ok(Response::Error(e)) if e.code == ErrorCode::Unavailable => {
+            Err(Establish::Retry(e.message))
+        }
         Ok(Response::Error(e)) => Err(Establish::Fatal(ClientError::Protocol {
             code: e.code,
             message: e.message,

@@ -16,7 +16,9 @@ use crate::api::EntryKind;
 
 /// A session, named by the client (16 random bytes), so that setting one up
 /// is itself replay-safe: the same id twice is the same session.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct SessionId(pub [u8; 16]);
 
 impl fmt::Display for SessionId {
@@ -149,7 +151,11 @@ pub struct Data {
     pub eof: bool,
 }
 
-/// Positional, so sending it again (after a failover) is harmless.
+/// Positional, so sending it again (after a failover) is harmless. On a
+/// handle opened with `APPEND`, a write whose header has a sequence number
+/// goes to the end of the file, and the node answers a repeat of that
+/// number with the first answer; a write with `seq` 0 is positional there
+/// too (a client resending an append whose offset it learnt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {
     pub handle: HandleId,
@@ -161,6 +167,8 @@ pub struct Write {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     pub count: u32,
+    /// Where the data went (the end of the file, for an append).
+    pub offset: u64,
     /// The file's size as this handle sees it (its writes included).
     pub size: u64,
 }

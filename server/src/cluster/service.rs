@@ -1,8 +1,8 @@
 //! The server side of node-to-node RPC: accepts QUIC connections from
 //! cluster peers and answers each stream's request.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use cairn_proto::ContentHash;
 use tokio::sync::Semaphore;
@@ -167,7 +167,11 @@ pub async fn serve(
 
 /// Native-protocol clients to the native server; peers, which must have
 /// shown a CA-signed certificate, to the peer service.
-async fn route(conn: quinn::Connection, service: Arc<PeerService>, native: &OnceLock<Arc<NativeServer>>) {
+async fn route(
+    conn: quinn::Connection,
+    service: Arc<PeerService>,
+    native: &OnceLock<Arc<NativeServer>>,
+) {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

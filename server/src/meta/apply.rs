@@ -451,7 +451,9 @@ fn has_entries<R: KvRead + ?Sized>(tx: &R, dir: InodeId) -> Result<bool, StoreEr
 
 // --- changes -------------------------------------------------------------
 
-pub(super) fn allocate_inode<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>) -> Result<InodeId, StoreError> {
+pub(super) fn allocate_inode<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+) -> Result<InodeId, StoreError> {
     let next = get::<u64, _>(tx, keys::NEXT_INODE)?.unwrap_or(1);
     let following = next.checked_add(1).ok_or(StoreError::InodesExhausted)?;
     tx.put(keys::NEXT_INODE.to_vec(), encode(&following));

@@ -7,9 +7,9 @@
 use rocksdb::WriteBatch;
 
 use super::apply::{Applied, ApplyError};
-use super::sessions::apply_logged;
 use super::command::Command;
 use super::overlay::Overlay;
+use super::sessions::apply_logged;
 use super::store::{MetaStore, StoreError};
 
 /// Applies `cmds` in order into one write batch, adds `extra` (the applied

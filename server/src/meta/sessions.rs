@@ -8,15 +8,13 @@ use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
 use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
 
 use super::apply::{
-    Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get,
-    load_inode, load_share, lookup, release_chunk_ref, resolve_dir,
+    Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get, load_inode,
+    load_share, lookup, release_chunk_ref, resolve_dir,
 };
 use super::command::Command;
 use super::keys;
 use super::overlay::{KvRead, Overlay};
-use super::records::{
-    Content, FileData, HandleRecord, Inode, SessionRecord, encode,
-};
+use super::records::{Content, FileData, HandleRecord, Inode, SessionRecord, encode};
 use super::store::StoreError;
 
 /// Sequenced requests remembered per session. Clients keep fewer than this
@@ -173,7 +171,9 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
             settle,
             now_ns,
         } => close_handle(tx, *handle, settle.as_ref(), *now_ns),
-        other => Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into()),
+        other => {
+            Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into())
+        }
     }
 }
 
@@ -192,17 +192,11 @@ pub fn load_session<R: KvRead + ?Sized>(
     get(tx, &keys::session(id))?.ok_or_else(|| MetaError::NoSession(id.to_string()).into())
 }
 
-pub fn load_handle<R: KvRead + ?Sized>(
-    tx: &R,
-    id: HandleId,
-) -> Result<HandleRecord, ApplyError> {
+pub fn load_handle<R: KvRead + ?Sized>(tx: &R, id: HandleId) -> Result<HandleRecord, ApplyError> {
     get(tx, &keys::handle(id))?.ok_or_else(|| MetaError::StaleHandle(id.to_string()).into())
 }
 
-fn writable_handle<R: KvRead + ?Sized>(
-    tx: &R,
-    id: HandleId,
-) -> Result<HandleRecord, ApplyError> {
+fn writable_handle<R: KvRead + ?Sized>(tx: &R, id: HandleId) -> Result<HandleRecord, ApplyError> {
     let h = load_handle(tx, id)?;
     if h.access & access::WRITE == 0 {
         return Err(MetaError::Forbidden(format!("handle {id} is not open for writing")).into());
@@ -336,7 +330,9 @@ fn open_file<R: KvRead + ?Sized>(
 ) -> Result<Applied, ApplyError> {
     let session = load_session(tx, a.session)?;
     if session.share != *a.share {
-        return Err(MetaError::Invalid(format!("session {} is for another share", a.session)).into());
+        return Err(
+            MetaError::Invalid(format!("session {} is for another share", a.session)).into(),
+        );
     }
     let wants_change = a.access & (access::WRITE | access::DELETE) != 0
         || !matches!(a.disposition, Disposition::Open);

@@ -201,8 +201,14 @@ mod tests {
 
     #[test]
     fn manifest_etags_differ_from_content_hashes_and_each_other() {
-        let a = ChunkRef { hash: ContentHash::of(b"a"), len: 1 };
-        let b = ChunkRef { hash: ContentHash::of(b"b"), len: 1 };
+        let a = ChunkRef {
+            hash: ContentHash::of(b"a"),
+            len: 1,
+        };
+        let b = ChunkRef {
+            hash: ContentHash::of(b"b"),
+            len: 1,
+        };
         assert_ne!(manifest_etag(&[a]), manifest_etag(&[b]));
         assert_ne!(manifest_etag(&[a, b]), manifest_etag(&[b, a]));
     }

@@ -20,10 +20,7 @@ impl Extents {
 
     /// One past the last byte written, if anything was.
     pub fn end(&self) -> Option<u64> {
-        self.map
-            .iter()
-            .next_back()
-            .map(|(s, d)| s + d.len() as u64)
+        self.map.iter().next_back().map(|(s, d)| s + d.len() as u64)
     }
 
     pub fn insert(&mut self, off: u64, data: Vec<u8>) {

@@ -18,6 +18,8 @@ use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
 
 /// Unflushed bytes one handle may hold on a node; clients flush well before.
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
+/// Appends per handle whose answers a node keeps for repeats.
+const APPENDS_REMEMBERED: usize = 1024;
 /// Times a flush is rebuilt when another writer's flush got in first.
 const FLUSH_ATTEMPTS: usize = 5;
 
@@ -34,6 +36,9 @@ pub struct OpenFile {
     sequential: Option<(blake3::Hasher, u64)>,
     /// The provisional ETag this handle's last flush gave the file.
     provisional: Option<ContentHash>,
+    /// Appends this node took, by sequence number: a repeat gets the
+    /// first answer (offset, size) instead of appending again.
+    appended: std::collections::VecDeque<(u64, u64, u64)>,
     /// Read through a barrier before trusting local metadata: set when
     /// the handle is first used on this node and after each flush.
     stale: bool,
@@ -67,6 +72,7 @@ impl OpenFile {
             size: None,
             sequential,
             provisional: None,
+            appended: std::collections::VecDeque::new(),
             stale: true,
         })
     }
@@ -101,7 +107,12 @@ impl OpenFile {
         }
     }
 
-    pub async fn read(&mut self, state: &Arc<AppState>, off: u64, len: u32) -> ApiResult<(Vec<u8>, bool)> {
+    pub async fn read(
+        &mut self,
+        state: &Arc<AppState>,
+        off: u64,
+        len: u32,
+    ) -> ApiResult<(Vec<u8>, bool)> {
         self.need(access::READ, "reading")?;
         let inode = self.committed(state).await?;
         let size = self.size.unwrap_or(inode.size());
@@ -116,18 +127,33 @@ impl OpenFile {
         Ok((buf, end == size))
     }
 
-    /// Takes `data` at `off` (or at the end, for append handles); returns
-    /// the size this handle now sees.
-    pub async fn write(&mut self, state: &Arc<AppState>, off: u64, data: Vec<u8>) -> ApiResult<u64> {
+    /// Takes `data` at `off`, or at the end for a sequenced write on an
+    /// append handle; returns where it went and the size this handle now
+    /// sees.
+    pub async fn write(
+        &mut self,
+        state: &Arc<AppState>,
+        off: u64,
+        data: Vec<u8>,
+        seq: u64,
+    ) -> ApiResult<(u64, u64)> {
+        let append = self.record.flags & open_flags::APPEND != 0 && seq != 0;
+        if append && let Some(&(_, at, size)) = self.appended.iter().find(|(s, _, _)| *s == seq) {
+            return Ok((at, size));
+        }
         self.need(access::WRITE, "writing")?;
         if self.dirty.bytes() + data.len() > DIRTY_BYTES_PER_HANDLE_MAX {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("handle {} holds {} unflushed bytes; flush first", self.id, self.dirty.bytes()),
+                format!(
+                    "handle {} holds {} unflushed bytes; flush first",
+                    self.id,
+                    self.dirty.bytes()
+                ),
             ));
         }
         let size = self.size(state).await?;
-        let off = if self.record.flags & open_flags::APPEND != 0 { size } else { off };
+        let off = if append { size } else { off };
         let permit = Arc::clone(&state.write_buffers)
             .acquire_many_owned(u32::try_from(data.len()).unwrap_or(u32::MAX))
             .await
@@ -144,7 +170,13 @@ impl OpenFile {
         self.dirty.insert(off, data);
         let size = size.max(end);
         self.size = Some(size);
-        Ok(size)
+        if append {
+            if self.appended.len() >= APPENDS_REMEMBERED {
+                self.appended.pop_front();
+            }
+            self.appended.push_back((seq, off, size));
+        }
+        Ok((off, size))
     }
 
     pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
@@ -205,7 +237,9 @@ impl OpenFile {
                     self.stale = true;
                     return self.committed(state).await;
                 }
-                Err(crate::consensus::committer::CommitError::Meta(MetaError::PreconditionFailed(_))) => {
+                Err(crate::consensus::committer::CommitError::Meta(
+                    MetaError::PreconditionFailed(_),
+                )) => {
                     // Another handle flushed since we read the base.
                     self.stale = true;
                 }
@@ -220,7 +254,10 @@ impl OpenFile {
 
     /// What closing should tell the metadata: the real ETag of content this
     /// handle's flush left with a provisional one.
-    pub async fn settle(&mut self, state: &Arc<AppState>) -> ApiResult<Option<(ContentHash, ContentHash)>> {
+    pub async fn settle(
+        &mut self,
+        state: &Arc<AppState>,
+    ) -> ApiResult<Option<(ContentHash, ContentHash)>> {
         let Some(provisional) = self.provisional else {
             return Ok(None);
         };

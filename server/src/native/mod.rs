@@ -164,7 +164,11 @@ impl NativeServer {
                 Response::error(e.code, e.message)
             }
         };
-        tracing::trace!(op = name, elapsed_us = started.elapsed().as_micros() as u64, "done");
+        tracing::trace!(
+            op = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "done"
+        );
         resp
     }
 

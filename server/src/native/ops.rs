@@ -58,7 +58,10 @@ async fn bound(cs: &tokio::sync::Mutex<ConnState>, header: &RequestHeader) -> Ap
         Some(b) if b.id == header.session => Ok(b.clone()),
         _ => Err(ApiError::new(
             ErrorCode::NoSession,
-            format!("session {} is not set up on this connection", header.session),
+            format!(
+                "session {} is not set up on this connection",
+                header.session
+            ),
         )),
     }
 }
@@ -89,7 +92,10 @@ async fn session_setup(
         state.committer.read_barrier().await?;
         let rec = load_session(&state.meta.snapshot(), &header.session)?;
         if rec.share != share {
-            return Err(ApiError::new(ErrorCode::Forbidden, "the session is for another share"));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the session is for another share",
+            ));
         }
         state
             .committer
@@ -206,8 +212,14 @@ async fn session_op(
                 },
             )
             .await?;
-            let handle = HandleId(applied.handle.ok_or_else(|| internal("open made no handle"))?);
-            let inode = applied.inode.ok_or_else(|| internal("open named no file"))?;
+            let handle = HandleId(
+                applied
+                    .handle
+                    .ok_or_else(|| internal("open made no handle"))?,
+            );
+            let inode = applied
+                .inode
+                .ok_or_else(|| internal("open named no file"))?;
             let attr = current_attr(server, inode, &applied, name_of(&o.path)).await?;
             Ok(Response::Opened(Opened {
                 handle,
@@ -224,14 +236,26 @@ async fn session_op(
         Request::Write(w) => {
             let file = server.file(w.handle, &b.id).await?;
             let count = w.data.len() as u32;
-            let size = file.lock().await.write(&server.state, w.offset, w.data).await?;
-            Ok(Response::Written(Written { count, size }))
+            let (offset, size) = file
+                .lock()
+                .await
+                .write(&server.state, w.offset, w.data, header.seq)
+                .await?;
+            Ok(Response::Written(Written {
+                count,
+                offset,
+                size,
+            }))
         }
         Request::Flush(h) => {
             let file = server.file(h, &b.id).await?;
             let mut f = file.lock().await;
             let inode = f.flush(&server.state).await?;
-            Ok(Response::Attr(attr_of(f.record.inode, &inode, String::new())))
+            Ok(Response::Attr(attr_of(
+                f.record.inode,
+                &inode,
+                String::new(),
+            )))
         }
         Request::Close(h) => close(server, b, &header, h).await,
         Request::StatHandle(h) => {
@@ -265,7 +289,11 @@ async fn session_op(
             }
             state.committer.read_barrier().await?;
             let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), f.record.inode)?;
-            Ok(Response::Attr(attr_of(f.record.inode, &inode, String::new())))
+            Ok(Response::Attr(attr_of(
+                f.record.inode,
+                &inode,
+                String::new(),
+            )))
         }
         Request::Stat(p) => {
             state.committer.read_barrier().await?;
@@ -279,16 +307,24 @@ async fn session_op(
             let snap = state.meta.snapshot();
             let (id, inode) = snap.resolve(&b.share, &path)?;
             if !inode.is_dir() {
-                return Err(ApiError::new(ErrorCode::NotDirectory, format!("'{path}' is not a directory")));
+                return Err(ApiError::new(
+                    ErrorCode::NotDirectory,
+                    format!("'{path}' is not a directory"),
+                ));
             }
             let limit = r.limit.clamp(1, DIR_PAGE_MAX) as usize;
             let (listed, more) = snap.list(id, r.after.as_deref(), limit)?;
-            let next_after = more.then(|| listed.last().map(|l| l.name.clone())).flatten();
+            let next_after = more
+                .then(|| listed.last().map(|l| l.name.clone()))
+                .flatten();
             let entries = listed
                 .into_iter()
                 .map(|l| attr_of(l.entry.inode, &l.inode, l.name))
                 .collect();
-            Ok(Response::DirPage(DirPage { entries, next_after }))
+            Ok(Response::DirPage(DirPage {
+                entries,
+                next_after,
+            }))
         }
         Request::Mkdir(m) => {
             require_writable(b)?;
@@ -395,7 +431,11 @@ async fn current_attr(
 }
 
 fn name_of(p: &str) -> String {
-    p.trim_matches('/').rsplit('/').next().unwrap_or_default().to_owned()
+    p.trim_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 pub(super) fn attr_of(id: InodeId, inode: &Inode, name: String) -> Attr {

@@ -50,13 +50,18 @@ fn attr() -> impl Strategy<Value = Attr> {
 fn request() -> impl Strategy<Value = Request> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..200);
     prop_oneof![
-        (proptest::collection::vec(any::<u16>(), 0..4), any::<u64>(), name()).prop_map(
-            |(versions, capabilities, client)| Request::Negotiate(Negotiate {
-                versions,
-                capabilities,
-                client
-            })
-        ),
+        (
+            proptest::collection::vec(any::<u16>(), 0..4),
+            any::<u64>(),
+            name()
+        )
+            .prop_map(
+                |(versions, capabilities, client)| Request::Negotiate(Negotiate {
+                    versions,
+                    capabilities,
+                    client
+                })
+            ),
         (name(), name(), any::<bool>()).prop_map(|(token, share, resume)| {
             Request::SessionSetup(SessionSetup {
                 token,
@@ -66,18 +71,31 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::KeepAlive),
         Just(Request::Logoff),
-        (name(), disposition(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u32>()).prop_map(
-            |(path, disposition, access, share_access, flags, mode)| Request::Open(Open {
-                path,
-                disposition,
-                access,
-                share_access,
-                flags,
-                mode
-            })
-        ),
-        (handle(), any::<u64>(), any::<u32>())
-            .prop_map(|(handle, offset, len)| Request::Read(Read { handle, offset, len })),
+        (
+            name(),
+            disposition(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u32>()
+        )
+            .prop_map(|(path, disposition, access, share_access, flags, mode)| {
+                Request::Open(Open {
+                    path,
+                    disposition,
+                    access,
+                    share_access,
+                    flags,
+                    mode,
+                })
+            }),
+        (handle(), any::<u64>(), any::<u32>()).prop_map(|(handle, offset, len)| Request::Read(
+            Read {
+                handle,
+                offset,
+                len
+            }
+        )),
         (handle(), any::<u64>(), bytes).prop_map(|(handle, offset, data)| {
             Request::Write(Write {
                 handle,
@@ -105,8 +123,11 @@ fn request() -> impl Strategy<Value = Request> {
         (name(), proptest::option::of(name()), any::<u32>())
             .prop_map(|(path, after, limit)| Request::ReadDir(ReadDir { path, after, limit })),
         (name(), any::<u32>()).prop_map(|(path, mode)| Request::Mkdir(Mkdir { path, mode })),
-        (name(), name(), any::<bool>())
-            .prop_map(|(from, to, replace)| Request::Rename(Rename { from, to, replace })),
+        (name(), name(), any::<bool>()).prop_map(|(from, to, replace)| Request::Rename(Rename {
+            from,
+            to,
+            replace
+        })),
     ]
 }
 
@@ -127,13 +148,15 @@ fn response() -> impl Strategy<Value = Response> {
                 node_id: t,
             })
         }),
-        (any::<bool>(), proptest::collection::vec(handle(), 0..5)).prop_map(|(resumed, handles)| {
-            Response::SessionReady(SessionReady {
-                resumed,
-                writable: !resumed,
-                handles,
-            })
-        }),
+        (any::<bool>(), proptest::collection::vec(handle(), 0..5)).prop_map(
+            |(resumed, handles)| {
+                Response::SessionReady(SessionReady {
+                    resumed,
+                    writable: !resumed,
+                    handles,
+                })
+            }
+        ),
         Just(Response::Done),
         (handle(), any::<bool>(), attr()).prop_map(|(handle, created, attr)| {
             Response::Opened(Opened {
@@ -142,12 +165,27 @@ fn response() -> impl Strategy<Value = Response> {
                 attr,
             })
         }),
-        (proptest::collection::vec(any::<u8>(), 0..200), any::<bool>())
+        (
+            proptest::collection::vec(any::<u8>(), 0..200),
+            any::<bool>()
+        )
             .prop_map(|(data, eof)| Response::Data(Data { data, eof })),
-        (any::<u32>(), any::<u64>()).prop_map(|(count, size)| Response::Written(Written { count, size })),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(count, offset, size)| {
+            Response::Written(Written {
+                count,
+                offset,
+                size,
+            })
+        }),
         attr().prop_map(Response::Attr),
-        (proptest::collection::vec(attr(), 0..4), proptest::option::of(name()))
-            .prop_map(|(entries, next_after)| Response::DirPage(DirPage { entries, next_after })),
+        (
+            proptest::collection::vec(attr(), 0..4),
+            proptest::option::of(name())
+        )
+            .prop_map(|(entries, next_after)| Response::DirPage(DirPage {
+                entries,
+                next_after
+            })),
     ]
 }
 
@@ -217,11 +255,13 @@ fn only_state_changes_are_sequenced() {
         })
         .is_sequenced()
     );
-    assert!(!Request::Read(Read {
-        handle: HandleId(1),
-        offset: 0,
-        len: 1
-    })
-    .is_sequenced());
+    assert!(
+        !Request::Read(Read {
+            handle: HandleId(1),
+            offset: 0,
+            len: 1
+        })
+        .is_sequenced()
+    );
     assert!(!Request::Flush(HandleId(1)).is_sequenced());
 }

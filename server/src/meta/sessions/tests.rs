@@ -63,7 +63,14 @@ impl Fixture {
         })
     }
 
-    fn open(&self, session: SessionId, p: &str, d: Disposition, acc: u8, share_access: u8) -> Result<Applied, MetaError> {
+    fn open(
+        &self,
+        session: SessionId,
+        p: &str,
+        d: Disposition,
+        acc: u8,
+        share_access: u8,
+    ) -> Result<Applied, MetaError> {
         self.run(open_cmd(session, p, d, acc, share_access))
     }
 
@@ -106,16 +113,31 @@ fn chunked(hash: ContentHash, len: u32) -> FileData {
 fn dispositions() {
     let f = Fixture::new();
     let e = |r: Result<Applied, MetaError>| r.unwrap_err().code();
-    assert_eq!(e(f.open(S1, "a", Disposition::Open, RW, ALL)), ErrorCode::NotFound);
-    assert_eq!(e(f.open(S1, "a", Disposition::Overwrite, RW, ALL)), ErrorCode::NotFound);
+    assert_eq!(
+        e(f.open(S1, "a", Disposition::Open, RW, ALL)),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        e(f.open(S1, "a", Disposition::Overwrite, RW, ALL)),
+        ErrorCode::NotFound
+    );
     let created = f.open(S1, "a", Disposition::CreateNew, RW, ALL).unwrap();
     assert!(created.created && created.handle.is_some());
-    assert_eq!(e(f.open(S1, "a", Disposition::CreateNew, RW, ALL)), ErrorCode::AlreadyExists);
+    assert_eq!(
+        e(f.open(S1, "a", Disposition::CreateNew, RW, ALL)),
+        ErrorCode::AlreadyExists
+    );
     let again = f.open(S1, "a", Disposition::OpenOrCreate, RW, ALL).unwrap();
     assert!(!again.created);
     assert_ne!(again.handle, created.handle);
-    assert_eq!(e(f.open(S1, "missing/a", Disposition::Create, RW, ALL)), ErrorCode::NotFound);
-    assert_eq!(e(f.open(S1, "", Disposition::Open, RW, ALL)), ErrorCode::IsDirectory);
+    assert_eq!(
+        e(f.open(S1, "missing/a", Disposition::Create, RW, ALL)),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        e(f.open(S1, "", Disposition::Open, RW, ALL)),
+        ErrorCode::IsDirectory
+    );
     assert_eq!(
         e(f.open(S1, "a", Disposition::Overwrite, access::READ, ALL)),
         ErrorCode::Forbidden,
@@ -130,9 +152,13 @@ fn dispositions() {
 #[test]
 fn share_modes_conflict_between_sessions() {
     let f = Fixture::new();
-    let reader_only = f.open(S1, "a", Disposition::Create, RW, access::READ).unwrap();
+    let reader_only = f
+        .open(S1, "a", Disposition::Create, RW, access::READ)
+        .unwrap();
     assert_eq!(
-        f.open(S2, "a", Disposition::Open, access::WRITE, ALL).unwrap_err().code(),
+        f.open(S2, "a", Disposition::Open, access::WRITE, ALL)
+            .unwrap_err()
+            .code(),
         ErrorCode::SharingViolation,
         "the first handle shares only reading"
     );
@@ -155,7 +181,10 @@ fn replayed_requests_return_the_first_result_and_apply_once() {
     let create = open_cmd(S1, "a", Disposition::CreateNew, RW, ALL);
     let first = f.seq(S1, 1, create.clone()).unwrap();
     let replay = f.seq(S1, 1, create.clone()).unwrap();
-    assert_eq!(first, replay, "a replayed create-new is answered, not refused");
+    assert_eq!(
+        first, replay,
+        "a replayed create-new is answered, not refused"
+    );
     assert_eq!(
         f.seq(S1, 2, create).unwrap_err().code(),
         ErrorCode::AlreadyExists,
@@ -170,12 +199,19 @@ fn replayed_requests_return_the_first_result_and_apply_once() {
         replace: false,
         now_ns: 40,
     };
-    assert_eq!(f.seq(S1, 3, rename.clone()).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(
+        f.seq(S1, 3, rename.clone()).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
     f.open(S1, "b", Disposition::CreateNew, RW, ALL).unwrap();
-    assert_eq!(f.seq(S1, 3, rename.clone()).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(
+        f.seq(S1, 3, rename.clone()).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
     assert!(f.exists("b"));
     f.seq(S1, 4, rename.clone()).unwrap();
-    f.seq(S1, 4, rename).expect("replayed rename succeeds again without a source");
+    f.seq(S1, 4, rename)
+        .expect("replayed rename succeeds again without a source");
     assert!(f.exists("c") && !f.exists("b"));
     let remove = Command::Remove {
         share: share(),
@@ -184,8 +220,12 @@ fn replayed_requests_return_the_first_result_and_apply_once() {
         precondition: Precondition::default(),
     };
     f.seq(S1, 5, remove.clone()).unwrap();
-    f.seq(S1, 5, remove.clone()).expect("replayed remove answers success");
-    assert_eq!(f.seq(S1, 6, remove).unwrap_err().code(), ErrorCode::NotFound);
+    f.seq(S1, 5, remove.clone())
+        .expect("replayed remove answers success");
+    assert_eq!(
+        f.seq(S1, 6, remove).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
     // The same number in another session is another request.
     assert_eq!(
         f.seq(S2, 1, open_cmd(S2, "a", Disposition::CreateNew, RW, ALL))
@@ -200,8 +240,15 @@ fn replay_table_is_bounded() {
     let f = Fixture::new();
     let n = super::REPLAY_WINDOW + 50;
     for seq in 1..=n {
-        f.seq(S1, seq, Command::RenewSessions { sessions: vec![], now_ns: 1 })
-            .unwrap();
+        f.seq(
+            S1,
+            seq,
+            Command::RenewSessions {
+                sessions: vec![],
+                now_ns: 1,
+            },
+        )
+        .unwrap();
     }
     let prefix = crate::meta::keys::replays(&S1);
     let count = f
@@ -219,13 +266,12 @@ fn unlinked_open_files_live_until_the_last_close() {
     let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
     let handle = HandleId(h.handle.unwrap());
     let chunk = ContentHash::of(b"data");
-    let set = f
-        .ok(Command::SetContent {
-            handle,
-            base: h.etag.unwrap(),
-            file: chunked(chunk, 4),
-            now_ns: 30,
-        });
+    let set = f.ok(Command::SetContent {
+        handle,
+        base: h.etag.unwrap(),
+        file: chunked(chunk, 4),
+        now_ns: 30,
+    });
     assert_eq!(set.size, 4);
     assert_eq!(f.chunk_refs(&chunk), 1);
     f.ok(Command::Remove {
@@ -238,14 +284,22 @@ fn unlinked_open_files_live_until_the_last_close() {
     let inode = f.store.snapshot();
     let rec = crate::meta::sessions::load_handle(&inode, handle).unwrap();
     let kept = crate::meta::apply::load_inode(&inode, rec.inode).unwrap();
-    assert_eq!((kept.nlink, kept.size()), (0, 4), "still readable through the handle");
+    assert_eq!(
+        (kept.nlink, kept.size()),
+        (0, 4),
+        "still readable through the handle"
+    );
     assert_eq!(f.chunk_refs(&chunk), 1);
     f.ok(Command::CloseHandle {
         handle,
         settle: None,
         now_ns: 50,
     });
-    assert_eq!(f.chunk_refs(&chunk), 0, "the last close releases the content");
+    assert_eq!(
+        f.chunk_refs(&chunk),
+        0,
+        "the last close releases the content"
+    );
     assert!(crate::meta::apply::load_inode(&f.store.snapshot(), rec.inode).is_err());
 }
 
@@ -266,7 +320,9 @@ fn stale_base_and_read_only_handles_are_refused() {
         ErrorCode::PreconditionFailed,
         "another flush happened in between"
     );
-    let ro = f.open(S2, "a", Disposition::Open, access::READ, ALL).unwrap();
+    let ro = f
+        .open(S2, "a", Disposition::Open, access::READ, ALL)
+        .unwrap();
     assert_eq!(
         f.run(Command::SetAttr {
             handle: HandleId(ro.handle.unwrap()),
@@ -300,9 +356,13 @@ fn close_settles_the_provisional_etag() {
     });
     assert_eq!(closed.etag, Some(real));
     assert_eq!(
-        f.run(Command::CloseHandle { handle, settle: None, now_ns: 41 })
-            .unwrap_err()
-            .code(),
+        f.run(Command::CloseHandle {
+            handle,
+            settle: None,
+            now_ns: 41
+        })
+        .unwrap_err()
+        .code(),
         ErrorCode::StaleHandle
     );
 }
@@ -310,7 +370,13 @@ fn close_settles_the_provisional_etag() {
 #[test]
 fn expired_sessions_lose_their_handles_and_replays() {
     let f = Fixture::new();
-    let h = f.seq(S1, 1, open_cmd(S1, "a", Disposition::Create, RW, access::READ)).unwrap();
+    let h = f
+        .seq(
+            S1,
+            1,
+            open_cmd(S1, "a", Disposition::Create, RW, access::READ),
+        )
+        .unwrap();
     f.ok(Command::RenewSessions {
         sessions: vec![S2],
         now_ns: 100,
@@ -320,12 +386,23 @@ fn expired_sessions_lose_their_handles_and_replays() {
         timeout_ns: 50,
     });
     assert_eq!(
-        f.open(S1, "a", Disposition::Open, RW, ALL).unwrap_err().code(),
+        f.open(S1, "a", Disposition::Open, RW, ALL)
+            .unwrap_err()
+            .code(),
         ErrorCode::NoSession
     );
     f.open(S2, "a", Disposition::Open, RW, ALL)
         .expect("the expired session's exclusive handle is gone");
-    assert!(crate::meta::sessions::load_handle(&f.store.snapshot(), HandleId(h.handle.unwrap())).is_err());
+    assert!(
+        crate::meta::sessions::load_handle(&f.store.snapshot(), HandleId(h.handle.unwrap()))
+            .is_err()
+    );
     let prefix = crate::meta::keys::replays(&S1);
-    assert!(f.store.db().prefix_iterator(&prefix).next().is_none_or(|kv| !kv.unwrap().0.starts_with(&prefix)));
+    assert!(
+        f.store
+            .db()
+            .prefix_iterator(&prefix)
+            .next()
+            .is_none_or(|kv| !kv.unwrap().0.starts_with(&prefix))
+    );
 }

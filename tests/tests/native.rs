@@ -1,0 +1,466 @@
+//! The native protocol on real 3-node clusters: durable handles that carry
+//! on through a kill -9 of the node the client talks to and of the Raft
+//! leader, requests applied exactly once whatever the retries, share modes,
+//! unlink while open, directory paging, handle expiry.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_client::{Client, ClientError, NativeConfig, OpenOptions};
+use cairn_proto::ErrorCode;
+use cairn_proto::wire::{
+    Disposition, Open, PathReq, Rename, Request, Response, Write, access, open_flags,
+};
+use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::random_bytes;
+
+const MIB: usize = 1 << 20;
+
+fn config(c: &Cluster, first: Option<usize>) -> NativeConfig {
+    let mut nodes = c.quic_addrs();
+    if let Some(i) = first {
+        nodes.rotate_left(i);
+    }
+    NativeConfig::new(nodes, c.ca_pem(), c.token(), "default".into())
+}
+
+async fn client(c: &Cluster, first: Option<usize>) -> Client {
+    Client::connect(config(c, first)).await.unwrap()
+}
+
+async fn connected_node(c: &Cluster, client: &Client) -> usize {
+    c.node_at(&client.current_node().await).unwrap()
+}
+
+/// The whole file, read through a fresh session.
+async fn read_all(c: &Cluster, path: &str) -> Vec<u8> {
+    let reader = client(c, None).await;
+    let mut out = Vec::new();
+    reader.get(path, &mut out, &|_| {}).await.unwrap();
+    reader.logoff().await.unwrap();
+    out
+}
+
+/// Writes `data` in 1 MiB pieces through `file` from `offset`.
+async fn write_pieces(file: &cairn_client::File, offset: usize, data: &[u8]) {
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        file.write_at((offset + i * MIB) as u64, Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+}
+
+/// Opens, writes half, kills node `victim` (chosen once the client is
+/// connected), writes the rest through the same handle, closes; also reads
+/// at an offset through a handle opened before the kill. The application
+/// code sees no error.
+async fn handle_survives_kill(
+    c: &mut Cluster,
+    first: Option<usize>,
+    victim: impl Fn(usize, usize) -> usize,
+) {
+    let data = random_bytes(40 * MIB, 7);
+    let old = random_bytes(12 * MIB, 8);
+    let session = client(c, first).await;
+    let setup = session
+        .open("old.bin", OpenOptions::create())
+        .await
+        .unwrap();
+    setup.write_at(0, Bytes::from(old.clone())).await.unwrap();
+    setup.close().await.unwrap();
+    let reader = session.open("old.bin", OpenOptions::read()).await.unwrap();
+    assert_eq!(
+        reader.read_at(3 * MIB as u64, MIB).await.unwrap(),
+        old[3 * MIB..4 * MIB]
+    );
+
+    let file = session
+        .open("big.bin", OpenOptions::create())
+        .await
+        .unwrap();
+    write_pieces(&file, 0, &data[..12 * MIB]).await;
+    file.flush().await.unwrap();
+    // Some written but not flushed when the node dies.
+    write_pieces(&file, 12 * MIB, &data[12 * MIB..20 * MIB]).await;
+    let connected = connected_node(c, &session).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let kill = victim(connected, leader);
+    c.nodes[kill].kill9();
+    let stalled = Instant::now();
+    write_pieces(&file, 20 * MIB, &data[20 * MIB..]).await;
+    let after = stalled.elapsed();
+    file.close().await.unwrap();
+    assert_eq!(
+        reader.read_at(9 * MIB as u64, 2 * MIB).await.unwrap(),
+        old[9 * MIB..11 * MIB],
+        "a read handle opened before the kill reads on at its offsets"
+    );
+    reader.close().await.unwrap();
+    let back = read_all(c, "big.bin").await;
+    assert!(
+        back == data,
+        "content differs after the failover ({} bytes back)",
+        back.len()
+    );
+    let stat = session.metadata("big.bin").await.unwrap();
+    assert_eq!(
+        stat.etag,
+        Some(*blake3::hash(&data).as_bytes()),
+        "the ETag is the content's BLAKE3"
+    );
+    eprintln!(
+        "killed node {kill} (connected {connected}, leader {leader}); writes after the kill took {after:?}; reconnects {}",
+        session.reconnects()
+    );
+    session.logoff().await.unwrap();
+    c.nodes[kill].relaunch();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_survive_a_kill_of_the_connected_node() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    handle_survives_kill(&mut c, None, |connected, _| connected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_survive_a_kill_of_the_leader() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    // Talk to a follower, so the node that dies is only the leader.
+    let follower = (leader + 1) % 3;
+    handle_survives_kill(&mut c, Some(follower), |connected, leader| {
+        assert_ne!(connected, leader);
+        leader
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_in_flight_during_a_kill_apply_exactly_once() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let session = client(&c, None).await;
+    session.create_dir("many").await.unwrap();
+    let connected = connected_node(&c, &session).await;
+    let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (session, made) = (session.clone(), Arc::clone(&made));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let path = format!("many/t{t}-{i:03}");
+                // Create-new: without the replay table, a create whose
+                // answer was lost would come back as already_exists.
+                let f = session
+                    .open(&path, OpenOptions::create().with(Disposition::CreateNew))
+                    .await
+                    .unwrap_or_else(|e| panic!("create {path}: {e}"));
+                f.close()
+                    .await
+                    .unwrap_or_else(|e| panic!("close {path}: {e}"));
+                made.lock().unwrap().push(path);
+            }
+        }));
+    }
+    while made.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = made.lock().unwrap().len();
+    c.nodes[connected].kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(before < 700, "the kill came after most creates ({before})");
+    let listed: BTreeSet<String> = session
+        .read_dir("many")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| format!("many/{}", a.name))
+        .collect();
+    let made: BTreeSet<String> = made.lock().unwrap().iter().cloned().collect();
+    assert_eq!(made.len(), 800);
+    assert_eq!(listed, made);
+    assert!(session.reconnects() >= 1);
+}
+
+fn open_req(path: &str, disposition: Disposition, flags: u8) -> Request {
+    Request::Open(Open {
+        path: path.into(),
+        disposition,
+        access: access::READ | access::WRITE,
+        share_access: access::READ | access::WRITE | access::DELETE,
+        flags,
+        mode: 0o644,
+    })
+}
+
+fn code(r: Result<Response, ClientError>) -> Option<ErrorCode> {
+    match r {
+        Ok(Response::Error(e)) => Some(e.code),
+        Ok(_) => None,
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_requests_return_the_first_result_and_apply_once() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+
+    // Create-new, twice with one sequence number: one file, one handle.
+    let seq = s.next_seq();
+    let first = s
+        .request(open_req("a", Disposition::CreateNew, 0), seq)
+        .await
+        .unwrap();
+    let again = s
+        .request(open_req("a", Disposition::CreateNew, 0), seq)
+        .await
+        .unwrap();
+    assert_eq!(first, again, "the replay is answered with the first result");
+    let Response::Opened(opened) = first else {
+        panic!("{first:?}")
+    };
+    assert!(opened.created);
+    assert_eq!(
+        code(
+            s.request(open_req("a", Disposition::CreateNew, 0), s.next_seq())
+                .await
+        ),
+        Some(ErrorCode::AlreadyExists),
+        "a new number is a new request"
+    );
+
+    // Appends: a repeated number appends once.
+    let seq = s.next_seq();
+    let appender = s
+        .request(
+            open_req("log", Disposition::Create, open_flags::APPEND),
+            seq,
+        )
+        .await
+        .unwrap();
+    let Response::Opened(log) = appender else {
+        panic!()
+    };
+    let append = |data: &[u8]| {
+        Request::Write(Write {
+            handle: log.handle,
+            offset: 0,
+            data: data.to_vec(),
+        })
+    };
+    for line in [&b"one\n"[..], b"two\n"] {
+        let seq = s.next_seq();
+        let w1 = s.request(append(line), seq).await.unwrap();
+        let w2 = s.request(append(line), seq).await.unwrap();
+        assert_eq!(w1, w2);
+    }
+    s.request(Request::Close(log.handle), s.next_seq())
+        .await
+        .unwrap();
+    assert_eq!(read_all(&c, "log").await, b"one\ntwo\n");
+
+    // Rename: the replay succeeds although its source is gone.
+    let seq = s.next_seq();
+    let rename = || {
+        Request::Rename(Rename {
+            from: "a".into(),
+            to: "b".into(),
+            replace: false,
+        })
+    };
+    assert_eq!(s.request(rename(), seq).await.unwrap(), Response::Done);
+    assert_eq!(s.request(rename(), seq).await.unwrap(), Response::Done);
+    assert_eq!(
+        code(s.request(rename(), s.next_seq()).await),
+        Some(ErrorCode::NotFound)
+    );
+
+    // Remove: a replay does not remove what was created since.
+    let seq = s.next_seq();
+    let remove = || Request::Remove(PathReq { path: "b".into() });
+    assert_eq!(s.request(remove(), seq).await.unwrap(), Response::Done);
+    let f = s.open("b", OpenOptions::create()).await.unwrap();
+    f.close().await.unwrap();
+    assert_eq!(s.request(remove(), seq).await.unwrap(), Response::Done);
+    assert!(
+        s.metadata("b").await.is_ok(),
+        "the replayed remove applied again"
+    );
+
+    // The first handle is still open and closes once; its replayed close
+    // answers again, a new close finds it gone.
+    let seq = s.next_seq();
+    assert_eq!(
+        s.request(Request::Close(opened.handle), seq).await.unwrap(),
+        Response::Done
+    );
+    assert_eq!(
+        s.request(Request::Close(opened.handle), seq).await.unwrap(),
+        Response::Done
+    );
+    assert_eq!(
+        code(s.request(Request::Close(opened.handle), s.next_seq()).await),
+        Some(ErrorCode::StaleHandle)
+    );
+    // Sequenced requests without a number are refused.
+    assert_eq!(
+        code(s.request(remove(), 0).await),
+        Some(ErrorCode::BadRequest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn share_modes_and_unlink_while_open() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let a = client(&c, Some(0)).await;
+    let b = client(&c, Some(1)).await;
+    let exclusive = OpenOptions {
+        share_access: access::READ,
+        ..OpenOptions::create()
+    };
+    let fa = a.open("shared.txt", exclusive).await.unwrap();
+    fa.write_at(0, Bytes::from_static(b"hello")).await.unwrap();
+    fa.flush().await.unwrap();
+    let err = b
+        .open("shared.txt", OpenOptions::create().with(Disposition::Open))
+        .await
+        .err()
+        .expect("a writer that the first handle does not share is refused");
+    assert_eq!(err.code(), Some(ErrorCode::SharingViolation));
+    let rb = b.open("shared.txt", OpenOptions::read()).await.unwrap();
+    assert_eq!(
+        rb.read_at(0, 100).await.unwrap(),
+        b"hello",
+        "flushed data is visible to other sessions"
+    );
+
+    // Unlinked while open: both handles keep reading it.
+    b.remove("shared.txt").await.unwrap();
+    assert_eq!(
+        b.metadata("shared.txt").await.err().and_then(|e| e.code()),
+        Some(ErrorCode::NotFound)
+    );
+    fa.write_at(5, Bytes::from_static(b" world")).await.unwrap();
+    fa.flush().await.unwrap();
+    assert_eq!(rb.read_at(0, 100).await.unwrap(), b"hello world");
+    assert_eq!(fa.read_at(6, 5).await.unwrap(), b"world");
+    rb.close().await.unwrap();
+    fa.close().await.unwrap();
+    // A new file of the same name starts empty.
+    let fresh = a
+        .open(
+            "shared.txt",
+            OpenOptions::create().with(Disposition::CreateNew),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh.opened_attr().size, 0);
+    fresh.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_paging_under_concurrent_inserts() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    s.create_dir("d").await.unwrap();
+    let mut creates = futures::stream::FuturesUnordered::new();
+    for i in 0..2500 {
+        let s = s.clone();
+        creates.push(async move {
+            s.open(&format!("d/f{i:05}"), OpenOptions::create())
+                .await
+                .unwrap()
+                .close()
+                .await
+                .unwrap();
+        });
+        if creates.len() >= 32 {
+            futures::StreamExt::next(&mut creates).await;
+        }
+    }
+    while futures::StreamExt::next(&mut creates).await.is_some() {}
+    let inserter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                // Names that sort between and after the existing ones.
+                let f = s
+                    .open(&format!("d/f{:05}x", i * 9), OpenOptions::create())
+                    .await
+                    .unwrap();
+                f.close().await.unwrap();
+            }
+        })
+    };
+    let listed = s.read_dir("d").await.unwrap();
+    inserter.await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|a| a.name.as_str()).collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "an entry came twice");
+    for i in 0..2500 {
+        assert!(
+            unique.contains(format!("f{i:05}").as_str()),
+            "f{i:05} missing"
+        );
+    }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "pages come in name order");
+    assert_eq!(s.read_dir("d").await.unwrap().len(), 2800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_of_a_vanished_client_expire() {
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            cluster_extra: "handle_timeout_secs = 2\n".into(),
+            ..ClusterOptions::default()
+        },
+    );
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let gone = client(&c, None).await;
+    let locked = OpenOptions {
+        share_access: 0,
+        ..OpenOptions::create()
+    };
+    let f = gone.open("held", locked).await.unwrap();
+    let other = client(&c, None).await;
+    assert_eq!(
+        other
+            .open("held", OpenOptions::read())
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(ErrorCode::SharingViolation)
+    );
+    // The client vanishes without closing anything.
+    drop(f);
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match other.open("held", OpenOptions::read()).await {
+            Ok(h) => {
+                h.close().await.unwrap();
+                break;
+            }
+            Err(e)
+                if e.code() == Some(ErrorCode::SharingViolation) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("the vanished session's handle did not expire: {e}"),
+        }
+    }
+}
