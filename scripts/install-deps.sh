@@ -31,3 +31,13 @@ if ! command -v cargo >/dev/null; then
     source "$HOME/.cargo/env"
   fi
 fi
+
+# The fuzzer (`scripts/fuzz.sh`): cargo fuzz needs a nightly compiler.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "installing the nightly Rust toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal >/dev/null
+fi
+if ! command -v cargo-fuzz >/dev/null && [[ ! -x $HOME/.cargo/bin/cargo-fuzz ]]; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi

@@ -16,6 +16,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --workspace --all-targets --no-fail-fast -- \
   --test-threads="${CAIRN_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# A short fuzz run of the native protocol's decoders.
+./scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"
