@@ -248,6 +248,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         },
         chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
         read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
+        chunk_cache: Arc::new(crate::chunks::ChunkCache::new(CHUNK_CACHE_BYTES)),
         write_buffers: Arc::new(Semaphore::new(
             usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),
         )),
@@ -296,6 +297,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     Ok(())
 }
 
+/// Verified chunks kept in memory for small reads.
+const CHUNK_CACHE_BYTES: usize = 64 << 20;
 /// Bytes of chunk copies this node sends to peers at once, at most.
 const REPLICATION_BYTES_MAX: usize = 128 << 20;
 /// Bytes of peer requests this node holds at once, at most.

@@ -48,6 +48,11 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     transport.stream_receive_window((8u32 << 20).into());
     transport.receive_window((64u32 << 20).into());
     transport.send_window(64 << 20);
+    // Larger packets where the path carries them (loopback, jumbo frames):
+    // fewer packets is most of QUIC's throughput on a fast link.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(65_000);
+    transport.mtu_discovery_config(Some(mtu));
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;

@@ -65,6 +65,8 @@ pub struct AppState {
     pub read_buffers: Arc<Semaphore>,
     /// Bytes of unflushed native-protocol writes all handles may hold.
     pub write_buffers: Arc<Semaphore>,
+    /// Verified chunks recently read by the native protocol.
+    pub chunk_cache: Arc<crate::chunks::ChunkCache>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// This node's answers to peers (its own status, for `cluster status`).

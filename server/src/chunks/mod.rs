@@ -4,6 +4,7 @@
 //! (local disk now; object stores and simulated stores later). [`Pins`] keeps
 //! garbage collection away from chunks that an upload is about to reference.
 
+mod cache;
 mod local;
 mod pins;
 
@@ -11,6 +12,7 @@ use std::time::SystemTime;
 
 use cairn_proto::ContentHash;
 
+pub use cache::ChunkCache;
 pub use local::LocalChunkStore;
 pub use pins::{PinGuard, Pins};
 

@@ -65,9 +65,14 @@ pub async fn read_range(
     Ok(out)
 }
 
-async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Vec<u8>> {
+async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Arc<Vec<u8>>> {
+    if let Some(data) = state.chunk_cache.get(&hash) {
+        return Ok(data);
+    }
     let store = Arc::clone(&state.chunks);
-    Ok(tokio::task::spawn_blocking(move || store.get(&hash)).await??)
+    let data = Arc::new(tokio::task::spawn_blocking(move || store.get(&hash)).await??);
+    state.chunk_cache.insert(hash, Arc::clone(&data));
+    Ok(data)
 }
 
 /// The provisional ETag of chunked content written through handles: a hash

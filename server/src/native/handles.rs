@@ -107,24 +107,34 @@ impl OpenFile {
         }
     }
 
-    pub async fn read(
+    /// What a read of `[off, off + len)` needs: the committed content and
+    /// the span, and whether this handle's unflushed writes overlap it
+    /// (then [`OpenFile::read`] must run under the handle's lock).
+    pub async fn plan_read(
         &mut self,
         state: &Arc<AppState>,
         off: u64,
         len: u32,
-    ) -> ApiResult<(Vec<u8>, bool)> {
+    ) -> ApiResult<ReadPlan> {
         self.need(access::READ, "reading")?;
         let inode = self.committed(state).await?;
         let size = self.size.unwrap_or(inode.size());
         let end = size.min(off.saturating_add(u64::from(len)));
-        if off >= end {
-            return Ok((Vec::new(), true));
-        }
-        let file = inode.file.as_ref().ok_or_else(|| not_a_file(self.id))?;
-        let mut buf = read_range(state, &file.content, off, end - off).await?;
-        buf.resize((end - off) as usize, 0);
-        self.dirty.overlay(off, &mut buf);
-        Ok((buf, end == size))
+        let file = inode.file.ok_or_else(|| not_a_file(self.id))?;
+        Ok(ReadPlan {
+            content: file.content,
+            off,
+            end: end.max(off),
+            eof: end <= off || end == size,
+            private: self.dirty.touches(off, end),
+        })
+    }
+
+    /// Reads with this handle's unflushed writes laid over the content.
+    pub async fn read(&mut self, state: &Arc<AppState>, plan: &ReadPlan) -> ApiResult<Vec<u8>> {
+        let mut buf = plan.read(state).await?;
+        self.dirty.overlay(plan.off, &mut buf);
+        Ok(buf)
     }
 
     /// Takes `data` at `off`, or at the end for a sequenced write on an
@@ -270,6 +280,27 @@ impl OpenFile {
             _ => hash_content(state, file).await?,
         };
         Ok(Some((provisional, real)))
+    }
+}
+
+/// A read, planned under the handle's lock, done outside it.
+pub struct ReadPlan {
+    content: crate::meta::Content,
+    off: u64,
+    end: u64,
+    pub eof: bool,
+    /// Unflushed writes of the handle overlap the span.
+    pub private: bool,
+}
+
+impl ReadPlan {
+    pub async fn read(&self, state: &Arc<AppState>) -> ApiResult<Vec<u8>> {
+        if self.off >= self.end {
+            return Ok(Vec::new());
+        }
+        let mut buf = read_range(state, &self.content, self.off, self.end - self.off).await?;
+        buf.resize((self.end - self.off) as usize, 0);
+        Ok(buf)
     }
 }
 

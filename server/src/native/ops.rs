@@ -230,8 +230,20 @@ async fn session_op(
         Request::Read(r) => {
             let file = server.file(r.handle, &b.id).await?;
             let len = r.len.min(CHUNK_SIZE_MAX as u32);
-            let (data, eof) = file.lock().await.read(&server.state, r.offset, len).await?;
-            Ok(Response::Data(Data { data, eof }))
+            let mut f = file.lock().await;
+            let plan = f.plan_read(&server.state, r.offset, len).await?;
+            let data = if plan.private {
+                f.read(&server.state, &plan).await?
+            } else {
+                // Committed content only: other requests on the handle
+                // need not wait for this one's I/O.
+                drop(f);
+                plan.read(&server.state).await?
+            };
+            Ok(Response::Data(Data {
+                data,
+                eof: plan.eof,
+            }))
         }
         Request::Write(w) => {
             let file = server.file(w.handle, &b.id).await?;

@@ -1,0 +1,403 @@
+//! Native-protocol benchmarks on a 3-node cluster on loopback, each with
+//! its baseline measured in the same run:
+//!
+//! - sequential write and read of a 1 GiB file through the native protocol
+//!   vs the HTTP API (same cluster, same node). Target: >= 1.0 x HTTP.
+//! - 4 KiB random reads at queue depth 32 on a cached 64 MiB file, through
+//!   one handle: operations per second and p50/p99 latency, next to HTTP
+//!   range GETs at the same depth.
+//! - client-visible stall across a kill -9 of the node the client is
+//!   connected to, with an open handle being written and flushed, 20
+//!   kills: p50, p99, max. Target: p99 < 1.5 s.
+//!
+//!     cargo build --release --bins && target/release/cairn-bench-native [--quick]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use cairn_client::{Client, NativeConfig, OpenOptions};
+use cairn_tests::ServerOptions;
+use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::random_bytes;
+use clap::Parser;
+use common::{mib_s, timed_put};
+use futures::StreamExt;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "Cairn native-protocol benchmarks with same-run baselines")]
+struct Args {
+    /// 256 MiB, 2 s of random reads and 5 kills (not the targets').
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value = "target/bench/native.json")]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Transfer {
+    mib: u64,
+    native_write_mib_s: f64,
+    http_write_mib_s: f64,
+    write_ratio: f64,
+    native_read_mib_s: f64,
+    http_read_mib_s: f64,
+    read_ratio: f64,
+    target: &'static str,
+}
+
+#[derive(Serialize)]
+struct RandomReads {
+    queue_depth: usize,
+    native_ops_s: f64,
+    native_p50_us: f64,
+    native_p99_us: f64,
+    http_ops_s: f64,
+    http_p50_us: f64,
+    http_p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct Stall {
+    kills: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    all_ms: Vec<f64>,
+    target: &'static str,
+}
+
+#[derive(Serialize)]
+struct Report {
+    benchmark: &'static str,
+    quick: bool,
+    transfer: Transfer,
+    random_reads: RandomReads,
+    failover_stall: Stall,
+}
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        server: ServerOptions {
+            log_filter: "info".into(),
+            ..ClusterOptions::default().server
+        },
+        ..ClusterOptions::default()
+    }
+}
+
+fn config(c: &Cluster, first: usize) -> NativeConfig {
+    let mut nodes = c.quic_addrs();
+    nodes.rotate_left(first);
+    NativeConfig::new(nodes, c.ca_pem(), c.token(), "default".into())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (mib, read_secs, kills) = if args.quick {
+        (256, 2, 5)
+    } else {
+        (1024, 10, 20)
+    };
+    let c = Cluster::start(3, options());
+    let leader = c.wait_leader(Duration::from_secs(30)).await?;
+    // Through a follower, as most clients are: any node serves.
+    let via = (leader + 1) % 3;
+    eprintln!("--- sequential {mib} MiB: native vs HTTP");
+    let transfer = transfer(&c, via, mib).await?;
+    eprintln!("--- 4 KiB random reads, queue depth 32, {read_secs} s each");
+    let random_reads = random_reads(&c, via, Duration::from_secs(read_secs)).await?;
+    drop(c);
+    eprintln!("--- stall across {kills} kills of the connected node");
+    let failover_stall = stall(kills).await?;
+
+    println!(
+        "{:<30} {:>10} {:>10} {:>8}   target",
+        "sequential MiB/s", "native", "HTTP", "ratio"
+    );
+    let t = &transfer;
+    println!(
+        "{:<30} {:>10.1} {:>10.1} {:>8.2}   {}",
+        format!("write {mib} MiB"),
+        t.native_write_mib_s,
+        t.http_write_mib_s,
+        t.write_ratio,
+        t.target
+    );
+    println!(
+        "{:<30} {:>10.1} {:>10.1} {:>8.2}   {}",
+        format!("read {mib} MiB"),
+        t.native_read_mib_s,
+        t.http_read_mib_s,
+        t.read_ratio,
+        t.target
+    );
+    let r = &random_reads;
+    println!(
+        "{:<30} {:>10} {:>10} {:>10}",
+        "4 KiB random reads, QD 32", "ops/s", "p50 us", "p99 us"
+    );
+    println!(
+        "{:<30} {:>10.0} {:>10.0} {:>10.0}",
+        "native (one handle)", r.native_ops_s, r.native_p50_us, r.native_p99_us
+    );
+    println!(
+        "{:<30} {:>10.0} {:>10.0} {:>10.0}",
+        "HTTP range GET", r.http_ops_s, r.http_p50_us, r.http_p99_us
+    );
+    let s = &failover_stall;
+    println!(
+        "{:<30} {:>10} {:>10} {:>10}   target",
+        "failover stall", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "{:<30} {:>10.0} {:>10.0} {:>10.0}   {}",
+        format!("{kills} kill -9, connected node"),
+        s.p50_ms,
+        s.p99_ms,
+        s.max_ms,
+        s.target
+    );
+    let report = Report {
+        benchmark: "native",
+        quick: args.quick,
+        transfer,
+        random_reads,
+        failover_stall,
+    };
+    if let Some(parent) = args.out.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+async fn http_get(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Result<u64> {
+    let r = http.get(url).header("Authorization", auth).send().await?;
+    if !r.status().is_success() {
+        bail!("GET {url}: {}", r.status());
+    }
+    let mut body = r.bytes_stream();
+    let mut n = 0u64;
+    while let Some(b) = body.next().await {
+        n += b?.len() as u64;
+    }
+    Ok(n)
+}
+
+async fn transfer(c: &Cluster, via: usize, mib: u64) -> anyhow::Result<Transfer> {
+    let bytes = mib << 20;
+    let data = Bytes::from(random_bytes(bytes as usize, 42));
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/default/http.bin", c.http(via));
+    let http_write = timed_put(&http, &url, &c.auth(), data.clone()).await?;
+
+    let client = Client::connect(config(c, via)).await?;
+    let started = Instant::now();
+    let mut reader = std::io::Cursor::new(data.clone());
+    client.put("native.bin", &mut reader, &|_| {}).await?;
+    let native_write = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let n = http_get(&http, &url, &c.auth()).await?;
+    let http_read = started.elapsed().as_secs_f64();
+    anyhow::ensure!(n == bytes, "HTTP GET returned {n} bytes");
+    let started = Instant::now();
+    let n = client
+        .get("native.bin", &mut tokio::io::sink(), &|_| {})
+        .await?;
+    let native_read = started.elapsed().as_secs_f64();
+    anyhow::ensure!(n == bytes, "native read returned {n} bytes");
+    client.logoff().await?;
+    let (nw, hw) = (mib_s(bytes, native_write), mib_s(bytes, http_write));
+    let (nr, hr) = (mib_s(bytes, native_read), mib_s(bytes, http_read));
+    Ok(Transfer {
+        mib,
+        native_write_mib_s: nw,
+        http_write_mib_s: hw,
+        write_ratio: nw / hw,
+        native_read_mib_s: nr,
+        http_read_mib_s: hr,
+        read_ratio: nr / hr,
+        target: ">= 1.0 x HTTP",
+    })
+}
+
+const QD: usize = 32;
+const FILE_MIB: u64 = 64;
+
+/// (ops/s, sorted latencies in µs) of `QD` workers calling `op` for `time`.
+async fn closed_loop<F, Fut>(time: Duration, op: F) -> anyhow::Result<(f64, Vec<f64>)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..QD {
+        let (op, stop) = (op.clone(), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut x = (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % ((FILE_MIB << 20) / 4096)) * 4096;
+                let t = Instant::now();
+                op(off).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((all.len() as f64 / secs, all))
+}
+
+async fn random_reads(c: &Cluster, via: usize, time: Duration) -> anyhow::Result<RandomReads> {
+    let data = Bytes::from(random_bytes((FILE_MIB << 20) as usize, 9));
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/default/random.bin", c.http(via));
+    timed_put(&http, &url, &c.auth(), data).await?;
+    let client = Client::connect(config(c, via)).await?;
+    let file = Arc::new(client.open("random.bin", OpenOptions::read()).await?);
+    // Warm the caches (page cache, and any chunk cache) with one pass.
+    let mut sink = tokio::io::sink();
+    client.get("random.bin", &mut sink, &|_| {}).await?;
+    let (native_ops, native_lat) = closed_loop(time, {
+        let file = Arc::clone(&file);
+        move |off| {
+            let file = Arc::clone(&file);
+            async move {
+                let d = file.read_at(off, 4096).await?;
+                anyhow::ensure!(d.len() == 4096, "short read");
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let auth = c.auth();
+    let (http_ops, http_lat) = closed_loop(time, move |off| {
+        let (http, url, auth) = (http.clone(), url.clone(), auth.clone());
+        async move {
+            let r = http
+                .get(&url)
+                .header("Authorization", &auth)
+                .header("Range", format!("bytes={off}-{}", off + 4095))
+                .send()
+                .await?;
+            let b = r.bytes().await?;
+            anyhow::ensure!(b.len() == 4096, "short range");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(RandomReads {
+        queue_depth: QD,
+        native_ops_s: native_ops,
+        native_p50_us: pct(&native_lat, 0.5),
+        native_p99_us: pct(&native_lat, 0.99),
+        http_ops_s: http_ops,
+        http_p50_us: pct(&http_lat, 0.5),
+        http_p99_us: pct(&http_lat, 0.99),
+    })
+}
+
+/// One client writes 64 KiB and flushes, over and over, through one open
+/// handle; the node it is connected to is killed. The stall is the time
+/// from the kill until the first write+flush completes after it.
+async fn stall(kills: usize) -> anyhow::Result<Stall> {
+    let mut c = Cluster::start(3, options());
+    c.wait_leader(Duration::from_secs(30)).await?;
+    let client = Client::connect(config(&c, 0)).await?;
+    let file = Arc::new(client.open("stall.bin", OpenOptions::create()).await?);
+    let done = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (file, done, stop) = (Arc::clone(&file), Arc::clone(&done), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let block = Bytes::from(vec![7u8; 64 << 10]);
+            let mut off = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                file.write_at(off % (256 << 20), block.clone()).await?;
+                file.flush().await?;
+                off += block.len() as u64;
+                done.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Instant::now());
+            }
+            Ok::<_, cairn_client::ClientError>(())
+        })
+    };
+    let mut stalls = Vec::new();
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let victim = c
+            .node_at(&client.current_node().await)
+            .context("connected node unknown")?;
+        let killed_at = Instant::now();
+        c.nodes[victim].kill9();
+        let stall = loop {
+            let first = done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .find(|t| *t > killed_at);
+            if let Some(t) = first {
+                break t.duration_since(killed_at);
+            }
+            if killed_at.elapsed() > Duration::from_secs(60) {
+                bail!("kill {k}: no write completed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        eprintln!(
+            "kill {k}: node {} (connected), writes resumed after {:.0} ms",
+            victim + 1,
+            stall.as_secs_f64() * 1000.0
+        );
+        stalls.push(stall.as_secs_f64() * 1000.0);
+        c.nodes[victim].restart();
+        c.wait_converged(Duration::from_secs(30)).await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await??;
+    let mut sorted = stalls.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Stall {
+        kills,
+        p50_ms: pct(&sorted, 0.5),
+        p99_ms: pct(&sorted, 0.99),
+        max_ms: sorted.last().copied().unwrap_or(0.0),
+        all_ms: stalls,
+        target: "p99 < 1500 ms",
+    })
+}
