@@ -83,6 +83,8 @@ struct Current {
     generation: u64,
     conn: Option<quinn::Connection>,
     node: String,
+    /// The node whose connection just failed: tried last next time.
+    failed: Option<String>,
 }
 
 /// Options for [`Client::open`], like `std::fs::OpenOptions`.
@@ -171,9 +173,16 @@ impl Client {
         let nodes = &self.inner.cfg.nodes;
         let mut last = String::from("no node tried");
         let mut pause = Duration::from_millis(50);
+        let mut round = 0;
         loop {
             for _ in 0..nodes.len() {
                 let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                // A dead node costs a connect timeout: for the first rounds,
+                // the one that just failed waits until the others did.
+                if round < 5 && nodes.len() > 1 && cur.failed.as_deref() == Some(nodes[i].as_str())
+                {
+                    continue;
+                }
                 match self.establish(&nodes[i]).await {
                     Ok(conn) => {
                         if cur.generation > 0 {
@@ -185,6 +194,7 @@ impl Client {
                         cur.generation += 1;
                         cur.conn = Some(conn.clone());
                         cur.node = nodes[i].clone();
+                        cur.failed = None;
                         return Ok((cur.generation, conn));
                     }
                     Err(Establish::Fatal(e)) => return Err(e),
@@ -194,6 +204,7 @@ impl Client {
                     }
                 }
             }
+            round += 1;
             if Instant::now() + pause > deadline {
                 return Err(ClientError::Connection(format!(
                     "no node could resume the session: {last}"
@@ -249,8 +260,7 @@ impl Client {
             && let Some(c) = cur.conn.take()
         {
             c.close(0u32.into(), b"giving up on this node");
-            // Try the others first: this one just failed.
-            self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+            cur.failed = Some(cur.node.clone());
         }
     }
 
