@@ -48,10 +48,12 @@ pub enum ErrorCode {
     NoSession,
     /// Native protocol: another open handle's share mode forbids this access.
     SharingViolation,
+    /// Native protocol: a byte-range lock of another handle overlaps.
+    LockConflict,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadRequest,
         Self::InvalidPath,
         Self::Unauthorized,
@@ -71,6 +73,7 @@ impl ErrorCode {
         Self::StaleHandle,
         Self::NoSession,
         Self::SharingViolation,
+        Self::LockConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl ErrorCode {
             Self::StaleHandle => "stale_handle",
             Self::NoSession => "no_session",
             Self::SharingViolation => "sharing_violation",
+            Self::LockConflict => "lock_conflict",
         }
     }
 

@@ -464,3 +464,66 @@ async fn handles_of_a_vanished_client_expire() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn byte_range_locks_hold_across_failover() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let a = client(&c, Some(0)).await;
+    let b = client(&c, Some(1)).await;
+    let fa = a.open("locked", OpenOptions::create()).await.unwrap();
+    let fb = b
+        .open("locked", OpenOptions::create().with(Disposition::Open))
+        .await
+        .unwrap();
+    fa.lock(0, 100, true, Duration::ZERO).await.unwrap();
+    fb.lock(100, 10, true, Duration::ZERO)
+        .await
+        .expect("adjacent ranges do not conflict");
+    let conflict = |r: Result<(), ClientError>| r.err().and_then(|e| e.code());
+    assert_eq!(
+        conflict(fb.lock(50, 1, false, Duration::ZERO).await),
+        Some(ErrorCode::LockConflict)
+    );
+    let waited = Instant::now();
+    assert_eq!(
+        conflict(fb.lock(0, 1, false, Duration::from_millis(800)).await),
+        Some(ErrorCode::LockConflict)
+    );
+    assert!(
+        waited.elapsed() >= Duration::from_millis(700),
+        "a blocking lock waits"
+    );
+
+    // The node A talks to dies: A's lock is still held, for B and for A.
+    let connected = connected_node(&c, &a).await;
+    assert_ne!(connected_node(&c, &b).await, connected);
+    c.nodes[connected].kill9();
+    assert_eq!(
+        conflict(fb.lock(10, 5, true, Duration::ZERO).await),
+        Some(ErrorCode::LockConflict)
+    );
+    fa.write_at(0, Bytes::from_static(b"still mine"))
+        .await
+        .unwrap();
+    // B blocks; A lets go; B gets it.
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        fb.lock(0, 100, true, Duration::from_secs(20))
+            .await
+            .map(|()| (t.elapsed(), fb))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fa.unlock(0, 100).await.unwrap();
+    let (waited, fb) = waiter.await.unwrap().unwrap();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "B got the lock before A let go"
+    );
+    assert!(a.reconnects() >= 1);
+    // Closing releases a handle's locks.
+    fb.close().await.unwrap();
+    fa.lock(0, 0, true, Duration::ZERO).await.unwrap();
+    fa.close().await.unwrap();
+    c.nodes[connected].relaunch();
+}

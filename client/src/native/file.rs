@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_proto::wire::{Attr, Disposition, HandleId, Read, Request, Response, SetInfo, Write};
+use cairn_proto::wire::{
+    Attr, Disposition, HandleId, Lock, Read, Request, Response, SetInfo, Unlock, Write,
+};
 use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -230,6 +232,43 @@ impl File {
         });
         match self.client.call(req).await? {
             Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes a byte-range lock (`len` 0: to the end of any file), waiting
+    /// up to `wait` for conflicting locks of other handles to go away;
+    /// `lock_conflict` if they do not. Held across failovers until
+    /// [`File::unlock`] or close.
+    pub async fn lock(
+        &self,
+        offset: u64,
+        len: u64,
+        exclusive: bool,
+        wait: std::time::Duration,
+    ) -> Result<(), ClientError> {
+        let req = Request::Lock(Lock {
+            handle: self.handle,
+            offset,
+            len,
+            exclusive,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        });
+        match self.client.call(req).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Releases the lock taken with exactly this range.
+    pub async fn unlock(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        let req = Request::Unlock(Unlock {
+            handle: self.handle,
+            offset,
+            len,
+        });
+        match self.client.call(req).await? {
+            Response::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

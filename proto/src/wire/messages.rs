@@ -187,6 +187,28 @@ pub struct SetInfo {
     pub mode: Option<u32>,
 }
 
+/// A byte-range lock on an open file. Locks of one handle never conflict
+/// with each other; taking the same lock again is a no-op, so a retry is
+/// harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub handle: HandleId,
+    pub offset: u64,
+    /// 0 means "to the end of any file" (every offset from `offset` on).
+    pub len: u64,
+    pub exclusive: bool,
+    /// How long to wait for conflicting locks to go away (0: do not wait).
+    pub wait_ms: u32,
+}
+
+/// Releases a lock taken with exactly this offset and length.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlock {
+    pub handle: HandleId,
+    pub offset: u64,
+    pub len: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadDir {
     pub path: String,
@@ -254,6 +276,8 @@ pub enum Request {
     Mkdir(Mkdir),
     Rename(Rename),
     Remove(PathReq),
+    Lock(Lock),
+    Unlock(Unlock),
 }
 
 /// A response body.
@@ -314,6 +338,8 @@ impl Request {
             Self::Mkdir(_) => 0x0024,
             Self::Rename(_) => 0x0025,
             Self::Remove(_) => 0x0026,
+            Self::Lock(_) => 0x0030,
+            Self::Unlock(_) => 0x0031,
         }
     }
 
@@ -336,6 +362,8 @@ impl Request {
             Self::Mkdir(_) => "mkdir",
             Self::Rename(_) => "rename",
             Self::Remove(_) => "remove",
+            Self::Lock(_) => "lock",
+            Self::Unlock(_) => "unlock",
         }
     }
 
@@ -351,6 +379,7 @@ impl Request {
                 | Self::Mkdir(_)
                 | Self::Rename(_)
                 | Self::Remove(_)
+                | Self::Unlock(_)
         )
     }
 
@@ -371,6 +400,8 @@ impl Request {
             Self::ReadDir(b) => put(b, &mut payload),
             Self::Mkdir(b) => put(b, &mut payload),
             Self::Rename(b) => put(b, &mut payload),
+            Self::Lock(b) => put(b, &mut payload),
+            Self::Unlock(b) => put(b, &mut payload),
         }
         let mut out = Vec::new();
         encode_frame(self.kind(), &payload, &mut out)?;
@@ -397,6 +428,8 @@ impl Request {
             0x0024 => Self::Mkdir(body(kind, rest)?.0),
             0x0025 => Self::Rename(body(kind, rest)?.0),
             0x0026 => Self::Remove(body(kind, rest)?.0),
+            0x0030 => Self::Lock(body(kind, rest)?.0),
+            0x0031 => Self::Unlock(body(kind, rest)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok((header, req))

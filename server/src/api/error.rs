@@ -53,7 +53,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotEmpty
         | ErrorCode::IsDirectory
         | ErrorCode::NotDirectory
-        | ErrorCode::SharingViolation => StatusCode::CONFLICT,
+        | ErrorCode::SharingViolation
+        | ErrorCode::LockConflict => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -46,6 +46,8 @@ pub enum MetaError {
     StaleHandle(String),
     #[error("'{0}' is open by another handle that does not share this access")]
     SharingViolation(String),
+    #[error("{0}")]
+    LockConflict(String),
 }
 
 impl MetaError {
@@ -62,6 +64,7 @@ impl MetaError {
             Self::NoSession(_) => ErrorCode::NoSession,
             Self::StaleHandle(_) => ErrorCode::StaleHandle,
             Self::SharingViolation(_) => ErrorCode::SharingViolation,
+            Self::LockConflict(_) => ErrorCode::LockConflict,
         }
     }
 }
@@ -163,7 +166,9 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::OpenFile { .. }
         | Command::SetContent { .. }
         | Command::SetAttr { .. }
-        | Command::CloseHandle { .. } => super::sessions::apply_session_command(tx, cmd),
+        | Command::CloseHandle { .. }
+        | Command::Lock { .. }
+        | Command::Unlock { .. } => super::sessions::apply_session_command(tx, cmd),
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);

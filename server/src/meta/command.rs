@@ -120,6 +120,19 @@ pub enum Command {
         settle: Option<(ContentHash, ContentHash)>,
         now_ns: i64,
     },
+    /// Takes a byte-range lock for a handle (again: a no-op).
+    Lock {
+        handle: HandleId,
+        offset: u64,
+        len: u64,
+        exclusive: bool,
+    },
+    /// Releases the handle's lock with exactly this range.
+    Unlock {
+        handle: HandleId,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Command {
@@ -143,6 +156,8 @@ impl Command {
             Self::SetContent { .. } => "set_content",
             Self::SetAttr { .. } => "set_attr",
             Self::CloseHandle { .. } => "close_handle",
+            Self::Lock { .. } => "lock",
+            Self::Unlock { .. } => "unlock",
         }
     }
 }

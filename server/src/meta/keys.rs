@@ -81,6 +81,23 @@ pub fn open_handle(inode: InodeId, handle: HandleId) -> Vec<u8> {
     k
 }
 
+/// Byte-range locks on an inode: `L | inode | handle | offset`.
+pub fn locks(inode: InodeId) -> Vec<u8> {
+    prefixed(b'L', &inode.to_be_bytes())
+}
+
+pub fn handle_locks(inode: InodeId, handle: HandleId) -> Vec<u8> {
+    let mut k = locks(inode);
+    k.extend_from_slice(&handle.0.to_be_bytes());
+    k
+}
+
+pub fn lock(inode: InodeId, handle: HandleId, offset: u64) -> Vec<u8> {
+    let mut k = handle_locks(inode, handle);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
 /// A session's remembered results: `R | session | seq`.
 pub fn replays(id: &SessionId) -> Vec<u8> {
     prefixed(b'R', &id.0)

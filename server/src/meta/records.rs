@@ -181,6 +181,25 @@ pub struct SessionRecord {
     pub renewed_ns: i64,
 }
 
+/// A byte-range lock (its inode, handle and offset are in the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// 0: to the end of any file.
+    pub len: u64,
+    pub exclusive: bool,
+}
+
+impl LockRecord {
+    /// One past the last byte covered.
+    pub fn end(&self, offset: u64) -> u64 {
+        if self.len == 0 {
+            u64::MAX
+        } else {
+            offset.saturating_add(self.len)
+        }
+    }
+}
+
 /// An open file of a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandleRecord {

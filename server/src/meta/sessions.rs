@@ -14,7 +14,7 @@ use super::apply::{
 use super::command::Command;
 use super::keys;
 use super::overlay::{KvRead, Overlay};
-use super::records::{Content, FileData, HandleRecord, Inode, SessionRecord, encode};
+use super::records::{Content, FileData, HandleRecord, Inode, LockRecord, SessionRecord, encode};
 use super::store::StoreError;
 
 /// Sequenced requests remembered per session. Clients keep fewer than this
@@ -171,6 +171,30 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
             settle,
             now_ns,
         } => close_handle(tx, *handle, settle.as_ref(), *now_ns),
+        Command::Lock {
+            handle,
+            offset,
+            len,
+            exclusive,
+        } => lock(tx, *handle, *offset, *len, *exclusive),
+        Command::Unlock {
+            handle,
+            offset,
+            len,
+        } => {
+            let h = load_handle(tx, *handle)?;
+            let key = keys::lock(h.inode, *handle, *offset);
+            match get::<LockRecord, _>(tx, &key)? {
+                Some(l) if l.len == *len => {
+                    tx.delete(key);
+                    Ok(Applied::nothing())
+                }
+                _ => Err(MetaError::NotFound(format!(
+                    "handle {handle} holds no lock of {len} bytes at {offset}"
+                ))
+                .into()),
+            }
+        }
         other => {
             Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into())
         }
@@ -469,6 +493,44 @@ fn set_content<R: KvRead + ?Sized>(
     Ok(applied_for(h.inode, &inode))
 }
 
+/// Grants a byte-range lock unless another handle's overlapping lock
+/// forbids it (either one exclusive).
+fn lock<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    handle: HandleId,
+    offset: u64,
+    len: u64,
+    exclusive: bool,
+) -> Result<Applied, ApplyError> {
+    let h = load_handle(tx, handle)?;
+    let wanted = LockRecord { len, exclusive };
+    let end = wanted.end(offset);
+    let prefix = keys::locks(h.inode);
+    for key in keys_under(tx, &prefix)? {
+        let (Some(other_offset), Some(other_handle)) = (
+            keys::trailing_u64(&key),
+            keys::trailing_u64(&key[..key.len().saturating_sub(8)]),
+        ) else {
+            continue;
+        };
+        if other_handle == handle.0 {
+            continue;
+        }
+        let Some(other) = get::<LockRecord, _>(tx, &key)? else {
+            continue;
+        };
+        let overlaps = other_offset < end && offset < other.end(other_offset);
+        if overlaps && (exclusive || other.exclusive) {
+            return Err(MetaError::LockConflict(format!(
+                "bytes {offset}..{end} are locked by handle h{other_handle}"
+            ))
+            .into());
+        }
+    }
+    tx.put(keys::lock(h.inode, handle, offset), encode(&wanted));
+    Ok(Applied::nothing())
+}
+
 fn close_handle<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     handle: HandleId,
@@ -476,6 +538,9 @@ fn close_handle<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<Applied, ApplyError> {
     let h = load_handle(tx, handle)?;
+    for key in keys_under(tx, &keys::handle_locks(h.inode, handle))? {
+        tx.delete(key);
+    }
     tx.delete(keys::handle(handle));
     tx.delete(keys::session_handle(&h.session, handle));
     tx.delete(keys::open_handle(h.inode, handle));

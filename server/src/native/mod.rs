@@ -275,6 +275,8 @@ fn handle_of(req: &Request) -> Option<HandleId> {
         Request::Write(w) => Some(w.handle),
         Request::Flush(h) | Request::Close(h) | Request::StatHandle(h) => Some(*h),
         Request::SetInfo(s) => Some(s.handle),
+        Request::Lock(l) => Some(l.handle),
+        Request::Unlock(u) => Some(u.handle),
         _ => None,
     }
 }

@@ -6,11 +6,16 @@ use cairn_proto::wire::{
 };
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
+use std::time::{Duration, Instant};
+
 use super::{Bound, ConnState, NativeServer};
 use crate::api::error::{ApiError, ApiResult};
+use crate::consensus::committer::CommitError;
 use crate::meta::sessions::{REPLAY_WINDOW, load_session, session_handles};
-use crate::meta::{Applied, Command, Inode, Precondition};
+use crate::meta::{Applied, Command, Inode, MetaError, Precondition};
 
+/// Longest a blocking lock request waits.
+const LOCK_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Entries per directory page, at most.
 const DIR_PAGE_MAX: u32 = 1000;
 
@@ -379,6 +384,46 @@ async fn session_op(
                     path: path(&p.path)?,
                     now_ns: now,
                     precondition: Precondition::default(),
+                },
+            )
+            .await?;
+            Ok(Response::Done)
+        }
+        Request::Lock(l) => {
+            // Checks that the handle is this session's.
+            server.file(l.handle, &b.id).await?;
+            let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
+            let deadline = Instant::now() + wait;
+            let mut pause = Duration::from_millis(10);
+            loop {
+                let cmd = Command::Lock {
+                    handle: l.handle,
+                    offset: l.offset,
+                    len: l.len,
+                    exclusive: l.exclusive,
+                };
+                match state.committer.commit(cmd).await {
+                    Ok(_) => return Ok(Response::Done),
+                    Err(CommitError::Meta(MetaError::LockConflict(_)))
+                        if Instant::now() + pause < deadline =>
+                    {
+                        // Blocking lock: try again until the holder lets go.
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Request::Unlock(u) => {
+            server.file(u.handle, &b.id).await?;
+            sequenced(
+                server,
+                &header,
+                Command::Unlock {
+                    handle: u.handle,
+                    offset: u.offset,
+                    len: u.len,
                 },
             )
             .await?;

@@ -128,6 +128,29 @@ fn request() -> impl Strategy<Value = Request> {
             to,
             replace
         })),
+        (
+            handle(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(handle, offset, len, exclusive, wait_ms)| Request::Lock(Lock {
+                    handle,
+                    offset,
+                    len,
+                    exclusive,
+                    wait_ms
+                })
+            ),
+        (handle(), any::<u64>(), any::<u64>()).prop_map(|(handle, offset, len)| Request::Unlock(
+            Unlock {
+                handle,
+                offset,
+                len
+            }
+        )),
     ]
 }
 

@@ -406,3 +406,72 @@ fn expired_sessions_lose_their_handles_and_replays() {
             .is_none_or(|kv| !kv.unwrap().0.starts_with(&prefix))
     );
 }
+
+fn lock(handle: HandleId, offset: u64, len: u64, exclusive: bool) -> Command {
+    Command::Lock {
+        handle,
+        offset,
+        len,
+        exclusive,
+    }
+}
+
+#[test]
+fn byte_range_locks_conflict_only_across_handles() {
+    let f = Fixture::new();
+    let a = HandleId(
+        f.open(S1, "a", Disposition::Create, RW, ALL)
+            .unwrap()
+            .handle
+            .unwrap(),
+    );
+    let b = HandleId(
+        f.open(S2, "a", Disposition::Open, RW, ALL)
+            .unwrap()
+            .handle
+            .unwrap(),
+    );
+    f.ok(lock(a, 0, 100, true));
+    f.ok(lock(a, 0, 100, true));
+    f.ok(lock(a, 50, 100, false));
+    let code = |r: Result<Applied, MetaError>| r.unwrap_err().code();
+    assert_eq!(code(f.run(lock(b, 99, 1, false))), ErrorCode::LockConflict);
+    f.ok(lock(b, 150, 10, false));
+    f.ok(lock(b, 150, 10, false));
+    assert_eq!(
+        code(f.run(lock(b, 140, 0, true))),
+        ErrorCode::LockConflict,
+        "shared overlap"
+    );
+    f.ok(lock(b, 200, 0, true));
+    assert_eq!(
+        code(f.run(lock(a, 1 << 40, 1, false))),
+        ErrorCode::LockConflict,
+        "len 0 reaches any offset"
+    );
+    assert_eq!(
+        code(f.run(Command::Unlock {
+            handle: a,
+            offset: 0,
+            len: 99
+        })),
+        ErrorCode::NotFound
+    );
+    f.ok(Command::Unlock {
+        handle: a,
+        offset: 0,
+        len: 100,
+    });
+    f.ok(Command::Unlock {
+        handle: a,
+        offset: 50,
+        len: 100,
+    });
+    f.ok(lock(b, 0, 10, true));
+    f.ok(Command::CloseHandle {
+        handle: b,
+        settle: None,
+        now_ns: 60,
+    });
+    f.ok(lock(a, 0, 0, true));
+}
