@@ -356,6 +356,29 @@ async fn share_modes_and_unlink_while_open() {
     assert_eq!(fa.read_at(6, 5).await.unwrap(), b"world");
     rb.close().await.unwrap();
     fa.close().await.unwrap();
+    // Delete-on-close: the name goes when the handle closes.
+    let scratch = a
+        .open(
+            "scratch.tmp",
+            OpenOptions {
+                access: access::READ | access::WRITE | access::DELETE,
+                delete_on_close: true,
+                ..OpenOptions::create()
+            },
+        )
+        .await
+        .unwrap();
+    scratch
+        .write_at(0, Bytes::from_static(b"temporary"))
+        .await
+        .unwrap();
+    scratch.flush().await.unwrap();
+    assert_eq!(b.metadata("scratch.tmp").await.unwrap().size, 9);
+    scratch.close().await.unwrap();
+    assert_eq!(
+        b.metadata("scratch.tmp").await.err().and_then(|e| e.code()),
+        Some(ErrorCode::NotFound)
+    );
     // A new file of the same name starts empty.
     let fresh = a
         .open(

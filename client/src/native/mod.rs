@@ -94,6 +94,8 @@ pub struct OpenOptions {
     pub access: u8,
     pub share_access: u8,
     pub append: bool,
+    /// Remove the file's name at close (needs `access::DELETE`).
+    pub delete_on_close: bool,
     pub mode: u32,
 }
 
@@ -104,6 +106,7 @@ impl OpenOptions {
             access: access::READ,
             share_access: access::READ | access::WRITE | access::DELETE,
             append: false,
+            delete_on_close: false,
             mode: 0o644,
         }
     }
@@ -331,11 +334,7 @@ impl Client {
                 disposition: opts.disposition,
                 access: opts.access,
                 share_access: opts.share_access,
-                flags: if opts.append {
-                    cairn_proto::wire::open_flags::APPEND
-                } else {
-                    0
-                },
+                flags: open_flags(&opts),
                 mode: opts.mode,
             }))
             .await?;
@@ -433,6 +432,18 @@ impl Client {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+fn open_flags(opts: &OpenOptions) -> u8 {
+    use cairn_proto::wire::open_flags::{APPEND, DELETE_ON_CLOSE};
+    let mut flags = 0;
+    if opts.append {
+        flags |= APPEND;
+    }
+    if opts.delete_on_close {
+        flags |= DELETE_ON_CLOSE;
+    }
+    flags
 }
 
 enum Establish {

@@ -75,6 +75,9 @@ pub enum Disposition {
 pub mod open_flags {
     /// Every write goes to the end of the file, whatever its offset.
     pub const APPEND: u8 = 1;
+    /// Remove the file's name when this handle closes (needs delete
+    /// access); handles still open keep reading it until they close.
+    pub const DELETE_ON_CLOSE: u8 = 2;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

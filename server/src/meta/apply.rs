@@ -540,7 +540,7 @@ fn link<R: KvRead + ?Sized>(
 }
 
 /// Removes `name` from `dir`; the inverse of [`link`].
-fn unlink<R: KvRead + ?Sized>(
+pub(super) fn unlink<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     dir: InodeId,
     name: &str,

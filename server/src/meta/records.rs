@@ -209,6 +209,9 @@ pub struct HandleRecord {
     pub access: u8,
     pub share_access: u8,
     pub flags: u8,
+    /// The directory and name it was opened by (for delete-on-close).
+    pub parent: InodeId,
+    pub name: String,
 }
 
 #[cfg(test)]

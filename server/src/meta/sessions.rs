@@ -4,12 +4,12 @@
 //! from the table instead of being applied twice.
 
 use cairn_proto::api::EntryKind;
-use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
+use cairn_proto::wire::{Disposition, HandleId, SessionId, access, open_flags};
 use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
 
 use super::apply::{
     Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get, load_inode,
-    load_share, lookup, release_chunk_ref, resolve_dir,
+    load_share, lookup, release_chunk_ref, resolve_dir, unlink,
 };
 use super::command::Command;
 use super::keys;
@@ -400,6 +400,9 @@ fn open_file<R: KvRead + ?Sized>(
         }
         replace_content(tx, id, &empty_file(), a.now_ns)?;
     }
+    if a.flags & open_flags::DELETE_ON_CLOSE != 0 && a.access & access::DELETE == 0 {
+        return Err(MetaError::Forbidden("delete-on-close needs delete access".into()).into());
+    }
     let handle = allocate_handle(tx)?;
     let rec = HandleRecord {
         session: *a.session,
@@ -407,6 +410,8 @@ fn open_file<R: KvRead + ?Sized>(
         access: a.access,
         share_access: a.share_access,
         flags: a.flags,
+        parent,
+        name: name.to_owned(),
     };
     tx.put(keys::handle(handle), encode(&rec));
     tx.put(keys::session_handle(a.session, handle), Vec::new());
@@ -544,6 +549,16 @@ fn close_handle<R: KvRead + ?Sized>(
     tx.delete(keys::handle(handle));
     tx.delete(keys::session_handle(&h.session, handle));
     tx.delete(keys::open_handle(h.inode, handle));
+    if h.flags & open_flags::DELETE_ON_CLOSE != 0
+        && let Some(entry) = lookup(tx, h.parent, &h.name)?
+        && entry.inode == h.inode
+    {
+        // Still the name it was opened by: remove it now; handles still
+        // open keep the file until they close.
+        unlink(tx, h.parent, &h.name, entry, now_ns)?;
+        drop_inode(tx, h.inode, now_ns)?;
+        return Ok(Applied::nothing());
+    }
     let Some(mut inode) = get::<Inode, _>(tx, &keys::inode(h.inode))? else {
         return Ok(Applied::nothing());
     };

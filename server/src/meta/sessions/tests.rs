@@ -475,3 +475,62 @@ fn byte_range_locks_conflict_only_across_handles() {
     });
     f.ok(lock(a, 0, 0, true));
 }
+
+#[test]
+fn delete_on_close_removes_the_name_at_close() {
+    let f = Fixture::new();
+    let doc = |session, acc| Command::OpenFile {
+        session,
+        share: share(),
+        path: path("tmp"),
+        disposition: Disposition::OpenOrCreate,
+        access: acc,
+        share_access: ALL,
+        flags: cairn_proto::wire::open_flags::DELETE_ON_CLOSE,
+        mode: 0o600,
+        now_ns: 20,
+    };
+    assert_eq!(f.run(doc(S1, RW)).unwrap_err().code(), ErrorCode::Forbidden);
+    let h = HandleId(f.run(doc(S1, ALL)).unwrap().handle.unwrap());
+    let other = HandleId(
+        f.open(S2, "tmp", Disposition::Open, RW, ALL)
+            .unwrap()
+            .handle
+            .unwrap(),
+    );
+    let chunk = ContentHash::of(b"tmp");
+    let base = f
+        .store
+        .snapshot()
+        .resolve(&share(), &path("tmp"))
+        .unwrap()
+        .1
+        .etag()
+        .unwrap();
+    f.ok(Command::SetContent {
+        handle: other,
+        base,
+        file: chunked(chunk, 3),
+        now_ns: 25,
+    });
+    f.ok(Command::CloseHandle {
+        handle: h,
+        settle: None,
+        now_ns: 30,
+    });
+    assert!(
+        !f.exists("tmp"),
+        "the name goes with the delete-on-close handle"
+    );
+    assert_eq!(
+        f.chunk_refs(&chunk),
+        1,
+        "the other handle still has the file"
+    );
+    f.ok(Command::CloseHandle {
+        handle: other,
+        settle: None,
+        now_ns: 40,
+    });
+    assert_eq!(f.chunk_refs(&chunk), 0);
+}
