@@ -17,7 +17,7 @@ use super::AppState;
 use super::conditional::{etag_header, precondition};
 use super::error::{ApiError, ApiResult};
 use super::range::{ByteRange, RangeRequest, parse_range};
-use crate::chunks::ChunkStore;
+use crate::chunks::{ChunkCache, ChunkStore};
 use crate::clock::ns_to_system_time;
 use crate::meta::{ChunkRef, Content, Inode};
 use crate::metrics::Metrics;
@@ -179,6 +179,7 @@ async fn body_for(state: &AppState, content: &Content, range: ByteRange) -> ApiR
         metrics: Arc::clone(&state.metrics),
         buffers: Arc::clone(&state.read_buffers),
         wait: state.limits.body_idle_timeout,
+        cache: Arc::clone(&state.chunk_cache),
     };
     let first = reader.read(first, true).await?;
     let rest = stream::iter(pieces)
@@ -208,6 +209,8 @@ struct PieceReader {
     buffers: Arc<Semaphore>,
     /// Longest wait for a buffer before giving up with a retryable error.
     wait: Duration,
+    /// Verified chunks of recent partial reads.
+    cache: Arc<ChunkCache>,
 }
 
 /// A verified chunk and the budget permit it holds until it is dropped.
@@ -240,6 +243,13 @@ impl PieceReader {
         (chunk, start, end): (ChunkRef, usize, usize),
         bounded: bool,
     ) -> ApiResult<Bytes> {
+        let partial = end - start < chunk.len as usize;
+        if partial && let Some(cached) = self.cache.get(&chunk.hash) {
+            // A small range of a chunk read lately: no disk read, no hash.
+            let piece = Bytes::copy_from_slice(cached.get(start..end).unwrap_or_default());
+            self.metrics.http_bytes_out.inc_by(piece.len() as u64);
+            return Ok(piece);
+        }
         let acquire = Arc::clone(&self.buffers).acquire_owned();
         let wait = if bounded {
             self.wait
@@ -262,6 +272,15 @@ impl PieceReader {
         let data = data.inspect_err(|_| {
             self.metrics.chunk_corrupt.inc();
         })?;
+        if partial {
+            // Range requests come back for nearby ranges (random reads):
+            // keep the verified chunk, send a copy of the span.
+            let data = Arc::new(data);
+            self.cache.insert(chunk.hash, Arc::clone(&data));
+            let piece = Bytes::copy_from_slice(data.get(start..end).unwrap_or_default());
+            self.metrics.http_bytes_out.inc_by(piece.len() as u64);
+            return Ok(piece);
+        }
         let piece = Bytes::from_owner(Held {
             data,
             _permit: permit,

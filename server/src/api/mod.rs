@@ -65,7 +65,7 @@ pub struct AppState {
     pub read_buffers: Arc<Semaphore>,
     /// Bytes of unflushed native-protocol writes all handles may hold.
     pub write_buffers: Arc<Semaphore>,
-    /// Verified chunks recently read by the native protocol.
+    /// Verified chunks recently read in part (native reads, HTTP ranges).
     pub chunk_cache: Arc<crate::chunks::ChunkCache>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,

@@ -14,6 +14,7 @@ mod handles;
 mod ops;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,21 @@ pub struct NativeServer {
     open: Mutex<HashMap<HandleId, OpenEntry>>,
     /// Sessions with a live connection to this node (and how many).
     live: Mutex<HashMap<SessionId, usize>>,
+    connections: AtomicUsize,
+}
+
+/// Client connections (each carries one session) a node serves at once.
+pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Decrements `n` when dropped.
+fn scopeguard(n: &AtomicUsize) -> impl Drop + '_ {
+    struct Guard<'a>(&'a AtomicUsize);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    Guard(n)
 }
 
 struct OpenEntry {
@@ -65,6 +81,7 @@ impl NativeServer {
             handle_timeout,
             open: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
         })
     }
 
@@ -88,6 +105,13 @@ impl NativeServer {
     /// Serves one client connection until it closes.
     pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
         let peer = conn.remote_address();
+        let count = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let _count = scopeguard(&self.connections);
+        if count > CONNECTIONS_MAX {
+            tracing::warn!(%peer, "too many client connections; refused");
+            conn.close(3u32.into(), b"too many connections");
+            return;
+        }
         let cs = Arc::new(tokio::sync::Mutex::new(ConnState::default()));
         loop {
             let (send, recv) = match conn.accept_bi().await {
