@@ -550,3 +550,61 @@ async fn byte_range_locks_hold_across_failover() {
     fa.close().await.unwrap();
     c.nodes[connected].relaunch();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_writes_truncates_and_flushes_match_a_local_model() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    let file = s.open("model.bin", OpenOptions::create()).await.unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for step in 0..60u64 {
+        match next(10) {
+            0 => {
+                let size = next(20 * MIB as u64) as usize;
+                file.set_len(size as u64).await.unwrap();
+                model.resize(size, 0);
+            }
+            1 | 2 => {
+                file.flush().await.unwrap();
+            }
+            _ => {
+                // Whole cells, cell-straddling pieces and small patches,
+                // often over bytes written (and staged) before.
+                let off = next(20 * MIB as u64) as usize;
+                let len = match next(3) {
+                    0 => 4 * MIB,
+                    1 => 1 + next(6 * MIB as u64) as usize,
+                    _ => 1 + next(4096) as usize,
+                };
+                let data = random_bytes(len, step);
+                file.write_at(off as u64, Bytes::from(data.clone()))
+                    .await
+                    .unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+        }
+        if step % 20 == 19 {
+            let seen = file.read_at(0, model.len() + 1).await.unwrap();
+            assert!(seen == model, "step {step}: the handle reads what it wrote");
+        }
+    }
+    file.close().await.unwrap();
+    let back = read_all(&c, "model.bin").await;
+    assert_eq!(back.len(), model.len());
+    assert!(back == model, "content differs from the model");
+    assert_eq!(
+        s.metadata("model.bin").await.unwrap().etag,
+        Some(*blake3::hash(&model).as_bytes())
+    );
+}

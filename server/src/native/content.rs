@@ -24,6 +24,22 @@ const CELL: u64 = CHUNK_SIZE_MAX as u64;
 /// Bytes read at a time when hashing a whole file.
 pub const HASH_PIECE: u64 = CELL;
 
+/// Whole cells already stored while writes arrived: cell -> chunk (pinned).
+pub type Staged = std::collections::BTreeMap<u64, (ChunkRef, PinGuard)>;
+
+/// Stores cell `k`'s bytes as a chunk ahead of the flush.
+pub async fn stage(state: Arc<AppState>, bytes: Vec<u8>) -> ApiResult<(ChunkRef, PinGuard)> {
+    let hash = ContentHash::of(&bytes);
+    let pin = state.pins.pin(hash);
+    let len = bytes.len() as u32;
+    let store = Arc::clone(&state.chunks);
+    tokio::task::spawn_blocking(move || store.put(&hash, &bytes)).await??;
+    Ok((ChunkRef { hash, len }, pin))
+}
+
+/// The width of the grid new content is cut on.
+pub const CELL_BYTES: u64 = CELL;
+
 /// Reads `[off, off + len)` of `content` (clipped to it), chunks verified.
 pub async fn read_range(
     state: &Arc<AppState>,
@@ -101,6 +117,7 @@ pub async fn build(
     base: &FileData,
     dirty: &Extents,
     size: u64,
+    staged: &Staged,
 ) -> ApiResult<Built> {
     if size <= state.limits.inline_bytes_max {
         let mut bytes = read_range(state, &base.content, 0, size).await?;
@@ -118,7 +135,7 @@ pub async fn build(
     }
     let cells = size.div_ceil(CELL);
     let built: Vec<(ChunkRef, Option<PinGuard>)> = stream::iter(0..cells)
-        .map(|k| cell(state, base, dirty, k, size))
+        .map(|k| cell(state, base, dirty, k, size, staged))
         .buffered(CHUNK_PUTS_IN_FLIGHT)
         .try_collect()
         .await?;
@@ -147,9 +164,16 @@ async fn cell(
     dirty: &Extents,
     k: u64,
     size: u64,
+    staged: &Staged,
 ) -> ApiResult<(ChunkRef, Option<PinGuard>)> {
     let start = k * CELL;
     let end = size.min(start + CELL);
+    if end - start == CELL
+        && let Some((c, _pin)) = staged.get(&k)
+    {
+        // Stored while the writes came in; its pin lives in `staged`.
+        return Ok((*c, None));
+    }
     if !dirty.touches(start, end)
         && let Some(c) = base_chunk_at(&base.content, start, end)
     {

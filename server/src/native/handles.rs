@@ -18,6 +18,12 @@ use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
 
 /// Unflushed bytes one handle may hold on a node; clients flush well before.
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
+/// Cells of one handle being stored ahead of its flush at once.
+const STAGING_IN_FLIGHT: usize = 4;
+
+type StageTask =
+    tokio::task::JoinHandle<ApiResult<(crate::meta::ChunkRef, crate::chunks::PinGuard)>>;
+
 /// Appends per handle whose answers a node keeps for repeats.
 const APPENDS_REMEMBERED: usize = 1024;
 /// Times a flush is rebuilt when another writer's flush got in first.
@@ -39,6 +45,9 @@ pub struct OpenFile {
     /// Appends this node took, by sequence number: a repeat gets the
     /// first answer (offset, size) instead of appending again.
     appended: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Whole 4 MiB cells being stored as chunks while writes go on, so a
+    /// flush finds most of its chunks already durable.
+    staging: std::collections::BTreeMap<u64, StageTask>,
     /// Read through a barrier before trusting local metadata: set when
     /// the handle is first used on this node and after each flush.
     stale: bool,
@@ -73,6 +82,7 @@ impl OpenFile {
             sequential,
             provisional: None,
             appended: std::collections::VecDeque::new(),
+            staging: std::collections::BTreeMap::new(),
             stale: true,
         })
     }
@@ -178,6 +188,7 @@ impl OpenFile {
         };
         let end = off + data.len() as u64;
         self.dirty.insert(off, data);
+        self.stage_cells(state, off, end);
         let size = size.max(end);
         self.size = Some(size);
         if append {
@@ -191,6 +202,7 @@ impl OpenFile {
 
     pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
         self.need(access::WRITE, "writing")?;
+        self.staging.clear();
         self.dirty.truncate(size);
         if self.sequential.as_ref().is_some_and(|(_, at)| *at != size) {
             self.sequential = None;
@@ -199,15 +211,51 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Starts storing the cells that `[off, end)` completed; forgets staged
+    /// cells it changed.
+    fn stage_cells(&mut self, state: &Arc<AppState>, off: u64, end: u64) {
+        let cell = content::CELL_BYTES;
+        for k in off / cell..end.div_ceil(cell) {
+            // Any write into a staged cell makes its chunk stale.
+            self.staging.remove(&k);
+            let busy = self.staging.values().filter(|t| !t.is_finished()).count();
+            if busy >= STAGING_IN_FLIGHT || !self.dirty.covers(k * cell, (k + 1) * cell) {
+                continue;
+            }
+            let mut bytes = vec![0; cell as usize];
+            self.dirty.overlay(k * cell, &mut bytes);
+            let task = tokio::spawn(content::stage(Arc::clone(state), bytes));
+            self.staging.insert(k, task);
+        }
+    }
+
+    /// The cells staged so far, awaited; failures are left to the flush.
+    async fn take_staged(&mut self) -> content::Staged {
+        let mut out = content::Staged::new();
+        for (k, task) in std::mem::take(&mut self.staging) {
+            match task.await {
+                Ok(Ok(done)) => {
+                    out.insert(k, done);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(cell = k, error = %e.message, "staging failed; the flush stores it")
+                }
+                Err(e) => tracing::debug!(cell = k, error = %e, "staging task failed"),
+            }
+        }
+        out
+    }
+
     /// Makes every write so far durable on the cluster.
     pub async fn flush(&mut self, state: &Arc<AppState>) -> ApiResult<Inode> {
         if !self.has_unflushed() {
             return self.committed(state).await;
         }
+        let staged = self.take_staged().await;
         let dirty = std::mem::take(&mut self.dirty);
         let permits = std::mem::take(&mut self.permits);
         let size = self.size.take();
-        match self.flush_taken(state, &dirty, size).await {
+        match self.flush_taken(state, &dirty, size, &staged).await {
             Ok(inode) => {
                 drop(permits);
                 Ok(inode)
@@ -227,12 +275,13 @@ impl OpenFile {
         state: &Arc<AppState>,
         dirty: &Extents,
         size: Option<u64>,
+        staged: &content::Staged,
     ) -> ApiResult<Inode> {
         for _ in 0..FLUSH_ATTEMPTS {
             let base_inode = self.committed(state).await?;
             let base = base_inode.file.clone().ok_or_else(|| not_a_file(self.id))?;
             let new_size = size.unwrap_or_else(|| base.size.max(dirty.end().unwrap_or(0)));
-            let built = build(state, &base, dirty, new_size).await?;
+            let built = build(state, &base, dirty, new_size, staged).await?;
             let etag = built.file.etag;
             let cmd = Command::SetContent {
                 handle: self.id,
