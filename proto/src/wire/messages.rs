@@ -10,7 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{Frame, FrameError, encode_frame};
+use super::frame::{Frame, FrameError, finish_frame, start_frame};
 use crate::ErrorCode;
 use crate::api::EntryKind;
 
@@ -388,7 +388,11 @@ impl Request {
 
     /// The whole frame for this request.
     pub fn encode(&self, header: &RequestHeader) -> Result<Vec<u8>, FrameError> {
-        let mut payload = Vec::new();
+        let hint = match self {
+            Self::Write(w) => w.data.len() + 64,
+            _ => 256,
+        };
+        let mut payload = start_frame(self.kind(), hint);
         put(header, &mut payload);
         match self {
             Self::Negotiate(b) => put(b, &mut payload),
@@ -406,9 +410,8 @@ impl Request {
             Self::Lock(b) => put(b, &mut payload),
             Self::Unlock(b) => put(b, &mut payload),
         }
-        let mut out = Vec::new();
-        encode_frame(self.kind(), &payload, &mut out)?;
-        Ok(out)
+        finish_frame(&mut payload)?;
+        Ok(payload)
     }
 
     pub fn decode(frame: &Frame) -> Result<(RequestHeader, Self), MessageError> {
@@ -462,7 +465,11 @@ impl Response {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        let mut payload = Vec::new();
+        let hint = match self {
+            Self::Data(d) => d.data.len() + 64,
+            _ => 256,
+        };
+        let mut payload = start_frame(self.kind(), hint);
         match self {
             Self::Error(b) => put(b, &mut payload),
             Self::Negotiated(b) => put(b, &mut payload),
@@ -474,9 +481,8 @@ impl Response {
             Self::Attr(b) => put(b, &mut payload),
             Self::DirPage(b) => put(b, &mut payload),
         }
-        let mut out = Vec::new();
-        encode_frame(self.kind(), &payload, &mut out)?;
-        Ok(out)
+        finish_frame(&mut payload)?;
+        Ok(payload)
     }
 
     pub fn decode(frame: &Frame) -> Result<Self, MessageError> {

@@ -9,7 +9,10 @@
 mod frame;
 mod messages;
 
-pub use frame::{FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, decode_frame, encode_frame};
+pub use frame::{
+    FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, decode_frame, encode_frame, finish_frame,
+    start_frame,
+};
 pub use messages::*;
 
 /// The protocol version this build speaks (negotiated; see `Negotiate`).
