@@ -608,3 +608,48 @@ async fn random_writes_truncates_and_flushes_match_a_local_model() {
         Some(*blake3::hash(&model).as_bytes())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_sharing_a_small_write_buffer_all_finish() {
+    // 8 MiB of unflushed writes per node, four handles writing 24 MiB each
+    // with the client's own flushes far apart: a writer that finds the
+    // budget used up flushes its handle instead of waiting on the others.
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            cluster_extra: "write_buffer_bytes_max = 8388608\n".into(),
+            ..ClusterOptions::default()
+        },
+    );
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = random_bytes(24 * MIB, 100 + t);
+            let f = s
+                .open(&format!("w{t}"), OpenOptions::create())
+                .await
+                .unwrap();
+            write_pieces(&f, 0, &data).await;
+            f.close().await.unwrap();
+            data
+        }));
+    }
+    let mut written = Vec::new();
+    for t in tasks {
+        written.push(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    for (t, data) in written.iter().enumerate() {
+        assert!(
+            read_all(&c, &format!("w{t}")).await == *data,
+            "w{t} differs"
+        );
+    }
+}

@@ -18,6 +18,8 @@ use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
 
 /// Unflushed bytes one handle may hold on a node; clients flush well before.
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
+/// Longest a write waits for buffer space after flushing its own handle.
+const WRITE_BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Cells of one handle being stored ahead of its flush at once.
 const STAGING_IN_FLIGHT: usize = 4;
 
@@ -174,10 +176,7 @@ impl OpenFile {
         }
         let size = self.size(state).await?;
         let off = if append { size } else { off };
-        let permit = Arc::clone(&state.write_buffers)
-            .acquire_many_owned(u32::try_from(data.len()).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the server is shutting down"))?;
+        let permit = self.write_buffer(state, data.len()).await?;
         self.permits.push(permit);
         self.sequential = match self.sequential.take() {
             Some((mut h, at)) if at == off => {
@@ -198,6 +197,39 @@ impl OpenFile {
             self.appended.push_back((seq, off, size));
         }
         Ok((off, size))
+    }
+
+    /// Room for `len` more unflushed bytes on this node. When all handles
+    /// together have used the budget up, this one flushes what it holds
+    /// first (so writers cannot all wait on each other), then waits a
+    /// bounded time for the rest.
+    async fn write_buffer(
+        &mut self,
+        state: &Arc<AppState>,
+        len: usize,
+    ) -> ApiResult<OwnedSemaphorePermit> {
+        let n = u32::try_from(len).unwrap_or(u32::MAX);
+        let budget = &state.write_buffers;
+        if let Ok(p) = Arc::clone(budget).try_acquire_many_owned(n) {
+            return Ok(p);
+        }
+        if self.has_unflushed() {
+            // Its size must be kept: the flush records it.
+            self.flush(state).await?;
+        }
+        match tokio::time::timeout(WRITE_BUFFER_WAIT, Arc::clone(budget).acquire_many_owned(n))
+            .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down",
+            )),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "write buffers are all in use; retry",
+            )),
+        }
     }
 
     pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
