@@ -32,7 +32,13 @@ if ! command -v cargo >/dev/null; then
   fi
 fi
 
-# The fuzzer (`scripts/fuzz.sh`): cargo fuzz needs a nightly compiler.
+# The fuzzer (`scripts/fuzz.sh`): cargo fuzz needs a nightly compiler,
+# which comes through rustup (installed here if Rust came from elsewhere).
+if ! command -v rustup >/dev/null && [[ ! -x $HOME/.cargo/bin/rustup ]]; then
+  echo "installing rustup (for the nightly toolchain cargo fuzz needs)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
+fi
+export PATH=$HOME/.cargo/bin:$PATH
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "installing the nightly Rust toolchain (for cargo fuzz)"
   rustup toolchain install nightly --profile minimal >/dev/null
