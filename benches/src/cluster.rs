@@ -12,6 +12,7 @@
 //!     cargo build --release --bins && target/release/cairn-bench-cluster [--quick]
 
 #[path = "common.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::fs;
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use bytes::Bytes;
 use cairn_client::http::RetryPolicy;
 use cairn_client::{HttpClient, RemotePath};
@@ -28,7 +28,7 @@ use cairn_proto::ShareName;
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use clap::Parser;
-use common::{dd_mib_s, mib_s, timed_put};
+use common::{dd_mib_s, mib_s, stall_ms, summarize, timed_put};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -181,28 +181,21 @@ async fn failover(kills: usize) -> anyhow::Result<Stall> {
         let leader = c.wait_leader(Duration::from_secs(30)).await?;
         let killed_at = Instant::now();
         c.nodes[leader].kill9();
-        let stall = loop {
-            let first = done
-                .lock()
+        let stall = stall_ms(k, killed_at, || {
+            done.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .filter(|(s, _)| *s >= killed_at)
                 .map(|(_, e)| *e)
-                .min();
-            if let Some(end) = first {
-                break end.duration_since(killed_at);
-            }
-            if killed_at.elapsed() > Duration::from_secs(60) {
-                bail!("kill {k}: no write succeeded within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+                .min()
+        })
+        .await?;
         eprintln!(
             "kill {k}: node {} was leader, writes resumed after {:.0} ms",
             leader + 1,
-            stall.as_secs_f64() * 1000.0
+            stall
         );
-        stalls.push(stall.as_secs_f64() * 1000.0);
+        stalls.push(stall);
         c.nodes[leader].restart();
         c.wait_converged(Duration::from_secs(30)).await?;
     }
@@ -210,14 +203,12 @@ async fn failover(kills: usize) -> anyhow::Result<Stall> {
     for w in writers {
         let _ = w.await;
     }
-    let mut sorted = stalls.clone();
-    sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| sorted[((sorted.len() as f64 - 1.0) * p).round() as usize];
+    let (p50_ms, p99_ms, max_ms) = summarize(&stalls);
     Ok(Stall {
         kills,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        max_ms: sorted.last().copied().unwrap_or(0.0),
+        p50_ms,
+        p99_ms,
+        max_ms,
         all_ms: stalls,
         target: "p99 < 1000 ms, max < 2000 ms",
     })

@@ -56,3 +56,60 @@ pub async fn timed_put(
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// A streamed GET (with `auth` as the Authorization header, if any); the
+/// byte count of the body. A non-2xx status is an error.
+pub async fn streamed_get(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+) -> anyhow::Result<u64> {
+    let mut rb = client.get(url);
+    if let Some(a) = auth {
+        rb = rb.header("Authorization", a);
+    }
+    let r = rb.send().await?;
+    if !r.status().is_success() {
+        bail!("GET {url}: {}", r.status());
+    }
+    let mut body = r.bytes_stream();
+    let mut n = 0u64;
+    while let Some(b) = futures::StreamExt::next(&mut body).await {
+        n += b?.len() as u64;
+    }
+    Ok(n)
+}
+
+/// The value at fraction `p` of `sorted` (nearest rank), 0 when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// (p50, p99, max) of `values`.
+pub fn summarize(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let max = sorted.last().copied().unwrap_or(0.0);
+    (percentile(&sorted, 0.5), percentile(&sorted, 0.99), max)
+}
+
+/// Milliseconds from `killed_at` until `first_after` reports the first
+/// completion after it; kill `k` fails after 60 s without one.
+pub async fn stall_ms(
+    k: usize,
+    killed_at: Instant,
+    first_after: impl Fn() -> Option<Instant>,
+) -> anyhow::Result<f64> {
+    loop {
+        if let Some(t) = first_after() {
+            return Ok(t.duration_since(killed_at).as_secs_f64() * 1000.0);
+        }
+        if killed_at.elapsed() > std::time::Duration::from_secs(60) {
+            bail!("kill {k}: no write completed within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}

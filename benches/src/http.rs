@@ -6,6 +6,7 @@
 //!     cargo build --release --bins && target/release/cairn-bench-http [--quick]
 
 #[path = "common.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::fs;
@@ -18,7 +19,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use clap::Parser;
-use common::{dd_mib_s, mib_s};
+use common::{dd_mib_s, mib_s, streamed_get};
 use futures::StreamExt;
 use reqwest::{Client, header};
 use serde::Serialize;
@@ -260,19 +261,7 @@ async fn streamed_put(c: &Client, s: &Server, path: &str, len: u64) -> anyhow::R
 
 async fn timed_get(c: &Client, url: &str, auth: Option<&str>) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let mut rb = c.get(url);
-    if let Some(a) = auth {
-        rb = rb.header(header::AUTHORIZATION, a);
-    }
-    let r = rb.send().await?;
-    if !r.status().is_success() {
-        bail!("GET {url}: {}", r.status());
-    }
-    let mut body = r.bytes_stream();
-    let mut n = 0u64;
-    while let Some(b) = body.next().await {
-        n += b?.len() as u64;
-    }
+    let n = streamed_get(c, url, auth).await?;
     if n == 0 {
         bail!("GET {url}: empty body");
     }

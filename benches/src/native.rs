@@ -22,15 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use cairn_client::{Client, NativeConfig, OpenOptions};
 use cairn_tests::ServerOptions;
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::random_bytes;
 use clap::Parser;
-use common::{mib_s, timed_put};
-use futures::StreamExt;
+use common::{mib_s, percentile, stall_ms, streamed_get, summarize, timed_put};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -99,13 +98,6 @@ fn config(c: &Cluster, first: usize) -> NativeConfig {
     let mut nodes = c.quic_addrs();
     nodes.rotate_left(first);
     NativeConfig::new(nodes, c.ca_pem(), c.token(), "default".into())
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 #[tokio::main]
@@ -190,19 +182,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn http_get(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Result<u64> {
-    let r = http.get(url).header("Authorization", auth).send().await?;
-    if !r.status().is_success() {
-        bail!("GET {url}: {}", r.status());
-    }
-    let mut body = r.bytes_stream();
-    let mut n = 0u64;
-    while let Some(b) = body.next().await {
-        n += b?.len() as u64;
-    }
-    Ok(n)
-}
-
 async fn transfer(c: &Cluster, via: usize, mib: u64) -> anyhow::Result<Transfer> {
     let bytes = mib << 20;
     let data = Bytes::from(random_bytes(bytes as usize, 42));
@@ -217,7 +196,7 @@ async fn transfer(c: &Cluster, via: usize, mib: u64) -> anyhow::Result<Transfer>
     let native_write = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let n = http_get(&http, &url, &c.auth()).await?;
+    let n = streamed_get(&http, &url, Some(&c.auth())).await?;
     let http_read = started.elapsed().as_secs_f64();
     anyhow::ensure!(n == bytes, "HTTP GET returned {n} bytes");
     let started = Instant::now();
@@ -322,11 +301,11 @@ async fn random_reads(c: &Cluster, via: usize, time: Duration) -> anyhow::Result
     Ok(RandomReads {
         queue_depth: QD,
         native_ops_s: native_ops,
-        native_p50_us: pct(&native_lat, 0.5),
-        native_p99_us: pct(&native_lat, 0.99),
+        native_p50_us: percentile(&native_lat, 0.5),
+        native_p99_us: percentile(&native_lat, 0.99),
         http_ops_s: http_ops,
-        http_p50_us: pct(&http_lat, 0.5),
-        http_p99_us: pct(&http_lat, 0.99),
+        http_p50_us: percentile(&http_lat, 0.5),
+        http_p99_us: percentile(&http_lat, 0.99),
     })
 }
 
@@ -364,39 +343,31 @@ async fn stall(kills: usize) -> anyhow::Result<Stall> {
             .context("connected node unknown")?;
         let killed_at = Instant::now();
         c.nodes[victim].kill9();
-        let stall = loop {
-            let first = done
-                .lock()
+        let stall = stall_ms(k, killed_at, || {
+            done.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .copied()
-                .find(|t| *t > killed_at);
-            if let Some(t) = first {
-                break t.duration_since(killed_at);
-            }
-            if killed_at.elapsed() > Duration::from_secs(60) {
-                bail!("kill {k}: no write completed within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
+                .find(|t| *t > killed_at)
+        })
+        .await?;
         eprintln!(
             "kill {k}: node {} (connected), writes resumed after {:.0} ms",
             victim + 1,
-            stall.as_secs_f64() * 1000.0
+            stall
         );
-        stalls.push(stall.as_secs_f64() * 1000.0);
+        stalls.push(stall);
         c.nodes[victim].restart();
         c.wait_converged(Duration::from_secs(30)).await?;
     }
     stop.store(true, Ordering::Relaxed);
     writer.await??;
-    let mut sorted = stalls.clone();
-    sorted.sort_by(f64::total_cmp);
+    let (p50_ms, p99_ms, max_ms) = summarize(&stalls);
     Ok(Stall {
         kills,
-        p50_ms: pct(&sorted, 0.5),
-        p99_ms: pct(&sorted, 0.99),
-        max_ms: sorted.last().copied().unwrap_or(0.0),
+        p50_ms,
+        p99_ms,
+        max_ms,
         all_ms: stalls,
         target: "p99 < 1500 ms",
     })

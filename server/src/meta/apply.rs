@@ -163,7 +163,7 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::RenewSessions { .. }
         | Command::ExpireSessions { .. }
         | Command::CloseSession { .. }
-        | Command::OpenFile { .. }
+        | Command::OpenFile(_)
         | Command::SetContent { .. }
         | Command::SetAttr { .. }
         | Command::CloseHandle { .. }

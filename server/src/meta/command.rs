@@ -86,17 +86,7 @@ pub enum Command {
         cmd: Box<Command>,
     },
     /// Opens (perhaps creates or truncates) a file, making a handle.
-    OpenFile {
-        session: SessionId,
-        share: ShareName,
-        path: FilePath,
-        disposition: Disposition,
-        access: u8,
-        share_access: u8,
-        flags: u8,
-        mode: u32,
-        now_ns: i64,
-    },
+    OpenFile(OpenFile),
     /// Replaces an open file's content (flush, truncate), if it is still
     /// `base`: writers on other nodes are not overwritten unseen.
     SetContent {
@@ -152,7 +142,7 @@ impl Command {
             Self::ExpireSessions { .. } => "expire_sessions",
             Self::CloseSession { .. } => "close_session",
             Self::Sequenced { cmd, .. } => cmd.kind(),
-            Self::OpenFile { .. } => "open_file",
+            Self::OpenFile(_) => "open_file",
             Self::SetContent { .. } => "set_content",
             Self::SetAttr { .. } => "set_attr",
             Self::CloseHandle { .. } => "close_handle",
@@ -160,6 +150,20 @@ impl Command {
             Self::Unlock { .. } => "unlock",
         }
     }
+}
+
+/// What [`Command::OpenFile`] carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    pub session: SessionId,
+    pub share: ShareName,
+    pub path: FilePath,
+    pub disposition: Disposition,
+    pub access: u8,
+    pub share_access: u8,
+    pub flags: u8,
+    pub mode: u32,
+    pub now_ns: i64,
 }
 
 /// A set of ETags in a conditional request: `*` or a list.

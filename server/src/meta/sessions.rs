@@ -11,7 +11,7 @@ use super::apply::{
     Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get, load_inode,
     load_share, lookup, release_chunk_ref, resolve_dir, unlink,
 };
-use super::command::Command;
+use super::command::{Command, OpenFile};
 use super::keys;
 use super::overlay::{KvRead, Overlay};
 use super::records::{Content, FileData, HandleRecord, Inode, LockRecord, SessionRecord, encode};
@@ -118,30 +118,7 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
             close_session(tx, session, *now_ns)?;
             Ok(Applied::nothing())
         }
-        Command::OpenFile {
-            session,
-            share,
-            path,
-            disposition,
-            access,
-            share_access,
-            flags,
-            mode,
-            now_ns,
-        } => open_file(
-            tx,
-            &OpenArgs {
-                session,
-                share,
-                path,
-                disposition: *disposition,
-                access: *access,
-                share_access: *share_access,
-                flags: *flags,
-                mode: *mode,
-                now_ns: *now_ns,
-            },
-        ),
+        Command::OpenFile(args) => open_file(tx, args),
         Command::SetContent {
             handle,
             base,
@@ -327,18 +304,6 @@ fn close_session<R: KvRead + ?Sized>(
     Ok(())
 }
 
-struct OpenArgs<'a> {
-    session: &'a SessionId,
-    share: &'a ShareName,
-    path: &'a FilePath,
-    disposition: Disposition,
-    access: u8,
-    share_access: u8,
-    flags: u8,
-    mode: u32,
-    now_ns: i64,
-}
-
 fn empty_file() -> FileData {
     FileData {
         size: 0,
@@ -350,10 +315,10 @@ fn empty_file() -> FileData {
 
 fn open_file<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
-    a: &OpenArgs<'_>,
+    a: &OpenFile,
 ) -> Result<Applied, ApplyError> {
-    let session = load_session(tx, a.session)?;
-    if session.share != *a.share {
+    let session = load_session(tx, &a.session)?;
+    if session.share != a.share {
         return Err(
             MetaError::Invalid(format!("session {} is for another share", a.session)).into(),
         );
@@ -366,7 +331,7 @@ fn open_file<R: KvRead + ?Sized>(
     let Some((parent_path, name)) = a.path.split_last() else {
         return Err(MetaError::IsDirectory(a.path.to_string()).into());
     };
-    let root = load_share(tx, a.share)?.root;
+    let root = load_share(tx, &a.share)?.root;
     let not_found = || MetaError::NotFound(a.path.to_string());
     let parent = resolve_dir(tx, root, &parent_path)?.ok_or_else(not_found)?;
     let existing = lookup(tx, parent, name)?;
@@ -393,7 +358,7 @@ fn open_file<R: KvRead + ?Sized>(
             (add_inode(tx, parent, name, &inode, a.now_ns)?, true)
         }
     };
-    check_share_modes(tx, id, a.access, a.share_access, a.path)?;
+    check_share_modes(tx, id, a.access, a.share_access, &a.path)?;
     if truncates && !created {
         if a.access & access::WRITE == 0 {
             return Err(MetaError::Forbidden("truncating needs write access".into()).into());
@@ -405,7 +370,7 @@ fn open_file<R: KvRead + ?Sized>(
     }
     let handle = allocate_handle(tx)?;
     let rec = HandleRecord {
-        session: *a.session,
+        session: a.session,
         inode: id,
         access: a.access,
         share_access: a.share_access,
@@ -414,7 +379,7 @@ fn open_file<R: KvRead + ?Sized>(
         name: name.to_owned(),
     };
     tx.put(keys::handle(handle), encode(&rec));
-    tx.put(keys::session_handle(a.session, handle), Vec::new());
+    tx.put(keys::session_handle(&a.session, handle), Vec::new());
     tx.put(keys::open_handle(id, handle), Vec::new());
     let inode = load_inode(tx, id)?;
     Ok(Applied {

@@ -204,7 +204,7 @@ async fn session_op(
             let applied = sequenced(
                 server,
                 &header,
-                Command::OpenFile {
+                Command::OpenFile(crate::meta::command::OpenFile {
                     session: b.id,
                     share: b.share.clone(),
                     path: path(&o.path)?,
@@ -214,7 +214,7 @@ async fn session_op(
                     flags: o.flags,
                     mode: o.mode,
                     now_ns: now,
-                },
+                }),
             )
             .await?;
             let handle = HandleId(

@@ -2,6 +2,7 @@ use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
 use cairn_proto::{ContentHash, ErrorCode, FilePath, ShareName};
 
 use crate::meta::batch::apply_batch;
+use crate::meta::command::OpenFile;
 use crate::meta::records::{ChunkRef, Content, FileData};
 use crate::meta::store::MetaStore;
 use crate::meta::{Applied, Command, MetaError, Precondition};
@@ -84,7 +85,7 @@ impl Fixture {
 }
 
 fn open_cmd(session: SessionId, p: &str, d: Disposition, acc: u8, share_access: u8) -> Command {
-    Command::OpenFile {
+    Command::OpenFile(OpenFile {
         session,
         share: share(),
         path: path(p),
@@ -94,7 +95,7 @@ fn open_cmd(session: SessionId, p: &str, d: Disposition, acc: u8, share_access: 
         flags: 0,
         mode: 0o644,
         now_ns: 20,
-    }
+    })
 }
 
 const RW: u8 = access::READ | access::WRITE;
@@ -479,16 +480,18 @@ fn byte_range_locks_conflict_only_across_handles() {
 #[test]
 fn delete_on_close_removes_the_name_at_close() {
     let f = Fixture::new();
-    let doc = |session, acc| Command::OpenFile {
-        session,
-        share: share(),
-        path: path("tmp"),
-        disposition: Disposition::OpenOrCreate,
-        access: acc,
-        share_access: ALL,
-        flags: cairn_proto::wire::open_flags::DELETE_ON_CLOSE,
-        mode: 0o600,
-        now_ns: 20,
+    let doc = |session, acc| {
+        Command::OpenFile(OpenFile {
+            session,
+            share: share(),
+            path: path("tmp"),
+            disposition: Disposition::OpenOrCreate,
+            access: acc,
+            share_access: ALL,
+            flags: cairn_proto::wire::open_flags::DELETE_ON_CLOSE,
+            mode: 0o600,
+            now_ns: 20,
+        })
     };
     assert_eq!(f.run(doc(S1, RW)).unwrap_err().code(), ErrorCode::Forbidden);
     let h = HandleId(f.run(doc(S1, ALL)).unwrap().handle.unwrap());
