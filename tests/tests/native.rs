@@ -653,3 +653,55 @@ async fn writers_sharing_a_small_write_buffer_all_finish() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_setup_and_bad_requests_get_clear_errors() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let refused = |cfg: NativeConfig| async move {
+        let started = Instant::now();
+        let e = Client::connect(cfg)
+            .await
+            .err()
+            .expect("setup must be refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a refusal is not retried"
+        );
+        e.code()
+    };
+    let mut wrong_token = config(&c, None);
+    wrong_token.token = "not-a-token-of-this-cluster".into();
+    assert_eq!(refused(wrong_token).await, Some(ErrorCode::Unauthorized));
+    let mut other_share = config(&c, None);
+    other_share.share = "elsewhere".into();
+    assert_eq!(refused(other_share).await, Some(ErrorCode::Forbidden));
+
+    let s = client(&c, None).await;
+    let no_version = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: vec![99],
+        capabilities: 0,
+        client: "future".into(),
+    });
+    assert_eq!(
+        code(s.request(no_version, 0).await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        s.open("../escape", OpenOptions::create())
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(ErrorCode::InvalidPath)
+    );
+    assert_eq!(
+        code(
+            s.request(Request::Flush(cairn_proto::wire::HandleId(424_242)), 0)
+                .await
+        ),
+        Some(ErrorCode::StaleHandle)
+    );
+    // The session still works after its refused requests.
+    let f = s.open("fine", OpenOptions::create()).await.unwrap();
+    f.close().await.unwrap();
+}
