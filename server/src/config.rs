@@ -109,6 +109,10 @@ pub struct ClusterConfig {
     /// Native protocol: memory for unflushed writes of all handles on this
     /// node, in bytes; writers wait when it is used up.
     pub write_buffer_bytes_max: u64,
+    /// Native protocol: how long an open waits for the holders of
+    /// conflicting leases to acknowledge their breaks before it takes the
+    /// leases away itself.
+    pub lease_break_timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -133,6 +137,7 @@ impl Default for ClusterConfig {
             read_timeout_secs: 5,
             handle_timeout_secs: 60,
             write_buffer_bytes_max: 512 << 20,
+            lease_break_timeout_secs: 35,
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::consensus::watchdog::{self, LeaderContact};
 use crate::consensus::{CommitError, Committer, LogStore, NodeInfo, Raft, StateMachine};
 use crate::meta::{Command, MetaError, MetaStore, StoreError};
 use crate::metrics::Metrics;
-use crate::native::NativeServer;
+use crate::native::{NativeOptions, NativeServer};
 use crate::workers::gc::Gc;
 use crate::workers::probe::Prober;
 use crate::workers::repair::Repairer;
@@ -256,7 +256,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     });
     let native_server = NativeServer::new(
         Arc::clone(&state),
-        Duration::from_secs(config.cluster.handle_timeout_secs),
+        NativeOptions {
+            handle_timeout: Duration::from_secs(config.cluster.handle_timeout_secs),
+            lease_break_timeout: Duration::from_secs(config.cluster.lease_break_timeout_secs),
+        },
     );
     let _ = native.set(Arc::clone(&native_server));
     let native_timers = tokio::spawn(native_server.run_timers(workers_stop.clone()));

@@ -286,6 +286,16 @@ impl Cluster {
         (0..self.addrs.len()).map(|i| self.quic(i)).collect()
     }
 
+    /// A native-protocol client configuration for the default share,
+    /// trying node `first` first.
+    pub fn native_config(&self, first: Option<usize>) -> cairn_client::NativeConfig {
+        let mut nodes = self.quic_addrs();
+        if let Some(i) = first {
+            nodes.rotate_left(i);
+        }
+        cairn_client::NativeConfig::new(nodes, self.ca_pem(), self.token(), "default".into())
+    }
+
     /// The node (index) whose QUIC address is `addr`.
     pub fn node_at(&self, addr: &str) -> Option<usize> {
         (0..self.addrs.len()).find(|&i| self.quic(i) == addr)

@@ -21,11 +21,7 @@ use cairn_tests::random_bytes;
 const MIB: usize = 1 << 20;
 
 fn config(c: &Cluster, first: Option<usize>) -> NativeConfig {
-    let mut nodes = c.quic_addrs();
-    if let Some(i) = first {
-        nodes.rotate_left(i);
-    }
-    NativeConfig::new(nodes, c.ca_pem(), c.token(), "default".into())
+    c.native_config(first)
 }
 
 async fn client(c: &Cluster, first: Option<usize>) -> Client {
@@ -197,6 +193,7 @@ fn open_req(path: &str, disposition: Disposition, flags: u8) -> Request {
         share_access: access::READ | access::WRITE | access::DELETE,
         flags,
         mode: 0o644,
+        lease: 0,
     })
 }
 

@@ -4,9 +4,7 @@
 //! client can send them again to the node it reconnected to; a flush every
 //! [`FLUSH_BYTES`] bounds that memory.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_proto::wire::{
@@ -16,6 +14,7 @@ use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::state::FileState;
 use super::{Client, OpenOptions, unexpected};
 use crate::ClientError;
 
@@ -26,100 +25,12 @@ pub const FLUSH_BYTES: usize = 64 << 20;
 /// Reads or writes one transfer keeps in flight.
 const TRANSFERS_IN_FLIGHT: usize = 4;
 
-/// Writes not yet covered by a flush, in the order they were made.
-#[derive(Default)]
-pub struct Unflushed {
-    writes: Mutex<BTreeMap<u64, Pending>>,
-    next: AtomicU64,
-    bytes: AtomicUsize,
-}
-
-struct Pending {
-    offset: u64,
-    data: Bytes,
-    acked: bool,
-    /// The sequence number of an append whose offset is not known yet.
-    append_seq: u64,
-}
-
-impl Unflushed {
-    fn add(&self, offset: u64, data: Bytes, append_seq: u64) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(data.len(), Ordering::Relaxed);
-        if let Ok(mut w) = self.writes.lock() {
-            w.insert(
-                id,
-                Pending {
-                    offset,
-                    data,
-                    acked: false,
-                    append_seq,
-                },
-            );
-        }
-        id
-    }
-
-    /// The server took write `id` at `offset`.
-    fn ack(&self, id: u64, offset: u64) {
-        if let Ok(mut w) = self.writes.lock()
-            && let Some(p) = w.get_mut(&id)
-        {
-            p.acked = true;
-            p.offset = offset;
-            p.append_seq = 0;
-        }
-    }
-
-    /// Writes acknowledged so far: what a flush sent now covers.
-    fn acked(&self) -> Vec<u64> {
-        match self.writes.lock() {
-            Ok(w) => w
-                .iter()
-                .filter(|(_, p)| p.acked)
-                .map(|(id, _)| *id)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    fn forget(&self, ids: &[u64]) {
-        if let Ok(mut w) = self.writes.lock() {
-            for id in ids {
-                if let Some(p) = w.remove(id) {
-                    self.bytes.fetch_sub(p.data.len(), Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Every write still to be flushed, as (sequence number, request),
-    /// oldest first: positional writes, and appends not yet placed.
-    pub(super) fn pending(&self, handle: HandleId) -> Vec<(u64, Request)> {
-        match self.writes.lock() {
-            Ok(w) => w
-                .values()
-                .map(|p| {
-                    let req = Request::Write(Write {
-                        handle,
-                        offset: p.offset,
-                        data: p.data.to_vec(),
-                    });
-                    (p.append_seq, req)
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
 /// An open file on the cluster.
 pub struct File {
     client: Client,
     handle: HandleId,
     attr: Attr,
-    unflushed: Arc<Unflushed>,
-    flushing: tokio::sync::Mutex<()>,
+    state: Arc<FileState>,
     append: bool,
 }
 
@@ -128,17 +39,22 @@ impl File {
         client: Client,
         handle: HandleId,
         attr: Attr,
-        unflushed: Arc<Unflushed>,
+        state: Arc<FileState>,
         append: bool,
     ) -> Self {
         Self {
             client,
             handle,
             attr,
-            unflushed,
-            flushing: tokio::sync::Mutex::new(()),
+            state,
             append,
         }
+    }
+
+    /// The lease the handle holds now (`wire::lease` bits): what this
+    /// client may cache. Breaks lower it (see [`Client::lease_breaks`]).
+    pub fn lease(&self) -> u8 {
+        self.state.lease()
     }
 
     pub fn handle(&self) -> HandleId {
@@ -190,19 +106,22 @@ impl File {
             } else {
                 0
             };
-            let id = self.unflushed.add(offset + at as u64, piece.clone(), seq);
+            let id = self
+                .state
+                .unflushed
+                .add(offset + at as u64, piece.clone(), seq);
             let req = Request::Write(Write {
                 handle: self.handle,
                 offset: offset + at as u64,
                 data: piece.to_vec(),
             });
             match self.client.call_with(req, seq).await? {
-                Response::Written(w) => self.unflushed.ack(id, w.offset),
+                Response::Written(w) => self.state.unflushed.ack(id, w.offset),
                 other => return Err(unexpected(&other)),
             }
             at = end;
         }
-        if self.unflushed.bytes.load(Ordering::Relaxed) >= FLUSH_BYTES {
+        if self.state.unflushed.bytes() >= FLUSH_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -210,15 +129,7 @@ impl File {
 
     /// Makes every acknowledged write durable on the cluster.
     pub async fn flush(&self) -> Result<Attr, ClientError> {
-        let _one = self.flushing.lock().await;
-        let covered = self.unflushed.acked();
-        match self.client.call(Request::Flush(self.handle)).await? {
-            Response::Attr(a) => {
-                self.unflushed.forget(&covered);
-                Ok(a)
-            }
-            other => Err(unexpected(&other)),
-        }
+        self.state.flush(&self.client, self.handle).await
     }
 
     /// Truncates or extends (with zeros); durable on return.

@@ -11,6 +11,8 @@
 
 mod conn;
 mod file;
+mod notices;
+mod state;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
-    Attr, Disposition, HandleId, Mkdir, Negotiate, Open, PROTOCOL_VERSION, PathReq, ReadDir,
-    Rename, Request, RequestHeader, Response, SessionId, SessionSetup, access,
+    Attr, Disposition, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open, PROTOCOL_VERSION,
+    PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId, SessionSetup, access,
+    capability, lease,
 };
 
 pub use file::{File, TransferProgress};
 
 use crate::ClientError;
-use file::Unflushed;
+use state::FileState;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -69,8 +72,15 @@ struct Inner {
     session: SessionId,
     seq: AtomicU64,
     current: tokio::sync::Mutex<Current>,
-    /// Open files' unflushed writes, sent again after a reconnect.
-    files: Mutex<HashMap<HandleId, Arc<Unflushed>>>,
+    /// Open files' state: unflushed writes (sent again after a
+    /// reconnect) and leases.
+    files: Mutex<HashMap<HandleId, Arc<FileState>>>,
+    /// Lease breaks for handles whose open has not returned yet.
+    early_breaks: Mutex<notices::Early>,
+    /// Where connections put the server's notices.
+    notices: tokio::sync::mpsc::Sender<Notice>,
+    /// Lease breaks, for whoever caches (a mount's page cache).
+    breaks: tokio::sync::broadcast::Sender<LeaseBreak>,
     next_node: AtomicUsize,
     /// The session exists on the cluster: later connections resume it.
     established: AtomicBool,
@@ -97,6 +107,8 @@ pub struct OpenOptions {
     /// Remove the file's name at close (needs `access::DELETE`).
     pub delete_on_close: bool,
     pub mode: u32,
+    /// The lease wanted (`wire::lease` bits); see [`File::lease`].
+    pub lease: u8,
 }
 
 impl OpenOptions {
@@ -108,6 +120,7 @@ impl OpenOptions {
             append: false,
             delete_on_close: false,
             mode: 0o644,
+            lease: lease::NONE,
         }
     }
 
@@ -124,6 +137,12 @@ impl OpenOptions {
         self.disposition = disposition;
         self
     }
+
+    /// Asks for a lease (`wire::lease` bits).
+    pub fn lease(mut self, wanted: u8) -> Self {
+        self.lease = wanted;
+        self
+    }
 }
 
 impl Client {
@@ -133,8 +152,12 @@ impl Client {
             return Err(ClientError::Invalid("no node addresses".into()));
         }
         let endpoint = conn::client_endpoint(&cfg.ca)?;
+        let (notices, queue) = tokio::sync::mpsc::channel(notices::QUEUE_DEPTH);
         let client = Self {
             inner: Arc::new(Inner {
+                early_breaks: Mutex::new(notices::Early::default()),
+                notices,
+                breaks: tokio::sync::broadcast::channel(notices::QUEUE_DEPTH).0,
                 cfg,
                 endpoint,
                 session: SessionId(rand::random()),
@@ -146,9 +169,16 @@ impl Client {
                 reconnects: AtomicU64::new(0),
             }),
         };
+        tokio::spawn(notices::run(Arc::downgrade(&client.inner), queue));
         let deadline = Instant::now() + client.inner.cfg.failover_timeout;
         client.connection(deadline).await?;
         Ok(client)
+    }
+
+    /// Lease breaks of this session's handles, as they arrive (after the
+    /// client flushed what a write lease kept, before it acknowledges).
+    pub fn lease_breaks(&self) -> tokio::sync::broadcast::Receiver<LeaseBreak> {
+        self.inner.breaks.subscribe()
     }
 
     pub fn session(&self) -> SessionId {
@@ -196,6 +226,9 @@ impl Client {
                         self.inner.next_node.store(i, Ordering::Relaxed);
                         cur.generation += 1;
                         cur.conn = Some(conn.clone());
+                        // Notices (breaks missed while away too) come on
+                        // this connection; its loss starts a reconnect.
+                        notices::accept(conn.clone(), cur.generation, Arc::downgrade(&self.inner));
                         cur.node = nodes[i].clone();
                         cur.failed = None;
                         return Ok((cur.generation, conn));
@@ -232,7 +265,7 @@ impl Client {
         };
         let negotiate = Request::Negotiate(Negotiate {
             versions: vec![PROTOCOL_VERSION],
-            capabilities: 0,
+            capabilities: capability::LEASES,
             client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
         });
         expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
@@ -244,12 +277,12 @@ impl Client {
         });
         expect_ok(conn::exchange(&conn, &header, &setup, t).await)?;
         inner.established.store(true, Ordering::Relaxed);
-        let files: Vec<(HandleId, Arc<Unflushed>)> = match inner.files.lock() {
+        let files: Vec<(HandleId, Arc<FileState>)> = match inner.files.lock() {
             Ok(f) => f.iter().map(|(h, u)| (*h, Arc::clone(u))).collect(),
             Err(_) => Vec::new(),
         };
-        for (handle, unflushed) in files {
-            for (seq, w) in unflushed.pending(handle) {
+        for (handle, state) in files {
+            for (seq, w) in state.unflushed.pending(handle) {
                 let h = RequestHeader { seq, ..header };
                 expect_ok(conn::exchange(&conn, &h, &w, t).await)?;
             }
@@ -257,14 +290,17 @@ impl Client {
         Ok(conn)
     }
 
-    async fn drop_connection(&self, generation: u64) {
+    /// Gives up on connection `generation`; false if it is already gone.
+    async fn drop_connection(&self, generation: u64) -> bool {
         let mut cur = self.inner.current.lock().await;
         if cur.generation == generation
             && let Some(c) = cur.conn.take()
         {
             c.close(0u32.into(), b"giving up on this node");
             cur.failed = Some(cur.node.clone());
+            return true;
         }
+        false
     }
 
     /// Sends `req` until some node answers it or the failover timeout
@@ -336,19 +372,26 @@ impl Client {
                 share_access: opts.share_access,
                 flags: open_flags(&opts),
                 mode: opts.mode,
+                lease: opts.lease,
             }))
             .await?;
         match resp {
             Response::Opened(o) => {
-                let unflushed = Arc::new(Unflushed::default());
+                let mut granted = o.lease;
+                if let Ok(mut early) = self.inner.early_breaks.lock()
+                    && let Some(to) = early.take(o.handle)
+                {
+                    granted &= to;
+                }
+                let state = Arc::new(FileState::new(granted));
                 if let Ok(mut f) = self.inner.files.lock() {
-                    f.insert(o.handle, Arc::clone(&unflushed));
+                    f.insert(o.handle, Arc::clone(&state));
                 }
                 Ok(File::new(
                     self.clone(),
                     o.handle,
                     o.attr,
-                    unflushed,
+                    state,
                     opts.append,
                 ))
             }
@@ -444,6 +487,16 @@ fn open_flags(opts: &OpenOptions) -> u8 {
         flags |= DELETE_ON_CLOSE;
     }
     flags
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The notice reader holds the connection too: close it, or it
+        // would stay up on keep-alives.
+        if let Some(c) = self.current.get_mut().conn.take() {
+            c.close(0u32.into(), b"client gone");
+        }
+    }
 }
 
 enum Establish {

@@ -2,7 +2,7 @@
 //! and whatever decodes must encode back to something that decodes the same.
 #![no_main]
 
-use cairn_proto::wire::{Request, Response, decode_frame};
+use cairn_proto::wire::{Notice, Request, Response, decode_frame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,5 +19,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = resp.encode().expect("a decoded response encodes");
         let (again, _) = decode_frame(&bytes).expect("own frame").expect("complete");
         assert_eq!(Response::decode(&again).expect("own response"), resp);
+    }
+    if let Ok(notice) = Notice::decode(&frame) {
+        let bytes = notice.encode().expect("a decoded notice encodes");
+        let (again, _) = decode_frame(&bytes).expect("own frame").expect("complete");
+        assert_eq!(Notice::decode(&again).expect("own notice"), notice);
     }
 });

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::frame::{Frame, FrameError, finish_frame, start_frame};
+use super::leases::LeaseAck;
 use crate::ErrorCode;
 use crate::api::EntryKind;
 
@@ -130,6 +131,8 @@ pub struct Open {
     pub flags: u8,
     /// Permission bits of a file this creates.
     pub mode: u32,
+    /// The lease wanted (`lease` bits); the answer says what was granted.
+    pub lease: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +140,10 @@ pub struct Opened {
     pub handle: HandleId,
     pub created: bool,
     pub attr: Attr,
+    /// The lease granted: at most the one asked for, less when other
+    /// handles are open (`READ` needs no other writer, `WRITE` no other
+    /// handle at all).
+    pub lease: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +288,7 @@ pub enum Request {
     Remove(PathReq),
     Lock(Lock),
     Unlock(Unlock),
+    LeaseAck(LeaseAck),
 }
 
 /// A response body.
@@ -308,14 +316,17 @@ pub enum MessageError {
     Body { kind: u16, message: String },
 }
 
-fn body<T: DeserializeOwned>(kind: u16, bytes: &[u8]) -> Result<(T, &[u8]), MessageError> {
+pub(super) fn body<T: DeserializeOwned>(
+    kind: u16,
+    bytes: &[u8],
+) -> Result<(T, &[u8]), MessageError> {
     postcard::take_from_bytes(bytes).map_err(|e| MessageError::Body {
         kind,
         message: e.to_string(),
     })
 }
 
-fn put<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+pub(super) fn put<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     // Serializing derived structs into a Vec cannot fail.
     if let Ok(v) = postcard::to_extend(value, std::mem::take(out)) {
         *out = v;
@@ -343,6 +354,7 @@ impl Request {
             Self::Remove(_) => 0x0026,
             Self::Lock(_) => 0x0030,
             Self::Unlock(_) => 0x0031,
+            Self::LeaseAck(_) => 0x0032,
         }
     }
 
@@ -367,6 +379,7 @@ impl Request {
             Self::Remove(_) => "remove",
             Self::Lock(_) => "lock",
             Self::Unlock(_) => "unlock",
+            Self::LeaseAck(_) => "lease_ack",
         }
     }
 
@@ -409,6 +422,7 @@ impl Request {
             Self::Rename(b) => put(b, &mut payload),
             Self::Lock(b) => put(b, &mut payload),
             Self::Unlock(b) => put(b, &mut payload),
+            Self::LeaseAck(b) => put(b, &mut payload),
         }
         finish_frame(&mut payload)?;
         Ok(payload)
@@ -436,6 +450,7 @@ impl Request {
             0x0026 => Self::Remove(body(kind, rest)?.0),
             0x0030 => Self::Lock(body(kind, rest)?.0),
             0x0031 => Self::Unlock(body(kind, rest)?.0),
+            0x0032 => Self::LeaseAck(body(kind, rest)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok((header, req))

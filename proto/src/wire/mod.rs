@@ -7,12 +7,14 @@
 //! implementation of it.
 
 mod frame;
+mod leases;
 mod messages;
 
 pub use frame::{
     FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, decode_frame, encode_frame, finish_frame,
     start_frame,
 };
+pub use leases::{LeaseAck, LeaseBreak, Notice, capability, lease};
 pub use messages::*;
 
 /// The protocol version this build speaks (negotiated; see `Negotiate`).

@@ -48,6 +48,10 @@ pub enum MetaError {
     SharingViolation(String),
     #[error("{0}")]
     LockConflict(String),
+    /// Other sessions' leases must be broken first; never remembered in
+    /// the replay table, so the open is tried again once they are.
+    #[error("'{0}' is leased by other sessions")]
+    LeasesHeld(String),
 }
 
 impl MetaError {
@@ -65,6 +69,7 @@ impl MetaError {
             Self::StaleHandle(_) => ErrorCode::StaleHandle,
             Self::SharingViolation(_) => ErrorCode::SharingViolation,
             Self::LockConflict(_) => ErrorCode::LockConflict,
+            Self::LeasesHeld(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct Applied {
     /// The handle an open made, and the file it opened.
     pub handle: Option<u64>,
     pub inode: Option<InodeId>,
+    /// The lease an open granted.
+    pub lease: u8,
 }
 
 impl Applied {
@@ -99,6 +106,7 @@ impl Applied {
             size: 0,
             handle: None,
             inode: None,
+            lease: 0,
         }
     }
 }
@@ -169,6 +177,9 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::CloseHandle { .. }
         | Command::Lock { .. }
         | Command::Unlock { .. } => super::sessions::apply_session_command(tx, cmd),
+        Command::BreakLeases { .. } | Command::AckLease { .. } => {
+            super::leases::apply_lease_command(tx, cmd)
+        }
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);

@@ -7,7 +7,7 @@
 //! the command log be replicated.
 
 use cairn_proto::wire::{Disposition, HandleId, SessionId};
-use cairn_proto::{ContentHash, FilePath, ShareName};
+use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
 use serde::{Deserialize, Serialize};
 
 use super::records::{Access, FileData};
@@ -123,6 +123,15 @@ pub enum Command {
         offset: u64,
         len: u64,
     },
+    /// Asks the holders of leases on `inode` that an open of `access` by
+    /// `session` conflicts with to give them up (records the breaks).
+    BreakLeases {
+        inode: InodeId,
+        session: SessionId,
+        access: u8,
+    },
+    /// A holder acknowledges a break: its handle keeps at most `lease`.
+    AckLease { handle: HandleId, lease: u8 },
 }
 
 impl Command {
@@ -148,6 +157,8 @@ impl Command {
             Self::CloseHandle { .. } => "close_handle",
             Self::Lock { .. } => "lock",
             Self::Unlock { .. } => "unlock",
+            Self::BreakLeases { .. } => "break_leases",
+            Self::AckLease { .. } => "ack_lease",
         }
     }
 }
@@ -164,6 +175,11 @@ pub struct OpenFile {
     pub flags: u8,
     pub mode: u32,
     pub now_ns: i64,
+    /// The lease wanted (`wire::lease` bits).
+    pub lease: u8,
+    /// Take conflicting leases away without waiting for their holders (the
+    /// break timeout passed).
+    pub force: bool,
 }
 
 /// A set of ETags in a conditional request: `*` or a list.

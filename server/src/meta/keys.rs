@@ -98,6 +98,19 @@ pub fn lock(inode: InodeId, handle: HandleId, offset: u64) -> Vec<u8> {
     k
 }
 
+pub const LEASE_BREAK_PREFIX: u8 = b'B';
+
+/// Unacknowledged lease breaks: `B | session | handle`.
+pub fn lease_breaks(id: &SessionId) -> Vec<u8> {
+    prefixed(LEASE_BREAK_PREFIX, &id.0)
+}
+
+pub fn lease_break(id: &SessionId, handle: HandleId) -> Vec<u8> {
+    let mut k = lease_breaks(id);
+    k.extend_from_slice(&handle.0.to_be_bytes());
+    k
+}
+
 /// A session's remembered results: `R | session | seq`.
 pub fn replays(id: &SessionId) -> Vec<u8> {
     prefixed(b'R', &id.0)

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod batch;
 pub mod command;
 pub mod keys;
+pub mod leases;
 pub mod overlay;
 pub mod records;
 pub mod sessions;

@@ -212,6 +212,17 @@ pub struct HandleRecord {
     /// The directory and name it was opened by (for delete-on-close).
     pub parent: InodeId,
     pub name: String,
+    /// The lease it holds (`wire::lease` bits); a pending break lowers it
+    /// only once acknowledged.
+    pub lease: u8,
+}
+
+/// A lease break its holder has not acknowledged yet (the session and
+/// handle are in the key: `B | session | handle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseBreakRecord {
+    pub from: u8,
+    pub to: u8,
 }
 
 #[cfg(test)]

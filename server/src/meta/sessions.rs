@@ -13,6 +13,7 @@ use super::apply::{
 };
 use super::command::{Command, OpenFile};
 use super::keys;
+use super::leases;
 use super::overlay::{KvRead, Overlay};
 use super::records::{Content, FileData, HandleRecord, Inode, LockRecord, SessionRecord, encode};
 use super::store::StoreError;
@@ -74,6 +75,9 @@ fn sequenced<R: KvRead + ?Sized>(
             tx.absorb(writes);
             Ok(applied)
         }
+        // Not an answer but "not yet": the open comes again once the
+        // leases are broken, with the same sequence number.
+        Err(ApplyError::Meta(e @ MetaError::LeasesHeld(_))) => return (Err(e.into()), None),
         Err(ApplyError::Meta(e)) => Err(e),
         Err(e @ ApplyError::Store(_)) => return (Err(e), None),
     };
@@ -359,6 +363,14 @@ fn open_file<R: KvRead + ?Sized>(
         }
     };
     check_share_modes(tx, id, a.access, a.share_access, &a.path)?;
+    let found = leases::conflicts(tx, id, &a.session, a.access)?;
+    if !found.is_empty() {
+        if !a.force {
+            return Err(MetaError::LeasesHeld(a.path.to_string()).into());
+        }
+        leases::record_breaks(tx, &found, true)?;
+    }
+    let lease = leases::grantable(tx, id, &a.session, a.lease)?;
     if truncates && !created {
         if a.access & access::WRITE == 0 {
             return Err(MetaError::Forbidden("truncating needs write access".into()).into());
@@ -377,6 +389,7 @@ fn open_file<R: KvRead + ?Sized>(
         flags: a.flags,
         parent,
         name: name.to_owned(),
+        lease,
     };
     tx.put(keys::handle(handle), encode(&rec));
     tx.put(keys::session_handle(&a.session, handle), Vec::new());
@@ -385,6 +398,7 @@ fn open_file<R: KvRead + ?Sized>(
     Ok(Applied {
         created,
         handle: Some(handle.0),
+        lease,
         ..applied_for(id, &inode)
     })
 }
@@ -512,6 +526,7 @@ fn close_handle<R: KvRead + ?Sized>(
         tx.delete(key);
     }
     tx.delete(keys::handle(handle));
+    leases::forget_break(tx, &h.session, handle);
     tx.delete(keys::session_handle(&h.session, handle));
     tx.delete(keys::open_handle(h.inode, handle));
     if h.flags & open_flags::DELETE_ON_CLOSE != 0

@@ -11,9 +11,11 @@
 mod content;
 mod extents;
 mod handles;
+mod leases;
 mod ops;
+mod sink;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,16 +30,28 @@ use tracing::Instrument;
 use crate::api::AppState;
 use crate::meta::Command;
 use handles::OpenFile;
+pub use sink::NoticeSink;
 
 /// The per-node state of the native protocol.
 pub struct NativeServer {
     state: Arc<AppState>,
     handle_timeout: Duration,
+    lease_break_timeout: Duration,
     /// Handles used through this node, with their unflushed writes.
     open: Mutex<HashMap<HandleId, OpenEntry>>,
-    /// Sessions with a live connection to this node (and how many).
-    live: Mutex<HashMap<SessionId, usize>>,
+    /// Sessions with a live connection to this node, and where their
+    /// notices go (the newest connection last).
+    live: Mutex<HashMap<SessionId, Vec<NoticeSink>>>,
+    /// Lease breaks already pushed to a connection.
+    pushed: Mutex<HashSet<leases::Pushed>>,
     connections: AtomicUsize,
+}
+
+/// Timeouts of the native protocol (from `[cluster]`).
+#[derive(Clone, Copy, Debug)]
+pub struct NativeOptions {
+    pub handle_timeout: Duration,
+    pub lease_break_timeout: Duration,
 }
 
 /// Client connections (each carries one session) a node serves at once.
@@ -68,35 +82,47 @@ struct Bound {
     writable: bool,
 }
 
-#[derive(Default)]
-struct ConnState {
+pub struct ConnState {
     negotiated: bool,
     bound: Option<Bound>,
+    sink: NoticeSink,
+}
+
+impl ConnState {
+    pub fn new(sink: NoticeSink) -> Self {
+        Self {
+            negotiated: false,
+            bound: None,
+            sink,
+        }
+    }
 }
 
 impl NativeServer {
-    pub fn new(state: Arc<AppState>, handle_timeout: Duration) -> Arc<Self> {
+    pub fn new(state: Arc<AppState>, options: NativeOptions) -> Arc<Self> {
         Arc::new(Self {
             state,
-            handle_timeout,
+            handle_timeout: options.handle_timeout,
+            lease_break_timeout: options.lease_break_timeout,
             open: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashSet::new()),
             connections: AtomicUsize::new(0),
         })
     }
 
-    fn bind_live(&self, id: SessionId) {
+    fn bind_live(&self, id: SessionId, sink: NoticeSink) {
         if let Ok(mut live) = self.live.lock() {
-            *live.entry(id).or_default() += 1;
+            live.entry(id).or_default().push(sink);
         }
     }
 
-    fn unbind_live(&self, id: &SessionId) {
+    fn unbind_live(&self, id: &SessionId, sink: &NoticeSink) {
         if let Ok(mut live) = self.live.lock()
-            && let Some(n) = live.get_mut(id)
+            && let Some(sinks) = live.get_mut(id)
         {
-            *n -= 1;
-            if *n == 0 {
+            sinks.retain(|s| s.id() != sink.id());
+            if sinks.is_empty() {
                 live.remove(id);
             }
         }
@@ -112,7 +138,9 @@ impl NativeServer {
             conn.close(3u32.into(), b"too many connections");
             return;
         }
-        let cs = Arc::new(tokio::sync::Mutex::new(ConnState::default()));
+        let cs = Arc::new(tokio::sync::Mutex::new(ConnState::new(NoticeSink::Quic(
+            conn.clone(),
+        ))));
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -129,8 +157,9 @@ impl NativeServer {
                 }
             });
         }
-        if let Some(b) = cs.lock().await.bound.take() {
-            self.unbind_live(&b.id);
+        let mut cs = cs.lock().await;
+        if let Some(b) = cs.bound.take() {
+            self.unbind_live(&b.id, &cs.sink);
         }
     }
 
@@ -144,7 +173,22 @@ impl NativeServer {
             .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        let resp = match decode_frame(&bytes) {
+        let out = self.serve_request(cs, &bytes).await?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| StreamError(e.to_string()))?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// Answers one request frame with one response frame, whatever the
+    /// transport (QUIC streams, or memory in the protocol tests).
+    pub async fn serve_request(
+        &self,
+        cs: &tokio::sync::Mutex<ConnState>,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, StreamError> {
+        let resp = match decode_frame(bytes) {
             Ok(Some((frame, _))) => match Request::decode(&frame) {
                 Ok((header, req)) => {
                     let span = tracing::info_span!(
@@ -161,12 +205,7 @@ impl NativeServer {
             Ok(None) => Response::error(cairn_proto::ErrorCode::BadRequest, "truncated frame"),
             Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
         };
-        let out = resp.encode().map_err(|e| StreamError(e.to_string()))?;
-        send.write_all(&out)
-            .await
-            .map_err(|e| StreamError(e.to_string()))?;
-        let _ = send.finish();
-        Ok(())
+        resp.encode().map_err(|e| StreamError(e.to_string()))
     }
 
     async fn dispatch(
@@ -283,10 +322,13 @@ impl NativeServer {
         let renew_every = (self.handle_timeout / 4).max(Duration::from_millis(250));
         let mut renew = tokio::time::interval(renew_every);
         let mut expire = tokio::time::interval(renew_every.min(Duration::from_secs(5)));
+        let mut push = tokio::time::interval(leases::PUSH_EVERY);
+        push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = renew.tick() => self.renew().await,
                 _ = expire.tick() => self.expire().await,
+                _ = push.tick() => self.push_breaks(),
                 () = stop.cancelled() => return,
             }
         }
@@ -301,10 +343,11 @@ fn handle_of(req: &Request) -> Option<HandleId> {
         Request::SetInfo(s) => Some(s.handle),
         Request::Lock(l) => Some(l.handle),
         Request::Unlock(u) => Some(u.handle),
+        Request::LeaseAck(a) => Some(a.handle),
         _ => None,
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct StreamError(String);
+pub struct StreamError(String);

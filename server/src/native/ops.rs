@@ -2,7 +2,7 @@
 
 use cairn_proto::wire::{
     Attr, Data, DirPage, HandleId, Negotiated, Opened, PROTOCOL_VERSION, Request, RequestHeader,
-    Response, SessionReady, Written,
+    Response, SessionReady, Written, capability,
 };
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Bound, ConnState, NativeServer};
 use crate::api::error::{ApiError, ApiResult};
 use crate::consensus::committer::CommitError;
-use crate::meta::sessions::{REPLAY_WINDOW, load_session, session_handles};
+use crate::meta::sessions::{REPLAY_WINDOW, load_handle, load_session, session_handles};
 use crate::meta::{Applied, Command, Inode, MetaError, Precondition};
 
 /// Longest a blocking lock request waits.
@@ -36,7 +36,7 @@ pub(super) async fn handle(
             cs.lock().await.negotiated = true;
             Ok(Response::Negotiated(Negotiated {
                 version: PROTOCOL_VERSION,
-                capabilities: 0,
+                capabilities: capability::LEASES,
                 max_read: CHUNK_SIZE_MAX as u32,
                 max_write: CHUNK_SIZE_MAX as u32,
                 handle_timeout_ms: server.handle_timeout.as_millis() as u64,
@@ -127,15 +127,17 @@ async fn session_setup(
     } else {
         Vec::new()
     };
-    let previous = cs.lock().await.bound.replace(Bound {
+    let mut c = cs.lock().await;
+    let previous = c.bound.replace(Bound {
         id: header.session,
         share,
         writable,
     });
     if let Some(p) = previous {
-        server.unbind_live(&p.id);
+        server.unbind_live(&p.id, &c.sink);
     }
-    server.bind_live(header.session);
+    server.bind_live(header.session, c.sink.clone());
+    drop(c);
     tracing::info!(session = %header.session, resumed, handles = handles.len(), "session ready");
     Ok(Response::SessionReady(SessionReady {
         resumed,
@@ -195,28 +197,27 @@ async fn session_op(
                 })
                 .await?;
             server.forget_session(&b.id);
-            if cs.lock().await.bound.take().is_some() {
-                server.unbind_live(&b.id);
+            let mut c = cs.lock().await;
+            if c.bound.take().is_some() {
+                server.unbind_live(&b.id, &c.sink);
             }
             Ok(Response::Done)
         }
         Request::Open(o) => {
-            let applied = sequenced(
-                server,
-                &header,
-                Command::OpenFile(crate::meta::command::OpenFile {
-                    session: b.id,
-                    share: b.share.clone(),
-                    path: path(&o.path)?,
-                    disposition: o.disposition,
-                    access: o.access,
-                    share_access: o.share_access,
-                    flags: o.flags,
-                    mode: o.mode,
-                    now_ns: now,
-                }),
-            )
-            .await?;
+            let args = crate::meta::command::OpenFile {
+                session: b.id,
+                share: b.share.clone(),
+                path: path(&o.path)?,
+                disposition: o.disposition,
+                access: o.access,
+                share_access: o.share_access,
+                flags: o.flags,
+                mode: o.mode,
+                now_ns: now,
+                lease: o.lease,
+                force: false,
+            };
+            let applied = super::leases::open(server, &header, args).await?;
             let handle = HandleId(
                 applied
                     .handle
@@ -230,6 +231,7 @@ async fn session_op(
                 handle,
                 created: applied.created,
                 attr,
+                lease: applied.lease,
             }))
         }
         Request::Read(r) => {
@@ -427,6 +429,26 @@ async fn session_op(
                 },
             )
             .await?;
+            Ok(Response::Done)
+        }
+        Request::LeaseAck(a) => {
+            // Only the holder's session acknowledges; a closed handle has
+            // nothing left to give up, which is fine for a retry.
+            if let Ok(h) = load_handle(&state.meta.snapshot(), a.handle)
+                && h.session != b.id
+            {
+                return Err(ApiError::new(
+                    ErrorCode::StaleHandle,
+                    format!("handle {} is not this session's", a.handle),
+                ));
+            }
+            state
+                .committer
+                .commit(Command::AckLease {
+                    handle: a.handle,
+                    lease: a.lease,
+                })
+                .await?;
             Ok(Response::Done)
         }
         Request::Negotiate(_) | Request::SessionSetup(_) => {

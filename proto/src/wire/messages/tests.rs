@@ -1,5 +1,6 @@
 use super::*;
 use crate::wire::decode_frame;
+use crate::wire::{LeaseAck, Notice};
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -77,18 +78,22 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u8>(),
             any::<u8>(),
             any::<u8>(),
-            any::<u32>()
+            any::<u32>(),
+            any::<u8>()
         )
-            .prop_map(|(path, disposition, access, share_access, flags, mode)| {
-                Request::Open(Open {
-                    path,
-                    disposition,
-                    access,
-                    share_access,
-                    flags,
-                    mode,
-                })
-            }),
+            .prop_map(
+                |(path, disposition, access, share_access, flags, mode, lease)| {
+                    Request::Open(Open {
+                        path,
+                        disposition,
+                        access,
+                        share_access,
+                        flags,
+                        mode,
+                        lease,
+                    })
+                }
+            ),
         (handle(), any::<u64>(), any::<u32>()).prop_map(|(handle, offset, len)| Request::Read(
             Read {
                 handle,
@@ -151,6 +156,8 @@ fn request() -> impl Strategy<Value = Request> {
                 len
             }
         )),
+        (handle(), any::<u8>())
+            .prop_map(|(handle, lease)| Request::LeaseAck(LeaseAck { handle, lease })),
     ]
 }
 
@@ -181,13 +188,16 @@ fn response() -> impl Strategy<Value = Response> {
             }
         ),
         Just(Response::Done),
-        (handle(), any::<bool>(), attr()).prop_map(|(handle, created, attr)| {
-            Response::Opened(Opened {
-                handle,
-                created,
-                attr,
-            })
-        }),
+        (handle(), any::<bool>(), attr(), any::<u8>()).prop_map(
+            |(handle, created, attr, lease)| {
+                Response::Opened(Opened {
+                    handle,
+                    created,
+                    attr,
+                    lease,
+                })
+            }
+        ),
         (
             proptest::collection::vec(any::<u8>(), 0..200),
             any::<bool>()
@@ -240,6 +250,7 @@ proptest! {
         let frame = Frame { kind, payload };
         let _ = Request::decode(&frame);
         let _ = Response::decode(&frame);
+        let _ = Notice::decode(&frame);
     }
 }
 
@@ -274,7 +285,8 @@ fn only_state_changes_are_sequenced() {
             access: access::READ,
             share_access: 0,
             flags: 0,
-            mode: 0
+            mode: 0,
+            lease: 0
         })
         .is_sequenced()
     );
@@ -287,4 +299,12 @@ fn only_state_changes_are_sequenced() {
         .is_sequenced()
     );
     assert!(!Request::Flush(HandleId(1)).is_sequenced());
+    // An acknowledgement only ever lowers a lease: repeating it is harmless.
+    assert!(
+        !Request::LeaseAck(LeaseAck {
+            handle: HandleId(1),
+            lease: 0
+        })
+        .is_sequenced()
+    );
 }

@@ -7,24 +7,24 @@ use crate::meta::records::{ChunkRef, Content, FileData};
 use crate::meta::store::MetaStore;
 use crate::meta::{Applied, Command, MetaError, Precondition};
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    store: std::sync::Arc<MetaStore>,
+    pub(super) store: std::sync::Arc<MetaStore>,
 }
 
-fn share() -> ShareName {
+pub(super) fn share() -> ShareName {
     ShareName::parse("s").unwrap()
 }
 
-fn path(p: &str) -> FilePath {
+pub(super) fn path(p: &str) -> FilePath {
     FilePath::parse(p).unwrap()
 }
 
-const S1: SessionId = SessionId([1; 16]);
-const S2: SessionId = SessionId([2; 16]);
+pub(super) const S1: SessionId = SessionId([1; 16]);
+pub(super) const S2: SessionId = SessionId([2; 16]);
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(dir.path()).unwrap();
         let f = Self { _dir: dir, store };
@@ -43,7 +43,7 @@ impl Fixture {
         f
     }
 
-    fn run(&self, cmd: Command) -> Result<Applied, MetaError> {
+    pub(super) fn run(&self, cmd: Command) -> Result<Applied, MetaError> {
         let mut r = apply_batch(&self.store, &[&cmd], Vec::new(), false).unwrap();
         match r.pop().unwrap() {
             Ok(a) => Ok(a),
@@ -52,11 +52,16 @@ impl Fixture {
         }
     }
 
-    fn ok(&self, cmd: Command) -> Applied {
+    pub(super) fn ok(&self, cmd: Command) -> Applied {
         self.run(cmd).unwrap()
     }
 
-    fn seq(&self, session: SessionId, seq: u64, cmd: Command) -> Result<Applied, MetaError> {
+    pub(super) fn seq(
+        &self,
+        session: SessionId,
+        seq: u64,
+        cmd: Command,
+    ) -> Result<Applied, MetaError> {
         self.run(Command::Sequenced {
             session,
             seq,
@@ -95,11 +100,13 @@ fn open_cmd(session: SessionId, p: &str, d: Disposition, acc: u8, share_access: 
         flags: 0,
         mode: 0o644,
         now_ns: 20,
+        lease: 0,
+        force: false,
     })
 }
 
-const RW: u8 = access::READ | access::WRITE;
-const ALL: u8 = access::READ | access::WRITE | access::DELETE;
+pub(super) const RW: u8 = access::READ | access::WRITE;
+pub(super) const ALL: u8 = access::READ | access::WRITE | access::DELETE;
 
 fn chunked(hash: ContentHash, len: u32) -> FileData {
     FileData {
@@ -491,6 +498,8 @@ fn delete_on_close_removes_the_name_at_close() {
             flags: cairn_proto::wire::open_flags::DELETE_ON_CLOSE,
             mode: 0o600,
             now_ns: 20,
+            lease: 0,
+            force: false,
         })
     };
     assert_eq!(f.run(doc(S1, RW)).unwrap_err().code(), ErrorCode::Forbidden);
@@ -537,3 +546,5 @@ fn delete_on_close_removes_the_name_at_close() {
     });
     assert_eq!(f.chunk_refs(&chunk), 0);
 }
+
+mod leases;

@@ -1,0 +1,124 @@
+//! Leases on the serving side: an open that conflicts with other sessions'
+//! leases has them broken and waits for the holders (at most the break
+//! timeout); every node pushes the pending breaks of the sessions
+//! connected to it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::wire::{LeaseBreak, Notice, RequestHeader, lease};
+
+use super::NativeServer;
+use crate::api::error::ApiResult;
+use crate::consensus::committer::CommitError;
+use crate::meta::command::OpenFile;
+use crate::meta::leases::{conflicts, pending_breaks};
+use crate::meta::{Applied, Command, MetaError};
+
+/// How often a node looks for breaks to push.
+pub(super) const PUSH_EVERY: Duration = Duration::from_millis(20);
+/// Pending breaks one round looks at, at most.
+const PUSH_BATCH: usize = 4096;
+/// How long pushing one notice may take before it counts as failed.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an open checks whether its breaks were acknowledged.
+const SETTLE_POLL: Duration = Duration::from_millis(5);
+
+/// (session, handle, lease to, connection) of a notice already pushed.
+pub(super) type Pushed = (cairn_proto::wire::SessionId, u64, u8, usize);
+
+/// Opens a file as `header`'s sequenced request, breaking other sessions'
+/// conflicting leases first.
+pub(super) async fn open(
+    server: &NativeServer,
+    header: &RequestHeader,
+    mut args: OpenFile,
+) -> ApiResult<Applied> {
+    let state = &server.state;
+    let deadline = Instant::now() + server.lease_break_timeout;
+    loop {
+        let cmd = Command::Sequenced {
+            session: header.session,
+            seq: header.seq,
+            cmd: Box::new(Command::OpenFile(args.clone())),
+        };
+        match state.committer.commit(cmd).await {
+            Err(CommitError::Meta(MetaError::LeasesHeld(_))) => {}
+            other => return Ok(other?),
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(path = %args.path, "lease holders did not acknowledge in time; breaking by force");
+            args.force = true;
+            continue;
+        }
+        // The file exists (a new one has no leases): its inode is known here.
+        let Ok((inode, _)) = state.meta.snapshot().resolve(&args.share, &args.path) else {
+            tokio::time::sleep(SETTLE_POLL).await;
+            continue;
+        };
+        state
+            .committer
+            .commit(Command::BreakLeases {
+                inode,
+                session: args.session,
+                access: args.access,
+            })
+            .await?;
+        let started = Instant::now();
+        while Instant::now() < deadline {
+            match conflicts(&state.meta.snapshot(), inode, &args.session, args.access) {
+                Ok(c) if c.is_empty() => break,
+                Ok(_) => tokio::time::sleep(SETTLE_POLL).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::debug!(path = %args.path, waited_ms = started.elapsed().as_millis() as u64, "leases broken");
+    }
+}
+
+impl NativeServer {
+    /// Pushes each pending break once per connection of its holder's
+    /// session (again after the holder reconnects anywhere).
+    pub(super) fn push_breaks(self: &Arc<Self>) {
+        let pending = match pending_breaks(&self.state.meta.snapshot(), PUSH_BATCH) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read pending lease breaks");
+                return;
+            }
+        };
+        let (Ok(live), Ok(mut pushed)) = (self.live.lock(), self.pushed.lock()) else {
+            return;
+        };
+        let mut current = HashSet::new();
+        for b in pending {
+            let Some(sink) = live.get(&b.session).and_then(|s| s.last()) else {
+                continue;
+            };
+            let key = (b.session, b.handle.0, b.to, sink.id());
+            current.insert(key);
+            if !pushed.insert(key) {
+                continue;
+            }
+            let notice = Notice::LeaseBreak(LeaseBreak {
+                handle: b.handle,
+                from: b.from,
+                to: b.to,
+            });
+            tracing::debug!(session = %b.session, handle = %b.handle, from = lease::name(b.from), to = lease::name(b.to), "pushing lease break");
+            let sink = sink.clone();
+            let server = Arc::clone(self);
+            tokio::spawn(async move {
+                let sent = tokio::time::timeout(PUSH_TIMEOUT, sink.push(&notice)).await;
+                if let Err(e) = sent.map_err(|_| "timed out".to_owned()).and_then(|r| r) {
+                    tracing::debug!(error = %e, "lease break not delivered; will try again");
+                    if let Ok(mut p) = server.pushed.lock() {
+                        p.remove(&key);
+                    }
+                }
+            });
+        }
+        pushed.retain(|k| current.contains(k));
+    }
+}
