@@ -70,16 +70,6 @@ pub enum NodeError {
 
 /// Runs a node until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
-    let meta = MetaStore::open(&data_dir.join("meta"))?;
-    let local: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
-    let metrics = Arc::new(Metrics::new());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-
     let listener = TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| NodeError::Listen {
@@ -87,217 +77,276 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             source,
         })?;
     let http_addr = listener.local_addr().map_err(NodeError::Serve)?;
-    let endpoint = bind_quic(&config.cluster)?;
-    let quic_addr = match &endpoint {
-        Some(e) => Some(e.local_addr().map_err(NodeError::Serve)?),
-        None => None,
-    };
-    let transport = endpoint.clone().map(|e| Arc::new(Transport::new(e)));
-    let me = NodeInfo {
-        quic: config
-            .cluster
-            .advertise_quic
-            .clone()
-            .or(quic_addr.map(|a| a.to_string()))
-            .unwrap_or_default(),
-        http: config
-            .cluster
-            .advertise_http
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}")),
-        witness: config.cluster.witness,
-        draining: false,
-    };
-
-    let raft = start_raft(&config, &meta, transport.clone()).await?;
-    let joined = initialize(&config, &raft, &me).await?;
-    let committer = Committer::new(
-        config.node_id,
-        raft.clone(),
-        transport.clone(),
-        Timeouts {
-            write: Duration::from_secs(config.cluster.write_timeout_secs),
-            read: Duration::from_secs(config.cluster.read_timeout_secs),
-            quorum_lease: Duration::from_millis(
-                config.cluster.election_timeout_ms + config.cluster.election_timeout_ms / 2,
-            ),
-        },
-    );
-    let liveness = Arc::new(Liveness::new(Duration::from_secs(
-        config.cluster.dead_after_secs,
-    )));
-    let placement = Placement {
-        me: config.node_id,
-        raft: raft.clone(),
-        liveness: Arc::clone(&liveness),
-        replicas: config.cluster.replicas,
-        write_quorum: config.cluster.write_quorum,
-    };
-    let stats = Arc::new(RepairStats::default());
-    let chunks: Arc<dyn ChunkStore> = match &transport {
-        Some(t) => Arc::new(ReplicatedChunks {
-            local: Arc::clone(&local),
-            transport: Arc::clone(t),
-            placement: placement.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            in_flight: Arc::new(Semaphore::new(REPLICATION_BYTES_MAX)),
-        }),
-        None => Arc::clone(&local),
-    };
-
-    let peers_stop = CancellationToken::new();
-    let leader_contact = Arc::new(LeaderContact::default());
-    let watchdog = transport.as_ref().map(|_| {
-        let c = &config.cluster;
-        // openraft's leader lease is election_timeout_max (see start_raft).
-        let lease = Duration::from_millis(c.election_timeout_ms + c.election_timeout_ms / 2);
-        tokio::spawn(watchdog::run(
-            raft.clone(),
-            Arc::clone(&leader_contact),
-            lease,
-            peers_stop.clone(),
-        ))
-    });
-    let peer_service = Arc::new(PeerService {
-        committer: committer.clone(),
-        local: Arc::clone(&local),
-        stats: Arc::clone(&stats),
-        budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
-        leader_contact: Arc::clone(&leader_contact),
-    });
-    let native = Arc::new(OnceLock::new());
-    let peers_task = endpoint.map(|e| {
-        tokio::spawn(service::serve(
-            e,
-            Arc::clone(&peer_service),
-            Arc::clone(&native),
-            peers_stop.clone(),
-        ))
-    });
-
-    // A node waiting to join gets its shares with the cluster's state.
-    if joined {
-        bootstrap_shares(&config, &meta, &committer, clock.as_ref()).await?;
-    }
-
-    let pins = Pins::new();
-    let workers_stop = CancellationToken::new();
-    let mut workers = vec![tokio::spawn(run_worker(
-        Gc {
-            meta: Arc::clone(&meta),
-            committer: committer.clone(),
-            chunks: Arc::clone(&chunks),
-            pins: Arc::clone(&pins),
-            metrics: Arc::clone(&metrics),
-            clock: Arc::clone(&clock),
-            grace: config.gc_grace,
-            interval: config.gc_interval,
-        },
-        workers_stop.clone(),
-    ))];
-    if let Some(t) = &transport {
-        workers.push(tokio::spawn(run_worker(
-            Prober {
-                transport: Arc::clone(t),
-                placement: placement.clone(),
-                misses: Default::default(),
-            },
-            workers_stop.clone(),
-        )));
-        workers.push(tokio::spawn(run_worker(
-            Repairer {
-                meta: Arc::clone(&meta),
-                local: Arc::clone(&local),
-                transport: Arc::clone(t),
-                placement: placement.clone(),
-                stats: Arc::clone(&stats),
-                interval: Duration::from_secs(config.cluster.repair_interval_secs),
-            },
-            workers_stop.clone(),
-        )));
-        workers.push(tokio::spawn(run_worker(
-            Scrubber {
-                local: Arc::clone(&local),
-                transport: Arc::clone(t),
-                placement: placement.clone(),
-                stats: Arc::clone(&stats),
-                interval: Duration::from_secs(config.cluster.scrub_interval_secs),
-                bytes_per_sec: config.cluster.scrub_bytes_per_sec,
-            },
-            workers_stop.clone(),
-        )));
-    }
-
-    let state = Arc::new(AppState {
-        node_id: config.node_id,
-        meta,
-        committer,
-        chunks,
-        pins,
-        metrics,
-        clock,
-        peers: Arc::clone(&peer_service),
-        liveness,
-        me: me.clone(),
-        admin_token: config.admin_token.clone(),
-        limits: Limits {
-            upload_bytes_max: config.upload_bytes_max,
-            inline_bytes_max: config.inline_bytes_max,
-            free_bytes_min: config.free_bytes_min,
-            body_idle_timeout: config.body_idle_timeout,
-        },
-        chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
-        read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
-        chunk_cache: Arc::new(crate::chunks::ChunkCache::new(CHUNK_CACHE_BYTES)),
-        write_buffers: Arc::new(Semaphore::new(
-            usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),
-        )),
-        shutdown: shutdown.clone(),
-    });
-    let native_server = NativeServer::new(
-        Arc::clone(&state),
-        NativeOptions {
-            handle_timeout: Duration::from_secs(config.cluster.handle_timeout_secs),
-            lease_break_timeout: Duration::from_secs(config.cluster.lease_break_timeout_secs),
-        },
-    );
-    let _ = native.set(Arc::clone(&native_server));
-    let native_timers = tokio::spawn(native_server.run_timers(workers_stop.clone()));
+    let node = Node::start(&config, Some(http_addr), shutdown.clone()).await?;
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, config.node_id, http_addr, quic_addr)
+        write_ready_file(path, config.node_id, http_addr, node.quic_addr)
             .map_err(NodeError::ReadyFile)?;
     }
-    tracing::info!(node = config.node_id, http = %http_addr, quic = ?quic_addr, data_dir = %data_dir.display(), "listening");
+    tracing::info!(node = config.node_id, http = %http_addr, quic = ?node.quic_addr, data_dir = %config.data_dir.display(), "listening");
 
     let limits = ListenLimits {
         connections_max: config.http_connections_max,
         header_timeout: config.http_header_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    let served = listener::serve(listener, api::router(Arc::clone(&state)), limits, shutdown).await;
-    workers_stop.cancel();
-    for w in workers {
-        let _ = w.await;
-    }
-    let _ = native_timers.await;
-    drop(state);
-    // Raft last: peers keep hearing from this node until its requests are
-    // drained, so an orderly stop of a leader hands over cleanly.
-    peers_stop.cancel();
-    if let Some(t) = peers_task {
-        let _ = t.await;
-    }
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "Raft did not stop cleanly");
-    }
+    let router = api::router(Arc::clone(&node.state));
+    let served = listener::serve(listener, router, limits, shutdown).await;
+    node.stop().await;
     if served != Drained::Clean {
         tracing::warn!("some connections outlived the shutdown grace period");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A started node: its stores, Raft, workers and protocol servers, but
+/// not its HTTP listener (which `run` adds; the native protocol's tests
+/// drive [`Node::native`] in memory instead).
+pub struct Node {
+    pub state: Arc<AppState>,
+    pub native: Arc<NativeServer>,
+    pub quic_addr: Option<SocketAddr>,
+    raft: Raft,
+    workers_stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    peers_stop: CancellationToken,
+    peers_task: Option<tokio::task::JoinHandle<()>>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the stores under `config.data_dir`, starts Raft (initializing
+    /// a new cluster if need be), the workers, the QUIC listener (cluster
+    /// mode) and the native protocol's timers. `http_addr` is where HTTP
+    /// clients reach this node, if anywhere.
+    pub async fn start(
+        config: &Config,
+        http_addr: Option<SocketAddr>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, NodeError> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let meta = MetaStore::open(&data_dir.join("meta"))?;
+        let local: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
+        let metrics = Arc::new(Metrics::new());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+        let endpoint = bind_quic(&config.cluster)?;
+        let quic_addr = match &endpoint {
+            Some(e) => Some(e.local_addr().map_err(NodeError::Serve)?),
+            None => None,
+        };
+        let transport = endpoint.clone().map(|e| Arc::new(Transport::new(e)));
+        let me = NodeInfo {
+            quic: config
+                .cluster
+                .advertise_quic
+                .clone()
+                .or(quic_addr.map(|a| a.to_string()))
+                .unwrap_or_default(),
+            http: config
+                .cluster
+                .advertise_http
+                .clone()
+                .or(http_addr.map(|a| format!("http://{a}")))
+                .unwrap_or_default(),
+            witness: config.cluster.witness,
+            draining: false,
+        };
+
+        let raft = start_raft(config, &meta, transport.clone()).await?;
+        let joined = initialize(config, &raft, &me).await?;
+        let committer = Committer::new(
+            config.node_id,
+            raft.clone(),
+            transport.clone(),
+            Timeouts {
+                write: Duration::from_secs(config.cluster.write_timeout_secs),
+                read: Duration::from_secs(config.cluster.read_timeout_secs),
+                quorum_lease: Duration::from_millis(
+                    config.cluster.election_timeout_ms + config.cluster.election_timeout_ms / 2,
+                ),
+            },
+        );
+        let liveness = Arc::new(Liveness::new(Duration::from_secs(
+            config.cluster.dead_after_secs,
+        )));
+        let placement = Placement {
+            me: config.node_id,
+            raft: raft.clone(),
+            liveness: Arc::clone(&liveness),
+            replicas: config.cluster.replicas,
+            write_quorum: config.cluster.write_quorum,
+        };
+        let stats = Arc::new(RepairStats::default());
+        let chunks: Arc<dyn ChunkStore> = match &transport {
+            Some(t) => Arc::new(ReplicatedChunks {
+                local: Arc::clone(&local),
+                transport: Arc::clone(t),
+                placement: placement.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                in_flight: Arc::new(Semaphore::new(REPLICATION_BYTES_MAX)),
+            }),
+            None => Arc::clone(&local),
+        };
+
+        let peers_stop = CancellationToken::new();
+        let leader_contact = Arc::new(LeaderContact::default());
+        let watchdog = transport.as_ref().map(|_| {
+            let c = &config.cluster;
+            // openraft's leader lease is election_timeout_max (see start_raft).
+            let lease = Duration::from_millis(c.election_timeout_ms + c.election_timeout_ms / 2);
+            tokio::spawn(watchdog::run(
+                raft.clone(),
+                Arc::clone(&leader_contact),
+                lease,
+                peers_stop.clone(),
+            ))
+        });
+        let peer_service = Arc::new(PeerService {
+            committer: committer.clone(),
+            local: Arc::clone(&local),
+            stats: Arc::clone(&stats),
+            budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
+            leader_contact: Arc::clone(&leader_contact),
+        });
+        let native = Arc::new(OnceLock::new());
+        let peers_task = endpoint.map(|e| {
+            tokio::spawn(service::serve(
+                e,
+                Arc::clone(&peer_service),
+                Arc::clone(&native),
+                peers_stop.clone(),
+            ))
+        });
+
+        // A node waiting to join gets its shares with the cluster's state.
+        if joined {
+            bootstrap_shares(config, &meta, &committer, clock.as_ref()).await?;
+        }
+
+        let pins = Pins::new();
+        let workers_stop = CancellationToken::new();
+        let mut workers = vec![tokio::spawn(run_worker(
+            Gc {
+                meta: Arc::clone(&meta),
+                committer: committer.clone(),
+                chunks: Arc::clone(&chunks),
+                pins: Arc::clone(&pins),
+                metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&clock),
+                grace: config.gc_grace,
+                interval: config.gc_interval,
+            },
+            workers_stop.clone(),
+        ))];
+        if let Some(t) = &transport {
+            workers.push(tokio::spawn(run_worker(
+                Prober {
+                    transport: Arc::clone(t),
+                    placement: placement.clone(),
+                    misses: Default::default(),
+                },
+                workers_stop.clone(),
+            )));
+            workers.push(tokio::spawn(run_worker(
+                Repairer {
+                    meta: Arc::clone(&meta),
+                    local: Arc::clone(&local),
+                    transport: Arc::clone(t),
+                    placement: placement.clone(),
+                    stats: Arc::clone(&stats),
+                    interval: Duration::from_secs(config.cluster.repair_interval_secs),
+                },
+                workers_stop.clone(),
+            )));
+            workers.push(tokio::spawn(run_worker(
+                Scrubber {
+                    local: Arc::clone(&local),
+                    transport: Arc::clone(t),
+                    placement: placement.clone(),
+                    stats: Arc::clone(&stats),
+                    interval: Duration::from_secs(config.cluster.scrub_interval_secs),
+                    bytes_per_sec: config.cluster.scrub_bytes_per_sec,
+                },
+                workers_stop.clone(),
+            )));
+        }
+
+        let state = Arc::new(AppState {
+            node_id: config.node_id,
+            meta,
+            committer,
+            chunks,
+            pins,
+            metrics,
+            clock,
+            peers: Arc::clone(&peer_service),
+            liveness,
+            me: me.clone(),
+            admin_token: config.admin_token.clone(),
+            limits: Limits {
+                upload_bytes_max: config.upload_bytes_max,
+                inline_bytes_max: config.inline_bytes_max,
+                free_bytes_min: config.free_bytes_min,
+                body_idle_timeout: config.body_idle_timeout,
+            },
+            chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
+            read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
+            chunk_cache: Arc::new(crate::chunks::ChunkCache::new(CHUNK_CACHE_BYTES)),
+            write_buffers: Arc::new(Semaphore::new(
+                usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),
+            )),
+            shutdown: shutdown.clone(),
+        });
+        let native_server = NativeServer::new(
+            Arc::clone(&state),
+            NativeOptions {
+                handle_timeout: Duration::from_secs(config.cluster.handle_timeout_secs),
+                lease_break_timeout: Duration::from_secs(config.cluster.lease_break_timeout_secs),
+            },
+        );
+        let _ = native.set(Arc::clone(&native_server));
+        workers.push(tokio::spawn(
+            Arc::clone(&native_server).run_timers(workers_stop.clone()),
+        ));
+        Ok(Self {
+            state,
+            native: native_server,
+            quic_addr,
+            raft,
+            workers_stop,
+            workers,
+            peers_stop,
+            peers_task,
+            watchdog,
+        })
+    }
+
+    /// Stops the workers, then the peer service, then Raft.
+    pub async fn stop(self) {
+        self.workers_stop.cancel();
+        for w in self.workers {
+            let _ = w.await;
+        }
+        drop(self.native);
+        drop(self.state);
+        // Raft last: peers keep hearing from this node until its requests
+        // are drained, so an orderly stop of a leader hands over cleanly.
+        self.peers_stop.cancel();
+        if let Some(t) = self.peers_task {
+            let _ = t.await;
+        }
+        if let Some(w) = self.watchdog {
+            let _ = w.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not stop cleanly");
+        }
+    }
 }
 
 /// Verified chunks kept in memory for small reads.

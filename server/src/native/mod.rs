@@ -335,6 +335,9 @@ impl NativeServer {
     }
 }
 
+#[cfg(test)]
+mod tests;
+
 fn handle_of(req: &Request) -> Option<HandleId> {
     match req {
         Request::Read(r) => Some(r.handle),

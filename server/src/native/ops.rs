@@ -253,6 +253,15 @@ async fn session_op(
             }))
         }
         Request::Write(w) => {
+            if w.data.len() > CHUNK_SIZE_MAX {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "a write carries at most {CHUNK_SIZE_MAX} bytes (max_write), not {}",
+                        w.data.len()
+                    ),
+                ));
+            }
             let file = server.file(w.handle, &b.id).await?;
             let count = w.data.len() as u32;
             let (offset, size) = file

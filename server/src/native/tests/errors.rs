@@ -1,0 +1,280 @@
+//! Every error a client can cause, with the code it gets and nothing
+//! changed. (`range_not_satisfiable` is HTTP's; `unavailable` needs a
+//! cluster without a quorum and `internal` a failing disk: the cluster
+//! tests cover the first.)
+
+use cairn_proto::ErrorCode;
+use cairn_proto::wire::{
+    Disposition, HandleId, Mkdir, PathReq, Read, ReadDir, Request, RequestHeader, Response,
+    SetInfo, Write, access,
+};
+
+use super::{READ_TOKEN, RW, Server, TOKEN, open_req};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_out_of_order_requests_are_bad_requests() {
+    let s = Server::start().await;
+    let c = s.connect();
+    let bad = |r: Response| match r {
+        Response::Error(e) => e.code,
+        other => panic!("{other:?}"),
+    };
+    // Not a frame; a frame with a flipped bit; an unknown kind.
+    assert_eq!(bad(c.raw(b"\x01\x00").await), ErrorCode::BadRequest);
+    let mut frame = Request::KeepAlive
+        .encode(&RequestHeader::default())
+        .unwrap();
+    frame[6] ^= 1;
+    assert_eq!(bad(c.raw(&frame).await), ErrorCode::BadRequest);
+    let mut unknown = Vec::new();
+    cairn_proto::wire::encode_frame(0x7777, &[0; 17], &mut unknown).unwrap();
+    assert_eq!(bad(c.raw(&unknown).await), ErrorCode::BadRequest);
+    // Session setup before negotiating; no common version.
+    let setup = Request::SessionSetup(cairn_proto::wire::SessionSetup {
+        token: TOKEN.into(),
+        share: "default".into(),
+        resume: false,
+    });
+    assert_eq!(bad(c.with_seq(0, &setup).await), ErrorCode::BadRequest);
+    let old = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: vec![0, 2],
+        capabilities: 0,
+        client: "t".into(),
+    });
+    assert_eq!(bad(c.with_seq(0, &old).await), ErrorCode::BadRequest);
+    // A state change without a sequence number.
+    let c = s.session().await;
+    let open = open_req("x", Disposition::Create, RW, 0);
+    assert_eq!(bad(c.with_seq(0, &open).await), ErrorCode::BadRequest);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_tokens_and_shares() {
+    let s = Server::start().await;
+    // No session on this connection yet.
+    let c = s.connect();
+    let n = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: vec![1],
+        capabilities: 0,
+        client: "t".into(),
+    });
+    c.with_seq(0, &n).await;
+    assert_eq!(c.fails(Request::KeepAlive).await, ErrorCode::NoSession);
+    assert_eq!(
+        c.setup("no-such-token-0123456789", "default", false).await,
+        Err(ErrorCode::Unauthorized)
+    );
+    assert_eq!(
+        c.setup(TOKEN, "other", false).await,
+        Err(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        c.setup(TOKEN, "Not A Share!", false).await,
+        Err(ErrorCode::InvalidPath)
+    );
+    assert_eq!(
+        c.setup(TOKEN, "default", true).await,
+        Err(ErrorCode::NoSession),
+        "nothing to resume"
+    );
+    // A read-only token reads but changes nothing.
+    let w = s.session().await;
+    let o = w.open("r.txt", Disposition::Create, RW).await;
+    w.done(Request::Close(o.handle)).await;
+    let r = s.connect();
+    r.setup(READ_TOKEN, "default", false).await.unwrap();
+    let ro = r.open("r.txt", Disposition::Open, access::READ).await;
+    r.done(Request::Close(ro.handle)).await;
+    assert_eq!(
+        r.fails(open_req("r.txt", Disposition::Open, RW, 0)).await,
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        r.fails(Request::Mkdir(Mkdir {
+            path: "d".into(),
+            mode: 0o755
+        }))
+        .await,
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        r.fails(Request::Remove(PathReq {
+            path: "r.txt".into()
+        }))
+        .await,
+        ErrorCode::Forbidden
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_and_entries() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let stat = |p: &str| Request::Stat(PathReq { path: p.into() });
+    assert_eq!(c.fails(stat("../etc/passwd")).await, ErrorCode::InvalidPath);
+    assert_eq!(c.fails(stat("a/./b")).await, ErrorCode::InvalidPath);
+    assert_eq!(c.fails(stat("missing")).await, ErrorCode::NotFound);
+    assert_eq!(
+        c.fails(open_req("missing", Disposition::Open, RW, 0)).await,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        c.fails(open_req("no/dir/f", Disposition::Create, RW, 0))
+            .await,
+        ErrorCode::NotFound
+    );
+    let o = c.open("f", Disposition::CreateNew, RW).await;
+    assert_eq!(
+        c.fails(open_req("f", Disposition::CreateNew, RW, 0)).await,
+        ErrorCode::AlreadyExists
+    );
+    c.done(Request::Mkdir(Mkdir {
+        path: "d/e".into(),
+        mode: 0o755,
+    }))
+    .await;
+    assert_eq!(
+        c.fails(open_req("d", Disposition::Open, access::READ, 0))
+            .await,
+        ErrorCode::IsDirectory
+    );
+    assert_eq!(
+        c.fails(Request::ReadDir(ReadDir {
+            path: "f".into(),
+            after: None,
+            limit: 10
+        }))
+        .await,
+        ErrorCode::NotDirectory
+    );
+    assert_eq!(
+        c.fails(Request::Remove(PathReq { path: "d".into() })).await,
+        ErrorCode::NotEmpty
+    );
+    c.done(Request::Close(o.handle)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_access_sharing_and_sizes() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    // Unknown and other sessions' handles are stale to this session.
+    assert_eq!(
+        a.fails(Request::Flush(HandleId(987_654))).await,
+        ErrorCode::StaleHandle
+    );
+    let o = a.open("f", Disposition::Create, RW).await;
+    assert_eq!(
+        b.fails(Request::Read(Read {
+            handle: o.handle,
+            offset: 0,
+            len: 1
+        }))
+        .await,
+        ErrorCode::StaleHandle
+    );
+    // A read-only handle cannot write or truncate.
+    let r = a.open("f", Disposition::Open, access::READ).await;
+    let w = |h| {
+        Request::Write(Write {
+            handle: h,
+            offset: 0,
+            data: b"x".to_vec(),
+        })
+    };
+    assert_eq!(a.fails(w(r.handle)).await, ErrorCode::Forbidden);
+    assert_eq!(
+        a.fails(Request::SetInfo(SetInfo {
+            handle: r.handle,
+            size: None,
+            mtime_ns: None,
+            mode: Some(0o600)
+        }))
+        .await,
+        ErrorCode::Forbidden
+    );
+    // Share modes: a handle that shares only reading keeps writers out.
+    let mut exclusive = open_req("g", Disposition::Create, RW, 0);
+    if let Request::Open(o) = &mut exclusive {
+        o.share_access = access::READ;
+    }
+    let Response::Opened(g) = a.call(exclusive).await else {
+        panic!("open g")
+    };
+    assert_eq!(
+        b.fails(open_req("g", Disposition::Open, RW, 0)).await,
+        ErrorCode::SharingViolation
+    );
+    // A write larger than max_write is refused.
+    let big = Request::Write(Write {
+        handle: g.handle,
+        offset: 0,
+        data: vec![0; (4 << 20) + 1],
+    });
+    assert_eq!(a.fails(big).await, ErrorCode::PayloadTooLarge);
+    // Closed handles are gone.
+    a.done(Request::Close(g.handle)).await;
+    assert_eq!(
+        a.fails(Request::StatHandle(g.handle)).await,
+        ErrorCode::StaleHandle
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_reported_not_returned() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let o = c.open("big", Disposition::Create, RW).await;
+    let content = vec![7u8; 1 << 20];
+    c.call(Request::Write(Write {
+        handle: o.handle,
+        offset: 0,
+        data: content.clone(),
+    }))
+    .await;
+    c.done(Request::Close(o.handle)).await;
+    // Flip one byte of every stored chunk file.
+    let dir = s._dir.path().join("chunks");
+    let mut flipped = 0;
+    for entry in walk(&dir) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        if bytes.len() >= 1 << 20 {
+            bytes[1000] ^= 0xff;
+            std::fs::write(&entry, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped >= 1, "no chunk file found under {}", dir.display());
+    let r = c.open("big", Disposition::Open, access::READ).await;
+    assert_eq!(
+        c.fails(Request::Read(Read {
+            handle: r.handle,
+            offset: 0,
+            len: 4096
+        }))
+        .await,
+        ErrorCode::Corrupt
+    );
+    s.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,401 @@
+//! Each operation, as a client sees it through the wire format.
+
+use cairn_proto::ErrorCode;
+use cairn_proto::api::EntryKind;
+use cairn_proto::wire::{
+    Disposition, Lock, Mkdir, Notice, PathReq, Read, ReadDir, Rename, Request, Response, SetInfo,
+    Unlock, Write, access, capability, lease, open_flags,
+};
+
+use super::{RW, Server, handle, open_req};
+
+fn write(h: cairn_proto::wire::HandleId, offset: u64, data: &[u8]) -> Request {
+    Request::Write(Write {
+        handle: h,
+        offset,
+        data: data.to_vec(),
+    })
+}
+
+fn read(h: cairn_proto::wire::HandleId, offset: u64, len: u32) -> Request {
+    Request::Read(Read {
+        handle: h,
+        offset,
+        len,
+    })
+}
+
+async fn data(c: &super::Conn, req: Request) -> (Vec<u8>, bool) {
+    match c.call(req).await {
+        Response::Data(d) => (d.data, d.eof),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+async fn attr(c: &super::Conn, req: Request) -> cairn_proto::wire::Attr {
+    match c.call(req).await {
+        Response::Attr(a) => a,
+        other => panic!("expected attributes, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_setup_keep_alive_and_logoff() {
+    let s = Server::start().await;
+    let c = s.connect();
+    let n = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: vec![7, cairn_proto::wire::PROTOCOL_VERSION],
+        capabilities: 0,
+        client: "t".into(),
+    });
+    match c.with_seq(0, &n).await {
+        Response::Negotiated(n) => {
+            assert_eq!(n.version, 1);
+            assert_eq!(n.capabilities & capability::LEASES, capability::LEASES);
+            assert_eq!(n.max_read, 4 << 20);
+            assert_eq!(n.max_write, 4 << 20);
+            assert_eq!(n.handle_timeout_ms, 60_000);
+            assert_eq!(n.replay_window, 1024);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.setup(super::TOKEN, "default", false).await.unwrap();
+    c.done(Request::KeepAlive).await;
+    // A second connection reclaims the session with its handles.
+    let o = c.open("kept", Disposition::Create, RW).await;
+    let again = s.connect();
+    let again = super::Conn {
+        session: c.session,
+        ..again
+    };
+    let s2 = Request::SessionSetup(cairn_proto::wire::SessionSetup {
+        token: super::TOKEN.into(),
+        share: "default".into(),
+        resume: true,
+    });
+    let n = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: vec![1],
+        capabilities: 0,
+        client: "t".into(),
+    });
+    again.with_seq(0, &n).await;
+    match again.with_seq(0, &s2).await {
+        Response::SessionReady(r) => {
+            assert!(r.resumed && r.writable);
+            assert_eq!(r.handles, vec![o.handle]);
+        }
+        other => panic!("{other:?}"),
+    }
+    again.done(Request::Logoff).await;
+    // Logged off: the session and its handles are gone everywhere.
+    assert_eq!(
+        c.fails(Request::Close(o.handle)).await,
+        ErrorCode::NoSession
+    );
+    let late = s.connect();
+    let late = super::Conn {
+        session: c.session,
+        ..late
+    };
+    assert_eq!(
+        late.setup(super::TOKEN, "default", true).await,
+        Err(ErrorCode::NoSession)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_dispositions_read_write_flush_close() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let o = a.open("f.txt", Disposition::CreateNew, RW).await;
+    assert!(o.created);
+    assert_eq!((o.attr.size, o.attr.kind), (0, EntryKind::File));
+    assert_eq!(o.attr.mode, 0o640);
+    let h = handle(&o);
+    match a.call(write(h, 0, b"hello world")).await {
+        Response::Written(w) => assert_eq!((w.count, w.offset, w.size), (11, 0, 11)),
+        other => panic!("{other:?}"),
+    }
+    // Its own unflushed writes are visible through the handle...
+    assert_eq!(data(&a, read(h, 6, 100)).await, (b"world".to_vec(), true));
+    assert_eq!(attr(&a, Request::StatHandle(h)).await.size, 11);
+    // ...not to another session until a flush.
+    assert_eq!(
+        attr(
+            &b,
+            Request::Stat(PathReq {
+                path: "f.txt".into()
+            })
+        )
+        .await
+        .size,
+        0
+    );
+    let flushed = attr(&a, Request::Flush(h)).await;
+    assert_eq!(flushed.size, 11);
+    let seen = attr(
+        &b,
+        Request::Stat(PathReq {
+            path: "/f.txt".into(),
+        }),
+    )
+    .await;
+    assert_eq!((seen.size, seen.name.as_str()), (11, "f.txt"));
+    a.done(Request::Close(h)).await;
+    // Closed by its last writer: the ETag is the BLAKE3 of the content.
+    let settled = attr(
+        &b,
+        Request::Stat(PathReq {
+            path: "f.txt".into(),
+        }),
+    )
+    .await;
+    assert_eq!(settled.etag, Some(*blake3::hash(b"hello world").as_bytes()));
+
+    let r = b.open("f.txt", Disposition::Open, access::READ).await;
+    assert!(!r.created);
+    assert_eq!(
+        data(&b, read(r.handle, 0, 5)).await,
+        (b"hello".to_vec(), false)
+    );
+    b.done(Request::Close(r.handle)).await;
+    // Overwrite and Create truncate; OpenOrCreate keeps.
+    let keep = a.open("f.txt", Disposition::OpenOrCreate, RW).await;
+    assert_eq!(keep.attr.size, 11);
+    a.done(Request::Close(keep.handle)).await;
+    let t = a.open("f.txt", Disposition::Overwrite, RW).await;
+    assert_eq!(t.attr.size, 0);
+    a.done(Request::Close(t.handle)).await;
+    let n = a.open("new.txt", Disposition::Create, RW).await;
+    assert!(n.created);
+    a.done(Request::Close(n.handle)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_go_to_the_end_once_per_sequence_number() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let mut req = open_req("log", Disposition::Create, RW, 0);
+    if let Request::Open(o) = &mut req {
+        o.flags = open_flags::APPEND;
+    }
+    let h = match c.call(req).await {
+        Response::Opened(o) => o.handle,
+        other => panic!("{other:?}"),
+    };
+    let seq = c.next_seq();
+    for _ in 0..2 {
+        match c.with_seq(seq, &write(h, 0, b"one ")).await {
+            Response::Written(w) => assert_eq!((w.offset, w.size), (0, 4)),
+            other => panic!("{other:?}"),
+        }
+    }
+    match c.with_seq(c.next_seq(), &write(h, 0, b"two")).await {
+        Response::Written(w) => assert_eq!((w.offset, w.size), (4, 7)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(data(&c, read(h, 0, 100)).await.0, b"one two");
+    c.done(Request::Close(h)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_info_truncates_extends_and_sets_mode_and_time() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("s", Disposition::Create, RW).await.handle;
+    c.call(write(h, 0, b"0123456789")).await;
+    let info = |size, mode, mtime_ns| {
+        Request::SetInfo(SetInfo {
+            handle: h,
+            size,
+            mtime_ns,
+            mode,
+        })
+    };
+    assert_eq!(attr(&c, info(Some(4), None, None)).await.size, 4);
+    assert_eq!(data(&c, read(h, 0, 100)).await.0, b"0123");
+    let a = attr(&c, info(Some(8), Some(0o600), Some(1_000_000_000))).await;
+    assert_eq!((a.size, a.mode, a.mtime_ns), (8, 0o600, 1_000_000_000));
+    assert_eq!(data(&c, read(h, 0, 100)).await.0, b"0123\0\0\0\0");
+    c.done(Request::Close(h)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_pages_renames_and_removes() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    c.done(Request::Mkdir(Mkdir {
+        path: "d".into(),
+        mode: 0o750,
+    }))
+    .await;
+    for i in 0..25 {
+        let o = c
+            .open(&format!("d/f{i:02}"), Disposition::CreateNew, RW)
+            .await;
+        c.done(Request::Close(o.handle)).await;
+    }
+    let mut names = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let req = Request::ReadDir(ReadDir {
+            path: "d".into(),
+            after: after.take(),
+            limit: 10,
+        });
+        let page = match c.call(req).await {
+            Response::DirPage(p) => p,
+            other => panic!("{other:?}"),
+        };
+        pages += 1;
+        assert!(page.entries.len() <= 10);
+        names.extend(page.entries.into_iter().map(|e| e.name));
+        match page.next_after {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(names, expected);
+    let d = attr(&c, Request::Stat(PathReq { path: "d".into() })).await;
+    assert_eq!((d.kind, d.mode), (EntryKind::Directory, 0o750));
+
+    let rename = |from: &str, to: &str, replace| {
+        Request::Rename(Rename {
+            from: from.into(),
+            to: to.into(),
+            replace,
+        })
+    };
+    c.done(rename("d/f00", "d/g00", false)).await;
+    assert_eq!(
+        c.fails(rename("d/f01", "d/g00", false)).await,
+        ErrorCode::AlreadyExists
+    );
+    c.done(rename("d/f01", "d/g00", true)).await;
+    c.done(Request::Remove(PathReq {
+        path: "d/g00".into(),
+    }))
+    .await;
+    assert_eq!(
+        c.fails(Request::Stat(PathReq {
+            path: "d/f01".into()
+        }))
+        .await,
+        ErrorCode::NotFound
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_conflict_between_handles_until_released() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let ha = a.open("locked", Disposition::Create, RW).await.handle;
+    let hb = b.open("locked", Disposition::Open, RW).await.handle;
+    let lock = |h, offset, len, exclusive, wait_ms| {
+        Request::Lock(Lock {
+            handle: h,
+            offset,
+            len,
+            exclusive,
+            wait_ms,
+        })
+    };
+    a.done(lock(ha, 0, 100, true, 0)).await;
+    a.done(lock(ha, 0, 100, true, 0)).await;
+    assert_eq!(
+        b.fails(lock(hb, 50, 10, false, 0)).await,
+        ErrorCode::LockConflict
+    );
+    b.done(lock(hb, 100, 0, false, 0)).await;
+    // A blocking request waits for the holder to let go.
+    let waiter = tokio::spawn(async move {
+        let r = b.call(lock(hb, 0, 10, true, 5_000)).await;
+        (b, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    a.done(Request::Unlock(Unlock {
+        handle: ha,
+        offset: 0,
+        len: 100,
+    }))
+    .await;
+    let (b, r) = waiter.await.unwrap();
+    assert_eq!(r, Response::Done);
+    assert_eq!(
+        a.fails(Request::Unlock(Unlock {
+            handle: ha,
+            offset: 0,
+            len: 100,
+        }))
+        .await,
+        ErrorCode::NotFound
+    );
+    drop(b);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_break_is_pushed_and_acknowledged() {
+    let s = Server::start().await;
+    let mut a = s.session().await;
+    let b = s.session().await;
+    let leased = match a
+        .call(open_req("l", Disposition::Create, RW, lease::READ_WRITE))
+        .await
+    {
+        Response::Opened(o) => o,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(leased.lease, lease::READ_WRITE);
+    a.call(write(leased.handle, 0, b"cached")).await;
+    let opener = tokio::spawn(async move {
+        let r = b
+            .call(open_req("l", Disposition::Open, access::READ, lease::READ))
+            .await;
+        (b, r)
+    });
+    let Notice::LeaseBreak(brk) = a.notice().await;
+    assert_eq!(
+        (brk.handle, brk.from, brk.to),
+        (leased.handle, lease::READ_WRITE, lease::READ)
+    );
+    assert!(
+        !opener.is_finished(),
+        "the open waits for the acknowledgement"
+    );
+    // What a holder does: flush what it kept, then acknowledge.
+    attr(&a, Request::Flush(leased.handle)).await;
+    a.done(Request::LeaseAck(cairn_proto::wire::LeaseAck {
+        handle: leased.handle,
+        lease: lease::READ,
+    }))
+    .await;
+    let (b, r) = opener.await.unwrap();
+    let opened = match r {
+        Response::Opened(o) => o,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(opened.lease, lease::NONE, "a writer is open beside it");
+    assert_eq!(
+        opened.attr.size, 6,
+        "the holder's flushed writes are visible"
+    );
+    // A repeated acknowledgement is harmless.
+    a.done(Request::LeaseAck(cairn_proto::wire::LeaseAck {
+        handle: leased.handle,
+        lease: lease::READ,
+    }))
+    .await;
+    drop(b);
+    s.stop().await;
+}
