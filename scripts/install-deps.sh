@@ -6,7 +6,7 @@ set -euo pipefail
 # libclang-dev: RocksDB's bindings. fuse3: fusermount3 for mounts. The rest are
 # the real clients and baselines the tests and benchmarks drive.
 PACKAGES=(build-essential pkg-config libclang-dev curl ca-certificates python3 python3-requests
-          fuse3 nginx fio b3sum iproute2 nftables util-linux procps strace)
+          fuse3 nginx fio b3sum iproute2 nftables util-linux procps strace rsync git sqlite3 tar)
 
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi

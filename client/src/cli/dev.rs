@@ -31,6 +31,9 @@ pub struct DevArgs {
     /// The cairn-server binary (default: next to this cairn, then PATH).
     #[arg(long, env = "CAIRN_SERVER_BIN")]
     server_bin: Option<PathBuf>,
+    /// Also mount the share `default` here (FUSE), until the cluster stops.
+    #[arg(long)]
+    mount: Option<PathBuf>,
 }
 
 /// One node of the dev cluster.
@@ -45,6 +48,9 @@ struct DevNode {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 9 {
         bail!("--nodes must be between 1 and 9");
+    }
+    if args.mount.is_some() && args.nodes < 2 {
+        bail!("--mount needs the native protocol, which a cluster of 2 or more nodes serves");
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -127,8 +133,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, env)?;
     std::fs::rename(&tmp, &env_file)?;
     print_summary(&dir, &nodes, &token, &read_token);
+    if let Some(at) = &args.mount {
+        let quic: Vec<&str> = nodes.iter().map(|n| n.quic.as_str()).collect();
+        mount_share(&dir, at, &quic.join(","), &token)?;
+    }
 
-    let result = supervise(&mut nodes).await;
+    let result = supervise(&mut nodes, args.mount.as_deref()).await;
     let _ = std::fs::remove_file(&env_file);
     result
 }
@@ -315,7 +325,7 @@ async fn wait_ready(child: &mut Child, ready: &Path, url: &str) -> anyhow::Resul
 /// Runs until SIGTERM/SIGINT, then stops every node. A node that dies
 /// meanwhile (killed to watch the cluster carry on, say) is reported, and
 /// the others keep running.
-async fn supervise(nodes: &mut [DevNode]) -> anyhow::Result<()> {
+async fn supervise(nodes: &mut [DevNode], mounted: Option<&Path>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut exited = vec![false; nodes.len()];
@@ -339,6 +349,10 @@ async fn supervise(nodes: &mut [DevNode]) -> anyhow::Result<()> {
         }
     }
     eprintln!("cairn dev: stopping");
+    if let Some(at) = mounted {
+        // Before the nodes: the mount logs its session off on the way out.
+        unmount_share(at).await;
+    }
     for n in nodes.iter() {
         if let Some(pid) = n
             .child
@@ -357,4 +371,35 @@ async fn supervise(nodes: &mut [DevNode]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mounts the share `default` at `at` (the mount runs on in the
+/// background until unmounted).
+fn mount_share(dir: &Path, at: &Path, quic: &str, token: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
+    let ca = dir.join("tls").join("ca").join("ca.pem");
+    let log = format!("log={}", dir.join("mount.log").display());
+    let status = super::mount::command(quic, "default", at, Some(&ca), &[log])
+        .env("CAIRN_TOKEN", token)
+        .status()
+        .context("running cairn-mount")?;
+    if !status.success() {
+        bail!(
+            "mounting {} failed ({status}); see {}",
+            at.display(),
+            dir.join("mount.log").display()
+        );
+    }
+    println!("Mounted share default at {}", at.display());
+    Ok(())
+}
+
+/// Unmounts `at`, detaching it if files are still open, and waits a moment
+/// for the mount to log off.
+async fn unmount_share(at: &Path) {
+    use rustix::mount::{UnmountFlags, unmount};
+    if unmount(at, UnmountFlags::empty()).is_err() {
+        let _ = unmount(at, UnmountFlags::DETACH);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod dev;
+mod mount;
 mod native;
 mod transfer;
 
@@ -92,6 +93,10 @@ enum Command {
     },
     /// Run a local development cluster in the foreground.
     Dev(dev::DevArgs),
+    /// Mount a share as a local file system (FUSE).
+    Mount(mount::MountArgs),
+    /// Unmount a share mounted with `cairn mount`.
+    Umount(mount::UmountArgs),
     /// The cluster: status and membership.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -134,10 +139,20 @@ fn exit_code(e: &ClientError) -> u8 {
 }
 
 async fn execute(args: Args) -> Result<(), ClientError> {
-    if let Command::Dev(dev_args) = args.command {
-        return dev::run(dev_args)
-            .await
-            .map_err(|e| ClientError::Invalid(format!("dev: {e:#}")));
+    match args.command {
+        Command::Dev(dev_args) => {
+            return dev::run(dev_args)
+                .await
+                .map_err(|e| ClientError::Invalid(format!("dev: {e:#}")));
+        }
+        Command::Mount(m) => {
+            return mount::mount(m, args.quic.as_deref(), &args.share, args.ca.as_deref())
+                .map_err(|e| ClientError::Invalid(format!("mount: {e:#}")));
+        }
+        Command::Umount(u) => {
+            return mount::umount(u).map_err(|e| ClientError::Invalid(format!("umount: {e:#}")));
+        }
+        _ => {}
     }
     let share =
         ShareName::parse(&args.share).map_err(|e| ClientError::Invalid(format!("--share: {e}")))?;
@@ -187,7 +202,7 @@ async fn execute(args: Args) -> Result<(), ClientError> {
                 .map(|w| out.write_result(&w))
         }
         Command::Cluster(c) => cluster::run(&client, c, out).await,
-        Command::Dev(_) => Ok(()),
+        Command::Dev(_) | Command::Mount(_) | Command::Umount(_) => Ok(()),
     }
 }
 

@@ -12,7 +12,10 @@ use super::{Command, Output, format_time};
 
 /// Runs `cmd` natively; `None` for commands that only HTTP offers.
 pub async fn run(cfg: NativeConfig, cmd: &Command, out: Output) -> Option<Result<(), ClientError>> {
-    if matches!(cmd, Command::Dev(_) | Command::Cluster(_)) {
+    if matches!(
+        cmd,
+        Command::Dev(_) | Command::Cluster(_) | Command::Mount(_) | Command::Umount(_)
+    ) {
         return None;
     }
     Some(
@@ -97,7 +100,7 @@ async fn execute(client: &Client, cmd: &Command, out: Output) -> Result<(), Clie
             });
             Ok(())
         }
-        Command::Dev(_) | Command::Cluster(_) => Ok(()),
+        Command::Dev(_) | Command::Cluster(_) | Command::Mount(_) | Command::Umount(_) => Ok(()),
     }
 }
 

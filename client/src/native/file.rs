@@ -147,6 +147,24 @@ impl File {
         }
     }
 
+    /// Sets the permission bits and/or the modification time.
+    pub async fn set_attr(
+        &self,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr, ClientError> {
+        let req = Request::SetInfo(SetInfo {
+            handle: self.handle,
+            size: None,
+            mtime_ns,
+            mode,
+        });
+        match self.client.call(req).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Takes a byte-range lock (`len` 0: to the end of any file), waiting
     /// up to `wait` for conflicting locks of other handles to go away;
     /// `lock_conflict` if they do not. Held across failovers until
@@ -194,6 +212,13 @@ impl File {
 
     /// Flushes and closes; the handle is gone on every node.
     pub async fn close(self) -> Result<(), ClientError> {
+        self.close_shared().await
+    }
+
+    /// [`File::close`] for a file others may still hold a reference to
+    /// (a mount's handle table); later calls on it fail with
+    /// `stale_handle`.
+    pub async fn close_shared(&self) -> Result<(), ClientError> {
         self.flush().await?;
         match self.client.call(Request::Close(self.handle)).await? {
             Response::Done => {

@@ -441,9 +441,14 @@ impl Client {
     }
 
     pub async fn create_dir(&self, path: &str) -> Result<(), ClientError> {
+        self.create_dir_mode(path, 0o755).await
+    }
+
+    /// Creates a directory (and missing parents) with permission bits `mode`.
+    pub async fn create_dir_mode(&self, path: &str, mode: u32) -> Result<(), ClientError> {
         self.done(Request::Mkdir(Mkdir {
             path: path.to_owned(),
-            mode: 0o755,
+            mode,
         }))
         .await
     }

@@ -300,6 +300,10 @@ async fn session_op(
             let mut f = file.lock().await;
             if let Some(size) = s.size {
                 f.truncate(size)?;
+            }
+            if s.size.is_some() || s.mtime_ns.is_some() {
+                // Earlier writes are flushed first: their flush would
+                // otherwise stamp the file's mtime after the one set here.
                 f.flush(&server.state).await?;
             }
             if s.mode.is_some() || s.mtime_ns.is_some() {
@@ -317,11 +321,10 @@ async fn session_op(
             }
             state.committer.read_barrier().await?;
             let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), f.record.inode)?;
-            Ok(Response::Attr(attr_of(
-                f.record.inode,
-                &inode,
-                String::new(),
-            )))
+            let mut attr = attr_of(f.record.inode, &inode, String::new());
+            // As this handle sees it: its unflushed writes count.
+            attr.size = f.size(&server.state).await?;
+            Ok(Response::Attr(attr))
         }
         Request::Stat(p) => {
             state.committer.read_barrier().await?;

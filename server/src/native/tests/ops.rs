@@ -399,3 +399,27 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
     drop(b);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_info_sees_unflushed_writes_and_its_time_outlasts_them() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("t", Disposition::Create, RW).await.handle;
+    c.call(write(h, 0, b"not yet flushed")).await;
+    // What `cp -a` does: set the time through the handle, then close.
+    let info = Request::SetInfo(SetInfo {
+        handle: h,
+        size: None,
+        mtime_ns: Some(7_000_000_000),
+        mode: Some(0o600),
+    });
+    let a = attr(&c, info).await;
+    assert_eq!(a.size, 15, "the handle's own writes count");
+    c.done(Request::Close(h)).await;
+    let after = attr(&c, Request::Stat(PathReq { path: "t".into() })).await;
+    assert_eq!(
+        (after.size, after.mtime_ns, after.mode),
+        (15, 7_000_000_000, 0o600)
+    );
+    s.stop().await;
+}

@@ -1,0 +1,262 @@
+//! Names and attributes: lookup, getattr, setattr, mkdir, unlink, rmdir,
+//! rename, directory listings.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_client::OpenOptions;
+use cairn_proto::api::EntryKind;
+use cairn_proto::wire::{Attr, Disposition, access};
+use fuser::{Errno, FileAttr, FileHandle, FileType, RenameFlags, TimeOrNow};
+
+use super::Shared;
+use crate::attr::{file_type, to_fuse};
+use crate::errno::errno;
+use crate::inodes::ROOT;
+
+/// One entry of a listing, as readdir returns it.
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: String,
+}
+
+/// What a setattr asks to change.
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+/// Attributes for the kernel, remembering the name it will know them by.
+pub fn entry(s: &Shared, parent: u64, name: &str, a: &Attr) -> Result<FileAttr, Errno> {
+    let mut t = s.inodes.lock().map_err(|_| Errno::EIO)?;
+    let ino = t.fuse_ino(a.inode);
+    t.remember(ino.0, parent, name, a.kind);
+    Ok(to_fuse(ino, a, s.owner))
+}
+
+fn attr_of(s: &Shared, a: &Attr) -> Result<FileAttr, Errno> {
+    let t = s.inodes.lock().map_err(|_| Errno::EIO)?;
+    Ok(to_fuse(t.fuse_ino(a.inode), a, s.owner))
+}
+
+pub async fn lookup(s: &Shared, parent: u64, name: &str) -> Result<FileAttr, Errno> {
+    let path = s.child_path(parent, name)?;
+    let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    entry(s, parent, name, &a)
+}
+
+pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
+    // An open handle sees its own unflushed writes: the size the kernel
+    // must not shrink below.
+    let open = match fh {
+        Some(fh) => s.open_file(fh).ok(),
+        None => None,
+    }
+    .or_else(|| s.any_open(ino));
+    if let Some(f) = open {
+        let a = f.file.metadata().await.map_err(|e| errno(&e))?;
+        return attr_of(s, &a);
+    }
+    let path = s.path(ino)?;
+    let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    attr_of(s, &a)
+}
+
+fn ns(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+pub async fn setattr(
+    s: &Shared,
+    ino: u64,
+    fh: Option<FileHandle>,
+    c: AttrChange,
+) -> Result<FileAttr, Errno> {
+    // Cairn keeps no owners: only the mapped owner can be "set".
+    if c.uid.is_some_and(|u| u != s.owner.uid) || c.gid.is_some_and(|g| g != s.owner.gid) {
+        return Err(Errno::EPERM);
+    }
+    let is_dir = s
+        .inodes
+        .lock()
+        .map_err(|_| Errno::EIO)?
+        .kind(ino)
+        .is_some_and(|k| k == EntryKind::Directory);
+    let mode = c.mode.map(|m| m & 0o7777);
+    let mtime = c.mtime.map(ns);
+    if is_dir || (c.size.is_none() && mode.is_none() && mtime.is_none()) {
+        // Directories' mode and times are fixed at creation (not settable
+        // through the protocol yet); tools that copy them (cp -a, rsync -a,
+        // tar) must not fail for it.
+        return getattr(s, ino, None).await;
+    }
+    let held = match fh {
+        Some(fh) => s.open_file(fh).ok(),
+        None => None,
+    }
+    .or_else(|| s.any_open(ino));
+    let (file, temporary) = match held {
+        Some(f) => (f, false),
+        None => {
+            let path = s.path(ino)?;
+            let opts = OpenOptions {
+                access: access::READ | access::WRITE,
+                ..OpenOptions::read().with(Disposition::Open)
+            };
+            let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
+            (
+                std::sync::Arc::new(super::OpenFile {
+                    file,
+                    ino,
+                    locks: std::sync::Mutex::new(Vec::new()),
+                }),
+                true,
+            )
+        }
+    };
+    let result = async {
+        let mut a = None;
+        if let Some(size) = c.size {
+            a = Some(file.file.set_len(size).await?);
+        }
+        if mode.is_some() || mtime.is_some() {
+            a = Some(file.file.set_attr(mode, mtime).await?);
+        }
+        match a {
+            Some(a) => Ok(a),
+            None => file.file.metadata().await,
+        }
+    }
+    .await;
+    if temporary && let Err(e) = file.file.close_shared().await {
+        tracing::warn!(error = %e, "closing a setattr handle failed");
+    }
+    let a = result.map_err(|e| errno(&e))?;
+    attr_of(s, &a)
+}
+
+pub async fn mkdir(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<FileAttr, Errno> {
+    let path = s.child_path(parent, name)?;
+    // The protocol's mkdir also makes missing parents and accepts an
+    // existing directory; POSIX wants EEXIST.
+    match s.client.metadata(&path).await {
+        Ok(_) => return Err(Errno::EEXIST),
+        Err(e) if errno(&e) == Errno::ENOENT => {}
+        Err(e) => return Err(errno(&e)),
+    }
+    s.client
+        .create_dir_mode(&path, mode & 0o7777)
+        .await
+        .map_err(|e| errno(&e))?;
+    let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    entry(s, parent, name, &a)
+}
+
+pub async fn remove(s: &Shared, parent: u64, name: &str, dir: bool) -> Result<(), Errno> {
+    let path = s.child_path(parent, name)?;
+    let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    match (a.kind, dir) {
+        (EntryKind::Directory, false) => return Err(Errno::EISDIR),
+        (EntryKind::File, true) => return Err(Errno::ENOTDIR),
+        _ => {}
+    }
+    s.client.remove(&path).await.map_err(|e| errno(&e))?;
+    if let Ok(mut t) = s.inodes.lock() {
+        t.unlinked(parent, name);
+    }
+    Ok(())
+}
+
+pub async fn rename(
+    s: &Shared,
+    (parent, name): (u64, &str),
+    (new_parent, new_name): (u64, &str),
+    flags: RenameFlags,
+) -> Result<(), Errno> {
+    if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT)
+    {
+        return Err(Errno::EINVAL);
+    }
+    let from = s.child_path(parent, name)?;
+    let to = s.child_path(new_parent, new_name)?;
+    if from == to {
+        return Ok(());
+    }
+    let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
+    let source = s.client.metadata(&from).await.map_err(|e| errno(&e))?;
+    if replace {
+        check_replace(s, &source, &to).await?;
+    }
+    s.client
+        .rename(&from, &to, replace)
+        .await
+        .map_err(|e| errno(&e))?;
+    if let Ok(mut t) = s.inodes.lock() {
+        t.renamed(parent, name, new_parent, new_name);
+    }
+    Ok(())
+}
+
+/// POSIX's rules for what a rename may replace.
+async fn check_replace(s: &Shared, source: &Attr, to: &str) -> Result<(), Errno> {
+    let target = match s.client.metadata(to).await {
+        Ok(t) => t,
+        Err(e) if errno(&e) == Errno::ENOENT => return Ok(()),
+        Err(e) => return Err(errno(&e)),
+    };
+    match (source.kind, target.kind) {
+        (EntryKind::File, EntryKind::Directory) => Err(Errno::EISDIR),
+        (EntryKind::Directory, EntryKind::File) => Err(Errno::ENOTDIR),
+        (EntryKind::Directory, EntryKind::Directory) => {
+            let inside = s.client.read_dir(to).await.map_err(|e| errno(&e))?;
+            if inside.is_empty() {
+                Ok(())
+            } else {
+                Err(Errno::ENOTEMPTY)
+            }
+        }
+        (EntryKind::File, EntryKind::File) => Ok(()),
+    }
+}
+
+/// Lists a directory once, at opendir; readdir serves pages of it.
+pub async fn opendir(s: &Shared, ino: u64) -> Result<u64, Errno> {
+    let path = s.path(ino)?;
+    let listed = s.client.read_dir(&path).await.map_err(|e| errno(&e))?;
+    // ".." only needs some inode number: the kernel resolves it itself.
+    let parent = ROOT;
+    let t = s.inodes.lock().map_err(|_| Errno::EIO)?;
+    let mut entries = Vec::with_capacity(listed.len() + 2);
+    entries.push(DirEntry {
+        ino,
+        kind: FileType::Directory,
+        name: ".".into(),
+    });
+    entries.push(DirEntry {
+        ino: parent,
+        kind: FileType::Directory,
+        name: "..".into(),
+    });
+    entries.extend(listed.into_iter().map(|a| DirEntry {
+        ino: t.fuse_ino(a.inode).0,
+        kind: file_type(a.kind),
+        name: a.name,
+    }));
+    drop(t);
+    let fh = s.fh();
+    s.dirs
+        .lock()
+        .map_err(|_| Errno::EIO)?
+        .insert(fh, std::sync::Arc::new(entries));
+    Ok(fh)
+}

@@ -1,0 +1,148 @@
+//! Open files: open, create, read, write, flush, fsync, release.
+//!
+//! A FUSE file handle is a durable protocol handle. Writes go to the
+//! cluster as they come (the client keeps them until a flush covers them,
+//! so a failover loses none); `flush` (every close(2)) and `fsync` return
+//! once they are durable on the cluster.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_client::OpenOptions;
+use cairn_proto::wire::{Disposition, access, lease};
+use fuser::{Errno, FileAttr, FileHandle, FopenFlags};
+
+use super::{OpenFile, Shared};
+use crate::errno::errno;
+
+/// What an open(2) asks for, as protocol options.
+fn options(flags: i32, disposition: Disposition) -> OpenOptions {
+    let access = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => access::WRITE,
+        libc::O_RDWR => access::READ | access::WRITE,
+        _ => access::READ,
+    };
+    OpenOptions {
+        disposition,
+        access,
+        // POSIX has no share modes: let every other open do anything.
+        share_access: access::READ | access::WRITE | access::DELETE,
+        append: flags & libc::O_APPEND != 0,
+        // A read lease keeps the page cache across opens until another
+        // client writes.
+        lease: lease::READ,
+        ..OpenOptions::read()
+    }
+}
+
+/// Registers an opened file; returns its FUSE handle and open flags.
+fn register(s: &Shared, file: cairn_client::File, ino: u64) -> Result<(u64, FopenFlags), Errno> {
+    let keep = if file.lease() & lease::READ != 0 {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    };
+    let fh = s.fh();
+    s.files.lock().map_err(|_| Errno::EIO)?.insert(
+        fh,
+        Arc::new(OpenFile {
+            file,
+            ino,
+            locks: Mutex::new(Vec::new()),
+        }),
+    );
+    Ok((fh, keep))
+}
+
+pub async fn open(s: &Shared, ino: u64, flags: i32) -> Result<(u64, FopenFlags), Errno> {
+    let path = s.path(ino)?;
+    let disposition = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        Disposition::Overwrite
+    } else {
+        Disposition::Open
+    };
+    let file = s
+        .client
+        .open(&path, options(flags, disposition))
+        .await
+        .map_err(|e| errno(&e))?;
+    register(s, file, ino)
+}
+
+pub async fn create(
+    s: &Shared,
+    parent: u64,
+    name: &str,
+    mode: u32,
+    flags: i32,
+) -> Result<(FileAttr, u64, FopenFlags), Errno> {
+    let path = s.child_path(parent, name)?;
+    let disposition = if flags & libc::O_EXCL != 0 {
+        Disposition::CreateNew
+    } else if flags & libc::O_TRUNC != 0 {
+        Disposition::Create
+    } else {
+        Disposition::OpenOrCreate
+    };
+    let opts = OpenOptions {
+        mode: mode & 0o7777,
+        ..options(flags, disposition)
+    };
+    let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
+    let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
+    let (fh, flags) = register(s, file, attr.ino.0)?;
+    Ok((attr, fh, flags))
+}
+
+/// mknod of a regular file: create it, empty.
+pub async fn mknod(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<FileAttr, Errno> {
+    let path = s.child_path(parent, name)?;
+    let opts = OpenOptions {
+        mode: mode & 0o7777,
+        ..options(libc::O_WRONLY, Disposition::CreateNew)
+    };
+    let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
+    let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
+    file.close().await.map_err(|e| errno(&e))?;
+    Ok(attr)
+}
+
+pub async fn read(s: &Shared, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    let f = s.open_file(fh)?;
+    let data = f
+        .file
+        .read_at(offset, size as usize)
+        .await
+        .map_err(|e| errno(&e))?;
+    s.metrics.add_read(data.len());
+    Ok(data)
+}
+
+pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Result<u32, Errno> {
+    let f = s.open_file(fh)?;
+    let n = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+    f.file.write_at(offset, data).await.map_err(|e| errno(&e))?;
+    s.metrics.add_written(n as usize);
+    Ok(n)
+}
+
+/// Makes the handle's writes durable; at a close(2) (`owner` given) also
+/// releases that lock owner's locks, as POSIX wants.
+pub async fn flush(s: &Shared, fh: FileHandle, owner: Option<u64>) -> Result<(), Errno> {
+    let f = s.open_file(fh)?;
+    f.file.flush().await.map_err(|e| errno(&e))?;
+    if let Some(owner) = owner {
+        crate::locks::release_owner(&f, owner).await;
+    }
+    Ok(())
+}
+
+pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
+    let f = s
+        .files
+        .lock()
+        .map_err(|_| Errno::EIO)?
+        .remove(&fh.0)
+        .ok_or(Errno::EBADF)?;
+    f.file.close_shared().await.map_err(|e| errno(&e))
+}

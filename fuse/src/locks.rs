@@ -1,0 +1,127 @@
+//! POSIX (fcntl) and BSD (flock) locks as protocol byte-range locks.
+//!
+//! A lock is taken through the protocol handle of the file descriptor it
+//! was asked on, so it conflicts with every other handle (other processes
+//! on this mount, other mounts) and survives failovers. The mount
+//! remembers which owner took which range, to release an owner's locks at
+//! its close(2) and to answer unlocks of ranges it never locked.
+
+use std::time::Duration;
+
+use fuser::{Errno, FileHandle};
+
+use crate::errno::errno;
+use crate::fs::{OpenFile, Shared};
+
+/// One lock request from the kernel (`end` inclusive).
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted {
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub typ: i32,
+}
+
+impl Wanted {
+    /// The protocol length: 0 means "to the end of any file".
+    fn len(&self) -> u64 {
+        if self.end >= i64::MAX as u64 {
+            0
+        } else {
+            self.end - self.start + 1
+        }
+    }
+}
+
+/// How long one blocking protocol request waits (F_SETLKW repeats it).
+const WAIT_SLICE: Duration = Duration::from_secs(30);
+
+pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(), Errno> {
+    let f = s.open_file(fh)?;
+    if w.typ == libc::F_UNLCK {
+        return unlock(&f, w).await;
+    }
+    let exclusive = w.typ == libc::F_WRLCK;
+    loop {
+        let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
+        match f.file.lock(w.start, w.len(), exclusive, wait).await {
+            Ok(()) => {
+                if let Ok(mut held) = f.locks.lock() {
+                    held.retain(|&(start, len, _)| (start, len) != (w.start, w.len()));
+                    held.push((w.start, w.len(), w.owner));
+                }
+                return Ok(());
+            }
+            Err(e) if sleep && errno(&e) == Errno::EAGAIN => continue,
+            Err(e) => return Err(errno(&e)),
+        }
+    }
+}
+
+/// Releases the locks `w` covers that this handle holds.
+async fn unlock(f: &OpenFile, w: Wanted) -> Result<(), Errno> {
+    let end = w.start.saturating_add(w.len().wrapping_sub(1));
+    let covered: Vec<(u64, u64, u64)> = match f.locks.lock() {
+        Ok(held) => held
+            .iter()
+            .copied()
+            .filter(|&(start, len, owner)| {
+                let last = if len == 0 { u64::MAX } else { start + len - 1 };
+                owner == w.owner && start >= w.start && (w.len() == 0 || last <= end)
+            })
+            .collect(),
+        Err(_) => return Err(Errno::EIO),
+    };
+    for (start, len, _) in covered {
+        f.file.unlock(start, len).await.map_err(|e| errno(&e))?;
+        if let Ok(mut held) = f.locks.lock() {
+            held.retain(|&(s, l, _)| (s, l) != (start, len));
+        }
+    }
+    Ok(())
+}
+
+/// Drops every lock `owner` holds through this handle (its close(2)).
+pub async fn release_owner(f: &OpenFile, owner: u64) {
+    let all = Wanted {
+        owner,
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_UNLCK,
+    };
+    if let Err(e) = unlock(f, all).await {
+        tracing::warn!(error = ?e, "releasing locks at close failed");
+    }
+}
+
+/// F_GETLK: the protocol has no "test" request, so this takes the lock
+/// without waiting and gives it back. Returns the conflicting range and
+/// type, or `None` if it could be placed.
+pub async fn test(s: &Shared, fh: FileHandle, w: Wanted) -> Result<Option<(u64, u64, i32)>, Errno> {
+    let f = s.open_file(fh)?;
+    let exclusive = w.typ == libc::F_WRLCK;
+    let already = f
+        .locks
+        .lock()
+        .map(|h| h.iter().any(|&(st, l, _)| (st, l) == (w.start, w.len())))
+        .unwrap_or(false);
+    if already {
+        // This handle's own lock: nothing of ours conflicts with it.
+        return Ok(None);
+    }
+    match f
+        .file
+        .lock(w.start, w.len(), exclusive, Duration::ZERO)
+        .await
+    {
+        Ok(()) => {
+            f.file
+                .unlock(w.start, w.len())
+                .await
+                .map_err(|e| errno(&e))?;
+            Ok(None)
+        }
+        Err(e) if errno(&e) == Errno::EAGAIN => Ok(Some((w.start, w.end, libc::F_WRLCK))),
+        Err(e) => Err(errno(&e)),
+    }
+}

@@ -1,0 +1,258 @@
+//! `mount.cairn SOURCE MOUNTPOINT [-o OPTIONS] [--foreground]`: mounts a
+//! Cairn share (see `cairn_fuse::options` for SOURCE and OPTIONS). Called
+//! by mount(8) for `cairn` entries in /etc/fstab, and by `cairn mount`.
+//! Without `--foreground` it returns once the mount is up and keeps
+//! serving it in the background; SIGTERM unmounts it cleanly.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cairn_client::{Client, NativeConfig};
+use cairn_fuse::metrics::Metrics;
+use cairn_fuse::{CairnFs, MountOptions};
+
+/// How long mounting may wait for a first node to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Args {
+    source: String,
+    mountpoint: String,
+    options: String,
+    foreground: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut foreground = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-o" => options.push(args.next().context("-o needs a value")?),
+            "--foreground" => foreground = true,
+            "--metrics-listen" => {
+                options.push(format!(
+                    "metrics={}",
+                    args.next().context("--metrics-listen needs an address")?
+                ));
+            }
+            // mount(8)'s sloppy, no-mtab and verbose flags.
+            "-s" | "-n" | "-v" => {}
+            "-h" | "--help" => {
+                println!(
+                    "usage: mount.cairn cairn://HOST:PORT[,HOST:PORT...]/SHARE MOUNTPOINT [-o OPTIONS] [--foreground] [--metrics-listen ADDR]"
+                );
+                std::process::exit(0);
+            }
+            s if s.starts_with('-') => bail!("unknown flag {s}"),
+            _ => positional.push(a),
+        }
+    }
+    let [source, mountpoint] = <[String; 2]>::try_from(positional)
+        .map_err(|_| anyhow::anyhow!("expected SOURCE and MOUNTPOINT (see --help)"))?;
+    Ok(Args {
+        source,
+        mountpoint,
+        options: options.join(","),
+        foreground,
+    })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mount.cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let opts = MountOptions::parse(&args.source, &args.mountpoint, &args.options)?;
+    if !opts.mountpoint.is_dir() {
+        bail!(
+            "mount point {} is not a directory",
+            opts.mountpoint.display()
+        );
+    }
+    if cairn_fuse::fs::is_mounted(&opts.mountpoint) {
+        bail!("{} is already a mount point", opts.mountpoint.display());
+    }
+    if !args.foreground {
+        return daemonize(&opts);
+    }
+    init_tracing(&opts)?;
+    serve(&opts)
+}
+
+fn init_tracing(opts: &MountOptions) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &opts.log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("log file {}", path.display()))?;
+            builder.with_ansi(false).with_writer(Arc::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// Starts this program again in the foreground, detached, and returns once
+/// its mount is up (or with its error).
+fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding mount.cairn itself")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args().skip(1))
+        .arg("--foreground")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Its own process group: the terminal's Ctrl-C is not for the daemon.
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if cairn_fuse::fs::is_mounted(&opts.mountpoint) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("the mount daemon exited ({status}): {}", err.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    bail!(
+        "no mount at {} after {:?}",
+        opts.mountpoint.display(),
+        deadline.elapsed()
+    )
+}
+
+fn serve(opts: &MountOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("cairn-mount")
+        .build()?;
+    let token = opts.resolve_token()?;
+    let ca = opts.resolve_ca()?;
+    let mut cfg = NativeConfig::new(opts.nodes.clone(), ca, token, opts.share.clone());
+    cfg.failover_timeout = opts.timeout;
+    let (client, root) = rt.block_on(async {
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(cfg))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no node of {} answered within {CONNECT_TIMEOUT:?}",
+                    opts.nodes.join(",")
+                )
+            })?
+            .with_context(|| format!("cannot reach the cluster at {}", opts.nodes.join(",")))?;
+        let root = client
+            .metadata("")
+            .await
+            .context("reading the share's root")?;
+        anyhow::Ok((client, root.inode))
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.metrics {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("metrics listener {addr}"))?;
+        rt.spawn(Arc::clone(&metrics).serve(listener));
+    }
+    let owner = cairn_fuse::attr::Owner {
+        uid: opts
+            .uid
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw()),
+        gid: opts
+            .gid
+            .unwrap_or_else(|| rustix::process::getegid().as_raw()),
+    };
+    let fs = CairnFs::new(client.clone(), root, owner, metrics, rt.handle().clone());
+    let slot = fs.notifier_slot();
+    fs.watch_leases();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("cairn:{}", opts.share)),
+        fuser::MountOption::Subtype("cairn".into()),
+        fuser::MountOption::DefaultPermissions,
+        if opts.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(2);
+    let session = fuser::Session::new(fs, &opts.mountpoint, &config)
+        .with_context(|| format!("mounting {}", opts.mountpoint.display()))?;
+    slot(session.notifier());
+    let background = session.spawn()?;
+    tracing::info!(mountpoint = %opts.mountpoint.display(), nodes = %opts.nodes.join(","), share = %opts.share, "mounted");
+    let stop = rt.block_on(wait_for_stop(&background));
+    if stop {
+        unmount(&opts.mountpoint, background);
+    } else {
+        let _ = background.join();
+    }
+    rt.block_on(async {
+        if let Err(e) = client.logoff().await {
+            tracing::warn!(error = %e, "logoff failed; the session expires by itself");
+        }
+    });
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (true) or an unmount from outside (false).
+async fn wait_for_stop(bg: &fuser::BackgroundSession) -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return false;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return true,
+            _ = int.recv() => return true,
+            _ = tick.tick() => if bg.guard.is_finished() { return false },
+        }
+    }
+}
+
+/// Unmounts; with files still open, detaches the mount (lazy unmount) so
+/// the daemon can go while programs finish with what they hold.
+fn unmount(path: &std::path::Path, bg: fuser::BackgroundSession) {
+    use rustix::mount::{UnmountFlags, unmount};
+    if let Err(e) = unmount(path, UnmountFlags::empty()) {
+        tracing::warn!(error = %e, "busy; detaching the mount");
+        if let Err(e) = unmount(path, UnmountFlags::DETACH) {
+            tracing::warn!(error = %e, "could not unmount");
+        }
+    }
+    if let Err(e) = bg.join() {
+        tracing::warn!(error = %e, "the FUSE session ended with an error");
+    }
+}
