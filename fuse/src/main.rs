@@ -187,6 +187,7 @@ fn serve(opts: &MountOptions) -> anyhow::Result<()> {
     };
     let fs = CairnFs::new(client.clone(), root, owner, metrics, rt.handle().clone());
     let slot = fs.notifier_slot();
+    let flush_all = fs.flusher();
     fs.watch_leases();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -210,6 +211,12 @@ fn serve(opts: &MountOptions) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %opts.mountpoint.display(), nodes = %opts.nodes.join(","), share = %opts.share, "mounted");
     let stop = rt.block_on(wait_for_stop(&background));
     if stop {
+        // What programs wrote is made durable before the mount goes.
+        let flushed =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), flush_all()).await });
+        if flushed.is_err() {
+            tracing::warn!("open files not flushed within 20 s");
+        }
         unmount(&opts.mountpoint, background);
     } else {
         let _ = background.join();
@@ -242,17 +249,35 @@ async fn wait_for_stop(bg: &fuser::BackgroundSession) -> bool {
     }
 }
 
-/// Unmounts; with files still open, detaches the mount (lazy unmount) so
-/// the daemon can go while programs finish with what they hold.
+/// Unmounts. With files still open, detaches the mount and aborts its FUSE
+/// connection (their descriptors then fail with ENOTCONN): the daemon
+/// exits rather than wait for programs to close them.
 fn unmount(path: &std::path::Path, bg: fuser::BackgroundSession) {
     use rustix::mount::{UnmountFlags, unmount};
+    // The connection's number in /sys/fs/fuse/connections is the minor
+    // device number of the mount.
+    let connection = rustix::fs::stat(path)
+        .ok()
+        .map(|st| rustix::fs::minor(st.st_dev));
     if let Err(e) = unmount(path, UnmountFlags::empty()) {
         tracing::warn!(error = %e, "busy; detaching the mount");
         if let Err(e) = unmount(path, UnmountFlags::DETACH) {
             tracing::warn!(error = %e, "could not unmount");
         }
+        if let Some(n) = connection {
+            let abort = format!("/sys/fs/fuse/connections/{n}/abort");
+            if let Err(e) = std::fs::write(&abort, b"1") {
+                tracing::warn!(error = %e, path = %abort, "could not abort the FUSE connection");
+            }
+        }
     }
-    if let Err(e) = bg.join() {
-        tracing::warn!(error = %e, "the FUSE session ended with an error");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(bg.join());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the FUSE session ended with an error"),
+        Ok(Ok(())) => {}
+        Err(_) => tracing::warn!("the FUSE session did not end within 10 s; exiting anyway"),
     }
 }

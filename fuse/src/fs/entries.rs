@@ -101,10 +101,10 @@ pub async fn setattr(
         return getattr(s, ino, None).await;
     }
     let held = match fh {
-        Some(fh) => s.open_file(fh).ok(),
+        Some(fh) => s.open_file(fh).ok().filter(|f| f.writable),
         None => None,
     }
-    .or_else(|| s.any_open(ino));
+    .or_else(|| s.writable_open(ino));
     let (file, temporary) = match held {
         Some(f) => (f, false),
         None => {
@@ -118,6 +118,7 @@ pub async fn setattr(
                 std::sync::Arc::new(super::OpenFile {
                     file,
                     ino,
+                    writable: true,
                     locks: std::sync::Mutex::new(Vec::new()),
                 }),
                 true,

@@ -36,7 +36,12 @@ fn options(flags: i32, disposition: Disposition) -> OpenOptions {
 }
 
 /// Registers an opened file; returns its FUSE handle and open flags.
-fn register(s: &Shared, file: cairn_client::File, ino: u64) -> Result<(u64, FopenFlags), Errno> {
+fn register(
+    s: &Shared,
+    file: cairn_client::File,
+    ino: u64,
+    flags: i32,
+) -> Result<(u64, FopenFlags), Errno> {
     let keep = if file.lease() & lease::READ != 0 {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
@@ -48,6 +53,7 @@ fn register(s: &Shared, file: cairn_client::File, ino: u64) -> Result<(u64, Fope
         Arc::new(OpenFile {
             file,
             ino,
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
             locks: Mutex::new(Vec::new()),
         }),
     );
@@ -66,7 +72,7 @@ pub async fn open(s: &Shared, ino: u64, flags: i32) -> Result<(u64, FopenFlags),
         .open(&path, options(flags, disposition))
         .await
         .map_err(|e| errno(&e))?;
-    register(s, file, ino)
+    register(s, file, ino, flags)
 }
 
 pub async fn create(
@@ -90,7 +96,7 @@ pub async fn create(
     };
     let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
     let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
-    let (fh, flags) = register(s, file, attr.ino.0)?;
+    let (fh, flags) = register(s, file, attr.ino.0, flags)?;
     Ok((attr, fh, flags))
 }
 

@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 pub(crate) struct OpenFile {
     pub file: File,
     pub ino: u64,
+    /// Open for writing (setattr needs such a handle).
+    pub writable: bool,
     /// Byte-range locks taken through this handle: (start, len, owner).
     pub locks: Mutex<Vec<(u64, u64, u64)>>,
 }
@@ -68,6 +70,25 @@ impl Shared {
     pub fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
         let files = self.files.lock().ok()?;
         files.values().find(|f| f.ino == ino).cloned()
+    }
+
+    /// An open handle of `ino` that may write.
+    pub fn writable_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let files = self.files.lock().ok()?;
+        files.values().find(|f| f.ino == ino && f.writable).cloned()
+    }
+
+    /// Makes every open file's writes durable (before an unmount).
+    pub async fn flush_all(&self) {
+        let open: Vec<Arc<OpenFile>> = match self.files.lock() {
+            Ok(f) => f.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for f in open {
+            if let Err(e) = f.file.flush().await {
+                tracing::warn!(handle = %f.file.handle(), error = %e, "flush at unmount failed");
+            }
+        }
     }
 
     /// The FUSE inode that protocol handle `h` has open.
@@ -122,6 +143,17 @@ impl CairnFs {
                 notifier: OnceLock::new(),
             }),
             rt,
+        }
+    }
+
+    /// Flushes every open file: what an unmount does before it goes.
+    pub fn flusher(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + use<> {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let shared = Arc::clone(&shared);
+            Box::pin(async move { shared.flush_all().await })
         }
     }
 
