@@ -132,6 +132,16 @@ impl File {
         self.state.flush(&self.client, self.handle).await
     }
 
+    /// Like [`File::flush`], but sends nothing when no write was made
+    /// since the last flush (a close of a file only read, or created
+    /// empty).
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        if self.state.unflushed.is_empty() {
+            return Ok(());
+        }
+        self.flush().await.map(drop)
+    }
+
     /// Truncates or extends (with zeros); durable on return.
     pub async fn set_len(&self, size: u64) -> Result<Attr, ClientError> {
         self.flush().await?;
@@ -219,7 +229,8 @@ impl File {
     /// (a mount's handle table); later calls on it fail with
     /// `stale_handle`.
     pub async fn close_shared(&self) -> Result<(), ClientError> {
-        self.flush().await?;
+        // The node flushes what it holds before it closes; after a
+        // failover the reconnect sent it every unflushed write first.
         match self.client.call(Request::Close(self.handle)).await? {
             Response::Done => {
                 self.client.forget_file(self.handle);

@@ -114,6 +114,11 @@ impl Unflushed {
         }
     }
 
+    /// True when every write made so far is covered by a flush.
+    pub(super) fn is_empty(&self) -> bool {
+        self.writes.lock().map(|w| w.is_empty()).unwrap_or(false)
+    }
+
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)

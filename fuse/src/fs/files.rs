@@ -136,7 +136,7 @@ pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Resu
 /// releases that lock owner's locks, as POSIX wants.
 pub async fn flush(s: &Shared, fh: FileHandle, owner: Option<u64>) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
-    f.file.flush().await.map_err(|e| errno(&e))?;
+    f.file.sync().await.map_err(|e| errno(&e))?;
     if let Some(owner) = owner {
         crate::locks::release_owner(&f, owner).await;
     }
