@@ -96,6 +96,13 @@ pub struct Applied {
     pub inode: Option<InodeId>,
     /// The lease an open granted.
     pub lease: u8,
+    /// The opened file's attributes as the command left them, so the node
+    /// that answers needs no read of its own (it may not have applied
+    /// the command yet).
+    pub mode: u32,
+    pub nlink: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl Applied {
@@ -107,6 +114,10 @@ impl Applied {
             handle: None,
             inode: None,
             lease: 0,
+            mode: 0,
+            nlink: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
         }
     }
 }

@@ -214,6 +214,10 @@ fn applied_for(id: InodeId, inode: &Inode) -> Applied {
         etag: inode.etag(),
         size: inode.size(),
         inode: Some(id),
+        mode: inode.mode,
+        nlink: inode.nlink,
+        mtime_ns: inode.mtime_ns,
+        ctime_ns: inode.ctime_ns,
         ..Applied::nothing()
     }
 }

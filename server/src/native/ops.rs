@@ -477,13 +477,10 @@ async fn close(
     h: HandleId,
 ) -> ApiResult<Response> {
     let state = &server.state;
-    // A retried close finds the handle gone; the replay table answers it.
-    let settle = match server.file(h, &b.id).await {
-        Ok(file) => {
-            let mut f = file.lock().await;
-            f.flush(state).await?;
-            f.settle(state).await?
-        }
+    // A retried close finds the handle gone (perhaps only once this node
+    // catches up, halfway through its flush); the replay table answers it.
+    let settle = match flush_and_settle(server, b, h).await {
+        Ok(settle) => settle,
         Err(e) if e.code == ErrorCode::StaleHandle => None,
         Err(e) => return Err(e),
     };
@@ -501,14 +498,39 @@ async fn close(
     Ok(Response::Done)
 }
 
-/// The attributes after a change: from this node's metadata when it has
-/// applied the change already, else after a read barrier.
+async fn flush_and_settle(
+    server: &NativeServer,
+    b: &Bound,
+    h: HandleId,
+) -> ApiResult<Option<(ContentHash, ContentHash)>> {
+    let file = server.file(h, &b.id).await?;
+    let mut f = file.lock().await;
+    f.flush(&server.state).await?;
+    f.settle(&server.state).await
+}
+
+/// The attributes after a change: as the command reported them (an open
+/// of a file does), else from this node's metadata when it has applied the
+/// change already, else after a read barrier.
 async fn current_attr(
     server: &NativeServer,
     id: InodeId,
     applied: &Applied,
     name: String,
 ) -> ApiResult<Attr> {
+    if applied.inode == Some(id) && applied.etag.is_some() && applied.nlink > 0 {
+        return Ok(Attr {
+            name,
+            kind: cairn_proto::api::EntryKind::File,
+            inode: id.0,
+            size: applied.size,
+            mode: applied.mode,
+            nlink: applied.nlink,
+            mtime_ns: applied.mtime_ns,
+            ctime_ns: applied.ctime_ns,
+            etag: applied.etag.map(|e| e.0),
+        });
+    }
     let state = &server.state;
     let fresh = |inode: &Inode| inode.etag() == applied.etag && inode.size() == applied.size;
     if let Ok(inode) = crate::meta::apply::load_inode(&state.meta.snapshot(), id)
