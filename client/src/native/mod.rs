@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
     Attr, Disposition, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open, PROTOCOL_VERSION,
-    PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId, SessionSetup, access,
-    capability, lease,
+    PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId, SessionSetup,
+    SetPathInfo, access, capability, lease,
 };
 
 pub use file::{File, TransferProgress};
@@ -451,6 +451,26 @@ impl Client {
             mode,
         }))
         .await
+    }
+
+    /// Sets the mode and/or modification time of a file or directory by
+    /// path (for an open file, [`File::set_attr`] orders it after the
+    /// handle's writes).
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr, ClientError> {
+        let req = Request::SetPathInfo(SetPathInfo {
+            path: path.to_owned(),
+            mtime_ns,
+            mode,
+        });
+        match self.call(req).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<(), ClientError> {

@@ -94,11 +94,20 @@ pub async fn setattr(
         .is_some_and(|k| k == EntryKind::Directory);
     let mode = c.mode.map(|m| m & 0o7777);
     let mtime = c.mtime.map(ns);
-    if is_dir || (c.size.is_none() && mode.is_none() && mtime.is_none()) {
-        // Directories' mode and times are fixed at creation (not settable
-        // through the protocol yet); tools that copy them (cp -a, rsync -a,
-        // tar) must not fail for it.
+    if c.size.is_none() && mode.is_none() && mtime.is_none() {
         return getattr(s, ino, None).await;
+    }
+    if is_dir {
+        if c.size.is_some() {
+            return Err(Errno::EISDIR);
+        }
+        let path = s.path(ino)?;
+        let a = s
+            .client
+            .set_attr(&path, mode, mtime)
+            .await
+            .map_err(|e| errno(&e))?;
+        return attr_of(s, &a);
     }
     let held = match fh {
         Some(fh) => s.open_file(fh).ok().filter(|f| f.writable),

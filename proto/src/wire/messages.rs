@@ -197,6 +197,16 @@ pub struct SetInfo {
     pub mode: Option<u32>,
 }
 
+/// Sets a file's or directory's mode and/or modification time by path
+/// (directories have no handles; files are better changed through their
+/// handle, after its writes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPathInfo {
+    pub path: String,
+    pub mtime_ns: Option<i64>,
+    pub mode: Option<u32>,
+}
+
 /// A byte-range lock on an open file. Locks of one handle never conflict
 /// with each other; taking the same lock again is a no-op, so a retry is
 /// harmless.
@@ -286,6 +296,7 @@ pub enum Request {
     Mkdir(Mkdir),
     Rename(Rename),
     Remove(PathReq),
+    SetPathInfo(SetPathInfo),
     Lock(Lock),
     Unlock(Unlock),
     LeaseAck(LeaseAck),
@@ -352,6 +363,7 @@ impl Request {
             Self::Mkdir(_) => 0x0024,
             Self::Rename(_) => 0x0025,
             Self::Remove(_) => 0x0026,
+            Self::SetPathInfo(_) => 0x0027,
             Self::Lock(_) => 0x0030,
             Self::Unlock(_) => 0x0031,
             Self::LeaseAck(_) => 0x0032,
@@ -377,6 +389,7 @@ impl Request {
             Self::Mkdir(_) => "mkdir",
             Self::Rename(_) => "rename",
             Self::Remove(_) => "remove",
+            Self::SetPathInfo(_) => "set_path_info",
             Self::Lock(_) => "lock",
             Self::Unlock(_) => "unlock",
             Self::LeaseAck(_) => "lease_ack",
@@ -395,6 +408,7 @@ impl Request {
                 | Self::Mkdir(_)
                 | Self::Rename(_)
                 | Self::Remove(_)
+                | Self::SetPathInfo(_)
                 | Self::Unlock(_)
         )
     }
@@ -420,6 +434,7 @@ impl Request {
             Self::ReadDir(b) => put(b, &mut payload),
             Self::Mkdir(b) => put(b, &mut payload),
             Self::Rename(b) => put(b, &mut payload),
+            Self::SetPathInfo(b) => put(b, &mut payload),
             Self::Lock(b) => put(b, &mut payload),
             Self::Unlock(b) => put(b, &mut payload),
             Self::LeaseAck(b) => put(b, &mut payload),
@@ -448,6 +463,7 @@ impl Request {
             0x0024 => Self::Mkdir(body(kind, rest)?.0),
             0x0025 => Self::Rename(body(kind, rest)?.0),
             0x0026 => Self::Remove(body(kind, rest)?.0),
+            0x0027 => Self::SetPathInfo(body(kind, rest)?.0),
             0x0030 => Self::Lock(body(kind, rest)?.0),
             0x0031 => Self::Unlock(body(kind, rest)?.0),
             0x0032 => Self::LeaseAck(body(kind, rest)?.0),

@@ -191,6 +191,13 @@ pub fn apply<R: KvRead + ?Sized>(
         Command::BreakLeases { .. } | Command::AckLease { .. } => {
             super::leases::apply_lease_command(tx, cmd)
         }
+        Command::SetPathAttr {
+            share,
+            path,
+            mode,
+            mtime_ns,
+            now_ns,
+        } => set_path_attr(tx, share, path, *mode, *mtime_ns, *now_ns),
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);
@@ -378,6 +385,38 @@ fn rename<R: KvRead + ?Sized>(
 }
 
 /// rename(2)'s rules for what may be replaced.
+fn set_path_attr<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    share: &ShareName,
+    path: &FilePath,
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+    now_ns: i64,
+) -> Result<Applied, ApplyError> {
+    let root = load_share(tx, share)?.root;
+    let id = match path.split_last() {
+        None => root,
+        Some((parent_path, name)) => {
+            let not_found = || MetaError::NotFound(path.to_string());
+            let parent = resolve_dir(tx, root, &parent_path)?.ok_or_else(not_found)?;
+            lookup(tx, parent, name)?.ok_or_else(not_found)?.inode
+        }
+    };
+    let mut inode = load_inode(tx, id)?;
+    if let Some(m) = mode {
+        inode.mode = m & 0o7777;
+    }
+    if let Some(t) = mtime_ns {
+        inode.mtime_ns = t;
+    }
+    inode.ctime_ns = now_ns;
+    tx.put(keys::inode(id), encode(&inode));
+    Ok(Applied {
+        inode: Some(id),
+        ..Applied::nothing()
+    })
+}
+
 fn check_replaceable<R: KvRead + ?Sized>(
     tx: &Overlay<'_, R>,
     moving: DirEntry,

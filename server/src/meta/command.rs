@@ -132,6 +132,14 @@ pub enum Command {
     },
     /// A holder acknowledges a break: its handle keeps at most `lease`.
     AckLease { handle: HandleId, lease: u8 },
+    /// Sets the mode and/or modification time of what `path` names.
+    SetPathAttr {
+        share: ShareName,
+        path: FilePath,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+        now_ns: i64,
+    },
 }
 
 impl Command {
@@ -159,6 +167,7 @@ impl Command {
             Self::Unlock { .. } => "unlock",
             Self::BreakLeases { .. } => "break_leases",
             Self::AckLease { .. } => "ack_lease",
+            Self::SetPathAttr { .. } => "set_path_attr",
         }
     }
 }

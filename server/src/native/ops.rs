@@ -326,6 +326,25 @@ async fn session_op(
             attr.size = f.size(&server.state).await?;
             Ok(Response::Attr(attr))
         }
+        Request::SetPathInfo(p) => {
+            require_writable(b)?;
+            let target = path(&p.path)?;
+            sequenced(
+                server,
+                &header,
+                Command::SetPathAttr {
+                    share: b.share.clone(),
+                    path: target.clone(),
+                    mode: p.mode,
+                    mtime_ns: p.mtime_ns,
+                    now_ns: now,
+                },
+            )
+            .await?;
+            state.committer.read_barrier().await?;
+            let (id, inode) = state.meta.snapshot().resolve(&b.share, &target)?;
+            Ok(Response::Attr(attr_of(id, &inode, name_of(&p.path))))
+        }
         Request::Stat(p) => {
             state.committer.read_barrier().await?;
             let path = path(&p.path)?;

@@ -158,6 +158,16 @@ fn request() -> impl Strategy<Value = Request> {
         )),
         (handle(), any::<u8>())
             .prop_map(|(handle, lease)| Request::LeaseAck(LeaseAck { handle, lease })),
+        (
+            name(),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(path, mtime_ns, mode)| Request::SetPathInfo(SetPathInfo {
+                path,
+                mtime_ns,
+                mode
+            })),
     ]
 }
 

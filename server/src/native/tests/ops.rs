@@ -423,3 +423,40 @@ async fn set_info_sees_unflushed_writes_and_its_time_outlasts_them() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_path_info_changes_directories_and_files() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    c.done(Request::Mkdir(Mkdir {
+        path: "dir".into(),
+        mode: 0o755,
+    }))
+    .await;
+    let set = |path: &str, mode, mtime_ns| {
+        Request::SetPathInfo(cairn_proto::wire::SetPathInfo {
+            path: path.into(),
+            mtime_ns,
+            mode,
+        })
+    };
+    let a = attr(&c, set("dir", Some(0o700), Some(3_000_000_000))).await;
+    assert_eq!(
+        (a.kind, a.mode, a.mtime_ns),
+        (EntryKind::Directory, 0o700, 3_000_000_000)
+    );
+    let o = c.open("dir/f", Disposition::Create, RW).await;
+    c.done(Request::Close(o.handle)).await;
+    let f = attr(&c, set("dir/f", Some(0o400), None)).await;
+    assert_eq!((f.kind, f.mode), (EntryKind::File, 0o400));
+    assert_eq!(
+        c.fails(set("dir/none", Some(0o600), None)).await,
+        ErrorCode::NotFound
+    );
+    // A replay answers again without applying twice.
+    let seq = c.next_seq();
+    let first = c.with_seq(seq, &set("dir", None, Some(5))).await;
+    let again = c.with_seq(seq, &set("dir", None, Some(5))).await;
+    assert_eq!(first, again);
+    s.stop().await;
+}
