@@ -44,7 +44,9 @@ pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(
     let exclusive = w.typ == libc::F_WRLCK;
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
-        match f.file.lock(w.start, w.len(), exclusive, wait).await {
+        let r = f.file.lock(w.start, w.len(), exclusive, wait).await;
+        tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, len = w.len(), exclusive, sleep, ok = r.is_ok(), "lock");
+        match r {
             Ok(()) => {
                 if let Ok(mut held) = f.locks.lock() {
                     held.retain(|&(start, len, _)| (start, len) != (w.start, w.len()));
@@ -73,6 +75,7 @@ async fn unlock(f: &OpenFile, w: Wanted) -> Result<(), Errno> {
         Err(_) => return Err(Errno::EIO),
     };
     for (start, len, _) in covered {
+        tracing::debug!(handle = %f.file.handle(), owner = w.owner, start, len, "unlock");
         f.file.unlock(start, len).await.map_err(|e| errno(&e))?;
         if let Ok(mut held) = f.locks.lock() {
             held.retain(|&(s, l, _)| (s, l) != (start, len));
