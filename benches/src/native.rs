@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use cairn_client::{Client, NativeConfig, OpenOptions};
+use cairn_client::{Client, OpenOptions};
 use cairn_tests::ServerOptions;
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::random_bytes;
@@ -92,12 +92,6 @@ fn options() -> ClusterOptions {
         },
         ..ClusterOptions::default()
     }
-}
-
-fn config(c: &Cluster, first: usize) -> NativeConfig {
-    let mut nodes = c.quic_addrs();
-    nodes.rotate_left(first);
-    NativeConfig::new(nodes, c.ca_pem(), c.token(), "default".into())
 }
 
 #[tokio::main]
@@ -189,7 +183,7 @@ async fn transfer(c: &Cluster, via: usize, mib: u64) -> anyhow::Result<Transfer>
     let url = format!("{}/v1/default/http.bin", c.http(via));
     let http_write = timed_put(&http, &url, &c.auth(), data.clone()).await?;
 
-    let client = Client::connect(config(c, via)).await?;
+    let client = Client::connect(c.native_config(Some(via))).await?;
     let started = Instant::now();
     let mut reader = std::io::Cursor::new(data.clone());
     client.put("native.bin", &mut reader, &|_| {}).await?;
@@ -265,7 +259,7 @@ async fn random_reads(c: &Cluster, via: usize, time: Duration) -> anyhow::Result
     let http = reqwest::Client::new();
     let url = format!("{}/v1/default/random.bin", c.http(via));
     timed_put(&http, &url, &c.auth(), data).await?;
-    let client = Client::connect(config(c, via)).await?;
+    let client = Client::connect(c.native_config(Some(via))).await?;
     let file = Arc::new(client.open("random.bin", OpenOptions::read()).await?);
     // Warm the caches (page cache, and any chunk cache) with one pass.
     let mut sink = tokio::io::sink();
@@ -315,7 +309,7 @@ async fn random_reads(c: &Cluster, via: usize, time: Duration) -> anyhow::Result
 async fn stall(kills: usize) -> anyhow::Result<Stall> {
     let mut c = Cluster::start(3, options());
     c.wait_leader(Duration::from_secs(30)).await?;
-    let client = Client::connect(config(&c, 0)).await?;
+    let client = Client::connect(c.native_config(Some(0))).await?;
     let file = Arc::new(client.open("stall.bin", OpenOptions::create()).await?);
     let done = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let stop = Arc::new(AtomicBool::new(false));

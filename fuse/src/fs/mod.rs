@@ -246,10 +246,7 @@ impl Filesystem for CairnFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = utf8(name);
         self.run("lookup", move |s| async move {
-            let r = match name {
-                Ok(n) => entries::lookup(&s, parent.0, &n).await,
-                Err(e) => Err(e),
-            };
+            let r = async { entries::lookup(&s, parent.0, &name?).await }.await;
             answer!(reply, r, |a| reply.entry(&s.ttl, &a, Generation(0)))
         });
     }
@@ -310,13 +307,15 @@ impl Filesystem for CairnFs {
     ) {
         let name = utf8(name);
         self.run("mknod", move |s| async move {
-            let r = match name {
-                Ok(n) if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 => {
-                    files::mknod(&s, parent.0, &n, mode & !umask).await
+            let r = async {
+                let name = name?;
+                // Regular files only: no devices, fifos or sockets.
+                if !matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG) {
+                    return Err(Errno::EPERM);
                 }
-                Ok(_) => Err(Errno::EPERM),
-                Err(e) => Err(e),
-            };
+                files::mknod(&s, parent.0, &name, mode & !umask).await
+            }
+            .await;
             answer!(reply, r, |a| reply.entry(&s.ttl, &a, Generation(0)))
         });
     }
@@ -332,10 +331,7 @@ impl Filesystem for CairnFs {
     ) {
         let name = utf8(name);
         self.run("mkdir", move |s| async move {
-            let r = match name {
-                Ok(n) => entries::mkdir(&s, parent.0, &n, mode & !umask).await,
-                Err(e) => Err(e),
-            };
+            let r = async { entries::mkdir(&s, parent.0, &name?, mode & !umask).await }.await;
             answer!(reply, r, |a| reply.entry(&s.ttl, &a, Generation(0)))
         });
     }
@@ -343,10 +339,7 @@ impl Filesystem for CairnFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = utf8(name);
         self.run("unlink", move |s| async move {
-            let r = match name {
-                Ok(n) => entries::remove(&s, parent.0, &n, false).await,
-                Err(e) => Err(e),
-            };
+            let r = async { entries::remove(&s, parent.0, &name?, false).await }.await;
             answer!(reply, r, |_v| reply.ok())
         });
     }
@@ -354,10 +347,7 @@ impl Filesystem for CairnFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = utf8(name);
         self.run("rmdir", move |s| async move {
-            let r = match name {
-                Ok(n) => entries::remove(&s, parent.0, &n, true).await,
-                Err(e) => Err(e),
-            };
+            let r = async { entries::remove(&s, parent.0, &name?, true).await }.await;
             answer!(reply, r, |_v| reply.ok())
         });
     }
@@ -374,12 +364,11 @@ impl Filesystem for CairnFs {
     ) {
         let names = utf8(name).and_then(|a| Ok((a, utf8(newname)?)));
         self.run("rename", move |s| async move {
-            let r = match names {
-                Ok((from, to)) => {
-                    entries::rename(&s, (parent.0, &from), (newparent.0, &to), flags).await
-                }
-                Err(e) => Err(e),
-            };
+            let r = async {
+                let (from, to) = names?;
+                entries::rename(&s, (parent.0, &from), (newparent.0, &to), flags).await
+            }
+            .await;
             answer!(reply, r, |_v| reply.ok())
         });
     }
@@ -403,10 +392,7 @@ impl Filesystem for CairnFs {
     ) {
         let name = utf8(name);
         self.run("create", move |s| async move {
-            let r = match name {
-                Ok(n) => files::create(&s, parent.0, &n, mode & !umask, flags).await,
-                Err(e) => Err(e),
-            };
+            let r = async { files::create(&s, parent.0, &name?, mode & !umask, flags).await }.await;
             answer!(reply, r, |v| reply.created(
                 &s.ttl,
                 &v.0,

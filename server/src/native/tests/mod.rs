@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
-    Disposition, HandleId, Negotiate, Notice, Open, Opened, PROTOCOL_VERSION, Request,
-    RequestHeader, Response, SessionId, SessionSetup, access, decode_frame,
+    Disposition, Negotiate, Notice, Open, Opened, PROTOCOL_VERSION, Request, RequestHeader,
+    Response, SessionId, SessionReady, SessionSetup, access, decode_frame,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -75,14 +75,19 @@ tokens = []
         self.node.as_ref().unwrap()
     }
 
-    /// A new connection (not yet negotiated).
+    /// A new connection (not yet negotiated) for a new session id.
     pub fn connect(&self) -> Conn {
+        self.connect_as(SessionId(rand::random()))
+    }
+
+    /// A new connection that will set up (or resume) session `session`.
+    pub fn connect_as(&self, session: SessionId) -> Conn {
         let (sink, notices) = NoticeSink::memory(16);
         Conn {
             server: Arc::clone(&self.node().native),
             state: tokio::sync::Mutex::new(ConnState::new(sink)),
             notices,
-            session: SessionId(rand::random()),
+            session,
             seq: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -157,7 +162,12 @@ impl Conn {
         }
     }
 
-    pub async fn setup(&self, token: &str, share: &str, resume: bool) -> Result<(), ErrorCode> {
+    pub async fn setup(
+        &self,
+        token: &str,
+        share: &str,
+        resume: bool,
+    ) -> Result<SessionReady, ErrorCode> {
         let n = Request::Negotiate(Negotiate {
             versions: vec![PROTOCOL_VERSION],
             capabilities: 0,
@@ -173,7 +183,7 @@ impl Conn {
             resume,
         });
         match self.with_seq(0, &s).await {
-            Response::SessionReady(_) => Ok(()),
+            Response::SessionReady(r) => Ok(r),
             Response::Error(e) => Err(e.code),
             other => panic!("unexpected {other:?}"),
         }
@@ -208,7 +218,3 @@ pub fn open_req(path: &str, disposition: Disposition, acc: u8, lease: u8) -> Req
 }
 
 pub const RW: u8 = access::READ | access::WRITE;
-
-pub fn handle(o: &Opened) -> HandleId {
-    o.handle
-}

@@ -7,7 +7,7 @@ use cairn_proto::wire::{
     Unlock, Write, access, capability, lease, open_flags,
 };
 
-use super::{RW, Server, handle, open_req};
+use super::{RW, Server, open_req};
 
 fn write(h: cairn_proto::wire::HandleId, offset: u64, data: &[u8]) -> Request {
     Request::Write(Write {
@@ -63,40 +63,17 @@ async fn negotiate_setup_keep_alive_and_logoff() {
     c.done(Request::KeepAlive).await;
     // A second connection reclaims the session with its handles.
     let o = c.open("kept", Disposition::Create, RW).await;
-    let again = s.connect();
-    let again = super::Conn {
-        session: c.session,
-        ..again
-    };
-    let s2 = Request::SessionSetup(cairn_proto::wire::SessionSetup {
-        token: super::TOKEN.into(),
-        share: "default".into(),
-        resume: true,
-    });
-    let n = Request::Negotiate(cairn_proto::wire::Negotiate {
-        versions: vec![1],
-        capabilities: 0,
-        client: "t".into(),
-    });
-    again.with_seq(0, &n).await;
-    match again.with_seq(0, &s2).await {
-        Response::SessionReady(r) => {
-            assert!(r.resumed && r.writable);
-            assert_eq!(r.handles, vec![o.handle]);
-        }
-        other => panic!("{other:?}"),
-    }
+    let again = s.connect_as(c.session);
+    let ready = again.setup(super::TOKEN, "default", true).await.unwrap();
+    assert!(ready.resumed && ready.writable);
+    assert_eq!(ready.handles, vec![o.handle]);
     again.done(Request::Logoff).await;
     // Logged off: the session and its handles are gone everywhere.
     assert_eq!(
         c.fails(Request::Close(o.handle)).await,
         ErrorCode::NoSession
     );
-    let late = s.connect();
-    let late = super::Conn {
-        session: c.session,
-        ..late
-    };
+    let late = s.connect_as(c.session);
     assert_eq!(
         late.setup(super::TOKEN, "default", true).await,
         Err(ErrorCode::NoSession)
@@ -113,7 +90,7 @@ async fn open_dispositions_read_write_flush_close() {
     assert!(o.created);
     assert_eq!((o.attr.size, o.attr.kind), (0, EntryKind::File));
     assert_eq!(o.attr.mode, 0o640);
-    let h = handle(&o);
+    let h = o.handle;
     match a.call(write(h, 0, b"hello world")).await {
         Response::Written(w) => assert_eq!((w.count, w.offset, w.size), (11, 0, 11)),
         other => panic!("{other:?}"),
