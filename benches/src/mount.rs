@@ -117,8 +117,16 @@ fn metadata_rates(dir: &Path, files: usize, threads: usize) -> anyhow::Result<(f
     Ok((creates, stats))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As the cairn binaries do: the in-process client moves 4 MiB buffers.
+    cairn_client::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let (size_mib, files) = if args.quick {
         (256u64, 500)

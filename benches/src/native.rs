@@ -94,8 +94,16 @@ fn options() -> ClusterOptions {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As the cairn binaries do: the in-process client moves 4 MiB buffers.
+    cairn_client::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let (mib, read_secs, kills) = if args.quick {
         (256, 2, 5)

@@ -171,20 +171,64 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.mtu_discovery_config(Some(mtu_discovery()));
+    // A busy node answers late now and then; declaring packets lost after
+    // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
+    // shrink the congestion window and trip MTU black-hole detection.
+    t.time_threshold(LOSS_TIME_THRESHOLD);
     Arc::new(t)
 }
 
-/// Path MTU discovery up to what loopback and jumbo-frame networks carry:
-/// fewer, larger packets are most of QUIC's throughput on a fast link; on an
-/// ordinary 1500-byte network discovery stops at its limit.
+/// Path MTU discovery up to [`MTU_UPPER_BOUND`]: fewer, larger packets are
+/// most of QUIC's throughput on a fast link; on an ordinary 1500-byte
+/// network discovery stops at its limit.
 pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
+    // Black-hole detection also fires on congestion losses; try again soon
+    // rather than a minute of small packets.
+    mtu.black_hole_cooldown(Duration::from_secs(5));
     mtu
 }
 
-/// Largest UDP payload path MTU discovery tries.
-pub const MTU_UPPER_BOUND: u16 = 65_000;
+/// Loss detection's reordering allowance, as a factor of the RTT.
+pub const LOSS_TIME_THRESHOLD: f32 = 4.0;
+
+/// Largest UDP payload path MTU discovery tries. quinn sends up to 10
+/// packets in one GSO batch and the kernel refuses a batch over 65,507
+/// bytes (quinn drops it silently: a loss, then MTU black-hole detection
+/// falls back to 1,200 bytes), so 10 packets must fit: 6,550.
+pub const MTU_UPPER_BOUND: u16 = 6_550;
+
+/// A UDP socket for a QUIC endpoint, with socket buffers that hold a burst
+/// of 64 KiB datagrams: at the kernel's default (about 200 KiB) a fast
+/// sender overflows the receiver and every drop costs a loss recovery.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::sockopt;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Past net.core.rmem_max only root may go (the FORCE options); others
+    // get the system's maximum.
+    if sockopt::set_socket_recv_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER_BYTES);
+    }
+    if sockopt::set_socket_send_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER_BYTES);
+    }
+    Ok(socket)
+}
+
+/// Socket buffer asked for each direction of a QUIC endpoint.
+pub const UDP_BUFFER_BYTES: usize = 16 << 20;
+
+/// The endpoint's own settings. quinn advertises and accepts UDP payloads
+/// of at most 1,472 bytes unless told otherwise, and the peer's MTU
+/// discovery stops there whatever its upper bound: on loopback that kept
+/// every packet at Ethernet size and cost most of the read throughput.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // 65,527 is QUIC's largest; anything at or above 1,200 is accepted.
+    let _ = c.max_udp_payload_size(65_527);
+    c
+}
 
 /// Most concurrent RPC streams a peer may open to a node.
 pub const STREAMS_MAX: u32 = 64;

@@ -145,7 +145,18 @@ impl NativeServer {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "client connection closed");
+                    let stats = conn.stats();
+                    tracing::debug!(
+                        %peer,
+                        error = %e,
+                        mtu = stats.path.current_mtu,
+                        sent_bytes = stats.udp_tx.bytes,
+                        lost_packets = stats.path.lost_packets,
+                        black_holes = stats.path.black_holes_detected,
+                        mtu_probes_lost = stats.path.lost_plpmtud_probes,
+                        rtt_us = stats.path.rtt.as_micros() as u64,
+                        "client connection closed"
+                    );
                     break;
                 }
             };
