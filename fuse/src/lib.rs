@@ -18,6 +18,7 @@ mod inodes;
 mod locks;
 pub mod metrics;
 pub mod options;
+mod writeback;
 
 pub use fs::CairnFs;
 pub use options::MountOptions;

@@ -38,6 +38,9 @@ const WAIT_SLICE: Duration = Duration::from_secs(30);
 
 pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
+    // Writes made under a lock reach the cluster before it is given up
+    // (and before a new one is taken): the next holder must see them.
+    f.writes.wait().await;
     if w.typ == libc::F_UNLCK {
         return unlock(&f, w).await;
     }

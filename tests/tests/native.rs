@@ -251,7 +251,7 @@ async fn replayed_requests_return_the_first_result_and_apply_once() {
         Request::Write(Write {
             handle: log.handle,
             offset: 0,
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
         })
     };
     for line in [&b"one\n"[..], b"two\n"] {
@@ -337,7 +337,7 @@ async fn share_modes_and_unlink_while_open() {
     let rb = b.open("shared.txt", OpenOptions::read()).await.unwrap();
     assert_eq!(
         rb.read_at(0, 100).await.unwrap(),
-        b"hello",
+        &b"hello"[..],
         "flushed data is visible to other sessions"
     );
 
@@ -349,8 +349,8 @@ async fn share_modes_and_unlink_while_open() {
     );
     fa.write_at(5, Bytes::from_static(b" world")).await.unwrap();
     fa.flush().await.unwrap();
-    assert_eq!(rb.read_at(0, 100).await.unwrap(), b"hello world");
-    assert_eq!(fa.read_at(6, 5).await.unwrap(), b"world");
+    assert_eq!(rb.read_at(0, 100).await.unwrap(), &b"hello world"[..]);
+    assert_eq!(fa.read_at(6, 5).await.unwrap(), &b"world"[..]);
     rb.close().await.unwrap();
     fa.close().await.unwrap();
     // Delete-on-close: the name goes when the handle closes.

@@ -6,8 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+
 use cairn_proto::wire::{
-    ALPN, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Request, RequestHeader, Response, decode_frame,
+    ALPN, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Request, RequestHeader, Response, decode_frame_bytes,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -129,20 +132,17 @@ pub async fn exchange(
     timeout: Duration,
 ) -> Result<Response, Lost> {
     let lost = |m: String| Lost { message: m };
-    let bytes = req
-        .encode(header)
+    let mut pieces = req
+        .encode_chunks(header)
         .map_err(|e| lost(format!("cannot encode request: {e}")))?;
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        send.write_all(&bytes)
+        send.write_all_chunks(&mut pieces)
             .await
             .map_err(|e| lost(e.to_string()))?;
         let _ = send.finish();
-        let answer = recv
-            .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        match decode_frame(&answer) {
+        let answer = read_frame(&mut recv).await?;
+        match decode_frame_bytes(&answer) {
             Ok(Some((frame, _))) => Response::decode(&frame).map_err(|e| lost(e.to_string())),
             Ok(None) => Err(lost("truncated answer".into())),
             Err(e) => Err(lost(e.to_string())),
@@ -151,4 +151,35 @@ pub async fn exchange(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| lost(format!("no answer in {timeout:?}")))?
+}
+
+/// Reads one answer frame into a buffer of its exact size (its length comes
+/// first), so a 4 MiB read is copied once, from QUIC's packets into it.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Bytes, Lost> {
+    let lost = |m: String| Lost { message: m };
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| lost(e.to_string()))?;
+    let body = u32::from_le_bytes(len) as usize;
+    if body > FRAME_PAYLOAD_MAX + FRAME_OVERHEAD {
+        return Err(lost(format!(
+            "answer of {body} bytes is over the frame limit"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(4 + body);
+    buf.extend_from_slice(&len);
+    // Into spare capacity: no zeroing of 4 MiB first.
+    while buf.len() < 4 + body {
+        let left = (4 + body - buf.len()) as u64;
+        let n = (&mut *recv)
+            .take(left)
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        if n == 0 {
+            return Err(lost("truncated answer".into()));
+        }
+    }
+    Ok(buf.freeze())
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cairn_proto::wire::{
     Attr, Disposition, HandleId, Lock, Read, Request, Response, SetInfo, Unlock, Write,
 };
@@ -67,20 +67,25 @@ impl File {
     }
 
     /// Up to `len` bytes at `offset`; shorter only at the end of the file.
-    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, ClientError> {
-        let mut out = Vec::with_capacity(len.min(IO_BYTES_MAX));
-        while out.len() < len {
-            let want = (len - out.len()).min(IO_BYTES_MAX) as u32;
-            let (data, eof) = self.read_piece(offset + out.len() as u64, want).await?;
-            out.extend_from_slice(&data);
-            if eof || data.is_empty() {
-                break;
-            }
+    /// A read of at most 4 MiB is the answer's own buffer, not a copy.
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, ClientError> {
+        let want = len.min(IO_BYTES_MAX) as u32;
+        let (first, mut eof) = self.read_piece(offset, want).await?;
+        if first.len() >= len || eof || first.is_empty() {
+            return Ok(first);
         }
-        Ok(out)
+        let mut out = BytesMut::with_capacity(len);
+        out.extend_from_slice(&first);
+        while out.len() < len && !eof {
+            let want = (len - out.len()).min(IO_BYTES_MAX) as u32;
+            let (data, at_end) = self.read_piece(offset + out.len() as u64, want).await?;
+            out.extend_from_slice(&data);
+            eof = at_end || data.is_empty();
+        }
+        Ok(out.freeze())
     }
 
-    async fn read_piece(&self, offset: u64, len: u32) -> Result<(Vec<u8>, bool), ClientError> {
+    async fn read_piece(&self, offset: u64, len: u32) -> Result<(Bytes, bool), ClientError> {
         let req = Request::Read(Read {
             handle: self.handle,
             offset,
@@ -113,7 +118,7 @@ impl File {
             let req = Request::Write(Write {
                 handle: self.handle,
                 offset: offset + at as u64,
-                data: piece.to_vec(),
+                data: piece,
             });
             match self.client.call_with(req, seq).await? {
                 Response::Written(w) => self.state.unflushed.ack(id, w.offset),

@@ -144,7 +144,7 @@ impl Unflushed {
                     let req = Request::Write(Write {
                         handle,
                         offset: p.offset,
-                        data: p.data.to_vec(),
+                        data: p.data.clone(),
                     });
                     (p.append_seq, req)
                 })

@@ -57,6 +57,7 @@ pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<Fil
     }
     .or_else(|| s.any_open(ino));
     if let Some(f) = open {
+        s.settle(ino, Some(&f)).await?;
         let a = f.file.metadata().await.map_err(|e| errno(&e))?;
         return attr_of(s, &a);
     }
@@ -124,16 +125,14 @@ pub async fn setattr(
             };
             let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
             (
-                std::sync::Arc::new(super::OpenFile {
-                    file,
-                    ino,
-                    writable: true,
-                    locks: std::sync::Mutex::new(Vec::new()),
-                }),
+                std::sync::Arc::new(super::OpenFile::new(file, ino, true, false)),
                 true,
             )
         }
     };
+    // Queued writes first: a truncation lands after them, as the program
+    // made it.
+    s.settle(ino, Some(&file)).await?;
     let result = async {
         let mut a = None;
         if let Some(size) = c.size {

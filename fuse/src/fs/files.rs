@@ -1,11 +1,12 @@
 //! Open files: open, create, read, write, flush, fsync, release.
 //!
-//! A FUSE file handle is a durable protocol handle. Writes go to the
-//! cluster as they come (the client keeps them until a flush covers them,
-//! so a failover loses none); `flush` (every close(2)) and `fsync` return
-//! once they are durable on the cluster.
+//! A FUSE file handle is a durable protocol handle. Writes are answered
+//! once queued and go to the cluster behind the program's back (see
+//! `writeback`; the client keeps them until a flush covers them, so a
+//! failover loses none); `flush` (every close(2)) and `fsync` return once
+//! they are durable on the cluster.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_client::OpenOptions;
@@ -48,15 +49,12 @@ fn register(
         FopenFlags::empty()
     };
     let fh = s.fh();
-    s.files.lock().map_err(|_| Errno::EIO)?.insert(
-        fh,
-        Arc::new(OpenFile {
-            file,
-            ino,
-            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
-            locks: Mutex::new(Vec::new()),
-        }),
-    );
+    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    let append = flags & libc::O_APPEND != 0;
+    s.files
+        .lock()
+        .map_err(|_| Errno::EIO)?
+        .insert(fh, Arc::new(OpenFile::new(file, ino, writable, append)));
     Ok((fh, keep))
 }
 
@@ -113,8 +111,9 @@ pub async fn mknod(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<Fil
     Ok(attr)
 }
 
-pub async fn read(s: &Shared, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+pub async fn read(s: &Shared, fh: FileHandle, offset: u64, size: u32) -> Result<Bytes, Errno> {
     let f = s.open_file(fh)?;
+    s.settle(f.ino, Some(&f)).await?;
     let data = f
         .file
         .read_at(offset, size as usize)
@@ -127,7 +126,12 @@ pub async fn read(s: &Shared, fh: FileHandle, offset: u64, size: u32) -> Result<
 pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Result<u32, Errno> {
     let f = s.open_file(fh)?;
     let n = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
-    f.file.write_at(offset, data).await.map_err(|e| errno(&e))?;
+    s.settle_others(f.ino, Some(&f)).await?;
+    if f.append {
+        f.file.write_at(offset, data).await.map_err(|e| errno(&e))?;
+    } else {
+        crate::writeback::queue(&f, offset, data).await?;
+    }
     s.metrics.add_written(n as usize);
     Ok(n)
 }
@@ -136,7 +140,9 @@ pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Resu
 /// releases that lock owner's locks, as POSIX wants.
 pub async fn flush(s: &Shared, fh: FileHandle, owner: Option<u64>) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
+    let queued = f.writes.drain().await;
     f.file.sync().await.map_err(|e| errno(&e))?;
+    queued?;
     if let Some(owner) = owner {
         crate::locks::release_owner(&f, owner).await;
     }
@@ -150,5 +156,7 @@ pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
         .map_err(|_| Errno::EIO)?
         .remove(&fh.0)
         .ok_or(Errno::EBADF)?;
-    f.file.close_shared().await.map_err(|e| errno(&e))
+    let queued = f.writes.drain().await;
+    f.file.close_shared().await.map_err(|e| errno(&e))?;
+    queued
 }

@@ -27,6 +27,7 @@ use fuser::{
 use crate::attr::Owner;
 use crate::inodes::Inodes;
 use crate::metrics::Metrics;
+use crate::writeback::WriteBehind;
 
 /// What the mount keeps for one open file.
 pub(crate) struct OpenFile {
@@ -36,6 +37,23 @@ pub(crate) struct OpenFile {
     pub writable: bool,
     /// Byte-range locks taken through this handle: (start, len, owner).
     pub locks: Mutex<Vec<(u64, u64, u64)>>,
+    /// Opened with O_APPEND: writes go out one at a time, never queued.
+    pub append: bool,
+    /// Writes answered but still on their way to the cluster.
+    pub writes: WriteBehind,
+}
+
+impl OpenFile {
+    pub fn new(file: File, ino: u64, writable: bool, append: bool) -> Self {
+        Self {
+            file,
+            ino,
+            writable,
+            locks: Mutex::new(Vec::new()),
+            append,
+            writes: WriteBehind::default(),
+        }
+    }
 }
 
 /// State shared by every task of the mount.
@@ -78,6 +96,43 @@ impl Shared {
         files.values().find(|f| f.ino == ino && f.writable).cloned()
     }
 
+    /// Makes what every handle of `ino` wrote visible through `through`,
+    /// as POSIX wants after write(2) returns: waits for queued writes, and
+    /// flushes other handles' writes (the cluster shows a handle its own
+    /// unflushed writes only). Costs nothing when no other handle wrote.
+    pub async fn settle(&self, ino: u64, through: Option<&Arc<OpenFile>>) -> Result<(), Errno> {
+        if let Some(t) = through {
+            t.writes.wait().await;
+        }
+        self.settle_others(ino, through).await
+    }
+
+    /// [`Shared::settle`] without waiting for `through`'s own queue. Before
+    /// a write too: the cluster applies each handle's unflushed writes at
+    /// its flush, so another handle's earlier writes must be flushed first
+    /// or they would land over this later one.
+    pub async fn settle_others(
+        &self,
+        ino: u64,
+        through: Option<&Arc<OpenFile>>,
+    ) -> Result<(), Errno> {
+        let others: Vec<Arc<OpenFile>> = match self.files.lock() {
+            Ok(f) => f
+                .values()
+                .filter(|f| f.ino == ino && !through.is_some_and(|t| Arc::ptr_eq(t, f)))
+                .cloned()
+                .collect(),
+            Err(_) => return Err(Errno::EIO),
+        };
+        for f in others {
+            f.writes.wait().await;
+            if f.writable {
+                f.file.sync().await.map_err(|e| crate::errno::errno(&e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes every open file's writes durable (before an unmount).
     pub async fn flush_all(&self) {
         let open: Vec<Arc<OpenFile>> = match self.files.lock() {
@@ -85,6 +140,7 @@ impl Shared {
             Err(_) => return,
         };
         for f in open {
+            f.writes.wait().await;
             if let Err(e) = f.file.flush().await {
                 tracing::warn!(handle = %f.file.handle(), error = %e, "flush at unmount failed");
             }

@@ -12,11 +12,13 @@ pub const FRAME_OVERHEAD: usize = 4 + 2 + 4;
 /// Largest payload a frame may carry: a 4 MiB write or read plus headers.
 pub const FRAME_PAYLOAD_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 
+use bytes::Bytes;
+
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub kind: u16,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,11 +75,64 @@ pub fn finish_frame(out: &mut Vec<u8>) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// A frame whose payload is `prefix`, `bulk`, `suffix` in that order, as
+/// three pieces to send one after the other: `bulk` (a 4 MiB read or
+/// write) is neither copied nor moved, only checksummed.
+pub fn encode_frame_around(
+    kind: u16,
+    prefix: &[u8],
+    bulk: Bytes,
+    suffix: &[u8],
+) -> Result<[Bytes; 3], FrameError> {
+    let payload_len = prefix.len() + bulk.len() + suffix.len();
+    if payload_len > FRAME_PAYLOAD_MAX {
+        return Err(FrameError::TooLarge(payload_len));
+    }
+    let mut head = start_frame(kind, prefix.len());
+    head.extend_from_slice(prefix);
+    head[..4].copy_from_slice(&((payload_len + 6) as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&head[4..]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, &bulk), suffix);
+    let mut tail = Vec::with_capacity(suffix.len() + 4);
+    tail.extend_from_slice(suffix);
+    tail.extend_from_slice(&crc.to_le_bytes());
+    Ok([Bytes::from(head), bulk, Bytes::from(tail)])
+}
+
 /// Decodes the frame at the start of `buf`. `Ok(None)` means more bytes are
 /// needed; `Ok(Some((frame, used)))` says how many bytes it took. A length
 /// over the limit is refused before the rest is awaited, so a peer cannot
 /// make a reader buffer gigabytes.
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    Ok(check_frame(buf)?.map(|c| {
+        let frame = Frame {
+            kind: c.kind,
+            payload: Bytes::copy_from_slice(&buf[c.payload]),
+        };
+        (frame, c.used)
+    }))
+}
+
+/// [`decode_frame`] for a buffer the caller owns: the payload is a view of
+/// `buf`, not a copy.
+pub fn decode_frame_bytes(buf: &Bytes) -> Result<Option<(Frame, usize)>, FrameError> {
+    Ok(check_frame(buf)?.map(|c| {
+        let frame = Frame {
+            kind: c.kind,
+            payload: buf.slice(c.payload),
+        };
+        (frame, c.used)
+    }))
+}
+
+/// Where a checked frame's parts lie in its buffer.
+struct Checked {
+    kind: u16,
+    payload: std::ops::Range<usize>,
+    used: usize,
+}
+
+fn check_frame(buf: &[u8]) -> Result<Option<Checked>, FrameError> {
     let Some(len_bytes) = buf.get(..4) else {
         return Ok(None);
     };
@@ -100,11 +155,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     if computed != stated {
         return Err(FrameError::Checksum { computed, stated });
     }
-    let frame = Frame {
+    Ok(Some(Checked {
         kind: u16::from_le_bytes([kind[0], kind[1]]),
-        payload: payload.to_vec(),
-    };
-    Ok(Some((frame, total)))
+        payload: 6..6 + payload_len,
+        used: total,
+    }))
 }
 
 #[cfg(test)]
@@ -175,7 +230,7 @@ mod tests {
             buf.extend_from_slice(&tail);
             let (frame, used) = decode_frame(&buf).unwrap().unwrap();
             prop_assert_eq!(used, n);
-            prop_assert_eq!(frame, Frame { kind, payload });
+            prop_assert_eq!(frame, Frame { kind, payload: payload.into() });
         }
 
         #[test]

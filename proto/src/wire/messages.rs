@@ -7,10 +7,10 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::frame::{Frame, FrameError, finish_frame, start_frame};
+use super::frame::{Frame, FrameError, encode_frame_around, finish_frame, start_frame};
 use super::leases::LeaseAck;
 use crate::ErrorCode;
 use crate::api::EntryKind;
@@ -155,10 +155,16 @@ pub struct Read {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Data {
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// True when the read reached the end of the file.
     pub eof: bool,
+}
+
+/// [`Data`] as it lies in a frame, decoded without copying the bytes.
+#[derive(Deserialize)]
+struct DataRef<'a> {
+    data: &'a [u8],
+    eof: bool,
 }
 
 /// Positional, so sending it again (after a failover) is harmless. On a
@@ -170,8 +176,15 @@ pub struct Data {
 pub struct Write {
     pub handle: HandleId,
     pub offset: u64,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
+}
+
+/// [`Write`] as it lies in a frame, decoded without copying the bytes.
+#[derive(Deserialize)]
+struct WriteRef<'a> {
+    handle: HandleId,
+    offset: u64,
+    data: &'a [u8],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,10 +340,10 @@ pub enum MessageError {
     Body { kind: u16, message: String },
 }
 
-pub(super) fn body<T: DeserializeOwned>(
+pub(super) fn body<'a, T: Deserialize<'a>>(
     kind: u16,
-    bytes: &[u8],
-) -> Result<(T, &[u8]), MessageError> {
+    bytes: &'a [u8],
+) -> Result<(T, &'a [u8]), MessageError> {
     postcard::take_from_bytes(bytes).map_err(|e| MessageError::Body {
         kind,
         message: e.to_string(),
@@ -443,6 +456,21 @@ impl Request {
         Ok(payload)
     }
 
+    /// The same bytes as [`Request::encode`], in pieces to send in order:
+    /// a write's data goes out as it is, without being copied into a frame.
+    pub fn encode_chunks(&self, header: &RequestHeader) -> Result<Vec<Bytes>, FrameError> {
+        let Self::Write(w) = self else {
+            return Ok(vec![Bytes::from(self.encode(header)?)]);
+        };
+        // The body's fields in order; the data's length prefix ends it.
+        let mut prefix = Vec::with_capacity(64);
+        put(header, &mut prefix);
+        put(&w.handle, &mut prefix);
+        put(&w.offset, &mut prefix);
+        put(&(w.data.len() as u64), &mut prefix);
+        Ok(encode_frame_around(self.kind(), &prefix, w.data.clone(), &[])?.to_vec())
+    }
+
     pub fn decode(frame: &Frame) -> Result<(RequestHeader, Self), MessageError> {
         let kind = frame.kind;
         let (header, rest): (RequestHeader, _) = body(kind, &frame.payload)?;
@@ -453,7 +481,14 @@ impl Request {
             0x0004 => Self::Logoff,
             0x0010 => Self::Open(body(kind, rest)?.0),
             0x0011 => Self::Read(body(kind, rest)?.0),
-            0x0012 => Self::Write(body(kind, rest)?.0),
+            0x0012 => {
+                let w: WriteRef = body(kind, rest)?.0;
+                Self::Write(Write {
+                    handle: w.handle,
+                    offset: w.offset,
+                    data: frame.payload.slice_ref(w.data),
+                })
+            }
             0x0013 => Self::Flush(body(kind, rest)?.0),
             0x0014 => Self::Close(body(kind, rest)?.0),
             0x0020 => Self::Stat(body(kind, rest)?.0),
@@ -516,6 +551,18 @@ impl Response {
         Ok(payload)
     }
 
+    /// The same bytes as [`Response::encode`], in pieces to send in order:
+    /// a read's data goes out as it is, without being copied into a frame.
+    pub fn encode_chunks(&self) -> Result<Vec<Bytes>, FrameError> {
+        let Self::Data(d) = self else {
+            return Ok(vec![Bytes::from(self.encode()?)]);
+        };
+        let mut prefix = Vec::with_capacity(16);
+        put(&(d.data.len() as u64), &mut prefix);
+        let suffix = [u8::from(d.eof)];
+        Ok(encode_frame_around(self.kind(), &prefix, d.data.clone(), &suffix)?.to_vec())
+    }
+
     pub fn decode(frame: &Frame) -> Result<Self, MessageError> {
         let kind = frame.kind;
         let p = &frame.payload[..];
@@ -525,7 +572,13 @@ impl Response {
             0x8002 => Self::SessionReady(body(kind, p)?.0),
             0x8003 => Self::Done,
             0x8010 => Self::Opened(body(kind, p)?.0),
-            0x8011 => Self::Data(body(kind, p)?.0),
+            0x8011 => {
+                let d: DataRef = body(kind, p)?.0;
+                Self::Data(Data {
+                    data: frame.payload.slice_ref(d.data),
+                    eof: d.eof,
+                })
+            }
             0x8012 => Self::Written(body(kind, p)?.0),
             0x8020 => Self::Attr(body(kind, p)?.0),
             0x8023 => Self::DirPage(body(kind, p)?.0),

@@ -175,6 +175,13 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
     // shrink the congestion window and trip MTU black-hole detection.
     t.time_threshold(LOSS_TIME_THRESHOLD);
+    // Several 4 MiB reads, writes and chunk transfers in flight on one
+    // connection: quinn's defaults (1.25 MB per stream, 10 MB to send)
+    // would stall each 4 MiB stream for window updates. These are limits,
+    // not allocations: a connection buffers only what is in flight.
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
+    t.send_window(u64::from(CONNECTION_WINDOW));
     Arc::new(t)
 }
 
@@ -189,6 +196,11 @@ pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     mtu.black_hole_cooldown(Duration::from_secs(5));
     mtu
 }
+
+/// Flow-control window of one stream: two 4 MiB messages.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Flow-control window of a connection, each way.
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// Loss detection's reordering allowance, as a factor of the RTT.
 pub const LOSS_TIME_THRESHOLD: f32 = 4.0;

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_proto::wire::{HandleId, SessionId, access, open_flags};
 use cairn_proto::{ContentHash, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::content::{self, build, read_range};
+use super::content::{self, build, read_range, read_range_shared};
 use super::extents::Extents;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
@@ -36,9 +37,12 @@ pub struct OpenFile {
     pub record: HandleRecord,
     dirty: Extents,
     permits: Vec<OwnedSemaphorePermit>,
-    /// This handle's idea of the size, when its writes or a truncate
-    /// changed it and no flush has recorded it yet.
-    size: Option<u64>,
+    /// A truncate (or extend) of this handle no flush has recorded yet.
+    /// Otherwise the size is the committed one or the end of this handle's
+    /// writes, whichever is larger, worked out afresh each time: another
+    /// handle may have grown the file since (a stale size kept here used
+    /// to cut off what that handle had flushed).
+    truncated: Option<u64>,
     /// BLAKE3 of the bytes written so far, while the handle has only
     /// appended to an empty file: then closing needs no second read.
     sequential: Option<(blake3::Hasher, u64)>,
@@ -80,7 +84,7 @@ impl OpenFile {
             record,
             dirty: Extents::default(),
             permits: Vec::new(),
-            size: None,
+            truncated: None,
             sequential,
             provisional: None,
             appended: std::collections::VecDeque::new(),
@@ -108,15 +112,19 @@ impl OpenFile {
     }
 
     pub fn has_unflushed(&self) -> bool {
-        !self.dirty.is_empty() || self.size.is_some()
+        !self.dirty.is_empty() || self.truncated.is_some()
     }
 
     /// The size as this handle sees it.
     pub async fn size(&mut self, state: &AppState) -> ApiResult<u64> {
-        match self.size {
-            Some(s) => Ok(s),
-            None => Ok(self.committed(state).await?.size()),
-        }
+        let committed = self.committed(state).await?.size();
+        Ok(self.size_over(committed))
+    }
+
+    /// The size this handle sees over a committed size of `committed`.
+    fn size_over(&self, committed: u64) -> u64 {
+        let end = self.dirty.end().unwrap_or(0);
+        self.truncated.unwrap_or(committed).max(end)
     }
 
     /// What a read of `[off, off + len)` needs: the committed content and
@@ -130,7 +138,7 @@ impl OpenFile {
     ) -> ApiResult<ReadPlan> {
         self.need(access::READ, "reading")?;
         let inode = self.committed(state).await?;
-        let size = self.size.unwrap_or(inode.size());
+        let size = self.size_over(inode.size());
         let end = size.min(off.saturating_add(u64::from(len)));
         let file = inode.file.ok_or_else(|| not_a_file(self.id))?;
         Ok(ReadPlan {
@@ -189,7 +197,6 @@ impl OpenFile {
         self.dirty.insert(off, data);
         self.stage_cells(state, off, end);
         let size = size.max(end);
-        self.size = Some(size);
         if append {
             if self.appended.len() >= APPENDS_REMEMBERED {
                 self.appended.pop_front();
@@ -239,7 +246,7 @@ impl OpenFile {
         if self.sequential.as_ref().is_some_and(|(_, at)| *at != size) {
             self.sequential = None;
         }
-        self.size = Some(size);
+        self.truncated = Some(size);
         Ok(())
     }
 
@@ -286,8 +293,8 @@ impl OpenFile {
         let staged = self.take_staged().await;
         let dirty = std::mem::take(&mut self.dirty);
         let permits = std::mem::take(&mut self.permits);
-        let size = self.size.take();
-        match self.flush_taken(state, &dirty, size, &staged).await {
+        let truncated = self.truncated.take();
+        match self.flush_taken(state, &dirty, truncated, &staged).await {
             Ok(inode) => {
                 drop(permits);
                 Ok(inode)
@@ -296,7 +303,7 @@ impl OpenFile {
                 // Keep the writes for the next flush; later ones win.
                 self.dirty.absorb_older(dirty);
                 self.permits.extend(permits);
-                self.size = self.size.or(size);
+                self.truncated = self.truncated.or(truncated);
                 Err(e)
             }
         }
@@ -306,13 +313,13 @@ impl OpenFile {
         &mut self,
         state: &Arc<AppState>,
         dirty: &Extents,
-        size: Option<u64>,
+        truncated: Option<u64>,
         staged: &content::Staged,
     ) -> ApiResult<Inode> {
         for _ in 0..FLUSH_ATTEMPTS {
             let base_inode = self.committed(state).await?;
             let base = base_inode.file.clone().ok_or_else(|| not_a_file(self.id))?;
-            let new_size = size.unwrap_or_else(|| base.size.max(dirty.end().unwrap_or(0)));
+            let new_size = truncated.unwrap_or(base.size).max(dirty.end().unwrap_or(0));
             let built = build(state, &base, dirty, new_size, staged).await?;
             let etag = built.file.etag;
             let cmd = Command::SetContent {
@@ -375,6 +382,18 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
+    /// The committed bytes of the span; a view of a cached chunk when the
+    /// span lies inside one, so a 4 MiB read is never copied on the node.
+    pub async fn read_shared(&self, state: &Arc<AppState>) -> ApiResult<Bytes> {
+        if self.end > self.off
+            && let Some(b) =
+                read_range_shared(state, &self.content, self.off, self.end - self.off).await?
+        {
+            return Ok(b);
+        }
+        Ok(Bytes::from(self.read(state).await?))
+    }
+
     pub async fn read(&self, state: &Arc<AppState>) -> ApiResult<Vec<u8>> {
         if self.off >= self.end {
             return Ok(Vec::new());

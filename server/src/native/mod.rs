@@ -20,9 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cairn_proto::wire::{
     FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, HandleId, Request, RequestHeader, Response, SessionId,
-    decode_frame,
+    decode_frame_bytes,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -184,8 +185,8 @@ impl NativeServer {
             .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        let out = self.serve_request(cs, &bytes).await?;
-        send.write_all(&out)
+        let mut out = self.serve_request(cs, Bytes::from(bytes)).await?;
+        send.write_all_chunks(&mut out)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
         let _ = send.finish();
@@ -193,13 +194,15 @@ impl NativeServer {
     }
 
     /// Answers one request frame with one response frame, whatever the
-    /// transport (QUIC streams, or memory in the protocol tests).
+    /// transport (QUIC streams, or memory in the protocol tests). The
+    /// answer comes in pieces to send in order: a read's data is a view of
+    /// the cached chunk, not a copy.
     pub async fn serve_request(
         &self,
         cs: &tokio::sync::Mutex<ConnState>,
-        bytes: &[u8],
-    ) -> Result<Vec<u8>, StreamError> {
-        let resp = match decode_frame(bytes) {
+        bytes: Bytes,
+    ) -> Result<Vec<Bytes>, StreamError> {
+        let resp = match decode_frame_bytes(&bytes) {
             Ok(Some((frame, _))) => match Request::decode(&frame) {
                 Ok((header, req)) => {
                     let span = tracing::info_span!(
@@ -216,7 +219,7 @@ impl NativeServer {
             Ok(None) => Response::error(cairn_proto::ErrorCode::BadRequest, "truncated frame"),
             Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
         };
-        resp.encode().map_err(|e| StreamError(e.to_string()))
+        resp.encode_chunks().map_err(|e| StreamError(e.to_string()))
     }
 
     async fn dispatch(

@@ -1,5 +1,6 @@
 //! One function per request.
 
+use bytes::Bytes;
 use cairn_proto::wire::{
     Attr, Data, DirPage, HandleId, Negotiated, Opened, PROTOCOL_VERSION, Request, RequestHeader,
     Response, SessionReady, Written, capability,
@@ -240,12 +241,12 @@ async fn session_op(
             let mut f = file.lock().await;
             let plan = f.plan_read(&server.state, r.offset, len).await?;
             let data = if plan.private {
-                f.read(&server.state, &plan).await?
+                Bytes::from(f.read(&server.state, &plan).await?)
             } else {
                 // Committed content only: other requests on the handle
                 // need not wait for this one's I/O.
                 drop(f);
-                plan.read(&server.state).await?
+                plan.read_shared(&server.state).await?
             };
             Ok(Response::Data(Data {
                 data,
@@ -267,7 +268,9 @@ async fn session_op(
             let (offset, size) = file
                 .lock()
                 .await
-                .write(&server.state, w.offset, w.data, header.seq)
+                // The data is a view of the request's buffer: taking it
+                // as a Vec reuses that buffer (unique by now).
+                .write(&server.state, w.offset, Vec::from(w.data), header.seq)
                 .await?;
             Ok(Response::Written(Written {
                 count,

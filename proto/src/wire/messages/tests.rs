@@ -1,6 +1,6 @@
 use super::*;
-use crate::wire::decode_frame;
 use crate::wire::{LeaseAck, Notice};
+use crate::wire::{decode_frame, decode_frame_bytes};
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -105,7 +105,7 @@ fn request() -> impl Strategy<Value = Request> {
             Request::Write(Write {
                 handle,
                 offset,
-                data,
+                data: data.into(),
             })
         }),
         handle().prop_map(Request::Flush),
@@ -212,7 +212,10 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::collection::vec(any::<u8>(), 0..200),
             any::<bool>()
         )
-            .prop_map(|(data, eof)| Response::Data(Data { data, eof })),
+            .prop_map(|(data, eof)| Response::Data(Data {
+                data: data.into(),
+                eof
+            })),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(count, offset, size)| {
             Response::Written(Written {
                 count,
@@ -256,8 +259,25 @@ proptest! {
     }
 
     #[test]
+    fn pieces_are_the_same_frame(h in header(), req in request(), resp in response()) {
+        // Reads and writes go out in pieces (their data not copied); the
+        // bytes must be exactly those of the one-buffer encoding, and they
+        // decode from a shared buffer to the same message.
+        let whole = req.encode(&h).unwrap();
+        prop_assert_eq!(req.encode_chunks(&h).unwrap().concat(), whole.clone());
+        let shared = bytes::Bytes::from(whole);
+        let (frame, _) = decode_frame_bytes(&shared).unwrap().unwrap();
+        prop_assert_eq!(Request::decode(&frame).unwrap(), (h, req));
+        let whole = resp.encode().unwrap();
+        prop_assert_eq!(resp.encode_chunks().unwrap().concat(), whole.clone());
+        let shared = bytes::Bytes::from(whole);
+        let (frame, _) = decode_frame_bytes(&shared).unwrap().unwrap();
+        prop_assert_eq!(Response::decode(&frame).unwrap(), resp);
+    }
+
+    #[test]
     fn garbage_payloads_never_panic(kind in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 0..128)) {
-        let frame = Frame { kind, payload };
+        let frame = Frame { kind, payload: payload.into() };
         let _ = Request::decode(&frame);
         let _ = Response::decode(&frame);
         let _ = Notice::decode(&frame);
@@ -270,7 +290,7 @@ fn appended_fields_are_ignored() {
     let req = Request::Flush(HandleId(9));
     let bytes = req.encode(&RequestHeader::default()).unwrap();
     let (mut frame, _) = decode_frame(&bytes).unwrap().unwrap();
-    frame.payload.extend_from_slice(&[1, 2, 3]);
+    frame.payload = [&frame.payload[..], &[1, 2, 3]].concat().into();
     assert_eq!(Request::decode(&frame).unwrap().1, req);
 }
 
@@ -278,7 +298,7 @@ fn appended_fields_are_ignored() {
 fn unknown_kinds_are_named() {
     let frame = Frame {
         kind: 0x7777,
-        payload: vec![0; 17],
+        payload: vec![0; 17].into(),
     };
     assert_eq!(
         Request::decode(&frame),

@@ -183,7 +183,7 @@ async fn handles_access_sharing_and_sizes() {
         Request::Write(Write {
             handle: h,
             offset: 0,
-            data: b"x".to_vec(),
+            data: bytes::Bytes::from_static(b"x"),
         })
     };
     assert_eq!(a.fails(w(r.handle)).await, ErrorCode::Forbidden);
@@ -213,7 +213,7 @@ async fn handles_access_sharing_and_sizes() {
     let big = Request::Write(Write {
         handle: g.handle,
         offset: 0,
-        data: vec![0; (4 << 20) + 1],
+        data: vec![0; (4 << 20) + 1].into(),
     });
     assert_eq!(a.fails(big).await, ErrorCode::PayloadTooLarge);
     // Closed handles are gone.
@@ -234,7 +234,7 @@ async fn a_corrupted_chunk_is_reported_not_returned() {
     c.call(Request::Write(Write {
         handle: o.handle,
         offset: 0,
-        data: content.clone(),
+        data: content.clone().into(),
     }))
     .await;
     c.done(Request::Close(o.handle)).await;

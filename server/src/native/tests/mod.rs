@@ -13,6 +13,7 @@ mod ops;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
     Disposition, Negotiate, Notice, Open, Opened, PROTOCOL_VERSION, Request, RequestHeader,
@@ -118,7 +119,12 @@ pub struct Conn {
 impl Conn {
     /// Sends raw bytes, returns the decoded answer.
     pub async fn raw(&self, bytes: &[u8]) -> Response {
-        let out = self.server.serve_request(&self.state, bytes).await.unwrap();
+        let out = self
+            .server
+            .serve_request(&self.state, Bytes::copy_from_slice(bytes))
+            .await
+            .unwrap()
+            .concat();
         let (frame, used) = decode_frame(&out).unwrap().unwrap();
         assert_eq!(used, out.len(), "one frame per answer");
         Response::decode(&frame).unwrap()

@@ -13,7 +13,7 @@ fn write(h: cairn_proto::wire::HandleId, offset: u64, data: &[u8]) -> Request {
     Request::Write(Write {
         handle: h,
         offset,
-        data: data.to_vec(),
+        data: bytes::Bytes::copy_from_slice(data),
     })
 }
 
@@ -27,7 +27,7 @@ fn read(h: cairn_proto::wire::HandleId, offset: u64, len: u32) -> Request {
 
 async fn data(c: &super::Conn, req: Request) -> (Vec<u8>, bool) {
     match c.call(req).await {
-        Response::Data(d) => (d.data, d.eof),
+        Response::Data(d) => (d.data.to_vec(), d.eof),
         other => panic!("expected data, got {other:?}"),
     }
 }
