@@ -202,6 +202,39 @@ async fn set_info_truncates_extends_and_sets_mode_and_time() {
     s.stop().await;
 }
 
+/// Two handles of one file: each flush keeps what the other flushed first,
+/// the file's growth included (a flush used to record the size its handle
+/// saw at its last write, cutting off the other's longer content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_keeps_what_another_handle_grew_the_file_by() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h1 = c.open("g", Disposition::Create, RW).await.handle;
+    let h2 = c.open("g", Disposition::Open, RW).await.handle;
+    c.call(write(h1, 0, b"first")).await;
+    c.call(write(h2, 0, &[b'x'; 1000])).await;
+    assert_eq!(attr(&c, Request::Flush(h2)).await.size, 1000);
+    assert_eq!(attr(&c, Request::Flush(h1)).await.size, 1000);
+    let (got, eof) = data(&c, read(h2, 0, 2000)).await;
+    assert!(eof);
+    assert_eq!(got.len(), 1000, "the flush of h1 cut the file");
+    assert_eq!(&got[..5], b"first");
+    assert!(got[5..].iter().all(|&b| b == b'x'));
+    // A truncate is still recorded as such.
+    c.call(Request::SetInfo(SetInfo {
+        handle: h1,
+        size: Some(3),
+        mtime_ns: None,
+        mode: None,
+    }))
+    .await;
+    assert_eq!(attr(&c, Request::Flush(h1)).await.size, 3);
+    assert_eq!(data(&c, read(h2, 0, 2000)).await.0, b"fir");
+    c.done(Request::Close(h1)).await;
+    c.done(Request::Close(h2)).await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directories_pages_renames_and_removes() {
     let s = Server::start().await;
