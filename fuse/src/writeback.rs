@@ -4,13 +4,14 @@
 //! Why: without the kernel's write-back cache, FUSE hands over a file's
 //! writes one at a time and waits for each answer, so waiting for the
 //! cluster's round trip made sequential writes latency-bound. Queued bytes
-//! are bounded per handle. A write that overlaps one still in flight waits
-//! for it, so overlapping writes reach the cluster in the program's order
-//! (appends are never queued: the cluster places them in arrival order).
-//! Whatever must see the writes (reads, attributes, truncation, locks,
-//! flush, fsync, close) waits for the queue first, and the first failure of
-//! a queued write is reported at the next write, flush, fsync or close of
-//! its handle, as NFS reports a failed write-back.
+//! and writes are bounded per handle. A write that overlaps one still in
+//! flight waits for it, so overlapping writes reach the cluster in the
+//! program's order (appends are never queued: the cluster places them in
+//! arrival order). Whatever must see the writes (reads, attributes,
+//! truncation, locks, flush, fsync, close) waits for the queue first, and
+//! the first failure of a queued write is reported at the next write,
+//! flush, fsync or close of its handle, as NFS reports a failed
+//! write-back.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,14 @@ use crate::fs::OpenFile;
 /// every 64 MiB).
 pub const QUEUED_BYTES_MAX: usize = 16 << 20;
 
+/// Writes one handle may have in flight: enough to hide a round trip
+/// behind 1 MiB writes; more only queues up on the connection's streams
+/// (small random writes would otherwise send thousands at once).
+pub const QUEUED_WRITES_MAX: usize = 8;
+
 pub struct WriteBehind {
     budget: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     state: Mutex<State>,
     done: Notify,
 }
@@ -52,6 +59,7 @@ impl Default for WriteBehind {
     fn default() -> Self {
         Self {
             budget: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
+            slots: Arc::new(Semaphore::new(QUEUED_WRITES_MAX)),
             state: Mutex::new(State::default()),
             done: Notify::new(),
         }
@@ -64,6 +72,10 @@ pub async fn queue(f: &Arc<OpenFile>, offset: u64, data: Bytes) -> Result<(), Er
     let this = &f.writes;
     this.take_error()?;
     let weight = data.len().clamp(1, QUEUED_BYTES_MAX) as u32;
+    let slot = Arc::clone(&this.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Errno::EIO)?;
     let permit = Arc::clone(&this.budget)
         .acquire_many_owned(weight)
         .await
@@ -87,7 +99,7 @@ pub async fn queue(f: &Arc<OpenFile>, offset: u64, data: Bytes) -> Result<(), Er
     let f = Arc::clone(f);
     tokio::spawn(async move {
         let r = f.file.write_at(offset, data).await;
-        drop(permit);
+        drop((permit, slot));
         let this = &f.writes;
         if let Ok(mut st) = this.state.lock() {
             st.in_flight.remove(&id);

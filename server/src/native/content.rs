@@ -127,13 +127,15 @@ impl AsRef<[u8]> for SharedChunk {
 }
 
 async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Arc<Vec<u8>>> {
-    if let Some(data) = state.chunk_cache.get(&hash) {
-        return Ok(data);
-    }
     let store = Arc::clone(&state.chunks);
-    let data = Arc::new(tokio::task::spawn_blocking(move || store.get(&hash)).await??);
-    state.chunk_cache.insert(hash, Arc::clone(&data));
-    Ok(data)
+    state
+        .chunk_cache
+        .get_or_load(hash, || async move {
+            let data: ApiResult<Vec<u8>> =
+                Ok(tokio::task::spawn_blocking(move || store.get(&hash)).await??);
+            data
+        })
+        .await
 }
 
 /// The provisional ETag of chunked content written through handles: a hash
