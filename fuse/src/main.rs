@@ -241,25 +241,28 @@ const READ_AHEAD_KIB: u32 = 8 << 10;
 /// answer can only lower it), so a sequential reader's requests were
 /// 128 KiB, about one round trip each. The mount's backing device info
 /// takes more (as root): then the kernel keeps several 1 MiB reads in
-/// flight. Found through /proc/self/mountinfo, not a stat of the mount
-/// point, which would be a call into this very file system.
+/// flight.
 fn raise_readahead(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    let dev = mount_device(mountpoint)?;
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        READ_AHEAD_KIB.to_string(),
+    )
+}
+
+/// The mount's device number (`major:minor`), from /proc/self/mountinfo.
+fn mount_device(mountpoint: &std::path::Path) -> std::io::Result<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     // Fields: id, parent, major:minor, root, mount point (spaces as \040).
     let want = mountpoint.to_string_lossy().replace(' ', "\\040");
-    let dev = info
-        .lines()
+    info.lines()
         .rev()
         .find_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             (f.get(4) == Some(&want.as_str())).then(|| f.get(2).map(|d| d.to_string()))
         })
         .flatten()
-        .ok_or_else(|| std::io::Error::other(format!("{want} is not in /proc/self/mountinfo")))?;
-    std::fs::write(
-        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
-        READ_AHEAD_KIB.to_string(),
-    )
+        .ok_or_else(|| std::io::Error::other(format!("{want} is not in /proc/self/mountinfo")))
 }
 
 /// Waits for SIGTERM or SIGINT (true) or an unmount from outside (false).
@@ -287,16 +290,31 @@ async fn wait_for_stop(bg: &fuser::BackgroundSession) -> bool {
 fn unmount(path: &std::path::Path, bg: fuser::BackgroundSession) {
     use rustix::mount::{UnmountFlags, unmount};
     // The connection's number in /sys/fs/fuse/connections is the minor
-    // device number of the mount.
-    let connection = rustix::fs::stat(path)
+    // device number of the mount. Not from a stat of the mount point: that
+    // is a call into this file system, which blocks for the whole timeout
+    // when the cluster is gone.
+    let connection = mount_device(path)
         .ok()
-        .map(|st| rustix::fs::minor(st.st_dev));
+        .and_then(|d| d.split(':').nth(1).map(str::to_string));
     if let Err(e) = unmount(path, UnmountFlags::empty()) {
         tracing::warn!(error = %e, "busy; detaching the mount");
         if let Err(e) = unmount(path, UnmountFlags::DETACH) {
             tracing::warn!(error = %e, "could not unmount");
         }
         if let Some(n) = connection {
+            // The control file system is not mounted everywhere.
+            if !std::path::Path::new("/sys/fs/fuse/connections/")
+                .join(&n)
+                .exists()
+            {
+                let _ = rustix::mount::mount(
+                    "fusectl",
+                    "/sys/fs/fuse/connections",
+                    "fusectl",
+                    rustix::mount::MountFlags::empty(),
+                    None,
+                );
+            }
             let abort = format!("/sys/fs/fuse/connections/{n}/abort");
             if let Err(e) = std::fs::write(&abort, b"1") {
                 tracing::warn!(error = %e, path = %abort, "could not abort the FUSE connection");
