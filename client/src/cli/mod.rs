@@ -70,7 +70,7 @@ pub struct Args {
 enum Command {
     /// Upload a local file (`-` for stdin) to REMOTE.
     Put { local: String, remote: String },
-    /// Download REMOTE to LOCAL, or to stdout without LOCAL.
+    /// Download REMOTE to LOCAL, or to stdout without LOCAL (or with `-`).
     Get {
         remote: String,
         local: Option<String>,
@@ -176,7 +176,7 @@ async fn execute(args: Args) -> Result<(), ClientError> {
             transfer::put(&client, &local, &remote(&r)?, out).await
         }
         Command::Get { remote: r, local } => {
-            transfer::get(&client, &remote(&r)?, local.as_deref(), out).await
+            transfer::get(&client, &remote(&r)?, local_path(&local), out).await
         }
         Command::Ls { remote: r } => ls(&client, &remote(r.as_deref().unwrap_or(""))?, out).await,
         Command::Stat { remote: r } => {
@@ -290,5 +290,21 @@ impl Output {
         if self.json {
             println!("{}", serde_json::to_string(w).unwrap_or_default());
         }
+    }
+}
+
+/// A download's destination: `None` (stdout) without one or for `-`, as
+/// `put` reads stdin for `-`.
+fn local_path(local: &Option<String>) -> Option<&str> {
+    local.as_deref().filter(|l| *l != "-")
+}
+
+#[cfg(test)]
+mod local_path_tests {
+    #[test]
+    fn a_dash_is_stdout() {
+        assert_eq!(super::local_path(&Some("-".into())), None);
+        assert_eq!(super::local_path(&None), None);
+        assert_eq!(super::local_path(&Some("f".into())), Some("f"));
     }
 }

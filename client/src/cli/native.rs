@@ -38,7 +38,9 @@ fn clean(p: &str) -> String {
 async fn execute(client: &Client, cmd: &Command, out: Output) -> Result<(), ClientError> {
     match cmd {
         Command::Put { local, remote } => put(client, local, &clean(remote), out).await,
-        Command::Get { remote, local } => get(client, &clean(remote), local.as_deref(), out).await,
+        Command::Get { remote, local } => {
+            get(client, &clean(remote), super::local_path(local), out).await
+        }
         Command::Ls { remote } => {
             let dir = clean(remote.as_deref().unwrap_or(""));
             for a in client.read_dir(&dir).await? {
