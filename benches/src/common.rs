@@ -7,6 +7,19 @@ use std::time::Instant;
 use anyhow::bail;
 use bytes::Bytes;
 
+/// Runs a benchmark's async body on a multi-threaded runtime, with the
+/// allocator tuned first as the cairn binaries do (the in-process client
+/// moves 4 MiB buffers).
+pub fn run_main<F: std::future::Future<Output = anyhow::Result<()>>>(
+    body: impl FnOnce() -> F,
+) -> anyhow::Result<()> {
+    cairn_client::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(body())
+}
+
 pub fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs / 1048576.0
 }

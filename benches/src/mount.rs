@@ -118,12 +118,7 @@ fn metadata_rates(dir: &Path, files: usize, threads: usize) -> anyhow::Result<(f
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the cairn binaries do: the in-process client moves 4 MiB buffers.
-    cairn_client::tune_allocator();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::run_main(run)
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -95,12 +95,7 @@ fn options() -> ClusterOptions {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the cairn binaries do: the in-process client moves 4 MiB buffers.
-    cairn_client::tune_allocator();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::run_main(run)
 }
 
 async fn run() -> anyhow::Result<()> {
