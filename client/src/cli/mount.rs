@@ -8,12 +8,12 @@ use anyhow::{Context, bail};
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
-    /// `cairn://host:port,.../share`, or the nodes' QUIC addresses
-    /// (comma-separated; default: `CAIRN_QUIC`).
-    #[arg(value_name = "URL|SEED-LIST")]
-    source: Option<String>,
-    /// Where to mount.
-    mountpoint: PathBuf,
+    /// `[URL|SEED-LIST] MOUNTPOINT`: the cluster as `cairn://host:port,.../share`
+    /// or the nodes' QUIC addresses (comma-separated; default: `CAIRN_QUIC`),
+    /// then where to mount. (One list, not two arguments: clap would give a
+    /// lone MOUNTPOINT to the optional first one.)
+    #[arg(value_name = "[URL|SEED-LIST] MOUNTPOINT", required = true, num_args = 1..=2)]
+    places: Vec<String>,
     /// Stay in the foreground (logs on stderr) until unmounted or signalled.
     #[arg(long)]
     foreground: bool,
@@ -81,7 +81,12 @@ pub fn mount(
     share: &str,
     ca: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let Some(source) = args.source.as_deref().or(quic) else {
+    let (given, mountpoint) = match args.places.as_slice() {
+        [m] => (None, PathBuf::from(m)),
+        [s, m] => (Some(s.as_str()), PathBuf::from(m)),
+        _ => bail!("give [URL|SEED-LIST] MOUNTPOINT"),
+    };
+    let Some(source) = given.or(quic) else {
         bail!("no cluster to mount: give cairn://HOST:PORT,.../SHARE or set CAIRN_QUIC");
     };
     let mut options = vec![format!("timeout={}", args.timeout)];
@@ -94,7 +99,7 @@ pub fn mount(
     if let Some(o) = &args.options {
         options.push(o.clone());
     }
-    let mut cmd = command(source, share, &args.mountpoint, ca, &options);
+    let mut cmd = command(source, share, &mountpoint, ca, &options);
     if args.foreground {
         cmd.arg("--foreground");
     }
@@ -124,4 +129,26 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("unmounting {}: {e}", args.mountpoint.display())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: super::MountArgs,
+    }
+
+    #[test]
+    fn the_cluster_is_optional_before_the_mount_point() {
+        let one = Cli::try_parse_from(["cairn", "/mnt/cairn"]).unwrap();
+        assert_eq!(one.mount.places, ["/mnt/cairn"]);
+        let two = Cli::try_parse_from(["cairn", "cairn://a:1/s", "/mnt/cairn", "--timeout", "5"])
+            .unwrap();
+        assert_eq!(two.mount.places, ["cairn://a:1/s", "/mnt/cairn"]);
+        assert!(Cli::try_parse_from(["cairn"]).is_err());
+        assert!(Cli::try_parse_from(["cairn", "a", "b", "c"]).is_err());
+    }
 }
