@@ -38,10 +38,13 @@ const WAIT_SLICE: Duration = Duration::from_secs(30);
 
 pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
-    // Writes made under a lock reach the cluster before it is given up
-    // (and before a new one is taken): the next holder must see them.
+    // Writes made under a lock reach the cluster before a new one is
+    // taken, and are flushed before one is given up: the next holder,
+    // perhaps on another machine, must see them (as NFS flushes at
+    // unlock). A clean handle's flush sends nothing.
     f.writes.wait().await;
     if w.typ == libc::F_UNLCK {
+        f.file.sync().await.map_err(|e| errno(&e))?;
         return unlock(&f, w).await;
     }
     let exclusive = w.typ == libc::F_WRLCK;

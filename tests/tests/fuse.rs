@@ -331,20 +331,32 @@ fn a_lock_held_through_one_mount_blocks_the_other() {
     let b = Mount::start(&c, "");
     std::fs::write(a.join("note.txt"), b"locked file").unwrap();
     // A POSIX (fcntl) lock, then a BSD (flock) lock, held through one mount
-    // until told to let go, refuses and then blocks the other mount.
-    for (take, take_nb) in [
+    // until told to let go, refuses and then blocks the other mount; what
+    // the holder wrote under the lock is what the next holder reads, though
+    // the holder keeps the file open (unlocking flushes, as NFS does).
+    for (round, (take, take_nb, give)) in [
         (
             "fcntl.lockf(f,fcntl.LOCK_EX)",
             "fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)",
+            "fcntl.lockf(f,fcntl.LOCK_UN)",
         ),
         (
             "fcntl.flock(f,fcntl.LOCK_EX)",
             "fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)",
+            "fcntl.flock(f,fcntl.LOCK_UN)",
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = format!("written under lock {round}");
         let mut holder = python_lock(
             &a.join("note.txt"),
-            &format!("{take}\nprint('locked',flush=True)\nsys.stdin.readline()"),
+            &format!(
+                "{take}\nprint('locked',flush=True)\nsys.stdin.readline()\n\
+                 f.seek(0)\nf.write('{text}')\nf.flush()\n{give}\n\
+                 print('unlocked',flush=True)\nsys.stdin.readline()"
+            ),
         );
         // Read the whole line and keep the pipe open: a holder whose next
         // write hit a closed pipe would die and drop its lock.
@@ -366,20 +378,32 @@ fn a_lock_held_through_one_mount_blocks_the_other() {
             a.log_text(),
             b.log_text()
         );
-        let mut waiter = python_lock(&b.join("note.txt"), &format!("{take}\nprint('got')"));
+        let mut waiter = python_lock(
+            &b.join("note.txt"),
+            &format!("{take}\nprint('got', open(sys.argv[1]).read())"),
+        );
         std::thread::sleep(Duration::from_millis(1500));
         assert!(
             waiter.try_wait().unwrap().is_none(),
             "{take} through the other mount must wait for the holder"
         );
-        // Still waiting: then the holder lets go.
+        // Still waiting: then the holder writes, lets go, keeps the file.
         let mut stdin = holder.stdin.take().unwrap();
         stdin.write_all(b"go\n").unwrap();
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "unlocked");
+        let got = waiter.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            format!("got {text}"),
+            "{take}: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        stdin.write_all(b"bye\n").unwrap();
         drop(stdin);
         holder.wait().unwrap();
         drop(out);
-        let got = waiter.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "got", "{take}");
     }
 }
 
