@@ -29,6 +29,7 @@ pub fn file_type(kind: EntryKind) -> FileType {
     match kind {
         EntryKind::Directory => FileType::Directory,
         EntryKind::File => FileType::RegularFile,
+        EntryKind::Symlink => FileType::Symlink,
     }
 }
 
@@ -46,7 +47,7 @@ pub fn to_fuse(ino: INodeNo, a: &Attr, owner: Owner) -> FileAttr {
         // Directories: at least 2 (itself and its name), as tools expect.
         nlink: match a.kind {
             EntryKind::Directory => a.nlink.max(2),
-            EntryKind::File => a.nlink,
+            EntryKind::File | EntryKind::Symlink => a.nlink,
         },
         uid: owner.uid,
         gid: owner.gid,

@@ -25,6 +25,8 @@ pub fn code_errno(code: ErrorCode) -> Errno {
         ErrorCode::Unauthorized | ErrorCode::Forbidden => Errno::EACCES,
         ErrorCode::SharingViolation => Errno::EBUSY,
         ErrorCode::LockConflict => Errno::EAGAIN,
+        // What open(2) with O_NOFOLLOW gives on a link.
+        ErrorCode::IsSymlink => Errno::ELOOP,
         ErrorCode::StaleHandle => Errno::ESTALE,
         ErrorCode::PayloadTooLarge => Errno::EFBIG,
         ErrorCode::InsufficientStorage => Errno::ENOSPC,

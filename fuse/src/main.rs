@@ -16,22 +16,33 @@ use cairn_fuse::{CairnFs, MountOptions};
 /// How long mounting may wait for a first node to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long an unmounted daemon tries to end its session before exiting.
+const LOGOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Args {
     source: String,
     mountpoint: String,
     options: String,
     foreground: bool,
+    /// Started by [`daemonize`]: once mounted, stderr (a pipe to a parent
+    /// that has exited) must go elsewhere.
+    daemon_child: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
     let mut foreground = false;
+    let mut daemon_child = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-o" => options.push(args.next().context("-o needs a value")?),
             "--foreground" => foreground = true,
+            DAEMON_CHILD_FLAG => {
+                foreground = true;
+                daemon_child = true;
+            }
             "--metrics-listen" => {
                 options.push(format!(
                     "metrics={}",
@@ -57,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         mountpoint,
         options: options.join(","),
         foreground,
+        daemon_child,
     })
 }
 
@@ -86,11 +98,11 @@ fn run() -> anyhow::Result<()> {
     if !args.foreground {
         return daemonize(&opts);
     }
-    init_tracing(&opts)?;
-    serve(&opts)
+    init_tracing(&opts, args.daemon_child)?;
+    serve(&opts, args.daemon_child)
 }
 
-fn init_tracing(opts: &MountOptions) -> anyhow::Result<()> {
+fn init_tracing(opts: &MountOptions, daemon_child: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -103,9 +115,44 @@ fn init_tracing(opts: &MountOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(Arc::new(file)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // A daemon's stderr becomes a file once mounted: no colours.
+        None => builder
+            .with_ansi(!daemon_child)
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
+}
+
+/// Marks the daemon [`daemonize`] starts (not for people to type).
+const DAEMON_CHILD_FLAG: &str = "--daemon-child";
+
+/// Where a daemonized mount without `log=` writes its log.
+const DAEMON_LOG: &str = "/var/log/cairn-mount.log";
+
+/// Points the daemon's stderr away from the pipe its starter read until
+/// the mount was up: that process has exited, and a write to a pipe
+/// nobody reads fails, which made the next log line abort the daemon. To
+/// the `log=` file (so panics land there too), else [`DAEMON_LOG`], else
+/// /dev/null.
+fn detach_stderr(opts: &MountOptions) {
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    };
+    let target = opts
+        .log
+        .as_deref()
+        .map(open)
+        .unwrap_or_else(|| open(std::path::Path::new(DAEMON_LOG)))
+        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/null"));
+    match target.map(|f| rustix::stdio::dup2_stderr(&f)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot redirect stderr"),
+        Err(e) => tracing::warn!(error = %e, "no file to redirect stderr to"),
+    }
 }
 
 /// Starts this program again in the foreground, detached, and returns once
@@ -116,7 +163,7 @@ fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding mount.cairn itself")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args().skip(1))
-        .arg("--foreground")
+        .arg(DAEMON_CHILD_FLAG)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -145,7 +192,7 @@ fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
     )
 }
 
-fn serve(opts: &MountOptions) -> anyhow::Result<()> {
+fn serve(opts: &MountOptions, daemon_child: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -213,6 +260,9 @@ fn serve(opts: &MountOptions) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot raise the mount's read-ahead; sequential reads stay slower");
     }
     tracing::info!(mountpoint = %opts.mountpoint.display(), nodes = %opts.nodes.join(","), share = %opts.share, "mounted");
+    if daemon_child {
+        detach_stderr(opts);
+    }
     let stop = rt.block_on(wait_for_stop(&background));
     if stop {
         // What programs wrote is made durable before the mount goes.
@@ -226,8 +276,16 @@ fn serve(opts: &MountOptions) -> anyhow::Result<()> {
         let _ = background.join();
     }
     rt.block_on(async {
-        if let Err(e) = client.logoff().await {
-            tracing::warn!(error = %e, "logoff failed; the session expires by itself");
+        // Not for the whole failover timeout: a cluster gone for good
+        // would keep the daemon of an unmounted share alive that long.
+        match tokio::time::timeout(LOGOFF_TIMEOUT, client.logoff()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "logoff failed; the session expires by itself");
+            }
+            Err(_) => {
+                tracing::warn!("no logoff within {LOGOFF_TIMEOUT:?}; the session expires by itself")
+            }
         }
     });
     tracing::info!("unmounted");

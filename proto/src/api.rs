@@ -11,12 +11,17 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// File or directory.
+/// File, directory or symbolic link. (New kinds go at the end: stored
+/// records and the native protocol carry a kind's position.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     File,
     Directory,
+    /// A name standing for a path (its target, stored as the link's
+    /// content). Cairn never follows links itself: clients do, as a
+    /// mount's kernel does.
+    Symlink,
 }
 
 /// What `GET ?stat` returns, and each entry of a listing.

@@ -50,10 +50,13 @@ pub enum ErrorCode {
     SharingViolation,
     /// Native protocol: a byte-range lock of another handle overlaps.
     LockConflict,
+    /// A file operation (open, download) on a symbolic link, which Cairn
+    /// does not follow: read its target and resolve it instead.
+    IsSymlink,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadRequest,
         Self::InvalidPath,
         Self::Unauthorized,
@@ -74,6 +77,7 @@ impl ErrorCode {
         Self::NoSession,
         Self::SharingViolation,
         Self::LockConflict,
+        Self::IsSymlink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl ErrorCode {
             Self::NoSession => "no_session",
             Self::SharingViolation => "sharing_violation",
             Self::LockConflict => "lock_conflict",
+            Self::IsSymlink => "is_symlink",
         }
     }
 

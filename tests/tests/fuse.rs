@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -223,11 +223,7 @@ fn posix_calls_return_the_expected_errors() {
     assert_eq!(std::fs::metadata(p("d")).unwrap().mode() & 0o7777, 0o711);
     sh(&m.path, "touch -m -d @1000000000 d");
     assert_eq!(std::fs::metadata(p("d")).unwrap().modified().unwrap(), t);
-    // Unsupported: symbolic and hard links.
-    assert_eq!(
-        errno_of(std::os::unix::fs::symlink("f", p("link"))),
-        libc::EPERM
-    );
+    // Unsupported: hard links (one name per file).
     assert_eq!(errno_of(std::fs::hard_link(p("f"), p("hard"))), libc::EPERM);
     // Unlinked while open: still readable through the descriptor.
     let mut open = std::fs::File::open(p("d/inner")).unwrap();
@@ -242,6 +238,118 @@ fn posix_calls_return_the_expected_errors() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["d", "f"]);
+}
+
+/// Symbolic links: made, read, followed by the kernel, renamed, removed,
+/// with the POSIX errors; copied by real programs; seen by another mount
+/// and by the HTTP API as links.
+#[test]
+fn symbolic_links_work_on_the_mount() {
+    use std::os::unix::fs::symlink;
+    let c = cluster();
+    let m = Mount::start(&c, "");
+    let p = |r: &str| m.join(r);
+    std::fs::create_dir(p("d")).unwrap();
+    std::fs::write(p("d/f"), b"through the link").unwrap();
+    symlink("d/f", p("lf")).unwrap();
+    symlink("d", p("ld")).unwrap();
+    symlink("no/such/file", p("dangling")).unwrap();
+    assert_eq!(std::fs::read_link(p("lf")).unwrap(), Path::new("d/f"));
+    assert_eq!(std::fs::read(p("lf")).unwrap(), b"through the link");
+    assert_eq!(std::fs::read(p("ld/f")).unwrap(), b"through the link");
+    let l = std::fs::symlink_metadata(p("lf")).unwrap();
+    assert!(l.file_type().is_symlink());
+    assert_eq!(l.len(), 3);
+    assert!(std::fs::metadata(p("lf")).unwrap().is_file());
+    assert!(std::fs::metadata(p("ld")).unwrap().is_dir());
+    // POSIX errors.
+    assert_eq!(errno_of(symlink("x", p("lf"))), libc::EEXIST);
+    assert_eq!(errno_of(symlink("x", p("nodir/l"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::File::open(p("dangling"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::remove_dir(p("ld"))), libc::ENOTDIR);
+    assert_eq!(errno_of(std::fs::read_link(p("d/f"))), libc::EINVAL);
+    let nofollow = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p("lf"));
+    assert_eq!(errno_of(nofollow), libc::ELOOP);
+    // A link's own time (utimensat with AT_SYMLINK_NOFOLLOW).
+    sh(&m.path, "touch -h -m -d @1000000000 lf");
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    assert_eq!(
+        std::fs::symlink_metadata(p("lf"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        t
+    );
+    assert_ne!(std::fs::metadata(p("d/f")).unwrap().modified().unwrap(), t);
+    // Renamed and removed as links; the target stays.
+    std::fs::rename(p("lf"), p("d/moved")).unwrap();
+    assert_eq!(std::fs::read_link(p("d/moved")).unwrap(), Path::new("d/f"));
+    std::fs::remove_file(p("d/moved")).unwrap();
+    assert_eq!(std::fs::read(p("d/f")).unwrap(), b"through the link");
+    // Another mount sees the link as a link.
+    let other = Mount::start(&c, "");
+    assert_eq!(
+        std::fs::read_link(other.join("ld")).unwrap(),
+        Path::new("d")
+    );
+    assert_eq!(
+        std::fs::read(other.join("ld/f")).unwrap(),
+        b"through the link"
+    );
+    // The HTTP API shows it and will not serve it as a file.
+    let (kind, status, code) = tokio_block(async {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/default/ld", c.http(1));
+        let stat: serde_json::Value = http
+            .get(format!("{url}?stat"))
+            .header("authorization", c.auth())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got = http
+            .get(format!("{}/v1/default/dangling", c.http(1)))
+            .header("authorization", c.auth())
+            .send()
+            .await
+            .unwrap();
+        let status = got.status().as_u16();
+        let body: serde_json::Value = got.json().await.unwrap();
+        (stat["kind"].clone(), status, body["error"].clone())
+    });
+    assert_eq!((kind.as_str(), status), (Some("symlink"), 409));
+    assert_eq!(code.as_str(), Some("is_symlink"));
+    // Real programs keep links as links: cp -a, tar and rsync -a.
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/data"), b"data").unwrap();
+    symlink("sub/data", src.join("rel")).unwrap();
+    symlink("/etc/hostname", src.join("abs")).unwrap();
+    symlink("missing", src.join("broken")).unwrap();
+    symlink("sub", src.join("subdir")).unwrap();
+    let s = src.display().to_string();
+    let mnt = m.path.display().to_string();
+    sh(
+        local.path(),
+        &format!(
+            "cp -a {s} {mnt}/cp && diff -r --no-dereference {s} {mnt}/cp \
+             && rsync -a {s}/ {mnt}/rs/ && diff -r --no-dereference {s} {mnt}/rs \
+             && tar -C {mnt}/cp -cf {mnt}/t.tar . && mkdir {mnt}/untar \
+             && tar -C {mnt}/untar -xf {mnt}/t.tar && diff -r --no-dereference {s} {mnt}/untar \
+             && test \"$(readlink {mnt}/untar/abs)\" = /etc/hostname"
+        ),
+    );
+    let again = sh(
+        local.path(),
+        &format!("rsync -a --itemize-changes {s}/ {mnt}/rs/"),
+    );
+    assert!(again.trim().is_empty(), "rsync saw differences: {again}");
 }
 
 #[test]
@@ -262,13 +370,63 @@ fn two_mounts_see_each_others_files() {
     assert_eq!(std::fs::read(a.join("note.txt")).unwrap(), b"SECOND");
 }
 
+/// A file still being written shows its written size to stat and to
+/// listings (readdirplus) once their cached attributes expire: the
+/// cluster has not seen those writes yet, this mount's handle has. (No
+/// process is started while the file is open: the exec would close the
+/// descriptor, and that close flushes.)
+#[test]
+fn a_file_being_written_shows_its_size_to_stat_and_listings() {
+    let c = cluster();
+    let m = Mount::start(&c, "");
+    std::fs::create_dir(m.join("d")).unwrap();
+    for i in 0..20 {
+        std::fs::write(m.path.join(format!("d/small{i}")), vec![b'x'; i]).unwrap();
+    }
+    let mut f = std::fs::File::create(m.join("d/growing")).unwrap();
+    let data = random_bytes(3 << 20, 5);
+    f.write_all(&data).unwrap();
+    let listed_sizes = || {
+        let mut sizes: Vec<(String, u64)> = std::fs::read_dir(m.join("d"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .filter(|(n, _)| n == "growing" || n == "small7")
+            .collect();
+        sizes.sort();
+        sizes
+    };
+    let expected = vec![("growing".to_owned(), 3 << 20), ("small7".to_owned(), 7)];
+    // Past the kernel's attribute and entry TTL (1 s) each time, so the
+    // mount is asked again: by a lookup, then by a listing.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::metadata(m.join("d/growing")).unwrap().len(),
+        3 << 20
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(listed_sizes(), expected);
+    assert_eq!(std::fs::read(m.join("d/growing")).unwrap(), data);
+    drop(f);
+    assert_eq!(
+        std::fs::metadata(m.join("d/growing")).unwrap().len(),
+        3 << 20
+    );
+    assert_eq!(listed_sizes(), expected);
+}
+
 /// Writes are answered once queued and reach the cluster in the
 /// background, several at a time: overlapping ones must still land in the
 /// program's order, a read through another descriptor (past the page
 /// cache) must see them, and fsync/close must make them durable.
 #[test]
 fn queued_writes_keep_the_programs_order() {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::FileExt;
     let c = cluster();
     let a = Mount::start(&c, "");
     let b = Mount::start(&c, "");
@@ -469,6 +627,98 @@ fn io_on_the_mount_carries_on_through_node_kills() {
     first.extend_from_slice(&rest);
     assert_eq!(first.len(), data.len(), "no short read");
     assert!(first == data, "the content read back differs");
+}
+
+/// Points /sbin/mount.cairn (mount(8)'s helper for type `cairn`) at this
+/// build, unless a real installation (a file, not a link) is there.
+fn install_mount_helper() {
+    let helper = Path::new("/sbin/mount.cairn");
+    let ours = cairn_tests::binary("cairn-mount");
+    match std::fs::read_link(helper) {
+        Ok(target) if target == ours => return,
+        Ok(_) => std::fs::remove_file(helper).unwrap(),
+        Err(_) if helper.exists() => return,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&ours, helper).unwrap();
+}
+
+/// Processes with `arg` in their command line.
+fn pids_with_arg(arg: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// An fstab line mounts through mount(8) and the `mount.cairn` helper, as
+/// does `mount -t cairn`; umount(8) unmounts and ends the daemon.
+#[test]
+fn fstab_entries_mount_through_mount_8() {
+    let c = cluster();
+    install_mount_helper();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mnt = d.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let token = d.join("token");
+    std::fs::write(&token, c.token()).unwrap();
+    let source = format!("cairn://{}/default", c.quic_addrs().join(","));
+    let opts = format!("ca={},token_file={}", c.ca_pem().display(), token.display());
+    let fstab = d.join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# as in /etc/fstab\n{source} {} cairn _netdev,allow_other,{opts},log={} 0 0\n",
+            mnt.display(),
+            d.join("mount.log").display()
+        ),
+    )
+    .unwrap();
+    let m = mnt.display().to_string();
+    sh(d, &format!("mount -T {} {m}", fstab.display()));
+    assert!(is_mounted(&mnt), "mount(8) returned without a mount");
+    // fuser mounts type "fuse"; the source names the share.
+    let shown = sh(d, &format!("findmnt -n -o SOURCE,FSTYPE,OPTIONS {m}"));
+    assert!(shown.starts_with("cairn:default fuse "), "{shown}");
+    assert!(shown.contains("allow_other"), "{shown}");
+    std::fs::write(mnt.join("via-fstab"), b"written through an fstab mount").unwrap();
+    let umount_ends_the_daemon = || {
+        let daemons = pids_with_arg(&m);
+        assert_eq!(daemons.len(), 1, "one daemon serves the mount: {daemons:?}");
+        sh(d, &format!("umount {m}"));
+        assert!(!is_mounted(&mnt));
+        let started = Instant::now();
+        while Path::new(&format!("/proc/{}", daemons[0])).exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the daemon outlived umount"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    umount_ends_the_daemon();
+    // mount -t with the options on the command line, without log=: the
+    // daemon's log lines (a write logs fuser's warning about xattrs) must
+    // not end it once the mount command has exited.
+    sh(d, &format!("mount -t cairn {source} {m} -o {opts}"));
+    assert_eq!(
+        std::fs::read(mnt.join("via-fstab")).unwrap(),
+        b"written through an fstab mount"
+    );
+    for i in 0..20 {
+        std::fs::write(mnt.join(format!("more{i}")), format!("{i}")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(std::fs::read(mnt.join("more19")).unwrap(), b"19");
+    umount_ends_the_daemon();
 }
 
 #[test]

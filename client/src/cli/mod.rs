@@ -126,6 +126,7 @@ fn exit_code(e: &ClientError) -> u8 {
             | ErrorCode::NotEmpty
             | ErrorCode::IsDirectory
             | ErrorCode::NotDirectory
+            | ErrorCode::IsSymlink
             | ErrorCode::PreconditionFailed,
         ) => 4,
         Some(ErrorCode::Unauthorized | ErrorCode::Forbidden) => 5,
@@ -232,21 +233,25 @@ async fn ls(client: &HttpClient, dir: &RemotePath, out: Output) -> Result<(), Cl
         if out.json {
             println!("{}", serde_json::to_string(&stat).unwrap_or_default());
         } else {
-            let suffix = if stat.kind == EntryKind::Directory {
-                "/"
-            } else {
-                ""
-            };
             println!(
                 "{:>12}  {}  {}{}",
                 stat.size,
                 format_time(stat.mtime_ns),
                 stat.name,
-                suffix
+                kind_suffix(stat.kind)
             );
         }
     }
     Ok(())
+}
+
+/// What `ls -F` puts after a name: `/` for directories, `@` for links.
+pub(super) fn kind_suffix(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "",
+        EntryKind::Directory => "/",
+        EntryKind::Symlink => "@",
+    }
 }
 
 pub(super) fn format_time(ns: i64) -> String {
@@ -270,6 +275,7 @@ impl Output {
         let kind = match s.kind {
             EntryKind::File => "file",
             EntryKind::Directory => "directory",
+            EntryKind::Symlink => "symlink",
         };
         println!("name:     {}", s.name);
         println!("kind:     {kind}");

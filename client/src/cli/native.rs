@@ -3,7 +3,7 @@
 
 use cairn_client::{Client, ClientError, NativeConfig};
 use cairn_proto::ErrorCode;
-use cairn_proto::api::{EntryKind, Stat, WriteResult};
+use cairn_proto::api::{Stat, WriteResult};
 use cairn_proto::wire::Attr;
 use tokio::io::AsyncWriteExt;
 
@@ -50,17 +50,12 @@ async fn execute(client: &Client, cmd: &Command, out: Output) -> Result<(), Clie
                         serde_json::to_string(&stat_of(&a)).unwrap_or_default()
                     );
                 } else {
-                    let suffix = if a.kind == EntryKind::Directory {
-                        "/"
-                    } else {
-                        ""
-                    };
                     println!(
                         "{:>12}  {}  {}{}",
                         a.size,
                         format_time(a.mtime_ns),
                         a.name,
-                        suffix
+                        super::kind_suffix(a.kind)
                     );
                 }
             }

@@ -24,7 +24,7 @@ use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
     Attr, Disposition, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open, PROTOCOL_VERSION,
     PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId, SessionSetup,
-    SetPathInfo, access, capability, lease,
+    SetPathInfo, Symlink, access, capability, lease,
 };
 
 pub use file::{File, TransferProgress};
@@ -265,7 +265,7 @@ impl Client {
         };
         let negotiate = Request::Negotiate(Negotiate {
             versions: vec![PROTOCOL_VERSION],
-            capabilities: capability::LEASES,
+            capabilities: capability::LEASES | capability::SYMLINKS,
             client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
         });
         expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
@@ -480,6 +480,30 @@ impl Client {
             replace,
         }))
         .await
+    }
+
+    /// Makes a symbolic link at `path` standing for `target` (the parent
+    /// directory must exist). Cairn never follows links itself.
+    pub async fn symlink(&self, path: &str, target: &str) -> Result<Attr, ClientError> {
+        let req = Request::Symlink(Symlink {
+            path: path.to_owned(),
+            target: target.to_owned(),
+        });
+        match self.call(req).await? {
+            Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What the symbolic link at `path` stands for.
+    pub async fn read_link(&self, path: &str) -> Result<String, ClientError> {
+        let req = Request::ReadLink(PathReq {
+            path: path.to_owned(),
+        });
+        match self.call(req).await? {
+            Response::LinkTarget(t) => Ok(t.target),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub async fn remove(&self, path: &str) -> Result<(), ClientError> {

@@ -1,12 +1,12 @@
-//! Names and attributes: lookup, getattr, setattr, mkdir, unlink, rmdir,
-//! rename, directory listings.
+//! Names and attributes: lookup, getattr, setattr, mkdir, symlink,
+//! readlink, unlink, rmdir, rename, directory listings.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_client::OpenOptions;
 use cairn_proto::api::EntryKind;
 use cairn_proto::wire::{Attr, Disposition, access};
-use fuser::{Errno, FileAttr, FileHandle, FileType, RenameFlags, TimeOrNow};
+use fuser::{Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, RenameFlags, TimeOrNow};
 
 use super::Shared;
 use crate::attr::{file_type, to_fuse};
@@ -18,6 +18,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: FileType,
     pub name: String,
+    /// What the listing said of it (none for `.` and `..`), for readdirplus.
+    pub attr: Option<Attr>,
 }
 
 /// What a setattr asks to change.
@@ -45,7 +47,26 @@ fn attr_of(s: &Shared, a: &Attr) -> Result<FileAttr, Errno> {
 pub async fn lookup(s: &Shared, parent: u64, name: &str) -> Result<FileAttr, Errno> {
     let path = s.child_path(parent, name)?;
     let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    let a = as_this_mount_sees(s, a).await?;
     entry(s, parent, name, &a)
+}
+
+/// `a` (the cluster's view) or, when this mount has the file open, the
+/// view of its handles: their unflushed writes count. The kernel takes a
+/// lookup's size as the file's, so the cluster's could shrink a file a
+/// program is still writing.
+pub async fn as_this_mount_sees(s: &Shared, a: Attr) -> Result<Attr, Errno> {
+    if a.kind != EntryKind::File {
+        return Ok(a);
+    }
+    let ino = s.inodes.lock().map_err(|_| Errno::EIO)?.fuse_ino(a.inode).0;
+    let Some(f) = s.any_open(ino) else {
+        return Ok(a);
+    };
+    s.settle(ino, Some(&f)).await?;
+    let mut seen = f.file.metadata().await.map_err(|e| errno(&e))?;
+    seen.name = a.name;
+    Ok(seen)
 }
 
 pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
@@ -87,20 +108,23 @@ pub async fn setattr(
     if c.uid.is_some_and(|u| u != s.owner.uid) || c.gid.is_some_and(|g| g != s.owner.gid) {
         return Err(Errno::EPERM);
     }
-    let is_dir = s
-        .inodes
-        .lock()
-        .map_err(|_| Errno::EIO)?
-        .kind(ino)
-        .is_some_and(|k| k == EntryKind::Directory);
-    let mode = c.mode.map(|m| m & 0o7777);
+    let kind = s.inodes.lock().map_err(|_| Errno::EIO)?.kind(ino);
+    let mut mode = c.mode.map(|m| m & 0o7777);
     let mtime = c.mtime.map(ns);
+    if kind == Some(EntryKind::Symlink) {
+        // A link's own mode means nothing on Linux (lchmod does not exist).
+        mode = None;
+    }
     if c.size.is_none() && mode.is_none() && mtime.is_none() {
         return getattr(s, ino, None).await;
     }
-    if is_dir {
+    // Directories and links have no handles: they change by path.
+    if matches!(kind, Some(EntryKind::Directory | EntryKind::Symlink)) {
         if c.size.is_some() {
-            return Err(Errno::EISDIR);
+            return Err(match kind {
+                Some(EntryKind::Directory) => Errno::EISDIR,
+                _ => Errno::EINVAL,
+            });
         }
         let path = s.path(ino)?;
         let a = s
@@ -171,12 +195,28 @@ pub async fn mkdir(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<Fil
     entry(s, parent, name, &a)
 }
 
+/// Makes a symbolic link; the kernel resolves it, Cairn only stores it.
+pub async fn symlink(s: &Shared, parent: u64, name: &str, target: &str) -> Result<FileAttr, Errno> {
+    let path = s.child_path(parent, name)?;
+    let a = s
+        .client
+        .symlink(&path, target)
+        .await
+        .map_err(|e| errno(&e))?;
+    entry(s, parent, name, &a)
+}
+
+pub async fn readlink(s: &Shared, ino: u64) -> Result<String, Errno> {
+    let path = s.path(ino)?;
+    s.client.read_link(&path).await.map_err(|e| errno(&e))
+}
+
 pub async fn remove(s: &Shared, parent: u64, name: &str, dir: bool) -> Result<(), Errno> {
     let path = s.child_path(parent, name)?;
     let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
     match (a.kind, dir) {
         (EntryKind::Directory, false) => return Err(Errno::EISDIR),
-        (EntryKind::File, true) => return Err(Errno::ENOTDIR),
+        (EntryKind::File | EntryKind::Symlink, true) => return Err(Errno::ENOTDIR),
         _ => {}
     }
     s.client.remove(&path).await.map_err(|e| errno(&e))?;
@@ -224,8 +264,8 @@ async fn check_replace(s: &Shared, source: &Attr, to: &str) -> Result<(), Errno>
         Err(e) => return Err(errno(&e)),
     };
     match (source.kind, target.kind) {
-        (EntryKind::File, EntryKind::Directory) => Err(Errno::EISDIR),
-        (EntryKind::Directory, EntryKind::File) => Err(Errno::ENOTDIR),
+        (EntryKind::File | EntryKind::Symlink, EntryKind::Directory) => Err(Errno::EISDIR),
+        (EntryKind::Directory, EntryKind::File | EntryKind::Symlink) => Err(Errno::ENOTDIR),
         (EntryKind::Directory, EntryKind::Directory) => {
             let inside = s.client.read_dir(to).await.map_err(|e| errno(&e))?;
             if inside.is_empty() {
@@ -234,8 +274,57 @@ async fn check_replace(s: &Shared, source: &Attr, to: &str) -> Result<(), Errno>
                 Err(Errno::ENOTEMPTY)
             }
         }
-        (EntryKind::File, EntryKind::File) => Ok(()),
+        (EntryKind::File | EntryKind::Symlink, EntryKind::File | EntryKind::Symlink) => Ok(()),
     }
+}
+
+/// One page of a readdirplus: the names with their attributes, from the
+/// listing taken at opendir (files this mount has open: as its handles
+/// see them). Each entry given counts as a lookup of it, as the kernel
+/// counts it; `.` and `..` do not (the kernel skips their attributes).
+pub async fn readdirplus(
+    s: &Shared,
+    dir: u64,
+    listing: &[DirEntry],
+    offset: usize,
+    reply: &mut fuser::ReplyDirectoryPlus,
+) -> Result<(), Errno> {
+    for (i, e) in listing.iter().enumerate().skip(offset) {
+        let next = (i + 1) as u64;
+        let Some(a) = &e.attr else {
+            let dot = dot_attr(e.ino, s.owner);
+            if reply.add(INodeNo(e.ino), next, &e.name, &s.ttl, &dot, Generation(0)) {
+                break;
+            }
+            continue;
+        };
+        let a = as_this_mount_sees(s, a.clone()).await?;
+        let fa = to_fuse(INodeNo(e.ino), &a, s.owner);
+        if reply.add(INodeNo(e.ino), next, &e.name, &s.ttl, &fa, Generation(0)) {
+            break;
+        }
+        s.inodes
+            .lock()
+            .map_err(|_| Errno::EIO)?
+            .remember(e.ino, dir, &e.name, a.kind);
+    }
+    Ok(())
+}
+
+/// Attributes for `.` and `..` in a readdirplus (the kernel ignores them).
+fn dot_attr(ino: u64, owner: crate::attr::Owner) -> FileAttr {
+    let a = Attr {
+        name: String::new(),
+        kind: EntryKind::Directory,
+        inode: ino,
+        size: 0,
+        mode: 0o755,
+        nlink: 2,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        etag: None,
+    };
+    to_fuse(INodeNo(ino), &a, owner)
 }
 
 /// Lists a directory once, at opendir; readdir serves pages of it.
@@ -250,16 +339,19 @@ pub async fn opendir(s: &Shared, ino: u64) -> Result<u64, Errno> {
         ino,
         kind: FileType::Directory,
         name: ".".into(),
+        attr: None,
     });
     entries.push(DirEntry {
         ino: parent,
         kind: FileType::Directory,
         name: "..".into(),
+        attr: None,
     });
     entries.extend(listed.into_iter().map(|a| DirEntry {
         ino: t.fuse_ino(a.inode).0,
         kind: file_type(a.kind),
-        name: a.name,
+        name: a.name.clone(),
+        attr: Some(a),
     }));
     drop(t);
     let fh = s.fh();

@@ -20,8 +20,8 @@ use cairn_proto::wire::HandleId;
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::attr::Owner;
@@ -249,6 +249,15 @@ impl CairnFs {
         });
     }
 
+    /// The listing opendir took for directory handle `fh`.
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Vec<entries::DirEntry>>> {
+        self.shared
+            .dirs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&fh.0).cloned())
+    }
+
     /// Runs one call's work on the runtime; `op` names it in metrics.
     fn run<F>(&self, op: &'static str, work: impl FnOnce(Arc<Shared>) -> F + Send + 'static)
     where
@@ -294,7 +303,11 @@ impl Filesystem for CairnFs {
         let want = InitFlags::FUSE_POSIX_LOCKS
             | InitFlags::FUSE_FLOCK_LOCKS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            // Listings carry attributes (`ls -l`, `find`, rsync: no lookup
+            // per name); the kernel uses them when they pay.
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
@@ -390,6 +403,43 @@ impl Filesystem for CairnFs {
             let r = async { entries::mkdir(&s, parent.0, &name?, mode & !umask).await }.await;
             answer!(reply, r, |a| reply.entry(&s.ttl, &a, Generation(0)))
         });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = utf8(link_name);
+        // Targets are stored as UTF-8 text, as names are.
+        let target = utf8(target.as_os_str());
+        self.run("symlink", move |s| async move {
+            let r = async { entries::symlink(&s, parent.0, &name?, &target?).await }.await;
+            answer!(reply, r, |a| reply.entry(&s.ttl, &a, Generation(0)))
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run("readlink", move |s| async move {
+            let r = entries::readlink(&s, ino.0).await;
+            answer!(reply, r, |t| reply.data(t.as_bytes()))
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // No hard links: one name per file. (Programs such as git try a
+        // link first and fall back to a rename on EPERM.)
+        reply.error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -555,12 +605,7 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = self
-            .shared
-            .dirs
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&fh.0).cloned());
+        let listing = self.listing(fh);
         let Some(listing) = listing else {
             reply.error(Errno::EBADF);
             return;
@@ -571,6 +616,24 @@ impl Filesystem for CairnFs {
             }
         }
         reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = self.listing(fh);
+        self.run("readdirplus", move |s| async move {
+            let r = match listing {
+                Some(l) => entries::readdirplus(&s, ino.0, &l, offset as usize, &mut reply).await,
+                None => Err(Errno::EBADF),
+            };
+            answer!(reply, r, |_v| reply.ok())
+        });
     }
 
     fn releasedir(

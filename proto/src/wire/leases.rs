@@ -38,6 +38,9 @@ pub mod lease {
 pub mod capability {
     /// The server grants leases and pushes break notices.
     pub const LEASES: u64 = 1;
+    /// The share may hold symbolic links (`Attr.kind` = symlink), made
+    /// with `Symlink` and read with `ReadLink`.
+    pub const SYMLINKS: u64 = 2;
 }
 
 /// The holder acknowledges a break: it caches at most `lease` from now on.

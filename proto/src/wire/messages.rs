@@ -262,6 +262,21 @@ pub struct Mkdir {
     pub mode: u32,
 }
 
+/// Makes a symbolic link at `path` standing for `target` (any text of
+/// 1 to 4,095 bytes without NUL; never resolved by the server). The parent
+/// directory must exist; `already_exists` if the name does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
+}
+
+/// What a symbolic link stands for (the answer to `ReadLink`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTarget {
+    pub target: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rename {
     pub from: String,
@@ -310,6 +325,8 @@ pub enum Request {
     Rename(Rename),
     Remove(PathReq),
     SetPathInfo(SetPathInfo),
+    Symlink(Symlink),
+    ReadLink(PathReq),
     Lock(Lock),
     Unlock(Unlock),
     LeaseAck(LeaseAck),
@@ -327,6 +344,7 @@ pub enum Response {
     Written(Written),
     Attr(Attr),
     DirPage(DirPage),
+    LinkTarget(LinkTarget),
 }
 
 /// Why a frame is not a message we can use.
@@ -377,6 +395,8 @@ impl Request {
             Self::Rename(_) => 0x0025,
             Self::Remove(_) => 0x0026,
             Self::SetPathInfo(_) => 0x0027,
+            Self::Symlink(_) => 0x0028,
+            Self::ReadLink(_) => 0x0029,
             Self::Lock(_) => 0x0030,
             Self::Unlock(_) => 0x0031,
             Self::LeaseAck(_) => 0x0032,
@@ -403,6 +423,8 @@ impl Request {
             Self::Rename(_) => "rename",
             Self::Remove(_) => "remove",
             Self::SetPathInfo(_) => "set_path_info",
+            Self::Symlink(_) => "symlink",
+            Self::ReadLink(_) => "read_link",
             Self::Lock(_) => "lock",
             Self::Unlock(_) => "unlock",
             Self::LeaseAck(_) => "lease_ack",
@@ -422,6 +444,7 @@ impl Request {
                 | Self::Rename(_)
                 | Self::Remove(_)
                 | Self::SetPathInfo(_)
+                | Self::Symlink(_)
                 | Self::Unlock(_)
         )
     }
@@ -442,12 +465,13 @@ impl Request {
             Self::Read(b) => put(b, &mut payload),
             Self::Write(b) => put(b, &mut payload),
             Self::Flush(h) | Self::Close(h) | Self::StatHandle(h) => put(h, &mut payload),
-            Self::Stat(b) | Self::Remove(b) => put(b, &mut payload),
+            Self::Stat(b) | Self::Remove(b) | Self::ReadLink(b) => put(b, &mut payload),
             Self::SetInfo(b) => put(b, &mut payload),
             Self::ReadDir(b) => put(b, &mut payload),
             Self::Mkdir(b) => put(b, &mut payload),
             Self::Rename(b) => put(b, &mut payload),
             Self::SetPathInfo(b) => put(b, &mut payload),
+            Self::Symlink(b) => put(b, &mut payload),
             Self::Lock(b) => put(b, &mut payload),
             Self::Unlock(b) => put(b, &mut payload),
             Self::LeaseAck(b) => put(b, &mut payload),
@@ -499,6 +523,8 @@ impl Request {
             0x0025 => Self::Rename(body(kind, rest)?.0),
             0x0026 => Self::Remove(body(kind, rest)?.0),
             0x0027 => Self::SetPathInfo(body(kind, rest)?.0),
+            0x0028 => Self::Symlink(body(kind, rest)?.0),
+            0x0029 => Self::ReadLink(body(kind, rest)?.0),
             0x0030 => Self::Lock(body(kind, rest)?.0),
             0x0031 => Self::Unlock(body(kind, rest)?.0),
             0x0032 => Self::LeaseAck(body(kind, rest)?.0),
@@ -520,6 +546,7 @@ impl Response {
             Self::Written(_) => 0x8012,
             Self::Attr(_) => 0x8020,
             Self::DirPage(_) => 0x8023,
+            Self::LinkTarget(_) => 0x8029,
         }
     }
 
@@ -546,6 +573,7 @@ impl Response {
             Self::Written(b) => put(b, &mut payload),
             Self::Attr(b) => put(b, &mut payload),
             Self::DirPage(b) => put(b, &mut payload),
+            Self::LinkTarget(b) => put(b, &mut payload),
         }
         finish_frame(&mut payload)?;
         Ok(payload)
@@ -582,6 +610,7 @@ impl Response {
             0x8012 => Self::Written(body(kind, p)?.0),
             0x8020 => Self::Attr(body(kind, p)?.0),
             0x8023 => Self::DirPage(body(kind, p)?.0),
+            0x8029 => Self::LinkTarget(body(kind, p)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         })
     }

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cairn_proto::api::EntryKind;
 use cairn_proto::{ContentHash, ErrorCode};
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,6 +38,13 @@ pub async fn get_file(
     let Some(file) = inode.file.as_ref() else {
         return Err(ApiError::new(ErrorCode::IsDirectory, "not a file"));
     };
+    if inode.kind == EntryKind::Symlink {
+        // Cairn does not follow links; `?stat` shows this one.
+        return Err(ApiError::new(
+            ErrorCode::IsSymlink,
+            "a symbolic link, not a file: the native protocol's read_link gives its target",
+        ));
+    }
     let etag = etag_header(&file.etag);
     // HTTP dates cannot say "before 1970".
     let last_modified = httpdate::fmt_http_date(ns_to_system_time(inode.mtime_ns.max(0)));

@@ -54,7 +54,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::IsDirectory
         | ErrorCode::NotDirectory
         | ErrorCode::SharingViolation
-        | ErrorCode::LockConflict => StatusCode::CONFLICT,
+        | ErrorCode::LockConflict
+        | ErrorCode::IsSymlink => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,7 +12,8 @@ use super::command::{Command, Precondition};
 use super::keys;
 use super::overlay::{KvRead, Overlay};
 use super::records::{
-    ChunkRecord, ChunkRef, DirEntry, FileData, Inode, ShareRecord, TokenRecord, decode, encode,
+    ChunkRecord, ChunkRef, Content, DirEntry, FileData, Inode, ShareRecord, TokenRecord, decode,
+    encode,
 };
 use super::store::StoreError;
 
@@ -52,6 +53,8 @@ pub enum MetaError {
     /// the replay table, so the open is tried again once they are.
     #[error("'{0}' is leased by other sessions")]
     LeasesHeld(String),
+    #[error("'{0}' is a symbolic link")]
+    IsSymlink(String),
 }
 
 impl MetaError {
@@ -70,6 +73,7 @@ impl MetaError {
             Self::SharingViolation(_) => ErrorCode::SharingViolation,
             Self::LockConflict(_) => ErrorCode::LockConflict,
             Self::LeasesHeld(_) => ErrorCode::Unavailable,
+            Self::IsSymlink(_) => ErrorCode::IsSymlink,
         }
     }
 }
@@ -198,6 +202,12 @@ pub fn apply<R: KvRead + ?Sized>(
             mtime_ns,
             now_ns,
         } => set_path_attr(tx, share, path, *mode, *mtime_ns, *now_ns),
+        Command::Symlink {
+            share,
+            path,
+            target,
+            now_ns,
+        } => symlink(tx, share, path, target, *now_ns),
         Command::ForgetChunks { hashes } => {
             for hash in hashes {
                 let key = keys::chunk(hash);
@@ -305,6 +315,56 @@ fn mkdir<R: KvRead + ?Sized>(
     create_dir(tx, parent, name, mode, now_ns)?;
     Ok(Applied {
         created: true,
+        ..Applied::nothing()
+    })
+}
+
+/// Longest symbolic link target, in bytes (Linux's PATH_MAX less the NUL).
+pub const SYMLINK_TARGET_MAX: usize = 4095;
+
+fn symlink<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    share: &ShareName,
+    path: &FilePath,
+    target: &str,
+    now_ns: i64,
+) -> Result<Applied, ApplyError> {
+    if target.is_empty() || target.len() > SYMLINK_TARGET_MAX || target.contains('\0') {
+        return Err(MetaError::Invalid(format!(
+            "a link target must be 1 to {SYMLINK_TARGET_MAX} bytes without NUL"
+        ))
+        .into());
+    }
+    let root = load_share(tx, share)?.root;
+    let Some((parent_path, name)) = path.split_last() else {
+        return Err(MetaError::AlreadyExists(path.to_string()).into());
+    };
+    let parent = resolve_dir(tx, root, &parent_path)?
+        .ok_or_else(|| MetaError::NotFound(parent_path.to_string()))?;
+    if lookup(tx, parent, name)?.is_some() {
+        return Err(MetaError::AlreadyExists(path.to_string()).into());
+    }
+    // The target is the link's content, as POSIX has it: its size is the
+    // target's length and nothing else needs a place to live.
+    let bytes = target.as_bytes().to_vec();
+    let inode = Inode {
+        kind: EntryKind::Symlink,
+        mode: 0o777,
+        nlink: 1,
+        mtime_ns: now_ns,
+        ctime_ns: now_ns,
+        parent,
+        file: Some(FileData {
+            size: bytes.len() as u64,
+            etag: ContentHash::of(&bytes),
+            content_type: None,
+            content: Content::Inline(bytes),
+        }),
+    };
+    let id = add_inode(tx, parent, name, &inode, now_ns)?;
+    Ok(Applied {
+        created: true,
+        inode: Some(id),
         ..Applied::nothing()
     })
 }
@@ -429,8 +489,12 @@ fn check_replaceable<R: KvRead + ?Sized>(
         return Err(MetaError::AlreadyExists(to).into());
     }
     match (moving.kind, old.kind) {
-        (EntryKind::File, EntryKind::Directory) => Err(MetaError::IsDirectory(to).into()),
-        (EntryKind::Directory, EntryKind::File) => Err(MetaError::NotDirectory(to).into()),
+        (EntryKind::File | EntryKind::Symlink, EntryKind::Directory) => {
+            Err(MetaError::IsDirectory(to).into())
+        }
+        (EntryKind::Directory, EntryKind::File | EntryKind::Symlink) => {
+            Err(MetaError::NotDirectory(to).into())
+        }
         (EntryKind::Directory, EntryKind::Directory) if has_entries(tx, old.inode)? => {
             Err(MetaError::NotEmpty(to).into())
         }

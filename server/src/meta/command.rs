@@ -140,6 +140,14 @@ pub enum Command {
         mtime_ns: Option<i64>,
         now_ns: i64,
     },
+    /// Makes a symbolic link at `path` (whose parent must exist) standing
+    /// for `target`.
+    Symlink {
+        share: ShareName,
+        path: FilePath,
+        target: String,
+        now_ns: i64,
+    },
 }
 
 impl Command {
@@ -168,6 +176,7 @@ impl Command {
             Self::BreakLeases { .. } => "break_leases",
             Self::AckLease { .. } => "ack_lease",
             Self::SetPathAttr { .. } => "set_path_attr",
+            Self::Symlink { .. } => "symlink",
         }
     }
 }

@@ -270,6 +270,7 @@ fn dump(snap: &Snapshot<'_>, dir: InodeId, prefix: &str, out: &mut BTreeMap<Stri
                     },
                 );
             }
+            EntryKind::Symlink => unreachable!("the model makes no links: {path}"),
         }
     }
     // A directory's link count is 2 plus its subdirectories.

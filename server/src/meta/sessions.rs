@@ -348,6 +348,9 @@ fn open_file<R: KvRead + ?Sized>(
         (Some(e), _) if e.kind == EntryKind::Directory => {
             return Err(MetaError::IsDirectory(a.path.to_string()).into());
         }
+        (Some(e), _) if e.kind == EntryKind::Symlink => {
+            return Err(MetaError::IsSymlink(a.path.to_string()).into());
+        }
         (Some(_), Disposition::CreateNew) => {
             return Err(MetaError::AlreadyExists(a.path.to_string()).into());
         }

@@ -1,9 +1,10 @@
 //! One function per request.
 
 use bytes::Bytes;
+use cairn_proto::api::EntryKind;
 use cairn_proto::wire::{
-    Attr, Data, DirPage, HandleId, Negotiated, Opened, PROTOCOL_VERSION, Request, RequestHeader,
-    Response, SessionReady, Written, capability,
+    Attr, Data, DirPage, HandleId, LinkTarget, Negotiated, Opened, PROTOCOL_VERSION, Request,
+    RequestHeader, Response, SessionReady, Written, capability,
 };
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
@@ -13,7 +14,7 @@ use super::{Bound, ConnState, NativeServer};
 use crate::api::error::{ApiError, ApiResult};
 use crate::consensus::committer::CommitError;
 use crate::meta::sessions::{REPLAY_WINDOW, load_handle, load_session, session_handles};
-use crate::meta::{Applied, Command, Inode, MetaError, Precondition};
+use crate::meta::{Applied, Command, Content, Inode, MetaError, Precondition};
 
 /// Longest a blocking lock request waits.
 const LOCK_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -37,7 +38,7 @@ pub(super) async fn handle(
             cs.lock().await.negotiated = true;
             Ok(Response::Negotiated(Negotiated {
                 version: PROTOCOL_VERSION,
-                capabilities: capability::LEASES,
+                capabilities: capability::LEASES | capability::SYMLINKS,
                 max_read: CHUNK_SIZE_MAX as u32,
                 max_write: CHUNK_SIZE_MAX as u32,
                 handle_timeout_ms: server.handle_timeout.as_millis() as u64,
@@ -425,6 +426,32 @@ async fn session_op(
             .await?;
             Ok(Response::Done)
         }
+        Request::Symlink(l) => {
+            require_writable(b)?;
+            let at = path(&l.path)?;
+            sequenced(
+                server,
+                &header,
+                Command::Symlink {
+                    share: b.share.clone(),
+                    path: at.clone(),
+                    target: l.target.clone(),
+                    now_ns: now,
+                },
+            )
+            .await?;
+            state.committer.read_barrier().await?;
+            let (id, inode) = state.meta.snapshot().resolve(&b.share, &at)?;
+            Ok(Response::Attr(attr_of(id, &inode, name_of(&l.path))))
+        }
+        Request::ReadLink(p) => {
+            state.committer.read_barrier().await?;
+            let at = path(&p.path)?;
+            let (_, inode) = state.meta.snapshot().resolve(&b.share, &at)?;
+            Ok(Response::LinkTarget(LinkTarget {
+                target: link_target(&inode, &at)?,
+            }))
+        }
         Request::Lock(l) => {
             // Checks that the handle is this session's.
             server.file(l.handle, &b.id).await?;
@@ -543,7 +570,7 @@ async fn current_attr(
     if applied.inode == Some(id) && applied.etag.is_some() && applied.nlink > 0 {
         return Ok(Attr {
             name,
-            kind: cairn_proto::api::EntryKind::File,
+            kind: EntryKind::File,
             inode: id.0,
             size: applied.size,
             mode: applied.mode,
@@ -584,6 +611,24 @@ pub(super) fn attr_of(id: InodeId, inode: &Inode, name: String) -> Attr {
         mtime_ns: inode.mtime_ns,
         ctime_ns: inode.ctime_ns,
         etag: inode.etag().map(|e| e.0),
+    }
+}
+
+/// What the symbolic link `inode` (at `at`) stands for.
+fn link_target(inode: &Inode, at: &FilePath) -> Result<String, ApiError> {
+    let content = match (&inode.kind, &inode.file) {
+        (EntryKind::Symlink, Some(f)) => &f.content,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("'{at}' is not a symbolic link"),
+            ));
+        }
+    };
+    match content {
+        Content::Inline(bytes) => String::from_utf8(bytes.clone())
+            .map_err(|_| internal("a link target is not UTF-8 (damaged metadata)")),
+        Content::Chunks(_) => Err(internal("a link target is not inline (damaged metadata)")),
     }
 }
 

@@ -24,20 +24,20 @@ fn disposition() -> impl Strategy<Value = Disposition> {
 fn attr() -> impl Strategy<Value = Attr> {
     (
         name(),
-        any::<bool>(),
+        prop_oneof![
+            Just(EntryKind::File),
+            Just(EntryKind::Directory),
+            Just(EntryKind::Symlink)
+        ],
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
         any::<i64>(),
         proptest::option::of(any::<[u8; 32]>()),
     )
-        .prop_map(|(name, dir, inode, size, mode, t, etag)| Attr {
+        .prop_map(|(name, kind, inode, size, mode, t, etag)| Attr {
             name,
-            kind: if dir {
-                EntryKind::Directory
-            } else {
-                EntryKind::File
-            },
+            kind,
             inode,
             size,
             mode,
@@ -113,6 +113,8 @@ fn request() -> impl Strategy<Value = Request> {
         handle().prop_map(Request::StatHandle),
         name().prop_map(|path| Request::Stat(PathReq { path })),
         name().prop_map(|path| Request::Remove(PathReq { path })),
+        name().prop_map(|path| Request::ReadLink(PathReq { path })),
+        (name(), name()).prop_map(|(path, target)| Request::Symlink(Symlink { path, target })),
         (
             handle(),
             proptest::option::of(any::<u64>()),
@@ -232,6 +234,7 @@ fn response() -> impl Strategy<Value = Response> {
                 entries,
                 next_after
             })),
+        name().prop_map(|target| Response::LinkTarget(LinkTarget { target })),
     ]
 }
 

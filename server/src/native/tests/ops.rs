@@ -470,3 +470,137 @@ async fn set_path_info_changes_directories_and_files() {
     assert_eq!(first, again);
     s.stop().await;
 }
+
+fn symlink(path: &str, target: &str) -> Request {
+    Request::Symlink(cairn_proto::wire::Symlink {
+        path: path.into(),
+        target: target.into(),
+    })
+}
+
+fn read_link(path: &str) -> Request {
+    Request::ReadLink(PathReq { path: path.into() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbolic_links_are_stored_never_followed() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    c.done(Request::Mkdir(Mkdir {
+        path: "d".into(),
+        mode: 0o755,
+    }))
+    .await;
+    let a = attr(&c, symlink("d/up", "../elsewhere/x.txt")).await;
+    assert_eq!(
+        (a.name.as_str(), a.kind, a.size, a.mode, a.nlink),
+        ("up", EntryKind::Symlink, 18, 0o777, 1)
+    );
+    // Stat and listings show the link itself, not what it points at.
+    let st = attr(
+        &c,
+        Request::Stat(PathReq {
+            path: "d/up".into(),
+        }),
+    )
+    .await;
+    assert_eq!((st.kind, st.inode), (EntryKind::Symlink, a.inode));
+    match c.call(read_link("d/up")).await {
+        Response::LinkTarget(t) => assert_eq!(t.target, "../elsewhere/x.txt"),
+        other => panic!("expected a link target, got {other:?}"),
+    }
+    let listed = match c
+        .call(Request::ReadDir(ReadDir {
+            path: "d".into(),
+            after: None,
+            limit: 10,
+        }))
+        .await
+    {
+        Response::DirPage(p) => p.entries,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].kind, EntryKind::Symlink);
+
+    // The errors a client can meet.
+    assert_eq!(
+        c.fails(symlink("d/up", "y")).await,
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(c.fails(symlink("nodir/l", "y")).await, ErrorCode::NotFound);
+    assert_eq!(
+        c.fails(symlink("d/empty", "")).await,
+        ErrorCode::InvalidPath
+    );
+    let long = "a/".repeat(2048);
+    assert_eq!(
+        c.fails(symlink("d/long", &long)).await,
+        ErrorCode::InvalidPath
+    );
+    assert_eq!(c.fails(read_link("d")).await, ErrorCode::BadRequest);
+    assert_eq!(c.fails(read_link("d/none")).await, ErrorCode::NotFound);
+    assert_eq!(
+        c.fails(open_req("d/up", Disposition::Open, access::READ, 0))
+            .await,
+        ErrorCode::IsSymlink
+    );
+    assert_eq!(
+        c.fails(open_req("d/up", Disposition::OpenOrCreate, RW, 0))
+            .await,
+        ErrorCode::IsSymlink
+    );
+
+    // A link renames like a file, can replace a file, and is removed
+    // without touching its target.
+    let f = c.open("d/file", Disposition::CreateNew, RW).await;
+    c.done(Request::Close(f.handle)).await;
+    c.done(Request::Rename(Rename {
+        from: "d/up".into(),
+        to: "d/file".into(),
+        replace: true,
+    }))
+    .await;
+    let moved = attr(
+        &c,
+        Request::Stat(PathReq {
+            path: "d/file".into(),
+        }),
+    )
+    .await;
+    assert_eq!((moved.kind, moved.inode), (EntryKind::Symlink, a.inode));
+    assert_eq!(
+        c.fails(Request::Rename(Rename {
+            from: "d/file".into(),
+            to: "d".into(),
+            replace: true,
+        }))
+        .await,
+        ErrorCode::IsDirectory
+    );
+    c.done(Request::Remove(PathReq {
+        path: "d/file".into(),
+    }))
+    .await;
+    assert_eq!(c.fails(read_link("d/file")).await, ErrorCode::NotFound);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_symlink_is_made_once() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let seq = c.next_seq();
+    let first = c.with_seq(seq, &symlink("l", "t")).await;
+    let Response::Attr(first) = first else {
+        panic!("expected attributes, got {first:?}");
+    };
+    // The same sequence number again: the first answer, not already_exists.
+    match c.with_seq(seq, &symlink("l", "t")).await {
+        Response::Attr(again) => assert_eq!(again.inode, first.inode),
+        other => panic!("a replay got {other:?}"),
+    }
+    // A new request for the same name is refused.
+    assert_eq!(c.fails(symlink("l", "t")).await, ErrorCode::AlreadyExists);
+    s.stop().await;
+}
