@@ -12,6 +12,7 @@
 //! returns.
 
 pub mod attr;
+mod dirattrs;
 mod errno;
 pub mod fs;
 mod inodes;

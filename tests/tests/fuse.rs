@@ -746,6 +746,8 @@ fn bad_cases_fail_clearly_and_recover() {
     let mut c = cluster();
     let mut m = Mount::start(&c, "timeout=3");
     std::fs::write(m.join("kept.txt"), b"still here").unwrap();
+    let mut synced = std::fs::File::create(m.join("synced.bin")).unwrap();
+    let mut closed = std::fs::File::create(m.join("closed.bin")).unwrap();
     for n in c.nodes.iter_mut() {
         n.kill9();
     }
@@ -756,6 +758,24 @@ fn bad_cases_fail_clearly_and_recover() {
         down.elapsed() >= Duration::from_secs(2),
         "it waited for the timeout first"
     );
+    // Writes the mount answered (queued) while no node was up fail at
+    // fsync and at close: never lost without an error.
+    let data = random_bytes(1 << 20, 9);
+    if synced.write_all(&data).is_ok() {
+        assert_eq!(errno_of(synced.sync_all()), libc::EIO);
+    }
+    if closed.write_all(&data).is_ok() {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(closed);
+        // SAFETY: `fd` came from into_raw_fd and is closed exactly once.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::close(fd) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EIO)),
+            "close reports the failed queued write"
+        );
+    }
+    drop(synced);
     for n in c.nodes.iter_mut() {
         n.restart();
     }

@@ -32,13 +32,13 @@ pub struct File {
     attr: Attr,
     state: Arc<FileState>,
     append: bool,
+    created: bool,
 }
 
 impl File {
     pub(super) fn new(
         client: Client,
-        handle: HandleId,
-        attr: Attr,
+        (handle, attr, created): (HandleId, Attr, bool),
         state: Arc<FileState>,
         append: bool,
     ) -> Self {
@@ -48,7 +48,13 @@ impl File {
             attr,
             state,
             append,
+            created,
         }
+    }
+
+    /// True if the open made the file (it did not exist).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The lease the handle holds now (`wire::lease` bits): what this

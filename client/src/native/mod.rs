@@ -389,8 +389,7 @@ impl Client {
                 }
                 Ok(File::new(
                     self.clone(),
-                    o.handle,
-                    o.attr,
+                    (o.handle, o.attr, o.created),
                     state,
                     opts.append,
                 ))

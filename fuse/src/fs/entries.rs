@@ -48,7 +48,9 @@ pub async fn lookup(s: &Shared, parent: u64, name: &str) -> Result<FileAttr, Err
     let path = s.child_path(parent, name)?;
     let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
     let a = as_this_mount_sees(s, a).await?;
-    entry(s, parent, name, &a)
+    let fa = entry(s, parent, name, &a)?;
+    s.dir_attrs.put(fa.ino.0, &a);
+    Ok(fa)
 }
 
 /// `a` (the cluster's view) or, when this mount has the file open, the
@@ -63,6 +65,10 @@ pub async fn as_this_mount_sees(s: &Shared, a: Attr) -> Result<Attr, Errno> {
     let Some(f) = s.any_open(ino) else {
         return Ok(a);
     };
+    if let Some(mut seen) = s.sole_open(ino).and_then(|only| only.opened_attr(s.ttl)) {
+        seen.name = a.name;
+        return Ok(seen);
+    }
     s.settle(ino, Some(&f)).await?;
     let mut seen = f.file.metadata().await.map_err(|e| errno(&e))?;
     seen.name = a.name;
@@ -78,12 +84,19 @@ pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<Fil
     }
     .or_else(|| s.any_open(ino));
     if let Some(f) = open {
+        if let Some(a) = s.sole_open(ino).and_then(|only| only.opened_attr(s.ttl)) {
+            return attr_of(s, &a);
+        }
         s.settle(ino, Some(&f)).await?;
         let a = f.file.metadata().await.map_err(|e| errno(&e))?;
         return attr_of(s, &a);
     }
+    if let Some(a) = s.dir_attrs.get(ino) {
+        return attr_of(s, &a);
+    }
     let path = s.path(ino)?;
     let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
+    s.dir_attrs.put(ino, &a);
     attr_of(s, &a)
 }
 
@@ -120,6 +133,7 @@ pub async fn setattr(
     }
     // Directories and links have no handles: they change by path.
     if matches!(kind, Some(EntryKind::Directory | EntryKind::Symlink)) {
+        s.dir_attrs.forget(ino);
         if c.size.is_some() {
             return Err(match kind {
                 Some(EntryKind::Directory) => Errno::EISDIR,
@@ -156,6 +170,7 @@ pub async fn setattr(
     };
     // Queued writes first: a truncation lands after them, as the program
     // made it.
+    file.changed();
     s.settle(ino, Some(&file)).await?;
     let result = async {
         let mut a = None;
@@ -180,6 +195,7 @@ pub async fn setattr(
 
 pub async fn mkdir(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<FileAttr, Errno> {
     let path = s.child_path(parent, name)?;
+    s.dir_attrs.forget(parent);
     // The protocol's mkdir also makes missing parents and accepts an
     // existing directory; POSIX wants EEXIST.
     match s.client.metadata(&path).await {
@@ -198,6 +214,7 @@ pub async fn mkdir(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<Fil
 /// Makes a symbolic link; the kernel resolves it, Cairn only stores it.
 pub async fn symlink(s: &Shared, parent: u64, name: &str, target: &str) -> Result<FileAttr, Errno> {
     let path = s.child_path(parent, name)?;
+    s.dir_attrs.forget(parent);
     let a = s
         .client
         .symlink(&path, target)
@@ -213,6 +230,7 @@ pub async fn readlink(s: &Shared, ino: u64) -> Result<String, Errno> {
 
 pub async fn remove(s: &Shared, parent: u64, name: &str, dir: bool) -> Result<(), Errno> {
     let path = s.child_path(parent, name)?;
+    s.dir_attrs.forget(parent);
     let a = s.client.metadata(&path).await.map_err(|e| errno(&e))?;
     match (a.kind, dir) {
         (EntryKind::Directory, false) => return Err(Errno::EISDIR),
@@ -242,6 +260,8 @@ pub async fn rename(
         return Ok(());
     }
     let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
+    s.dir_attrs.forget(parent);
+    s.dir_attrs.forget(new_parent);
     let source = s.client.metadata(&from).await.map_err(|e| errno(&e))?;
     if replace {
         check_replace(s, &source, &to).await?;

@@ -93,6 +93,9 @@ pub async fn create(
         ..options(flags, disposition)
     };
     let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
+    if file.created() {
+        s.dir_attrs.created_in(parent, file.opened_attr());
+    }
     let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
     let (fh, flags) = register(s, file, attr.ino.0, flags)?;
     Ok((attr, fh, flags))
@@ -106,6 +109,9 @@ pub async fn mknod(s: &Shared, parent: u64, name: &str, mode: u32) -> Result<Fil
         ..options(libc::O_WRONLY, Disposition::CreateNew)
     };
     let file = s.client.open(&path, opts).await.map_err(|e| errno(&e))?;
+    if file.created() {
+        s.dir_attrs.created_in(parent, file.opened_attr());
+    }
     let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
     file.close().await.map_err(|e| errno(&e))?;
     Ok(attr)
@@ -126,6 +132,7 @@ pub async fn read(s: &Shared, fh: FileHandle, offset: u64, size: u32) -> Result<
 pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Result<u32, Errno> {
     let f = s.open_file(fh)?;
     let n = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+    f.changed();
     s.settle_others(f.ino, Some(&f)).await?;
     if f.append {
         f.file.write_at(offset, data).await.map_err(|e| errno(&e))?;

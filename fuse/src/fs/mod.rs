@@ -25,9 +25,13 @@ use fuser::{
 };
 
 use crate::attr::Owner;
+use crate::dirattrs::DirAttrs;
 use crate::inodes::Inodes;
 use crate::metrics::Metrics;
 use crate::writeback::WriteBehind;
+
+/// How long the kernel may cache attributes and names.
+const ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// What the mount keeps for one open file.
 pub(crate) struct OpenFile {
@@ -41,6 +45,9 @@ pub(crate) struct OpenFile {
     pub append: bool,
     /// Writes answered but still on their way to the cluster.
     pub writes: WriteBehind,
+    /// When the open answered, while nothing was changed through this
+    /// handle since: its attributes are then still the open's answer.
+    opened: Mutex<Option<Instant>>,
 }
 
 impl OpenFile {
@@ -52,6 +59,24 @@ impl OpenFile {
             locks: Mutex::new(Vec::new()),
             append,
             writes: WriteBehind::default(),
+            opened: Mutex::new(Some(Instant::now())),
+        }
+    }
+
+    /// The open's attributes, if this handle changed nothing since and
+    /// they are younger than `ttl` (the kernel caches attributes that long
+    /// anyway). Spares the cluster the getattr that follows every
+    /// `open(O_CREAT|O_TRUNC)`: the kernel drops its cached attributes then.
+    pub fn opened_attr(&self, ttl: Duration) -> Option<cairn_proto::wire::Attr> {
+        let opened = (*self.opened.lock().ok()?)?;
+        (opened.elapsed() < ttl).then(|| self.file.opened_attr().clone())
+    }
+
+    /// Something (a write, a truncate, a mode or time) changed the file
+    /// through this handle: its attributes must come from the cluster.
+    pub fn changed(&self) {
+        if let Ok(mut o) = self.opened.lock() {
+            *o = None;
         }
     }
 }
@@ -62,6 +87,8 @@ pub(crate) struct Shared {
     pub inodes: Mutex<Inodes>,
     pub files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     pub dirs: Mutex<HashMap<u64, Arc<Vec<entries::DirEntry>>>>,
+    /// Directories' attributes, for getattr within the TTL.
+    pub dir_attrs: DirAttrs,
     pub next_fh: AtomicU64,
     pub owner: Owner,
     /// How long the kernel may cache attributes and names.
@@ -88,6 +115,16 @@ impl Shared {
     pub fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
         let files = self.files.lock().ok()?;
         files.values().find(|f| f.ino == ino).cloned()
+    }
+
+    /// The only open handle of `ino` on this mount, if there is one.
+    pub fn sole_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let files = self.files.lock().ok()?;
+        let mut of_ino = files.values().filter(|f| f.ino == ino);
+        match (of_ino.next(), of_ino.next()) {
+            (Some(f), None) => Some(Arc::clone(f)),
+            _ => None,
+        }
     }
 
     /// An open handle of `ino` that may write.
@@ -192,9 +229,10 @@ impl CairnFs {
                 inodes: Mutex::new(Inodes::new(root)),
                 files: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
+                dir_attrs: DirAttrs::new(ATTR_TTL),
                 next_fh: AtomicU64::new(1),
                 owner,
-                ttl: Duration::from_secs(1),
+                ttl: ATTR_TTL,
                 metrics,
                 notifier: OnceLock::new(),
             }),

@@ -64,6 +64,17 @@ struct Inner {
     raft: Raft,
     transport: Option<Arc<Transport>>,
     timeouts: Timeouts,
+    rounds: std::sync::Mutex<ReadRounds>,
+}
+
+/// Read barriers waiting on the leader for a heartbeat round. Concurrent
+/// barriers share rounds: one that arrives while a round is out waits for
+/// the next (which starts after it arrived, as linearizability needs), so
+/// a burst of reads costs two rounds instead of one each.
+#[derive(Default)]
+struct ReadRounds {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, Refused>>>,
 }
 
 /// How often a waiting request looks for a leader again, at least.
@@ -82,6 +93,7 @@ impl Committer {
                 raft,
                 transport,
                 timeouts,
+                rounds: std::sync::Mutex::default(),
             }),
         }
     }
@@ -248,8 +260,45 @@ impl Committer {
     }
 
     /// On the leader: confirms leadership with a majority and returns the
-    /// index reads must wait for.
+    /// index reads must wait for (from a heartbeat round that started after
+    /// this call did).
     pub async fn read_index_here(&self) -> Result<u64, Refused> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let Ok(mut r) = self.inner.rounds.lock() else {
+                return Err(Refused::Failed("read rounds poisoned".into()));
+            };
+            r.waiting.push(tx);
+            !std::mem::replace(&mut r.running, true)
+        };
+        if start {
+            // Its own task: a caller giving up must not strand the others.
+            let this = self.clone();
+            tokio::spawn(async move { this.run_read_rounds().await });
+        }
+        rx.await.unwrap_or(Err(Refused::NotLeader))
+    }
+
+    /// Runs heartbeat rounds until no barrier waits, each answering every
+    /// barrier that arrived before it started.
+    async fn run_read_rounds(&self) {
+        loop {
+            let batch = match self.inner.rounds.lock() {
+                Ok(mut r) if r.waiting.is_empty() => {
+                    r.running = false;
+                    return;
+                }
+                Ok(mut r) => std::mem::take(&mut r.waiting),
+                Err(_) => return,
+            };
+            let result = self.read_index_round().await;
+            for waiter in batch {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    async fn read_index_round(&self) -> Result<u64, Refused> {
         match self.inner.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {

@@ -8,6 +8,7 @@ use rocksdb::WriteBatch;
 
 use super::apply::{Applied, ApplyError};
 use super::command::Command;
+use super::keys;
 use super::overlay::Overlay;
 use super::sessions::apply_logged;
 use super::store::{MetaStore, StoreError};
@@ -38,7 +39,9 @@ pub fn apply_batch(
         return Ok(results);
     }
     let mut batch = WriteBatch::default();
+    let mut breaks_changed = false;
     for (key, value) in overlay.into_pending() {
+        breaks_changed |= key.first() == Some(&keys::LEASE_BREAK_PREFIX);
         match value {
             Some(v) => batch.put(key, v),
             None => batch.delete(key),
@@ -48,5 +51,8 @@ pub fn apply_batch(
         batch.put(key, value);
     }
     store.write_batch(batch, sync)?;
+    if breaks_changed {
+        store.lease_records_changed();
+    }
     Ok(results)
 }

@@ -81,6 +81,9 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 
 pub struct MetaStore {
     db: DB,
+    /// Bumped whenever applied commands change lease-break records, so the
+    /// nodes' break pushers rescan only when there is something new.
+    lease_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl MetaStore {
@@ -100,7 +103,10 @@ impl MetaStore {
             CF_RAFT_STATE,
         ];
         let db = DB::open_cf(&opts, dir, cfs)?;
-        let store = Self { db };
+        let store = Self {
+            db,
+            lease_epoch: std::sync::atomic::AtomicU64::new(0),
+        };
         store.check_schema()?;
         Ok(Arc::new(store))
     }
@@ -236,6 +242,18 @@ impl MetaStore {
             out.push((ContentHash(hash), rec));
         }
         Ok(out)
+    }
+}
+
+impl MetaStore {
+    /// Changes whenever lease-break records do.
+    pub fn lease_epoch(&self) -> u64 {
+        self.lease_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(super) fn lease_records_changed(&self) {
+        self.lease_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

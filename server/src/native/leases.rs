@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_proto::wire::{LeaseBreak, Notice, RequestHeader, lease};
@@ -77,10 +78,45 @@ pub(super) async fn open(
     }
 }
 
+/// When the break pusher must scan the pending breaks again: the lease
+/// records changed (the store's epoch moved), a connection came, a push
+/// failed, or a second passed (a safety net).
+#[derive(Default)]
+pub(super) struct PushSeen {
+    epoch: std::sync::atomic::AtomicU64,
+    dirty: std::sync::atomic::AtomicBool,
+    ticks: std::sync::atomic::AtomicU32,
+}
+
+/// Ticks of [`PUSH_EVERY`] between scans when nothing changed.
+const IDLE_SCAN_TICKS: u32 = 50;
+
+impl PushSeen {
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// True if a scan is due; records `epoch` as scanned if so.
+    fn should_scan(&self, epoch: u64) -> bool {
+        let ticks = self.ticks.fetch_add(1, Ordering::AcqRel) + 1;
+        let due = self.dirty.swap(false, Ordering::AcqRel)
+            || self.epoch.swap(epoch, Ordering::AcqRel) != epoch
+            || ticks >= IDLE_SCAN_TICKS;
+        if due {
+            self.ticks.store(0, Ordering::Release);
+        }
+        due
+    }
+}
+
 impl NativeServer {
     /// Pushes each pending break once per connection of its holder's
     /// session (again after the holder reconnects anywhere).
     pub(super) fn push_breaks(self: &Arc<Self>) {
+        // A scan costs a RocksDB iterator; most ticks have nothing new.
+        if !self.push_seen.should_scan(self.state.meta.lease_epoch()) {
+            return;
+        }
         let pending = match pending_breaks(&self.state.meta.snapshot(), PUSH_BATCH) {
             Ok(p) => p,
             Err(e) => {
@@ -116,6 +152,7 @@ impl NativeServer {
                     if let Ok(mut p) = server.pushed.lock() {
                         p.remove(&key);
                     }
+                    server.push_seen.mark_dirty();
                 }
             });
         }

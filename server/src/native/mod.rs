@@ -45,6 +45,9 @@ pub struct NativeServer {
     live: Mutex<HashMap<SessionId, Vec<NoticeSink>>>,
     /// Lease breaks already pushed to a connection.
     pushed: Mutex<HashSet<leases::Pushed>>,
+    /// What the break pusher last scanned for: the store's lease epoch,
+    /// and whether a connection came or a push failed since.
+    push_seen: leases::PushSeen,
     connections: AtomicUsize,
 }
 
@@ -108,6 +111,7 @@ impl NativeServer {
             open: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
+            push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
         })
     }
@@ -116,6 +120,8 @@ impl NativeServer {
         if let Ok(mut live) = self.live.lock() {
             live.entry(id).or_default().push(sink);
         }
+        // Its session's pending breaks go to the new connection.
+        self.push_seen.mark_dirty();
     }
 
     fn unbind_live(&self, id: &SessionId, sink: &NoticeSink) {
