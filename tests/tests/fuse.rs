@@ -223,6 +223,22 @@ fn posix_calls_return_the_expected_errors() {
     assert_eq!(std::fs::metadata(p("d")).unwrap().mode() & 0o7777, 0o711);
     sh(&m.path, "touch -m -d @1000000000 d");
     assert_eq!(std::fs::metadata(p("d")).unwrap().modified().unwrap(), t);
+    // statfs: the size and free space of the nodes' disk (their data
+    // directories are under /tmp here), less the reserve kept for metadata.
+    let df = |path: &Path| -> (u64, u64) {
+        let out = sh(
+            Path::new("/"),
+            &format!("df -B1 --output=size,avail {} | tail -1", path.display()),
+        );
+        let v: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let ((size, avail), (disk_size, disk_avail)) = (df(&m.path), df(Path::new("/tmp")));
+    assert_eq!(size / 4096, disk_size / 4096, "mount size is the disk's");
+    assert!(
+        avail <= disk_avail && avail + (2 << 30) > disk_avail,
+        "mount avail {avail}, disk avail {disk_avail}"
+    );
     // Unsupported: hard links (one name per file).
     assert_eq!(errno_of(std::fs::hard_link(p("f"), p("hard"))), libc::EPERM);
     // Unlinked while open: still readable through the descriptor.

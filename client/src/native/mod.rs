@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
-    Attr, Disposition, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open, PROTOCOL_VERSION,
-    PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId, SessionSetup,
-    SetPathInfo, Symlink, access, capability, lease,
+    Attr, Disposition, FsStats, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open,
+    PROTOCOL_VERSION, PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId,
+    SessionSetup, SetPathInfo, Symlink, access, capability, lease,
 };
 
 pub use file::{File, TransferProgress};
@@ -490,6 +490,14 @@ impl Client {
         });
         match self.call(req).await? {
             Response::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The share's size and free space, as the node answering sees its disk.
+    pub async fn fs_stats(&self) -> Result<FsStats, ClientError> {
+        match self.call(Request::StatFs).await? {
+            Response::FsStats(s) => Ok(s),
             other => Err(unexpected(&other)),
         }
     }

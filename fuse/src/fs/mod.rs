@@ -30,6 +30,9 @@ use crate::inodes::Inodes;
 use crate::metrics::Metrics;
 use crate::writeback::WriteBehind;
 
+/// The unit of statfs sizes (`f_frsize`).
+const STATFS_FRAGMENT: u64 = 4096;
+
 /// How long the kernel may cache attributes and names.
 const ATTR_TTL: Duration = Duration::from_secs(1);
 
@@ -689,19 +692,30 @@ impl Filesystem for CairnFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // The protocol has no capacity query yet: a large, fixed capacity
-        // (1 PiB in 1 MiB blocks) that never makes a program refuse to write.
-        let blocks = 1u64 << 30;
-        reply.statfs(
-            blocks,
-            blocks,
-            blocks,
-            1 << 40,
-            1 << 40,
-            crate::attr::BLOCK_SIZE,
-            255,
-            crate::attr::BLOCK_SIZE,
-        );
+        self.run("statfs", move |s| async move {
+            let r = s
+                .client
+                .fs_stats()
+                .await
+                .map_err(|e| crate::errno::errno(&e));
+            answer!(reply, r, |st| {
+                // Sizes in 4 KiB fragments; programs move data in 1 MiB
+                // blocks. Inodes are not a limit: numbers never run out
+                // before the disk does.
+                let blocks = st.total_bytes / STATFS_FRAGMENT;
+                let free = st.free_bytes / STATFS_FRAGMENT;
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    1 << 40,
+                    1 << 40,
+                    crate::attr::BLOCK_SIZE,
+                    255,
+                    STATFS_FRAGMENT as u32,
+                );
+            })
+        });
     }
 
     fn getlk(

@@ -271,6 +271,17 @@ pub struct Symlink {
     pub target: String,
 }
 
+/// The share's space, as the node answering sees its disk (every node
+/// holds copies of the chunks, so one node's disk is what fits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    /// Free for new files: the disk's free space less the reserve the
+    /// server keeps for metadata (writes past it fail with
+    /// `insufficient_storage`).
+    pub free_bytes: u64,
+}
+
 /// What a symbolic link stands for (the answer to `ReadLink`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkTarget {
@@ -327,6 +338,7 @@ pub enum Request {
     SetPathInfo(SetPathInfo),
     Symlink(Symlink),
     ReadLink(PathReq),
+    StatFs,
     Lock(Lock),
     Unlock(Unlock),
     LeaseAck(LeaseAck),
@@ -345,6 +357,7 @@ pub enum Response {
     Attr(Attr),
     DirPage(DirPage),
     LinkTarget(LinkTarget),
+    FsStats(FsStats),
 }
 
 /// Why a frame is not a message we can use.
@@ -397,6 +410,7 @@ impl Request {
             Self::SetPathInfo(_) => 0x0027,
             Self::Symlink(_) => 0x0028,
             Self::ReadLink(_) => 0x0029,
+            Self::StatFs => 0x002A,
             Self::Lock(_) => 0x0030,
             Self::Unlock(_) => 0x0031,
             Self::LeaseAck(_) => 0x0032,
@@ -425,6 +439,7 @@ impl Request {
             Self::SetPathInfo(_) => "set_path_info",
             Self::Symlink(_) => "symlink",
             Self::ReadLink(_) => "read_link",
+            Self::StatFs => "stat_fs",
             Self::Lock(_) => "lock",
             Self::Unlock(_) => "unlock",
             Self::LeaseAck(_) => "lease_ack",
@@ -460,7 +475,7 @@ impl Request {
         match self {
             Self::Negotiate(b) => put(b, &mut payload),
             Self::SessionSetup(b) => put(b, &mut payload),
-            Self::KeepAlive | Self::Logoff => {}
+            Self::KeepAlive | Self::Logoff | Self::StatFs => {}
             Self::Open(b) => put(b, &mut payload),
             Self::Read(b) => put(b, &mut payload),
             Self::Write(b) => put(b, &mut payload),
@@ -525,6 +540,7 @@ impl Request {
             0x0027 => Self::SetPathInfo(body(kind, rest)?.0),
             0x0028 => Self::Symlink(body(kind, rest)?.0),
             0x0029 => Self::ReadLink(body(kind, rest)?.0),
+            0x002A => Self::StatFs,
             0x0030 => Self::Lock(body(kind, rest)?.0),
             0x0031 => Self::Unlock(body(kind, rest)?.0),
             0x0032 => Self::LeaseAck(body(kind, rest)?.0),
@@ -547,6 +563,7 @@ impl Response {
             Self::Attr(_) => 0x8020,
             Self::DirPage(_) => 0x8023,
             Self::LinkTarget(_) => 0x8029,
+            Self::FsStats(_) => 0x802A,
         }
     }
 
@@ -574,6 +591,7 @@ impl Response {
             Self::Attr(b) => put(b, &mut payload),
             Self::DirPage(b) => put(b, &mut payload),
             Self::LinkTarget(b) => put(b, &mut payload),
+            Self::FsStats(b) => put(b, &mut payload),
         }
         finish_frame(&mut payload)?;
         Ok(payload)
@@ -611,6 +629,7 @@ impl Response {
             0x8020 => Self::Attr(body(kind, p)?.0),
             0x8023 => Self::DirPage(body(kind, p)?.0),
             0x8029 => Self::LinkTarget(body(kind, p)?.0),
+            0x802A => Self::FsStats(body(kind, p)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         })
     }

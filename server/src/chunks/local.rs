@@ -159,6 +159,11 @@ impl ChunkStore for LocalChunkStore {
     fn free_bytes(&self) -> Result<u64, ChunkError> {
         free_bytes(&self.root)
     }
+
+    fn total_bytes(&self) -> Result<u64, ChunkError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| ChunkError::Io(e.into()))?;
+        Ok(st.f_blocks.saturating_mul(st.f_frsize))
+    }
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path`.
@@ -195,6 +200,7 @@ mod tests {
         assert!(matches!(store.get(&hash), Err(ChunkError::Missing(_))));
         store.delete(&hash).unwrap();
         assert!(store.free_bytes().unwrap() > 0);
+        assert!(store.total_bytes().unwrap() >= store.free_bytes().unwrap());
     }
 
     #[test]

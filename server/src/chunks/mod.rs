@@ -86,4 +86,7 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Bytes free for new chunks.
     fn free_bytes(&self) -> Result<u64, ChunkError>;
+
+    /// Size of the file system the chunks live on, in bytes.
+    fn total_bytes(&self) -> Result<u64, ChunkError>;
 }

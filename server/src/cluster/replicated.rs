@@ -235,4 +235,8 @@ impl ChunkStore for ReplicatedChunks {
     fn free_bytes(&self) -> Result<u64, ChunkError> {
         self.local.free_bytes()
     }
+
+    fn total_bytes(&self) -> Result<u64, ChunkError> {
+        self.local.total_bytes()
+    }
 }

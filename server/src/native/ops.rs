@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use cairn_proto::api::EntryKind;
 use cairn_proto::wire::{
-    Attr, Data, DirPage, HandleId, LinkTarget, Negotiated, Opened, PROTOCOL_VERSION, Request,
-    RequestHeader, Response, SessionReady, Written, capability,
+    Attr, Data, DirPage, FsStats, HandleId, LinkTarget, Negotiated, Opened, PROTOCOL_VERSION,
+    Request, RequestHeader, Response, SessionReady, Written, capability,
 };
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
@@ -443,6 +443,17 @@ async fn session_op(
             state.committer.read_barrier().await?;
             let (id, inode) = state.meta.snapshot().resolve(&b.share, &at)?;
             Ok(Response::Attr(attr_of(id, &inode, name_of(&l.path))))
+        }
+        Request::StatFs => {
+            let chunks = &server.state.chunks;
+            let total_bytes = chunks.total_bytes()?;
+            let free_bytes = chunks
+                .free_bytes()?
+                .saturating_sub(server.state.limits.free_bytes_min);
+            Ok(Response::FsStats(FsStats {
+                total_bytes,
+                free_bytes,
+            }))
         }
         Request::ReadLink(p) => {
             state.committer.read_barrier().await?;

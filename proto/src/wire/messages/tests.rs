@@ -72,6 +72,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::KeepAlive),
         Just(Request::Logoff),
+        Just(Request::StatFs),
         (
             name(),
             disposition(),
@@ -235,6 +236,12 @@ fn response() -> impl Strategy<Value = Response> {
                 next_after
             })),
         name().prop_map(|target| Response::LinkTarget(LinkTarget { target })),
+        (any::<u64>(), any::<u64>()).prop_map(|(total_bytes, free_bytes)| {
+            Response::FsStats(FsStats {
+                total_bytes,
+                free_bytes,
+            })
+        }),
     ]
 }
 

@@ -587,6 +587,26 @@ async fn symbolic_links_are_stored_never_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_fs_reports_the_disk_less_the_reserve() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let st = match c.call(Request::StatFs).await {
+        Response::FsStats(st) => st,
+        other => panic!("expected file system stats, got {other:?}"),
+    };
+    let chunks = &s.node().state.chunks;
+    assert_eq!(st.total_bytes, chunks.total_bytes().unwrap());
+    assert!(st.total_bytes > 0 && st.free_bytes < st.total_bytes);
+    let disk_free = chunks.free_bytes().unwrap();
+    assert!(
+        st.free_bytes <= disk_free,
+        "{} > {disk_free}",
+        st.free_bytes
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_symlink_is_made_once() {
     let s = Server::start().await;
     let c = s.session().await;
