@@ -14,6 +14,14 @@ pub fn run_main<F: std::future::Future<Output = anyhow::Result<()>>>(
     body: impl FnOnce() -> F,
 ) -> anyhow::Result<()> {
     cairn_client::tune_allocator();
+    // CAIRN_LOG=cairn_client=debug shows the client's failovers step by
+    // step, with times, beside the bench's own lines.
+    if let Ok(filter) = std::env::var("CAIRN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -21,6 +21,10 @@ use crate::consensus::{NodeId, NodeInfo, Raft};
 /// How long one chunk transfer to or from a peer may take.
 pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a chunk write waits for its quorum among the peers that answer
+/// probes before it sends to the suspect ones too.
+const SUSPECT_HEDGE_AFTER: Duration = Duration::from_millis(250);
+
 /// Placement inputs shared by the data path and the repairer.
 #[derive(Clone)]
 pub struct Placement {
@@ -120,6 +124,48 @@ pub fn fetch_remote(
     }
 }
 
+impl ReplicatedChunks {
+    /// Sends one copy of the chunk to `target` in the background; its
+    /// answer (stored or not) comes on `tx`.
+    fn send_copy(
+        &self,
+        hash: &ContentHash,
+        shared: &Bytes,
+        target: &(NodeId, NodeInfo),
+        tx: &mpsc::Sender<bool>,
+    ) -> Result<(), ChunkError> {
+        let len = u32::try_from(shared.len()).unwrap_or(u32::MAX).max(1);
+        let permit = self
+            .runtime
+            .block_on(Arc::clone(&self.in_flight).acquire_many_owned(len))
+            .map_err(|_| ChunkError::Unavailable("the node is shutting down".into()))?;
+        let transport = Arc::clone(&self.transport);
+        let (id, addr, tx) = (target.0, target.1.quic.clone(), tx.clone());
+        let req = Request::PutChunk { hash: *hash };
+        let body = shared.clone();
+        self.runtime.spawn(async move {
+            let answer = transport
+                .call_with_body::<_, Response>(&addr, &req, body, CHUNK_RPC_TIMEOUT)
+                .await
+                .map(|(resp, _)| resp);
+            drop(permit);
+            let ok = match answer {
+                Ok(Response::Stored(Ok(()))) => true,
+                Ok(other) => {
+                    tracing::warn!(peer = id, ?other, "a replica refused a chunk");
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(peer = id, error = %e, "a replica write failed");
+                    false
+                }
+            };
+            let _ = tx.send(ok).await;
+        });
+        Ok(())
+    }
+}
+
 impl ChunkStore for ReplicatedChunks {
     fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError> {
         let targets = self.placement.targets(hash);
@@ -129,41 +175,15 @@ impl ChunkStore for ReplicatedChunks {
         let shared = Bytes::copy_from_slice(data);
         let me = self.placement.me;
         let liveness = &self.placement.liveness;
-        // A peer that stopped answering probes is skipped, not waited for.
-        for (id, info) in targets
+        // A peer that stopped answering probes is not sent to at first...
+        let (suspects, peers): (Vec<_>, Vec<_>) = targets
             .iter()
-            .filter(|t| t.0 != me && !liveness.is_suspect(t.0))
-        {
-            let len = u32::try_from(data.len()).unwrap_or(u32::MAX).max(1);
-            let permit = self
-                .runtime
-                .block_on(Arc::clone(&self.in_flight).acquire_many_owned(len))
-                .map_err(|_| ChunkError::Unavailable("the node is shutting down".into()))?;
-            let transport = Arc::clone(&self.transport);
-            let (id, addr, tx) = (*id, info.quic.clone(), tx.clone());
-            let req = Request::PutChunk { hash: *hash };
-            let body = shared.clone();
-            self.runtime.spawn(async move {
-                let answer = transport
-                    .call_with_body::<_, Response>(&addr, &req, body, CHUNK_RPC_TIMEOUT)
-                    .await
-                    .map(|(resp, _)| resp);
-                drop(permit);
-                let ok = match answer {
-                    Ok(Response::Stored(Ok(()))) => true,
-                    Ok(other) => {
-                        tracing::warn!(peer = id, ?other, "a replica refused a chunk");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = id, error = %e, "a replica write failed");
-                        false
-                    }
-                };
-                let _ = tx.send(ok).await;
-            });
+            .filter(|t| t.0 != me)
+            .partition(|t| liveness.is_suspect(t.0));
+        let mut outstanding = peers.len();
+        for target in peers {
+            self.send_copy(hash, &shared, target, &tx)?;
         }
-        drop(tx);
         let mut acks = 0;
         let mut local_error = None;
         if targets.iter().any(|t| t.0 == self.placement.me) {
@@ -172,6 +192,30 @@ impl ChunkStore for ReplicatedChunks {
                 Err(e) => local_error = Some(e),
             }
         }
+        // ...unless the others do not make the quorum soon: a peer killed a
+        // moment ago is not suspect yet, and one restarted a moment ago may
+        // still be (its probes go through a connection to the old process
+        // until that times out). Waiting out the dead one's timeout while
+        // the live one sat skipped stalled writes for seconds.
+        let hedge_at = tokio::time::Instant::now() + SUSPECT_HEDGE_AFTER;
+        while acks < need && outstanding > 0 {
+            let next = self
+                .runtime
+                .block_on(tokio::time::timeout_at(hedge_at, rx.recv()));
+            match next {
+                Ok(Some(stored)) => {
+                    outstanding -= 1;
+                    acks += usize::from(stored);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if acks < need {
+            for target in suspects {
+                self.send_copy(hash, &shared, target, &tx)?;
+            }
+        }
+        drop(tx);
         while acks < need {
             match self.runtime.block_on(rx.recv()) {
                 Some(true) => acks += 1,
