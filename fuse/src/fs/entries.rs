@@ -65,14 +65,24 @@ pub async fn as_this_mount_sees(s: &Shared, a: Attr) -> Result<Attr, Errno> {
     let Some(f) = s.any_open(ino) else {
         return Ok(a);
     };
-    if let Some(mut seen) = s.sole_open(ino).and_then(|only| only.opened_attr(s.ttl)) {
-        seen.name = a.name;
-        return Ok(seen);
-    }
-    s.settle(ino, Some(&f)).await?;
-    let mut seen = f.file.metadata().await.map_err(|e| errno(&e))?;
+    let mut seen = handle_view(s, ino, &f).await?;
     seen.name = a.name;
     Ok(seen)
+}
+
+/// What open handle `f` of `ino` sees: the open's answer while it is
+/// fresh and the only handle changed nothing, else the node's view after
+/// every descriptor's writes are in.
+async fn handle_view(
+    s: &Shared,
+    ino: u64,
+    f: &std::sync::Arc<super::OpenFile>,
+) -> Result<Attr, Errno> {
+    if let Some(a) = s.sole_open(ino).and_then(|only| only.opened_attr(s.ttl)) {
+        return Ok(a);
+    }
+    s.settle(ino, Some(f)).await?;
+    f.file.metadata().await.map_err(|e| errno(&e))
 }
 
 pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
@@ -84,12 +94,7 @@ pub async fn getattr(s: &Shared, ino: u64, fh: Option<FileHandle>) -> Result<Fil
     }
     .or_else(|| s.any_open(ino));
     if let Some(f) = open {
-        if let Some(a) = s.sole_open(ino).and_then(|only| only.opened_attr(s.ttl)) {
-            return attr_of(s, &a);
-        }
-        s.settle(ino, Some(&f)).await?;
-        let a = f.file.metadata().await.map_err(|e| errno(&e))?;
-        return attr_of(s, &a);
+        return attr_of(s, &handle_view(s, ino, &f).await?);
     }
     if let Some(a) = s.dir_attrs.get(ino) {
         return attr_of(s, &a);

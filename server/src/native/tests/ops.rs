@@ -533,6 +533,10 @@ async fn symbolic_links_are_stored_never_followed() {
         c.fails(symlink("d/empty", "")).await,
         ErrorCode::InvalidPath
     );
+    assert_eq!(
+        c.fails(symlink("d/nul", "a\0b")).await,
+        ErrorCode::InvalidPath
+    );
     let long = "a/".repeat(2048);
     assert_eq!(
         c.fails(symlink("d/long", &long)).await,
