@@ -125,22 +125,22 @@ impl Metrics {
         );
         r.register(
             "meta_commit_groups",
-            "Metadata write batches synced",
+            "Log entries this node appended for commands as leader (group commits)",
             self.meta_groups.clone(),
         );
         r.register(
             "meta_commands",
-            "Metadata commands applied",
+            "Metadata commands this node committed as leader",
             self.meta_commands.clone(),
         );
         r.register(
             "meta_group_commands",
-            "Commands per synced metadata batch",
+            "Commands per log entry (group commit)",
             self.meta_group_size.clone(),
         );
         r.register(
             "meta_commit_seconds",
-            "Time to apply and sync one metadata batch",
+            "Time from handing an entry to Raft to its being applied",
             self.meta_commit_seconds.clone(),
         );
         r.register("gc_runs", "Garbage collection passes", self.gc_runs.clone());

@@ -163,6 +163,7 @@ impl Node {
             config.node_id,
             raft.clone(),
             transport.clone(),
+            Arc::clone(&metrics),
             Timeouts {
                 write: Duration::from_secs(config.cluster.write_timeout_secs),
                 read: Duration::from_secs(config.cluster.read_timeout_secs),

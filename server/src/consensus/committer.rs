@@ -12,13 +12,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
+use super::group_commit::GroupCommit;
 use super::{NodeId, Outcome, Raft};
 use crate::cluster::rpc::{Refused, Request, Response};
 use crate::cluster::transport::Transport;
 use crate::meta::{Applied, Command, MetaError};
+use crate::metrics::Metrics;
 
 /// Why a command was not (known to be) committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,6 +67,7 @@ struct Inner {
     transport: Option<Arc<Transport>>,
     timeouts: Timeouts,
     rounds: std::sync::Mutex<ReadRounds>,
+    group: Arc<GroupCommit>,
 }
 
 /// Read barriers waiting on the leader for a heartbeat round. Concurrent
@@ -85,11 +88,13 @@ impl Committer {
         id: NodeId,
         raft: Raft,
         transport: Option<Arc<Transport>>,
+        metrics: Arc<Metrics>,
         timeouts: Timeouts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id,
+                group: GroupCommit::new(raft.clone(), metrics),
                 raft,
                 transport,
                 timeouts,
@@ -174,21 +179,13 @@ impl Committer {
         m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease)
     }
 
-    /// Applies `cmd` through Raft on this node, which believes it leads.
+    /// Applies `cmd` through Raft on this node, which believes it leads
+    /// (sharing a log entry with other commands that arrive meanwhile).
     pub async fn write_here(&self, cmd: Command) -> Result<Outcome, Refused> {
         if !self.in_touch_with_majority() {
             return Err(Refused::NotLeader);
         }
-        match self.inner.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            // openraft answers this only before appending, or for entries a
-            // new leader truncated: either way it was never applied.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Refused::NotLeader)
-            }
-            Err(RaftError::APIError(e)) => Err(Refused::Failed(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(Refused::Failed(e.to_string())),
-        }
+        self.inner.group.write(cmd).await
     }
 
     /// Sends `cmd` to `leader`; gives up as soon as another leader shows up

@@ -8,6 +8,7 @@
 //! [`MetaStore`]: crate::meta::MetaStore
 
 pub mod committer;
+pub mod group_commit;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
@@ -30,6 +31,10 @@ pub type NodeId = u64;
 
 /// What a committed command did, as every node computes it.
 pub type Outcome = Result<Applied, MetaError>;
+
+/// What one log entry did: one outcome per command it carries (a
+/// [`Command::Batch`] carries several; other entries one).
+pub type Outcomes = Vec<Outcome>;
 
 /// How a node is reached, and what it stores; kept in the Raft membership
 /// so every node knows every other.
@@ -64,7 +69,7 @@ openraft::declare_raft_types!(
     /// The Raft types of a Cairn cluster.
     pub TypeConfig:
         D = Command,
-        R = Outcome,
+        R = Outcomes,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,

@@ -9,10 +9,10 @@ use rocksdb::WriteBatch;
 use tokio::io::AsyncSeekExt;
 
 use super::snapshot::{self, SnapshotDir, SnapshotError, SnapshotMeta};
-use super::{Entry, LogId, Outcome, StorageError, StoredMembership, TypeConfig, io_error};
+use super::{Entry, LogId, Outcomes, StorageError, StoredMembership, TypeConfig, io_error};
 use crate::meta::apply::ApplyError;
 use crate::meta::store::{MetaStore, StoreError};
-use crate::meta::{apply_batch, keys};
+use crate::meta::{Command, apply_batch, keys};
 
 /// Errors inside the state machine, before openraft wraps them.
 #[derive(Debug, thiserror::Error)]
@@ -113,39 +113,52 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Applies one batch of committed entries; a store failure is fatal for
-/// the state machine (continuing would let this node diverge).
+/// the state machine (continuing would let this node diverge). A
+/// [`Command::Batch`] entry's commands are applied one by one like the
+/// entries around them.
 fn apply_entries(
     store: &MetaStore,
     entries: &[Entry],
     mut applied: Applied,
-) -> Result<(Vec<Outcome>, Applied), MachineError> {
-    let mut cmds = Vec::new();
-    let mut slots = Vec::with_capacity(entries.len());
+) -> Result<(Vec<Outcomes>, Applied), MachineError> {
+    let mut cmds: Vec<&Command> = Vec::new();
+    // Commands each entry carries (none: blank and membership entries).
+    let mut counts = Vec::with_capacity(entries.len());
     for e in entries {
         applied.0 = Some(e.log_id);
         match &e.payload {
-            EntryPayload::Blank => slots.push(None),
+            EntryPayload::Blank => counts.push(0),
+            EntryPayload::Normal(Command::Batch(batch)) => {
+                counts.push(batch.len());
+                cmds.extend(batch);
+            }
             EntryPayload::Normal(cmd) => {
-                slots.push(Some(cmds.len()));
+                counts.push(1);
                 cmds.push(cmd);
             }
             EntryPayload::Membership(m) => {
                 applied.1 = StoredMembership::new(Some(e.log_id), m.clone());
-                slots.push(None);
+                counts.push(0);
             }
         }
     }
     let extra = vec![(keys::RAFT_APPLIED.to_vec(), postcard::to_stdvec(&applied)?)];
     let mut results = apply_batch(store, &cmds, extra, false)?.into_iter();
     let mut outcomes = Vec::with_capacity(entries.len());
-    for slot in slots {
-        let outcome = match slot.and_then(|_| results.next()) {
-            None => Ok(crate::meta::Applied::nothing()),
-            Some(Ok(a)) => Ok(a),
-            Some(Err(ApplyError::Meta(e))) => Err(e),
-            Some(Err(ApplyError::Store(e))) => return Err(e.into()),
-        };
-        outcomes.push(outcome);
+    for count in counts {
+        if count == 0 {
+            outcomes.push(vec![Ok(crate::meta::Applied::nothing())]);
+            continue;
+        }
+        let mut each = Vec::with_capacity(count);
+        for result in results.by_ref().take(count) {
+            each.push(match result {
+                Ok(a) => Ok(a),
+                Err(ApplyError::Meta(e)) => Err(e),
+                Err(ApplyError::Store(e)) => return Err(e.into()),
+            });
+        }
+        outcomes.push(each);
     }
     Ok((outcomes, applied))
 }
@@ -157,7 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -177,6 +177,10 @@ pub fn apply<R: KvRead + ?Sized>(
             replace,
             now_ns,
         } => rename(tx, share, from, to, *replace, *now_ns),
+        Command::Batch(_) => {
+            // The state machine unpacks a batch entry into its commands.
+            Err(MetaError::Invalid("a batch is never nested in another command".into()).into())
+        }
         Command::Sequenced { .. } => {
             // Its result must be kept even when it is a refusal, which only
             // `sessions::apply_logged` can do.

@@ -148,6 +148,10 @@ pub enum Command {
         target: String,
         now_ns: i64,
     },
+    /// Several commands in one log entry (the leader's group commit):
+    /// applied in order, each with its own result, exactly as if each had
+    /// an entry of its own. Never nested.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -177,6 +181,7 @@ impl Command {
             Self::AckLease { .. } => "ack_lease",
             Self::SetPathAttr { .. } => "set_path_attr",
             Self::Symlink { .. } => "symlink",
+            Self::Batch(_) => "batch",
         }
     }
 }

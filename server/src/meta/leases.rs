@@ -174,12 +174,21 @@ fn ack<R: KvRead + ?Sized>(
 }
 
 /// Drops a closing handle's pending break: closing acknowledges it.
+///
+/// Deletes only a record that is there: a blind delete per close left a
+/// tombstone under the break prefix for every file ever closed, and each
+/// node's scan for pending breaks (after every such change) stepped over
+/// all of them.
 pub(super) fn forget_break<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     session: &SessionId,
     handle: HandleId,
-) {
-    tx.delete(keys::lease_break(session, handle));
+) -> Result<(), StoreError> {
+    let key = keys::lease_break(session, handle);
+    if tx.get(&key)?.is_some() {
+        tx.delete(key);
+    }
+    Ok(())
 }
 
 /// A break waiting for its holder's acknowledgement.

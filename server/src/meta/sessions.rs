@@ -533,7 +533,7 @@ fn close_handle<R: KvRead + ?Sized>(
         tx.delete(key);
     }
     tx.delete(keys::handle(handle));
-    leases::forget_break(tx, &h.session, handle);
+    leases::forget_break(tx, &h.session, handle)?;
     tx.delete(keys::session_handle(&h.session, handle));
     tx.delete(keys::open_handle(h.inode, handle));
     if h.flags & open_flags::DELETE_ON_CLOSE != 0

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod errors;
+mod group_commit;
 mod ops;
 
 use std::sync::Arc;
