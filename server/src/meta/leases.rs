@@ -71,33 +71,34 @@ pub fn conflicts<R: KvRead + ?Sized>(
     session: &SessionId,
     access_bits: u8,
 ) -> Result<Vec<Conflict>, ApplyError> {
+    Ok(conflicts_among(&open_on(tx, inode)?, session, access_bits))
+}
+
+/// [`conflicts`] among `open`, the handles open on the inode.
+pub fn conflicts_among(
+    open: &[(HandleId, HandleRecord)],
+    session: &SessionId,
+    access_bits: u8,
+) -> Vec<Conflict> {
     let allowed = allowed_beside(access_bits);
-    Ok(open_on(tx, inode)?
-        .into_iter()
+    open.iter()
         .filter(|(_, h)| h.session != *session && h.lease & !allowed != 0)
         .map(|(handle, holder)| Conflict {
-            handle,
+            handle: *handle,
             to: holder.lease & allowed,
-            holder,
+            holder: holder.clone(),
         })
-        .collect())
+        .collect()
 }
 
 /// The lease a new handle of `session` gets beside the other sessions'
-/// handles open on `inode`.
-pub fn grantable<R: KvRead + ?Sized>(
-    tx: &R,
-    inode: InodeId,
-    session: &SessionId,
-    wanted: u8,
-) -> Result<u8, ApplyError> {
-    let mut granted = normalize(wanted);
-    for (_, other) in open_on(tx, inode)? {
-        if other.session != *session {
-            granted &= allowed_beside(other.access);
-        }
-    }
-    Ok(granted)
+/// handles in `open` (those open on the inode).
+pub fn grantable_among(open: &[(HandleId, HandleRecord)], session: &SessionId, wanted: u8) -> u8 {
+    open.iter()
+        .filter(|(_, other)| other.session != *session)
+        .fold(normalize(wanted), |granted, (_, other)| {
+            granted & allowed_beside(other.access)
+        })
 }
 
 /// Records a break for each conflict (a lower target wins over an

@@ -369,15 +369,23 @@ fn open_file<R: KvRead + ?Sized>(
             (add_inode(tx, parent, name, &inode, a.now_ns)?, true)
         }
     };
-    check_share_modes(tx, id, a.access, a.share_access, &a.path)?;
-    let found = leases::conflicts(tx, id, &a.session, a.access)?;
+    // One read of the handles open on the file serves the share-mode,
+    // lease-conflict and lease-grant checks (breaks change only leases,
+    // which the grant does not look at); a file this open made has none.
+    let open = if created {
+        Vec::new()
+    } else {
+        leases::open_on(tx, id)?
+    };
+    check_share_modes(&open, a.access, a.share_access, &a.path)?;
+    let found = leases::conflicts_among(&open, &a.session, a.access);
     if !found.is_empty() {
         if !a.force {
             return Err(MetaError::LeasesHeld(a.path.to_string()).into());
         }
         leases::record_breaks(tx, &found, true)?;
     }
-    let lease = leases::grantable(tx, id, &a.session, a.lease)?;
+    let lease = leases::grantable_among(&open, &a.session, a.lease);
     if truncates && !created {
         if a.access & access::WRITE == 0 {
             return Err(MetaError::Forbidden("truncating needs write access".into()).into());
@@ -411,19 +419,14 @@ fn open_file<R: KvRead + ?Sized>(
 }
 
 /// SMB-style share modes: an open must allow what every other open handle
-/// does, and ask only for what every other handle allows.
-fn check_share_modes<R: KvRead + ?Sized>(
-    tx: &Overlay<'_, R>,
-    inode: InodeId,
+/// (`open`) does, and ask only for what every other handle allows.
+fn check_share_modes(
+    open: &[(HandleId, HandleRecord)],
     wanted: u8,
     shared: u8,
     path: &FilePath,
 ) -> Result<(), ApplyError> {
-    for key in keys_under(tx, &keys::open_handles(inode))? {
-        let Some(h) = keys::trailing_u64(&key) else {
-            continue;
-        };
-        let other = load_handle(tx, HandleId(h))?;
+    for (_, other) in open {
         if wanted & !other.share_access != 0 || other.access & !shared != 0 {
             return Err(MetaError::SharingViolation(path.to_string()).into());
         }
