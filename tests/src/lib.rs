@@ -510,3 +510,47 @@ pub fn run_script(cmd: &mut Command) {
     );
     println!("{text}");
 }
+
+/// `cairn get REMOTE FIFO` (through `run`, which runs the CLI with the
+/// arguments given and returns its output) with a reader on the FIFO: the
+/// `len` bytes it read. Panics unless the CLI succeeded and the FIFO is
+/// still one afterwards (a download renamed over it would have replaced
+/// it, as one once replaced /dev/null).
+pub fn get_into_fifo(
+    run: impl Fn(&[&str]) -> std::process::Output,
+    remote: &str,
+    len: usize,
+) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fifo = dir.path().join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+    // Opened for reading and writing, which does not wait for a writer.
+    let mut pipe = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = vec![0u8; len];
+        let _ = tx.send(pipe.read_exact(&mut got).map(|()| got));
+    });
+    let out = run(&["get", remote, &fifo.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "cairn get into a FIFO failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("nothing arrived through the FIFO")
+        .expect("read from the FIFO");
+    let kind = fs::symlink_metadata(&fifo)
+        .expect("stat the FIFO")
+        .file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+    got
+}

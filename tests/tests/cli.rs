@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_tests::{Server, binary, random_bytes};
+use cairn_tests::{Server, binary, get_into_fifo, random_bytes};
 
 fn cairn(s: &Server, args: &[&str]) -> Output {
     Command::new(binary("cairn"))
@@ -43,6 +43,11 @@ fn put_get_ls_stat_mv_rm_mkdir() {
     ok(cairn(&s, &["get", "docs/big.bin", back.to_str().unwrap()]));
     assert_eq!(std::fs::read(&back).unwrap(), data);
     assert!(!Path::new(&format!("{}.cairn-part", back.display())).exists());
+    // Into a FIFO: written in place, not replaced by a regular file.
+    assert_eq!(
+        get_into_fifo(|a| cairn(&s, a), "docs/big.bin", data.len()),
+        data
+    );
     // To stdout.
     let out = cairn(&s, &["get", "/docs/big.bin"]);
     assert!(out.status.success());

@@ -702,3 +702,44 @@ async fn bad_setup_and_bad_requests_get_clear_errors() {
     let f = s.open("fine", OpenOptions::create()).await.unwrap();
     f.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_downloads_into_files_and_writes_special_files_in_place() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let data = random_bytes(5 * MIB + 7, 31);
+    let s = client(&c, None).await;
+    s.put("cli.bin", &mut std::io::Cursor::new(data.clone()), &|_| {})
+        .await
+        .unwrap();
+    s.logoff().await.unwrap();
+    // The CLI over the native protocol (CAIRN_QUIC set), as `cairn dev`'s
+    // env file sets it up.
+    let run = |args: &[&str]| {
+        std::process::Command::new(cairn_tests::binary("cairn"))
+            .args(args)
+            .env("CAIRN_URL", c.urls())
+            .env("CAIRN_TOKEN", c.token())
+            .env("CAIRN_QUIC", c.quic_addrs().join(","))
+            .env("CAIRN_CA", c.ca_pem())
+            .env("CAIRN_SHARE", "default")
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("back.bin");
+    let out = run(&["get", "cli.bin", local.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&local).unwrap() == data,
+        "file content differs"
+    );
+    let part = dir.path().join("back.bin.cairn-part");
+    assert!(!part.exists(), "the partial file was left behind");
+    let through_fifo = cairn_tests::get_into_fifo(run, "cli.bin", data.len());
+    assert!(through_fifo == data, "FIFO content differs");
+}

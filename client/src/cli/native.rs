@@ -7,7 +7,7 @@ use cairn_proto::api::{Stat, WriteResult};
 use cairn_proto::wire::Attr;
 use tokio::io::AsyncWriteExt;
 
-use super::transfer::{io_context, progress};
+use super::transfer::{Download, io_context, progress};
 use super::{Command, Output, format_time};
 
 /// Runs `cmd` natively; `None` for commands that only HTTP offers.
@@ -149,20 +149,17 @@ async fn get(
     let count = bar.clone();
     let result = match local {
         Some(path) => {
-            let part = format!("{path}.cairn-part");
-            let mut f = tokio::fs::File::create(&part)
-                .await
-                .map_err(|e| io_context(e, &part))?;
+            let (mut f, download) = Download::create(path).await?;
             let r = client.get(remote, &mut f, &move |n| count.inc(n)).await;
+            let r = match r {
+                Ok(n) => f.flush().await.map(|()| n).map_err(ClientError::Io),
+                Err(e) => Err(e),
+            };
+            drop(f);
             match r {
-                Ok(n) => {
-                    f.sync_all().await?;
-                    drop(f);
-                    tokio::fs::rename(&part, path).await?;
-                    Ok(n)
-                }
+                Ok(n) => download.finish().await.map(|()| n),
                 Err(e) => {
-                    let _ = tokio::fs::remove_file(&part).await;
+                    download.abandon().await;
                     Err(e)
                 }
             }

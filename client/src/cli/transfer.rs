@@ -84,13 +84,10 @@ pub async fn get(
     let bar = progress(resp.content_length());
     let mut hasher = blake3::Hasher::new();
     let mut body = std::pin::pin!(body_stream(resp));
-    let (mut sink, part): (Box<dyn tokio::io::AsyncWrite + Unpin>, Option<String>) = match local {
+    let (mut sink, download): (Box<dyn tokio::io::AsyncWrite + Unpin>, _) = match local {
         Some(path) => {
-            let part = format!("{path}.cairn-part");
-            let f = tokio::fs::File::create(&part)
-                .await
-                .map_err(|e| io_context(e, &part))?;
-            (Box::new(f), Some(part))
+            let (file, d) = Download::create(path).await?;
+            (Box::new(file), Some(d))
         }
         None => (Box::new(tokio::io::stdout()), None),
     };
@@ -108,6 +105,7 @@ pub async fn get(
     }
     .await;
     bar.finish_and_clear();
+    drop(sink);
     let actual = hasher.finalize().to_hex().to_string();
     let result = result.and_then(|size| match &expected {
         Some(e) if *e != actual => Err(ClientError::Integrity {
@@ -116,10 +114,9 @@ pub async fn get(
         }),
         _ => Ok(size),
     });
-    match (result, part, local) {
-        (Ok(size), Some(part), Some(path)) => {
-            drop(sink);
-            tokio::fs::rename(&part, path).await?;
+    match (result, download, local) {
+        (Ok(size), Some(download), Some(path)) => {
+            download.finish().await?;
             if out.json {
                 println!(
                     "{}",
@@ -129,11 +126,76 @@ pub async fn get(
             Ok(())
         }
         (Ok(_), _, _) => Ok(()),
-        (Err(e), part, _) => {
-            if let Some(part) = part {
-                let _ = tokio::fs::remove_file(part).await;
+        (Err(e), download, _) => {
+            if let Some(download) = download {
+                download.abandon().await;
             }
             Err(e)
+        }
+    }
+}
+
+/// Where a download to a local path lands. A regular file (or a new name)
+/// is written beside its name (`NAME.cairn-part`) and renamed into place
+/// once complete and verified, so a failed download leaves what was there.
+/// Anything else that exists (a device such as `/dev/null`, a FIFO, a
+/// terminal) is written in place: renaming over it would replace the
+/// special file with a regular one.
+pub(super) struct Download {
+    path: String,
+    /// The file written, when it is not `path` itself.
+    part: Option<String>,
+}
+
+impl Download {
+    /// The file to write and what to do with it afterwards.
+    pub(super) async fn create(path: &str) -> Result<(tokio::fs::File, Self), ClientError> {
+        let special = tokio::fs::metadata(path)
+            .await
+            .is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if special {
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .await
+                .map_err(|e| io_context(e, path))?;
+            let d = Self {
+                path: path.to_owned(),
+                part: None,
+            };
+            return Ok((f, d));
+        }
+        let part = format!("{path}.cairn-part");
+        let f = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| io_context(e, &part))?;
+        let d = Self {
+            path: path.to_owned(),
+            part: Some(part),
+        };
+        Ok((f, d))
+    }
+
+    /// Makes the complete download the file at its path, durably (the
+    /// written file must be closed already).
+    pub(super) async fn finish(self) -> Result<(), ClientError> {
+        let Some(part) = self.part else {
+            return Ok(());
+        };
+        let f = tokio::fs::File::open(&part)
+            .await
+            .map_err(|e| io_context(e, &part))?;
+        f.sync_all().await.map_err(|e| io_context(e, &part))?;
+        drop(f);
+        tokio::fs::rename(&part, &self.path)
+            .await
+            .map_err(|e| io_context(e, &self.path))
+    }
+
+    /// Removes what a failed download wrote, if it was not written in place.
+    pub(super) async fn abandon(self) {
+        if let Some(part) = self.part {
+            let _ = tokio::fs::remove_file(part).await;
         }
     }
 }
