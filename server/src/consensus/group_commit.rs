@@ -30,8 +30,10 @@ pub const BATCHES_IN_FLIGHT: usize = 2;
 /// Most commands in one entry.
 pub const BATCH_COMMANDS_MAX: usize = 128;
 /// Most encoded bytes of commands in one entry (a larger command goes
-/// alone).
-pub const BATCH_BYTES_MAX: usize = 1 << 20;
+/// alone). A lagging follower is sent up to 64 entries in one message of
+/// at most 32 MiB (`max_payload_entries`, `transport::MESSAGE_MAX`): 64 of
+/// these fit with room to spare.
+pub const BATCH_BYTES_MAX: usize = 256 << 10;
 /// Most commands waiting for an entry; further writers wait for room.
 pub const WAITING_MAX: usize = 4096;
 
