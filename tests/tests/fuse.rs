@@ -170,6 +170,15 @@ fn posix_calls_return_the_expected_errors() {
         .open(p("f"));
     assert_eq!(errno_of(excl), libc::EEXIST);
     assert_eq!(errno_of(std::fs::File::open(p("f/x"))), libc::ENOTDIR);
+    // A terminal request on a file (isatty: Python asks at every open).
+    let f = std::fs::File::open(p("f")).unwrap();
+    assert_eq!(
+        rustix::termios::tcgetattr(&f)
+            .err()
+            .map(|e| e.raw_os_error()),
+        Some(libc::ENOTTY)
+    );
+    drop(f);
     // mkdir / rmdir
     std::fs::create_dir(p("d")).unwrap();
     assert_eq!(errno_of(std::fs::create_dir(p("d"))), libc::EEXIST);

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use cairn_client::{Client, File};
 use cairn_proto::wire::HandleId;
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::attr::Owner;
@@ -481,6 +481,24 @@ impl Filesystem for CairnFs {
         // No hard links: one name per file. (Programs such as git try a
         // link first and fall back to a rename on EPERM.)
         reply.error(Errno::EPERM);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls: ENOTTY, as a local file system answers a terminal
+        // request on a regular file. Python asks whether each file it opens
+        // is a terminal; fuser's default answered ENOSYS (which the kernel
+        // does not remember for ioctls) and logged a warning for each.
+        reply.error(Errno::ENOTTY);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
