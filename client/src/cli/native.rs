@@ -149,17 +149,14 @@ async fn get(
     let count = bar.clone();
     let result = match local {
         Some(path) => {
-            let (mut f, download) = Download::create(path).await?;
-            let r = client.get(remote, &mut f, &move |n| count.inc(n)).await;
-            let r = match r {
-                Ok(n) => f.flush().await.map(|()| n).map_err(ClientError::Io),
-                Err(e) => Err(e),
-            };
-            drop(f);
-            match r {
-                Ok(n) => download.finish().await.map(|()| n),
+            let mut d = Download::create(path).await?;
+            match client
+                .get(remote, &mut d.file, &move |n| count.inc(n))
+                .await
+            {
+                Ok(n) => d.finish().await.map(|()| n),
                 Err(e) => {
-                    download.abandon().await;
+                    d.abandon().await;
                     Err(e)
                 }
             }

@@ -84,12 +84,14 @@ pub async fn get(
     let bar = progress(resp.content_length());
     let mut hasher = blake3::Hasher::new();
     let mut body = std::pin::pin!(body_stream(resp));
-    let (mut sink, download): (Box<dyn tokio::io::AsyncWrite + Unpin>, _) = match local {
-        Some(path) => {
-            let (file, d) = Download::create(path).await?;
-            (Box::new(file), Some(d))
-        }
-        None => (Box::new(tokio::io::stdout()), None),
+    let mut download = match local {
+        Some(path) => Some(Download::create(path).await?),
+        None => None,
+    };
+    let mut stdout = tokio::io::stdout();
+    let sink: &mut (dyn tokio::io::AsyncWrite + Unpin) = match &mut download {
+        Some(d) => &mut d.file,
+        None => &mut stdout,
     };
     let result = async {
         let mut size = 0u64;
@@ -105,7 +107,6 @@ pub async fn get(
     }
     .await;
     bar.finish_and_clear();
-    drop(sink);
     let actual = hasher.finalize().to_hex().to_string();
     let result = result.and_then(|size| match &expected {
         Some(e) if *e != actual => Err(ClientError::Integrity {
@@ -142,51 +143,45 @@ pub async fn get(
 /// terminal) is written in place: renaming over it would replace the
 /// special file with a regular one.
 pub(super) struct Download {
+    /// What the download is written to.
+    pub(super) file: tokio::fs::File,
     path: String,
-    /// The file written, when it is not `path` itself.
+    /// The name of `file`, when it is not `path` itself.
     part: Option<String>,
 }
 
 impl Download {
-    /// The file to write and what to do with it afterwards.
-    pub(super) async fn create(path: &str) -> Result<(tokio::fs::File, Self), ClientError> {
+    pub(super) async fn create(path: &str) -> Result<Self, ClientError> {
         let special = tokio::fs::metadata(path)
             .await
             .is_ok_and(|m| !m.is_file() && !m.is_dir());
-        if special {
-            let f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .await
-                .map_err(|e| io_context(e, path))?;
-            let d = Self {
-                path: path.to_owned(),
-                part: None,
-            };
-            return Ok((f, d));
-        }
-        let part = format!("{path}.cairn-part");
-        let f = tokio::fs::File::create(&part)
-            .await
-            .map_err(|e| io_context(e, &part))?;
-        let d = Self {
-            path: path.to_owned(),
-            part: Some(part),
+        let part = (!special).then(|| format!("{path}.cairn-part"));
+        let opened = match &part {
+            Some(part) => tokio::fs::File::create(part).await,
+            None => tokio::fs::OpenOptions::new().write(true).open(path).await,
         };
-        Ok((f, d))
+        let file = opened.map_err(|e| io_context(e, part.as_deref().unwrap_or(path)))?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            part,
+        })
     }
 
-    /// Makes the complete download the file at its path, durably (the
-    /// written file must be closed already).
-    pub(super) async fn finish(self) -> Result<(), ClientError> {
+    /// Makes the complete download the file at its path, durably.
+    pub(super) async fn finish(mut self) -> Result<(), ClientError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| io_context(e, &self.path))?;
         let Some(part) = self.part else {
             return Ok(());
         };
-        let f = tokio::fs::File::open(&part)
+        self.file
+            .sync_all()
             .await
             .map_err(|e| io_context(e, &part))?;
-        f.sync_all().await.map_err(|e| io_context(e, &part))?;
-        drop(f);
+        drop(self.file);
         tokio::fs::rename(&part, &self.path)
             .await
             .map_err(|e| io_context(e, &self.path))
@@ -194,6 +189,7 @@ impl Download {
 
     /// Removes what a failed download wrote, if it was not written in place.
     pub(super) async fn abandon(self) {
+        drop(self.file);
         if let Some(part) = self.part {
             let _ = tokio::fs::remove_file(part).await;
         }
