@@ -66,14 +66,13 @@ fn stale(id: HandleId) -> ApiError {
 impl OpenFile {
     /// The handle's state on this node, from replicated metadata.
     pub async fn load(state: &AppState, id: HandleId, session: &SessionId) -> ApiResult<Self> {
-        let record = match load_handle(&state.meta.snapshot(), id) {
-            Ok(r) => r,
-            Err(_) => {
-                // Opened through another node a moment ago, perhaps.
-                state.committer.read_barrier().await?;
-                load_handle(&state.meta.snapshot(), id).map_err(|_| stale(id))?
-            }
-        };
+        // Catch up first: the handle may have been opened, or closed, a
+        // moment ago through the leader. A node behind still had a closed
+        // handle's record while applying its close dropped the file, and a
+        // replayed close then failed on the missing inode instead of
+        // getting the replay table's answer.
+        state.committer.read_barrier().await?;
+        let record = load_handle(&state.meta.snapshot(), id).map_err(|_| stale(id))?;
         if record.session != *session {
             return Err(stale(id));
         }
