@@ -375,16 +375,8 @@ fn bind_quic(cluster: &ClusterConfig) -> Result<Option<quinn::Endpoint>, NodeErr
         return Ok(None);
     };
     let idle = Duration::from_secs(10);
-    let socket = tls::udp_socket(addr).map_err(listen_err)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| listen_err(std::io::Error::other("QUIC needs a tokio runtime")))?;
-    let mut endpoint = quinn::Endpoint::new(
-        tls::endpoint_config(),
-        Some(tls::server_config(dir, idle)?),
-        socket,
-        runtime,
-    )
-    .map_err(listen_err)?;
+    let mut endpoint =
+        cairn_quic::endpoint(addr, Some(tls::server_config(dir, idle)?)).map_err(listen_err)?;
     endpoint.set_default_client_config(tls::client_config(dir, idle)?);
     Ok(Some(endpoint))
 }

@@ -34,13 +34,7 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
             .add(cert.map_err(|e| invalid(&e))?)
             .map_err(|e| invalid(&e))?;
     }
-    // AES-128-GCM first (rustls prefers AES-256): every byte read is
-    // decrypted here, and AES-128 is 10 rounds a block to AES-256's 14.
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let provider = Arc::new(provider);
+    let provider = cairn_quic::crypto_provider();
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid(&e))?
@@ -59,52 +53,16 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     transport.send_window(64 << 20);
     // Larger packets where the path carries them (loopback, jumbo frames):
     // fewer packets is most of QUIC's throughput on a fast link.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    // quinn sends up to 10 packets in one GSO batch and the kernel refuses
-    // a batch over 65,507 bytes (a silent drop, then MTU black-hole
-    // detection falls back to 1,200 bytes): 10 packets must fit.
-    mtu.upper_bound(6_550);
-    // Black-hole detection also fires on congestion losses; try again soon
-    // rather than a minute of small packets.
-    mtu.black_hole_cooldown(Duration::from_secs(5));
-    transport.mtu_discovery_config(Some(mtu));
+    transport.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
     // A busy client reads late now and then; declaring packets lost after
     // 9/8 of a sub-millisecond RTT turns that into spurious losses.
     transport.time_threshold(4.0);
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let socket = udp_socket(bind).map_err(ClientError::Io)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| ClientError::Io(std::io::Error::other("QUIC needs a tokio runtime")))?;
-    // quinn advertises and accepts UDP payloads of at most 1,472 bytes
-    // unless told otherwise, which caps the server's MTU discovery too.
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    let _ = endpoint_config.max_udp_payload_size(65_527);
-    let mut endpoint =
-        quinn::Endpoint::new(endpoint_config, None, socket, runtime).map_err(ClientError::Io)?;
+    let mut endpoint = cairn_quic::endpoint(bind, None).map_err(ClientError::Io)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
-
-/// A UDP socket with buffers that hold a burst of 64 KiB datagrams: at the
-/// kernel's default (about 200 KiB) a fast server overflows the client and
-/// every drop costs a loss recovery.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use rustix::net::sockopt;
-    let socket = std::net::UdpSocket::bind(addr)?;
-    // Past net.core.rmem_max only root may go (the FORCE options); others
-    // get the system's maximum.
-    if sockopt::set_socket_recv_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
-        let _ = sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER_BYTES);
-    }
-    if sockopt::set_socket_send_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
-        let _ = sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER_BYTES);
-    }
-    Ok(socket)
-}
-
-/// Socket buffer asked for each direction.
-const UDP_BUFFER_BYTES: usize = 16 << 20;
 
 /// Why an exchange gave no answer. `sent` says whether the request may
 /// have reached the server.

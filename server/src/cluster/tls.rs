@@ -158,16 +158,6 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
     })
 }
 
-/// ring, preferring AES-128-GCM: QUIC encrypts every byte a node serves,
-/// and AES-128 takes 10 rounds per block where AES-256 (rustls's first
-/// choice) takes 14. Both ends prefer it, so it is what they agree on.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
-    p.cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    Arc::new(p)
-}
-
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Keep-alives well inside the idle timeout, so a silent peer is a dead
@@ -176,7 +166,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.mtu_discovery_config(Some(mtu_discovery()));
+    t.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
     // A busy node answers late now and then; declaring packets lost after
     // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
     // shrink the congestion window and trip MTU black-hole detection.
@@ -191,18 +181,6 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Path MTU discovery up to [`MTU_UPPER_BOUND`]: fewer, larger packets are
-/// most of QUIC's throughput on a fast link; on an ordinary 1500-byte
-/// network discovery stops at its limit.
-pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    // Black-hole detection also fires on congestion losses; try again soon
-    // rather than a minute of small packets.
-    mtu.black_hole_cooldown(Duration::from_secs(5));
-    mtu
-}
-
 /// Flow-control window of one stream: two 4 MiB messages.
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// Flow-control window of a connection, each way.
@@ -210,43 +188,6 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// Loss detection's reordering allowance, as a factor of the RTT.
 pub const LOSS_TIME_THRESHOLD: f32 = 4.0;
-
-/// Largest UDP payload path MTU discovery tries. quinn sends up to 10
-/// packets in one GSO batch and the kernel refuses a batch over 65,507
-/// bytes (quinn drops it silently: a loss, then MTU black-hole detection
-/// falls back to 1,200 bytes), so 10 packets must fit: 6,550.
-pub const MTU_UPPER_BOUND: u16 = 6_550;
-
-/// A UDP socket for a QUIC endpoint, with socket buffers that hold a burst
-/// of 64 KiB datagrams: at the kernel's default (about 200 KiB) a fast
-/// sender overflows the receiver and every drop costs a loss recovery.
-pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use rustix::net::sockopt;
-    let socket = std::net::UdpSocket::bind(addr)?;
-    // Past net.core.rmem_max only root may go (the FORCE options); others
-    // get the system's maximum.
-    if sockopt::set_socket_recv_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
-        let _ = sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER_BYTES);
-    }
-    if sockopt::set_socket_send_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
-        let _ = sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER_BYTES);
-    }
-    Ok(socket)
-}
-
-/// Socket buffer asked for each direction of a QUIC endpoint.
-pub const UDP_BUFFER_BYTES: usize = 16 << 20;
-
-/// The endpoint's own settings. quinn advertises and accepts UDP payloads
-/// of at most 1,472 bytes unless told otherwise, and the peer's MTU
-/// discovery stops there whatever its upper bound: on loopback that kept
-/// every packet at Ethernet size and cost most of the read throughput.
-pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
-    // 65,527 is QUIC's largest; anything at or above 1,200 is accepted.
-    let _ = c.max_udp_payload_size(65_527);
-    c
-}
 
 /// Most concurrent RPC streams a peer may open to a node.
 pub const STREAMS_MAX: u32 = 64;
@@ -258,10 +199,11 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
     // Peers must present a CA-signed certificate (checked here when they do,
     // and required by the peer service); native-protocol clients present
     // none and authenticate with share tokens.
-    let verifier = WebPkiClientVerifier::builder_with_provider(loaded.roots, provider())
-        .allow_unauthenticated()
-        .build()?;
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(loaded.roots, cairn_quic::crypto_provider())
+            .allow_unauthenticated()
+            .build()?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(cairn_quic::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)?;
@@ -277,7 +219,7 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
 /// node's certificate.
 pub fn client_config(dir: &Path, idle: Duration) -> Result<quinn::ClientConfig, TlsError> {
     let loaded = load(dir)?;
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+    let mut crypto = rustls::ClientConfig::builder_with_provider(cairn_quic::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(loaded.roots)
         .with_client_auth_cert(loaded.chain, loaded.key)?;

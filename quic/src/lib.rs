@@ -1,0 +1,82 @@
+//! QUIC endpoint plumbing shared by Cairn nodes and clients: the UDP socket
+//! (buffers, sends split to what the kernel takes), path MTU discovery and
+//! the cipher order. Certificates and transport limits stay with each side.
+
+mod split;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use split::{SEND_BYTES_MAX, SplitSends};
+
+/// Socket buffer asked for each direction of an endpoint: at the kernel's
+/// default (about 200 KiB) a fast sender overflows the receiver with a
+/// burst of 64 KiB datagrams, and every drop costs a loss recovery.
+pub const UDP_BUFFER_BYTES: usize = 16 << 20;
+
+/// Largest UDP payload path MTU discovery tries: a 64 KiB IPv4 packet.
+/// Loopback carries it; on an ordinary 1500-byte network discovery stops
+/// where the path does.
+pub const MTU_UPPER_BOUND: u16 = SEND_BYTES_MAX as u16;
+
+/// A QUIC endpoint on `addr`, client side always, server side with
+/// `server`.
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = udp_socket(addr)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
+    let socket = SplitSends::wrap(&runtime, socket)?;
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime)
+}
+
+/// A UDP socket with buffers of [`UDP_BUFFER_BYTES`].
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::sockopt;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Past net.core.rmem_max only root may go (the FORCE options); others
+    // get the system's maximum.
+    if sockopt::set_socket_recv_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER_BYTES);
+    }
+    if sockopt::set_socket_send_buffer_size_force(&socket, UDP_BUFFER_BYTES).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER_BYTES);
+    }
+    Ok(socket)
+}
+
+/// The endpoint's own settings. quinn advertises and accepts UDP payloads
+/// of at most 1,472 bytes unless told otherwise, and the peer's MTU
+/// discovery stops there whatever its upper bound: on loopback that kept
+/// every packet at Ethernet size and cost most of the read throughput.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // 65,527 is QUIC's largest; anything at or above 1,200 is accepted.
+    let _ = c.max_udp_payload_size(65_527);
+    c
+}
+
+/// Path MTU discovery up to [`MTU_UPPER_BOUND`]: fewer, larger packets are
+/// most of QUIC's throughput on a fast link (each costs quinn its framing,
+/// loss tracking and an AEAD call).
+pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    // Black-hole detection also fires on congestion losses; try again soon
+    // rather than a minute of small packets.
+    mtu.black_hole_cooldown(Duration::from_secs(5));
+    mtu
+}
+
+/// ring, preferring AES-128-GCM: QUIC encrypts every byte a node serves,
+/// and AES-128 takes 10 rounds per block where AES-256 (rustls's first
+/// choice) takes 14. Both ends prefer it, so it is what they agree on.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
+}
