@@ -80,3 +80,15 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
         .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     Arc::new(p)
 }
+
+/// Fewer acknowledgements: the peer is asked to acknowledge every 16th
+/// packet or within 5 ms, where QUIC's default is every other packet.
+/// Every RPC's answer already carries the acknowledgement of its request,
+/// so standalone ACK packets are mostly overhead: a datagram each way
+/// through both kernels.
+pub fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(16u32.into());
+    ack.max_ack_delay(Some(Duration::from_millis(5)));
+    ack
+}

@@ -54,6 +54,7 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     // Larger packets where the path carries them (loopback, jumbo frames):
     // fewer packets is most of QUIC's throughput on a fast link.
     transport.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
+    transport.ack_frequency_config(Some(cairn_quic::ack_frequency()));
     // A busy client reads late now and then; declaring packets lost after
     // 9/8 of a sub-millisecond RTT turns that into spurious losses.
     transport.time_threshold(4.0);

@@ -167,6 +167,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
+    t.ack_frequency_config(Some(cairn_quic::ack_frequency()));
     // A busy node answers late now and then; declaring packets lost after
     // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
     // shrink the congestion window and trip MTU black-hole detection.
