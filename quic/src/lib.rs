@@ -92,3 +92,21 @@ pub fn ack_frequency() -> quinn::AckFrequencyConfig {
     ack.max_ack_delay(Some(Duration::from_millis(5)));
     ack
 }
+
+/// Takes the end of a stream whose message has been read in full, if it
+/// has arrived. quinn marks a stream read only once a read has seen its
+/// end; dropped before that, it sends the peer STOP_SENDING, which for a
+/// request/answer exchange is an extra packet per call (and one more
+/// acknowledgement). The sender finishes right after its message, so the
+/// end nearly always came with it. It is not waited for: a peer that dies
+/// between its message and its end must not hold up an answer already
+/// read.
+pub async fn read_end(recv: &mut quinn::RecvStream) {
+    let mut probe = [0u8; 1];
+    let mut read = std::pin::pin!(recv.read(&mut probe));
+    std::future::poll_fn(|cx| {
+        let _ = read.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+}

@@ -107,6 +107,7 @@ pub async fn exchange(
             .map_err(|e| lost(e.to_string()))?;
         let _ = send.finish();
         let answer = read_frame(&mut recv).await?;
+        cairn_quic::read_end(&mut recv).await;
         match decode_frame_bytes(&answer) {
             Ok(Some((frame, _))) => Response::decode(&frame).map_err(|e| lost(e.to_string())),
             Ok(None) => Err(lost("truncated answer".into())),

@@ -216,6 +216,7 @@ async fn serve_stream(
     service: &PeerService,
 ) -> Result<(), FrameError> {
     let inbound = transport::read_frame_budgeted(&mut recv, &service.budget).await?;
+    cairn_quic::read_end(&mut recv).await;
     let (resp, body) = match postcard::from_bytes::<Request>(&inbound.head) {
         Ok(req) => service.handle(req, inbound.body).await,
         Err(e) => (Response::BadRequest(e.to_string()), Bytes::new()),

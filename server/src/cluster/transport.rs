@@ -172,6 +172,7 @@ impl Transport {
             FrameError::TooLarge(n) => RpcError::TooLarge(n),
             e => lost(e.to_string()),
         })?;
+        cairn_quic::read_end(&mut recv).await;
         send.answered = true;
         Ok(answer)
     }
