@@ -155,6 +155,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// The open handle a session command acts on: a session may only act
+    /// on its own.
+    pub fn handle(&self) -> Option<HandleId> {
+        match self {
+            Self::SetContent { handle, .. }
+            | Self::SetAttr { handle, .. }
+            | Self::CloseHandle { handle, .. }
+            | Self::Lock { handle, .. }
+            | Self::Unlock { handle, .. } => Some(*handle),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -66,10 +66,10 @@ fn sequenced<R: KvRead + ?Sized>(
             None,
         );
     }
-    let result = {
+    let result = owns_handle(&tx, session, cmd).and_then(|()| {
         let mut inner = Overlay::new(&tx);
         apply(&mut inner, cmd).map(|a| (a, inner.into_pending()))
-    };
+    });
     let outcome = match result {
         Ok((applied, writes)) => {
             tx.absorb(writes);
@@ -179,6 +179,24 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
         other => {
             Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into())
         }
+    }
+}
+
+/// Refuses a command on another session's handle (as stale: to this
+/// session the handle does not exist). Nodes check too, from their own
+/// metadata, but the log is where it cannot be raced.
+fn owns_handle<R: KvRead + ?Sized>(
+    tx: &R,
+    session: &SessionId,
+    cmd: &Command,
+) -> Result<(), ApplyError> {
+    let Some(handle) = cmd.handle() else {
+        return Ok(());
+    };
+    if load_handle(tx, handle)?.session == *session {
+        Ok(())
+    } else {
+        Err(MetaError::StaleHandle(handle.to_string()).into())
     }
 }
 

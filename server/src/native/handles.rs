@@ -54,8 +54,8 @@ pub struct OpenFile {
     /// Whole 4 MiB cells being stored as chunks while writes go on, so a
     /// flush finds most of its chunks already durable.
     staging: std::collections::BTreeMap<u64, StageTask>,
-    /// Read through a barrier before trusting local metadata: set when
-    /// the handle is first used on this node and after each flush.
+    /// Read through a barrier before trusting local metadata: set after
+    /// each flush (loading a handle does a barrier of its own).
     stale: bool,
 }
 
@@ -88,7 +88,10 @@ impl OpenFile {
             provisional: None,
             appended: std::collections::VecDeque::new(),
             staging: std::collections::BTreeMap::new(),
-            stale: true,
+            // The barrier above is this first use's: a second one before
+            // trusting local metadata would only cost a heartbeat round
+            // (a create+close paid two on its close).
+            stale: false,
         })
     }
 

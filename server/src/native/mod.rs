@@ -256,6 +256,16 @@ impl NativeServer {
     }
 
     /// The node-side state of `id`, loaded from metadata on first use.
+    /// True if this node has served `id` for `session` (and so may hold
+    /// its unflushed writes).
+    fn holds(&self, id: HandleId, session: &SessionId) -> bool {
+        match self.open.lock() {
+            Ok(open) => open.get(&id).is_some_and(|e| e.session == *session),
+            // Then `file` reports the poisoned table.
+            Err(_) => true,
+        }
+    }
+
     async fn file(
         &self,
         id: HandleId,

@@ -537,12 +537,22 @@ async fn close(
     h: HandleId,
 ) -> ApiResult<Response> {
     let state = &server.state;
-    // A retried close finds the handle gone (perhaps only once this node
-    // catches up, halfway through its flush); the replay table answers it.
-    let settle = match flush_and_settle(server, b, h).await {
-        Ok(settle) => settle,
-        Err(e) if e.code == ErrorCode::StaleHandle => None,
-        Err(e) => return Err(e),
+    // Only a node that has served the handle holds writes or a provisional
+    // ETag for it; elsewhere there is nothing to flush, and loading the
+    // handle would cost a read barrier per close (a program that creates
+    // a file and closes it unwritten paid one per file). The log checks
+    // the handle is this session's.
+    let settle = if server.holds(h, &b.id) {
+        // A retried close finds the handle gone (perhaps only once this
+        // node catches up, halfway through its flush); the replay table
+        // answers it.
+        match flush_and_settle(server, b, h).await {
+            Ok(settle) => settle,
+            Err(e) if e.code == ErrorCode::StaleHandle => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
     };
     sequenced(
         server,

@@ -177,6 +177,26 @@ async fn handles_access_sharing_and_sizes() {
         .await,
         ErrorCode::StaleHandle
     );
+    // Nor may another session close it, whether or not this node has
+    // served the handle yet (the log refuses it), and the refusal is what a
+    // retry gets too.
+    let close = Request::Close(o.handle);
+    let seq = b.next_seq();
+    for _ in 0..2 {
+        let Response::Error(e) = b.with_seq(seq, &close).await else {
+            panic!("another session closed the handle")
+        };
+        assert_eq!(e.code, ErrorCode::StaleHandle);
+    }
+    a.call(Request::StatHandle(o.handle)).await;
+    assert_eq!(
+        b.fails(Request::Close(o.handle)).await,
+        ErrorCode::StaleHandle
+    );
+    assert!(matches!(
+        a.call(Request::StatHandle(o.handle)).await,
+        Response::Attr(_)
+    ));
     // A read-only handle cannot write or truncate.
     let r = a.open("f", Disposition::Open, access::READ).await;
     let w = |h| {
