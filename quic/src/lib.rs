@@ -1,6 +1,8 @@
 //! QUIC endpoint plumbing shared by Cairn nodes and clients: the UDP socket
-//! (buffers, sends split to what the kernel takes), path MTU discovery and
-//! the cipher order. Certificates and transport limits stay with each side.
+//! (buffers, sends split to what the kernel takes), transport settings
+//! (flow-control windows, MTU discovery, acknowledgements, loss detection)
+//! and the cipher order. Certificates and stream limits stay with each
+//! side.
 
 mod split;
 
@@ -8,17 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use split::{SEND_BYTES_MAX, SplitSends};
+use split::{SEND_BYTES_MAX, SplitSends};
 
 /// Socket buffer asked for each direction of an endpoint: at the kernel's
 /// default (about 200 KiB) a fast sender overflows the receiver with a
 /// burst of 64 KiB datagrams, and every drop costs a loss recovery.
-pub const UDP_BUFFER_BYTES: usize = 16 << 20;
+const UDP_BUFFER_BYTES: usize = 16 << 20;
 
 /// Largest UDP payload path MTU discovery tries: a 64 KiB IPv4 packet.
 /// Loopback carries it; on an ordinary 1500-byte network discovery stops
 /// where the path does.
-pub const MTU_UPPER_BOUND: u16 = SEND_BYTES_MAX as u16;
+const MTU_UPPER_BOUND: u16 = SEND_BYTES_MAX as u16;
 
 /// A QUIC endpoint on `addr`, client side always, server side with
 /// `server`.
@@ -59,10 +61,41 @@ fn endpoint_config() -> quinn::EndpointConfig {
     c
 }
 
+/// Transport settings for a connection declared dead after `idle` of
+/// silence.
+pub fn transport(idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Keep-alives well inside the idle timeout, so a silent peer is a dead
+    // peer.
+    t.keep_alive_interval(Some(idle / 4));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    // Several 4 MiB reads, writes and chunk transfers in flight on one
+    // connection: quinn's defaults (1.25 MB per stream, 10 MB to send)
+    // would stall each 4 MiB stream for window updates. These are limits,
+    // not allocations: a connection buffers only what is in flight.
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
+    t.send_window(u64::from(CONNECTION_WINDOW));
+    t.mtu_discovery_config(Some(mtu_discovery()));
+    t.ack_frequency_config(Some(ack_frequency()));
+    // A busy end answers late now and then; declaring packets lost after
+    // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
+    // shrink the congestion window and trip MTU black-hole detection.
+    t.time_threshold(LOSS_TIME_THRESHOLD);
+    t
+}
+
+/// Flow-control window of one stream: two 4 MiB messages.
+const STREAM_WINDOW: u32 = 8 << 20;
+/// Flow-control window of a connection, each way.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+/// Loss detection's reordering allowance, as a factor of the RTT.
+const LOSS_TIME_THRESHOLD: f32 = 4.0;
+
 /// Path MTU discovery up to [`MTU_UPPER_BOUND`]: fewer, larger packets are
 /// most of QUIC's throughput on a fast link (each costs quinn its framing,
 /// loss tracking and an AEAD call).
-pub fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
     // Black-hole detection also fires on congestion losses; try again soon
@@ -86,7 +119,7 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Every RPC's answer already carries the acknowledgement of its request,
 /// so standalone ACK packets are mostly overhead: a datagram each way
 /// through both kernels.
-pub fn ack_frequency() -> quinn::AckFrequencyConfig {
+fn ack_frequency() -> quinn::AckFrequencyConfig {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(16u32.into());
     ack.max_ack_delay(Some(Duration::from_millis(5)));

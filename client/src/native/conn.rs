@@ -44,20 +44,7 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(crypto))
         .map_err(|e| invalid(&e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
-    // Large reads and writes in flight together: a window of a few of them.
-    transport.stream_receive_window((8u32 << 20).into());
-    transport.receive_window((64u32 << 20).into());
-    transport.send_window(64 << 20);
-    // Larger packets where the path carries them (loopback, jumbo frames):
-    // fewer packets is most of QUIC's throughput on a fast link.
-    transport.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
-    transport.ack_frequency_config(Some(cairn_quic::ack_frequency()));
-    // A busy client reads late now and then; declaring packets lost after
-    // 9/8 of a sub-millisecond RTT turns that into spurious losses.
-    transport.time_threshold(4.0);
+    let transport = cairn_quic::transport(IDLE_TIMEOUT);
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint = cairn_quic::endpoint(bind, None).map_err(ClientError::Io)?;

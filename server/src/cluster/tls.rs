@@ -159,36 +159,11 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
 }
 
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    // Keep-alives well inside the idle timeout, so a silent peer is a dead
-    // peer; RPC timeouts catch it sooner.
-    t.keep_alive_interval(Some(idle / 4));
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    let mut t = cairn_quic::transport(idle);
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.mtu_discovery_config(Some(cairn_quic::mtu_discovery()));
-    t.ack_frequency_config(Some(cairn_quic::ack_frequency()));
-    // A busy node answers late now and then; declaring packets lost after
-    // 9/8 of a sub-millisecond RTT turns that into spurious losses, which
-    // shrink the congestion window and trip MTU black-hole detection.
-    t.time_threshold(LOSS_TIME_THRESHOLD);
-    // Several 4 MiB reads, writes and chunk transfers in flight on one
-    // connection: quinn's defaults (1.25 MB per stream, 10 MB to send)
-    // would stall each 4 MiB stream for window updates. These are limits,
-    // not allocations: a connection buffers only what is in flight.
-    t.stream_receive_window(STREAM_WINDOW.into());
-    t.receive_window(CONNECTION_WINDOW.into());
-    t.send_window(u64::from(CONNECTION_WINDOW));
     Arc::new(t)
 }
-
-/// Flow-control window of one stream: two 4 MiB messages.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-/// Flow-control window of a connection, each way.
-pub const CONNECTION_WINDOW: u32 = 64 << 20;
-
-/// Loss detection's reordering allowance, as a factor of the RTT.
-pub const LOSS_TIME_THRESHOLD: f32 = 4.0;
 
 /// Most concurrent RPC streams a peer may open to a node.
 pub const STREAMS_MAX: u32 = 64;
@@ -200,11 +175,11 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
     // Peers must present a CA-signed certificate (checked here when they do,
     // and required by the peer service); native-protocol clients present
     // none and authenticate with share tokens.
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(loaded.roots, cairn_quic::crypto_provider())
-            .allow_unauthenticated()
-            .build()?;
-    let mut crypto = rustls::ServerConfig::builder_with_provider(cairn_quic::crypto_provider())
+    let provider = cairn_quic::crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(loaded.roots, Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(loaded.chain, loaded.key)?;
