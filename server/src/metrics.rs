@@ -42,6 +42,8 @@ pub struct Metrics {
     pub meta_commands: Counter,
     pub meta_group_size: Histogram,
     pub meta_commit_seconds: Histogram,
+    pub meta_reads_leased: Counter,
+    pub meta_read_rounds: Counter,
     pub gc_runs: Counter,
     pub gc_chunks_deleted: Counter,
 }
@@ -64,6 +66,8 @@ impl Metrics {
             meta_commands: Counter::default(),
             meta_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             meta_commit_seconds: latency_histogram(),
+            meta_reads_leased: Counter::default(),
+            meta_read_rounds: Counter::default(),
             gc_runs: Counter::default(),
             gc_chunks_deleted: Counter::default(),
         };
@@ -132,6 +136,16 @@ impl Metrics {
             "meta_commands",
             "Metadata commands this node committed as leader",
             self.meta_commands.clone(),
+        );
+        r.register(
+            "meta_reads_leased",
+            "Read barriers this node confirmed as leader under its read lease",
+            self.meta_reads_leased.clone(),
+        );
+        r.register(
+            "meta_read_rounds",
+            "Heartbeat rounds this node ran as leader to confirm reads",
+            self.meta_read_rounds.clone(),
         );
         r.register(
             "meta_group_commands",

@@ -22,7 +22,8 @@ use crate::cluster::service::{self, PeerService, RepairStats};
 use crate::cluster::tls::{self, TlsError};
 use crate::cluster::transport::Transport;
 use crate::config::{ClusterConfig, Config};
-use crate::consensus::committer::Timeouts;
+use crate::consensus::committer::{ReadLease, Timeouts};
+use crate::consensus::lease::{AppliedMark, Leases};
 use crate::consensus::network::Network;
 use crate::consensus::snapshot::SnapshotDir;
 use crate::consensus::state_machine::MachineError;
@@ -157,13 +158,23 @@ impl Node {
             draining: false,
         };
 
-        let raft = start_raft(config, &meta, transport.clone()).await?;
+        // Well under openraft's follower lease (election_timeout_max): see
+        // `consensus::lease`.
+        let leases = Arc::new(Leases::new(Duration::from_millis(
+            config.cluster.election_timeout_ms * 4 / 5,
+        )));
+        let (raft, mark) =
+            start_raft(config, &meta, transport.clone(), Arc::clone(&leases)).await?;
         let joined = initialize(config, &raft, &me).await?;
         let committer = Committer::new(
             config.node_id,
             raft.clone(),
             transport.clone(),
             Arc::clone(&metrics),
+            ReadLease {
+                leases: Arc::clone(&leases),
+                mark,
+            },
             Timeouts {
                 write: Duration::from_secs(config.cluster.write_timeout_secs),
                 read: Duration::from_secs(config.cluster.read_timeout_secs),
@@ -213,6 +224,7 @@ impl Node {
             stats: Arc::clone(&stats),
             budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
             leader_contact: Arc::clone(&leader_contact),
+            leases,
         });
         let native = Arc::new(OnceLock::new());
         let peers_task = endpoint.map(|e| {
@@ -385,7 +397,8 @@ async fn start_raft(
     config: &Config,
     meta: &Arc<MetaStore>,
     transport: Option<Arc<Transport>>,
-) -> Result<Raft, NodeError> {
+    leases: Arc<Leases>,
+) -> Result<(Raft, Arc<AppliedMark>), NodeError> {
     let c = &config.cluster;
     let raft_config = openraft::Config {
         cluster_name: "cairn".into(),
@@ -414,15 +427,17 @@ async fn start_raft(
             }
         })?;
     let sm = StateMachine::open(Arc::clone(meta), snapshots)?;
-    Raft::new(
+    let mark = sm.applied_mark();
+    let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network::new(transport),
+        Network::new(transport, leases),
         LogStore::new(Arc::clone(meta)),
         sm,
     )
     .await
-    .map_err(|e| NodeError::Raft(e.to_string()))
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok((raft, mark))
 }
 
 /// A node that has never been part of a cluster starts one: alone (no

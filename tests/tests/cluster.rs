@@ -270,6 +270,48 @@ async fn listing(c: &Cluster, i: usize, dir: &str) -> BTreeMap<String, (String, 
         .collect()
 }
 
+/// A counter from node `i`'s `/metrics`.
+async fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
+    let text = http()
+        .get(format!("{}/metrics", c.http(i)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Every read sees the write acknowledged just before it through another
+/// node, and a leader its followers answer confirms those reads under its
+/// read lease instead of a heartbeat round each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_see_the_last_write_and_a_steady_leader_confirms_them_by_lease() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(put(&c, leader, "l/x.txt", b"v").await, StatusCode::CREATED);
+    let leased = counter(&c, leader, "cairn_meta_reads_leased_total").await;
+    let rounds = counter(&c, leader, "cairn_meta_read_rounds_total").await;
+    for i in 0..30 {
+        let (writer, reader) = (i % 3, (i + 1) % 3);
+        let value = format!("v{i}").into_bytes();
+        assert!(put(&c, writer, "l/x.txt", &value).await.is_success());
+        assert_eq!(get(&c, reader, "l/x.txt").await, (StatusCode::OK, value));
+    }
+    let leased = counter(&c, leader, "cairn_meta_reads_leased_total").await - leased;
+    let rounds = counter(&c, leader, "cairn_meta_read_rounds_total").await - rounds;
+    // 30 reads, on every node (followers ask the leader): all but the odd
+    // one that finds the lease lapsing are confirmed under it.
+    assert!(
+        leased >= 25,
+        "{leased} reads under the lease, {rounds} rounds"
+    );
+    assert!(rounds <= 5, "{rounds} heartbeat rounds for 30 reads");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_loop_loses_nothing_acknowledged() {
     const KILLS: usize = 20;

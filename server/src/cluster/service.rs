@@ -16,6 +16,7 @@ use super::rpc::{NodeStatus, Request, Response};
 use super::transport::{self, FrameError};
 use crate::chunks::{ChunkError, ChunkStore};
 use crate::consensus::Committer;
+use crate::consensus::lease::Leases;
 use crate::consensus::watchdog::LeaderContact;
 
 /// Counters the repairer and scrubber keep, reported by `Status`.
@@ -38,6 +39,8 @@ pub struct PeerService {
     pub budget: Arc<Semaphore>,
     /// When a leader's append was last accepted, for the election watchdog.
     pub leader_contact: Arc<LeaderContact>,
+    /// Every term another node sends is recorded here before Raft sees it.
+    pub leases: Arc<Leases>,
 }
 
 impl PeerService {
@@ -61,14 +64,27 @@ impl PeerService {
         let raft = self.committer.raft();
         match req {
             Request::AppendEntries(r) => {
+                let term = r.vote.leader_id().get_term();
+                self.leases.saw_term(term);
+                // The leader is alive as soon as its append arrives: a
+                // slow sync of this node's own log must not look like a
+                // silent leader to the election watchdog.
+                if term >= raft.metrics().borrow().current_term {
+                    self.leader_contact.touch();
+                }
                 let answer = raft.append_entries(r).await;
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
                     self.leader_contact.touch();
                 }
                 Response::AppendEntries(answer)
             }
-            Request::Vote(r) => Response::Vote(raft.vote(r).await),
+            Request::Vote(r) => {
+                self.leases.saw_term(r.vote.leader_id().get_term());
+                self.leases.after_start().await;
+                Response::Vote(raft.vote(r).await)
+            }
             Request::InstallSnapshot(r) => {
+                self.leases.saw_term(r.vote.leader_id().get_term());
                 Response::InstallSnapshot(raft.install_snapshot(r).await)
             }
             Request::Write(cmd) => Response::Write(self.committer.write_here(cmd).await),

@@ -6,16 +6,23 @@
 //! reported as such, and the HTTP client decides whether to replay it.
 //!
 //! Reads are linearizable by read-index: the leader confirms it still leads
-//! (a heartbeat round to a majority) and names its commit index; the
-//! reading node waits until it has applied that far, then reads locally.
+//! and names an index; the reading node waits until it has applied that
+//! far, then reads locally. A leader holding a read lease ([`lease`])
+//! confirms from the acknowledgements it already has; otherwise it runs a
+//! heartbeat round to a majority. Concurrent barriers share rounds, on the
+//! leader and on the followers that ask it.
+//!
+//! [`lease`]: super::lease
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
 use super::group_commit::GroupCommit;
+use super::lease::{AppliedMark, Leases};
 use super::{NodeId, Outcome, Raft};
 use crate::cluster::rpc::{Refused, Request, Response};
 use crate::cluster::transport::Transport;
@@ -54,6 +61,13 @@ pub struct Timeouts {
     pub quorum_lease: Duration,
 }
 
+/// What a leader needs to serve reads under a lease.
+pub struct ReadLease {
+    pub leases: Arc<Leases>,
+    /// What this node's state machine has applied.
+    pub mark: Arc<AppliedMark>,
+}
+
 /// The handle through which everything writes (and barriers reads of)
 /// metadata.
 #[derive(Clone)]
@@ -66,18 +80,32 @@ struct Inner {
     raft: Raft,
     transport: Option<Arc<Transport>>,
     timeouts: Timeouts,
+    lease: ReadLease,
+    /// On the leader: barriers waiting for a heartbeat round.
     rounds: std::sync::Mutex<ReadRounds>,
+    /// On a follower: barriers waiting for the leader's read index.
+    asked: std::sync::Mutex<ReadRounds>,
     group: Arc<GroupCommit>,
+    metrics: Arc<Metrics>,
 }
 
-/// Read barriers waiting on the leader for a heartbeat round. Concurrent
-/// barriers share rounds: one that arrives while a round is out waits for
-/// the next (which starts after it arrived, as linearizability needs), so
-/// a burst of reads costs two rounds instead of one each.
+/// Read barriers waiting for a read index. Concurrent barriers share
+/// rounds: one that arrives while a round is out waits for the next (which
+/// starts after it arrived, as linearizability needs), so a burst of reads
+/// costs two rounds instead of one each.
 #[derive(Default)]
 struct ReadRounds {
     running: bool,
     waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, Refused>>>,
+}
+
+/// Where a round gets its read index.
+#[derive(Clone, Copy)]
+enum Round {
+    /// A heartbeat round from this node, the leader.
+    Heartbeats,
+    /// The leader, asked by this follower.
+    AskLeader,
 }
 
 /// How often a waiting request looks for a leader again, at least.
@@ -89,16 +117,20 @@ impl Committer {
         raft: Raft,
         transport: Option<Arc<Transport>>,
         metrics: Arc<Metrics>,
+        lease: ReadLease,
         timeouts: Timeouts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id,
-                group: GroupCommit::new(raft.clone(), metrics),
+                group: GroupCommit::new(raft.clone(), Arc::clone(&metrics)),
+                metrics,
                 raft,
                 transport,
                 timeouts,
+                lease,
                 rounds: std::sync::Mutex::default(),
+                asked: std::sync::Mutex::default(),
             }),
         }
     }
@@ -233,12 +265,18 @@ impl Committer {
         let deadline = Instant::now() + self.inner.timeouts.read;
         loop {
             let index = match self.leader() {
+                // The lease's index is applied here already.
+                Some(l) if l == self.inner.id && self.leased_read_index().is_some() => {
+                    return Ok(());
+                }
                 Some(l) if l == self.inner.id => {
-                    tokio::time::timeout_at(deadline, self.read_index_here())
+                    tokio::time::timeout_at(deadline, self.shared_round(Round::Heartbeats))
                         .await
                         .ok()
                 }
-                Some(l) => Some(self.forward_read_index(l, deadline).await),
+                Some(_) => tokio::time::timeout_at(deadline, self.shared_round(Round::AskLeader))
+                    .await
+                    .ok(),
                 None => None,
             };
             match index {
@@ -257,12 +295,45 @@ impl Committer {
     }
 
     /// On the leader: confirms leadership with a majority and returns the
-    /// index reads must wait for (from a heartbeat round that started after
-    /// this call did).
+    /// index reads must wait for (under the lease, or from a heartbeat
+    /// round that started after this call did).
     pub async fn read_index_here(&self) -> Result<u64, Refused> {
+        match self.leased_read_index() {
+            Some(index) => Ok(index),
+            None => self.shared_round(Round::Heartbeats).await,
+        }
+    }
+
+    /// The read index a leader holding its read lease may answer with:
+    /// what it has applied, once that includes an entry of its own term.
+    fn leased_read_index(&self) -> Option<u64> {
+        let (term, voters) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            let leads = m.state == ServerState::Leader
+                && m.vote.is_committed()
+                && m.vote.leader_id().voted_for() == Some(self.inner.id);
+            let membership = m.membership_config.membership();
+            if !leads || membership.get_joint_config().len() != 1 {
+                return None;
+            }
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            (m.vote.leader_id().get_term(), voters)
+        };
+        if !self.inner.lease.leases.holds(self.inner.id, term, &voters) {
+            return None;
+        }
+        let applied = self.inner.lease.mark.get()?;
+        let index = (applied.leader_id.term == term).then_some(applied.index)?;
+        self.inner.metrics.meta_reads_leased.inc();
+        Some(index)
+    }
+
+    /// Joins the next round of `round`, starting one if none runs.
+    async fn shared_round(&self, round: Round) -> Result<u64, Refused> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
-            let Ok(mut r) = self.inner.rounds.lock() else {
+            let Ok(mut r) = self.rounds_of(round).lock() else {
                 return Err(Refused::Failed("read rounds poisoned".into()));
             };
             r.waiting.push(tx);
@@ -271,16 +342,23 @@ impl Committer {
         if start {
             // Its own task: a caller giving up must not strand the others.
             let this = self.clone();
-            tokio::spawn(async move { this.run_read_rounds().await });
+            tokio::spawn(async move { this.run_rounds(round).await });
         }
         rx.await.unwrap_or(Err(Refused::NotLeader))
     }
 
-    /// Runs heartbeat rounds until no barrier waits, each answering every
-    /// barrier that arrived before it started.
-    async fn run_read_rounds(&self) {
+    fn rounds_of(&self, round: Round) -> &std::sync::Mutex<ReadRounds> {
+        match round {
+            Round::Heartbeats => &self.inner.rounds,
+            Round::AskLeader => &self.inner.asked,
+        }
+    }
+
+    /// Runs rounds until no barrier waits, each answering every barrier
+    /// that arrived before it started.
+    async fn run_rounds(&self, round: Round) {
         loop {
-            let batch = match self.inner.rounds.lock() {
+            let batch = match self.rounds_of(round).lock() {
                 Ok(mut r) if r.waiting.is_empty() => {
                     r.running = false;
                     return;
@@ -288,14 +366,28 @@ impl Committer {
                 Ok(mut r) => std::mem::take(&mut r.waiting),
                 Err(_) => return,
             };
-            let result = self.read_index_round().await;
+            let result = match round {
+                Round::Heartbeats => self.read_index_round().await,
+                Round::AskLeader => self.ask_leader().await,
+            };
             for waiter in batch {
                 let _ = waiter.send(result.clone());
             }
         }
     }
 
+    async fn ask_leader(&self) -> Result<u64, Refused> {
+        match self.leader() {
+            Some(l) if l != self.inner.id => {
+                let deadline = Instant::now() + self.inner.timeouts.read;
+                self.forward_read_index(l, deadline).await
+            }
+            _ => Err(Refused::NotLeader),
+        }
+    }
+
     async fn read_index_round(&self) -> Result<u64, Refused> {
+        self.inner.metrics.meta_read_rounds.inc();
         match self.inner.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {

@@ -9,6 +9,7 @@
 
 pub mod committer;
 pub mod group_commit;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

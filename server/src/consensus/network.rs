@@ -2,6 +2,7 @@
 //! QUIC streams with openraft's own deadlines.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -12,6 +13,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
+use super::lease::Leases;
 use super::{NodeId, NodeInfo, TypeConfig};
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::transport::{RpcError, Transport};
@@ -20,13 +22,15 @@ use crate::cluster::transport::{RpcError, Transport};
 #[derive(Clone)]
 pub struct Network {
     transport: Option<Arc<Transport>>,
+    leases: Arc<Leases>,
 }
 
 impl Network {
     /// `None` for a single node without a cluster listener: it never has a
-    /// peer to call.
-    pub fn new(transport: Option<Arc<Transport>>) -> Self {
-        Self { transport }
+    /// peer to call. Accepted appends and higher terms in answers are
+    /// recorded in `leases`.
+    pub fn new(transport: Option<Arc<Transport>>, leases: Arc<Leases>) -> Self {
+        Self { transport, leases }
     }
 }
 
@@ -36,6 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
         Connection {
             transport: self.transport.clone(),
+            leases: Arc::clone(&self.leases),
             target,
             addr: node.quic.clone(),
         }
@@ -44,6 +49,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 pub struct Connection {
     transport: Option<Arc<Transport>>,
+    leases: Arc<Leases>,
     target: NodeId,
     addr: String,
 }
@@ -93,10 +99,20 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        match self.call(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(r) => r.map_err(|e| self.remote(e)),
-            other => Err(Self::unexpected(&other)),
+        let sent = Instant::now();
+        let term = rpc.vote.leader_id().get_term();
+        let answer = match self.call(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(r) => r.map_err(|e| self.remote(e))?,
+            other => return Err(Self::unexpected(&other)),
+        };
+        match &answer {
+            // Only a full success: it is what the follower's election
+            // watchdog counts as contact (see `lease`).
+            AppendEntriesResponse::Success => self.leases.acknowledged(self.target, term, sent),
+            AppendEntriesResponse::HigherVote(v) => self.leases.saw_term(v.leader_id().get_term()),
+            AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict => {}
         }
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -105,7 +121,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
         match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            Response::InstallSnapshot(r) => {
+                let r = r.map_err(|e| self.remote(e))?;
+                self.leases.saw_term(r.vote.leader_id().get_term());
+                Ok(r)
+            }
             other => Err(Self::unexpected(&other)),
         }
     }
@@ -116,7 +136,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Rpc<VoteResponse<NodeId>> {
         match self.call(Request::Vote(rpc), &option).await? {
-            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            Response::Vote(r) => {
+                let r = r.map_err(|e| self.remote(e))?;
+                self.leases.saw_term(r.vote.leader_id().get_term());
+                Ok(r)
+            }
             other => Err(Self::unexpected(&other)),
         }
     }

@@ -8,6 +8,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snaps
 use rocksdb::WriteBatch;
 use tokio::io::AsyncSeekExt;
 
+use super::lease::AppliedMark;
 use super::snapshot::{self, SnapshotDir, SnapshotError, SnapshotMeta};
 use super::{Entry, LogId, Outcomes, StorageError, StoredMembership, TypeConfig, io_error};
 use crate::meta::apply::ApplyError;
@@ -41,9 +42,16 @@ pub struct StateMachine {
     snapshots: SnapshotDir,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// `last_applied` for the read lease (see `lease`).
+    mark: Arc<AppliedMark>,
 }
 
 impl StateMachine {
+    /// What this state machine has applied, kept current as it applies.
+    pub fn applied_mark(&self) -> Arc<AppliedMark> {
+        Arc::clone(&self.mark)
+    }
+
     /// Opens the state machine over `store`, finishing a snapshot load that
     /// a crash interrupted.
     pub fn open(store: Arc<MetaStore>, snapshots: SnapshotDir) -> Result<Self, MachineError> {
@@ -57,6 +65,7 @@ impl StateMachine {
             snapshots,
             last_applied,
             membership,
+            mark: Arc::new(AppliedMark::new(last_applied)),
         })
     }
 }
@@ -182,6 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         (self.last_applied, self.membership) = applied;
+        self.mark.set(self.last_applied);
         Ok(outcomes)
     }
 
@@ -235,6 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| snap_error(ErrorVerb::Write, e))?;
         tracing::info!(snapshot = %meta, "installed a snapshot from the leader");
         self.last_applied = loaded.last_log_id;
+        self.mark.set(self.last_applied);
         self.membership = loaded.last_membership;
         Ok(())
     }
