@@ -202,6 +202,9 @@ fn serve(opts: &MountOptions, daemon_child: bool) -> anyhow::Result<()> {
     let ca = opts.resolve_ca()?;
     let mut cfg = NativeConfig::new(opts.nodes.clone(), ca, token, opts.share.clone());
     cfg.failover_timeout = opts.timeout;
+    // A mount is metadata-heavy: on the leader, lookups, creates and
+    // closes skip a forward between nodes.
+    cfg.prefer_leader = !opts.any_node;
     let (client, root) = rt.block_on(async {
         let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(cfg))
             .await

@@ -6,7 +6,8 @@
 //! certificate), `token=` or `token_file=`, `timeout=` (seconds a call
 //! waits for the cluster before `EIO`, default 60), `uid=`/`gid=` (the
 //! owner files appear to have), `allow_other`, `ro`, `metrics=ADDR`,
-//! `log=PATH`; mount(8)'s generic options (`_netdev`, `defaults`, `auto`,
+//! `log=PATH`, `any_node` (keep the session on the first node that answers
+//! instead of moving it to the metadata leader); mount(8)'s generic options (`_netdev`, `defaults`, `auto`,
 //! `nofail`, `x-*`, ...) are accepted and ignored.
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct MountOptions {
     pub gid: Option<u32>,
     pub allow_other: bool,
     pub read_only: bool,
+    /// Stay on the first node that answers rather than the leader.
+    pub any_node: bool,
     pub metrics: Option<SocketAddr>,
     pub log: Option<PathBuf>,
 }
@@ -64,6 +67,7 @@ impl MountOptions {
             gid: None,
             allow_other: false,
             read_only: false,
+            any_node: false,
             metrics: None,
             log: None,
         };
@@ -100,6 +104,7 @@ impl MountOptions {
             "gid" => self.gid = Some(number(need()?)? as u32),
             "allow_other" => self.allow_other = true,
             "ro" => self.read_only = true,
+            "any_node" => self.any_node = true,
             "log" => self.log = Some(need()?.into()),
             "metrics" => {
                 let v = need()?;
@@ -175,7 +180,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.nodes, vec!["n1:7100", "n2:7100", "n3:7100"]);
         assert_eq!(o.share, "media");
-        assert!(o.allow_other && !o.read_only);
+        assert!(o.allow_other && !o.read_only && !o.any_node);
         assert_eq!(o.timeout, Duration::from_secs(30));
         assert_eq!((o.uid, o.gid), (Some(33), Some(33)));
         assert_eq!(

@@ -136,6 +136,37 @@ async fn handles_survive_a_kill_of_the_leader() {
     .await;
 }
 
+/// A client that prefers the leader moves its session there from the node
+/// it reached first; one that does not stays where it landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_that_prefers_the_leader_moves_there() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    // The follower must know the leader to name it.
+    let started = std::time::Instant::now();
+    while c.status(follower).await.and_then(|s| s["leader"].as_u64()) != Some(leader as u64 + 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "follower never learned the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stays = client(&c, Some(follower)).await;
+    assert_eq!(connected_node(&c, &stays).await, follower);
+    let mut cfg = config(&c, Some(follower));
+    cfg.prefer_leader = true;
+    let moves = Client::connect(cfg).await.unwrap();
+    assert_eq!(connected_node(&c, &moves).await, leader);
+    moves.create_dir("lead").await.unwrap();
+    assert!(stays.metadata("lead").await.is_ok());
+    assert_eq!(
+        moves.reconnects(),
+        0,
+        "moving before the session began is no reconnect"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_in_flight_during_a_kill_apply_exactly_once() {
     let mut c = Cluster::start(3, ClusterOptions::default());

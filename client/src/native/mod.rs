@@ -45,6 +45,12 @@ pub struct NativeConfig {
     pub failover_timeout: Duration,
     /// How long one request may take on a live connection.
     pub request_timeout: Duration,
+    /// Put the session on the metadata leader when the node first reached
+    /// names it (and it is one of `nodes`): metadata requests then skip a
+    /// forward between nodes. For metadata-heavy users such as a mount. A
+    /// session stays where it is when the leader changes later, until it
+    /// next reconnects.
+    pub prefer_leader: bool,
 }
 
 impl NativeConfig {
@@ -56,6 +62,7 @@ impl NativeConfig {
             share,
             failover_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
+            prefer_leader: false,
         }
     }
 }
@@ -207,6 +214,9 @@ impl Client {
         let mut last = String::from("no node tried");
         let mut pause = Duration::from_millis(50);
         let mut round = 0;
+        // At most one move to the leader per reconnect: the leader may
+        // change while the client follows it.
+        let mut follow_leader = self.inner.cfg.prefer_leader;
         loop {
             for _ in 0..nodes.len() {
                 let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed) % nodes.len();
@@ -216,7 +226,7 @@ impl Client {
                 {
                     continue;
                 }
-                match self.establish(&nodes[i]).await {
+                match self.establish(&nodes[i], follow_leader).await {
                     Ok(conn) => {
                         if cur.generation > 0 {
                             self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +244,11 @@ impl Client {
                         return Ok((cur.generation, conn));
                     }
                     Err(Establish::Fatal(e)) => return Err(e),
+                    Err(Establish::Leader(leader)) => {
+                        tracing::debug!(node = %nodes[i], leader = %nodes[leader], "moving to the metadata leader");
+                        follow_leader = false;
+                        self.inner.next_node.store(leader, Ordering::Relaxed);
+                    }
                     Err(Establish::Retry(m)) => {
                         tracing::debug!(node = %nodes[i], error = %m, "node not usable");
                         last = m;
@@ -252,8 +267,14 @@ impl Client {
     }
 
     /// Connects to `node`, negotiates, sets up or resumes the session and
-    /// sends again every write not yet flushed.
-    async fn establish(&self, node: &str) -> Result<quinn::Connection, Establish> {
+    /// sends again every write not yet flushed. With `follow_leader`, a
+    /// node that names another of `nodes` as the leader is left for it
+    /// before the session is set up.
+    async fn establish(
+        &self,
+        node: &str,
+        follow_leader: bool,
+    ) -> Result<quinn::Connection, Establish> {
         let inner = &self.inner;
         let conn = conn::connect(&inner.endpoint, node)
             .await
@@ -268,7 +289,15 @@ impl Client {
             capabilities: capability::LEASES | capability::SYMLINKS,
             client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
         });
-        expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
+        let negotiated = expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
+        if let Response::Negotiated(n) = &negotiated
+            && follow_leader
+            && let Some(leader) = n.leader.as_deref().filter(|l| *l != node)
+            && let Some(i) = inner.cfg.nodes.iter().position(|a| a == leader)
+        {
+            conn.close(0u32.into(), b"moving to the metadata leader");
+            return Err(Establish::Leader(i));
+        }
         let resume = inner.established.load(Ordering::Relaxed);
         let setup = Request::SessionSetup(SessionSetup {
             token: inner.cfg.token.clone(),
@@ -558,6 +587,8 @@ impl Drop for Inner {
 enum Establish {
     Retry(String),
     Fatal(ClientError),
+    /// The node named the leader: `nodes[i]`.
+    Leader(usize),
 }
 
 /// A setup step's answer: errors that another node would repeat (a bad

@@ -101,6 +101,12 @@ pub struct Negotiated {
     /// Sequenced requests the server remembers per session.
     pub replay_window: u32,
     pub node_id: u64,
+    /// The QUIC address of the metadata leader as this node knows it, if
+    /// any. Appended after `node_id` (servers before it end the body
+    /// there); a client may move its session there to save the node a
+    /// forward per metadata request.
+    #[serde(skip)]
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +387,15 @@ pub(super) fn body<'a, T: Deserialize<'a>>(
     })
 }
 
+/// `Negotiated`: its first fields, then `leader` if the server sent it.
+fn negotiated(kind: u16, p: &[u8]) -> Result<Negotiated, MessageError> {
+    let (mut n, rest): (Negotiated, _) = body(kind, p)?;
+    if !rest.is_empty() {
+        n.leader = body(kind, rest)?.0;
+    }
+    Ok(n)
+}
+
 pub(super) fn put<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     // Serializing derived structs into a Vec cannot fail.
     if let Ok(v) = postcard::to_extend(value, std::mem::take(out)) {
@@ -582,7 +597,10 @@ impl Response {
         let mut payload = start_frame(self.kind(), hint);
         match self {
             Self::Error(b) => put(b, &mut payload),
-            Self::Negotiated(b) => put(b, &mut payload),
+            Self::Negotiated(b) => {
+                put(b, &mut payload);
+                put(&b.leader, &mut payload);
+            }
             Self::SessionReady(b) => put(b, &mut payload),
             Self::Done => {}
             Self::Opened(b) => put(b, &mut payload),
@@ -614,7 +632,7 @@ impl Response {
         let p = &frame.payload[..];
         Ok(match kind {
             0x8000 => Self::Error(body(kind, p)?.0),
-            0x8001 => Self::Negotiated(body(kind, p)?.0),
+            0x8001 => Self::Negotiated(negotiated(kind, p)?),
             0x8002 => Self::SessionReady(body(kind, p)?.0),
             0x8003 => Self::Done,
             0x8010 => Self::Opened(body(kind, p)?.0),

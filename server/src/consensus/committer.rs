@@ -156,6 +156,11 @@ impl Committer {
             .map(|n| n.quic.clone())
     }
 
+    /// The current leader's QUIC address, if there is a leader.
+    pub fn leader_quic(&self) -> Option<String> {
+        self.leader_addr(self.leader()?)
+    }
+
     /// Waits until the leader may have changed, or a short while.
     async fn wait_for_change(&self, deadline: Instant) {
         let mut rx = self.inner.raft.metrics();

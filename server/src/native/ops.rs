@@ -44,6 +44,7 @@ pub(super) async fn handle(
                 handle_timeout_ms: server.handle_timeout.as_millis() as u64,
                 replay_window: REPLAY_WINDOW as u32,
                 node_id: server.state.node_id,
+                leader: server.state.committer.leader_quic(),
             }))
         }
         Request::SessionSetup(s) => session_setup(server, cs, header, s).await,

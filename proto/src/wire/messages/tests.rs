@@ -180,17 +180,25 @@ fn response() -> impl Strategy<Value = Response> {
             code: ErrorCode::ALL[i],
             message
         })),
-        (any::<u16>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(v, c, m, t)| {
-            Response::Negotiated(Negotiated {
-                version: v,
-                capabilities: c,
-                max_read: m,
-                max_write: m,
-                handle_timeout_ms: t,
-                replay_window: m,
-                node_id: t,
-            })
-        }),
+        (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(name())
+        )
+            .prop_map(|(v, c, m, t, leader)| {
+                Response::Negotiated(Negotiated {
+                    version: v,
+                    capabilities: c,
+                    max_read: m,
+                    max_write: m,
+                    handle_timeout_ms: t,
+                    replay_window: m,
+                    node_id: t,
+                    leader,
+                })
+            }),
         (any::<bool>(), proptest::collection::vec(handle(), 0..5)).prop_map(
             |(resumed, handles)| {
                 Response::SessionReady(SessionReady {
@@ -302,6 +310,32 @@ fn appended_fields_are_ignored() {
     let (mut frame, _) = decode_frame(&bytes).unwrap().unwrap();
     frame.payload = [&frame.payload[..], &[1, 2, 3]].concat().into();
     assert_eq!(Request::decode(&frame).unwrap().1, req);
+}
+
+#[test]
+fn negotiated_reads_with_and_without_the_leader() {
+    let mut n = Negotiated {
+        version: 1,
+        capabilities: 3,
+        max_read: 4 << 20,
+        max_write: 4 << 20,
+        handle_timeout_ms: 60_000,
+        replay_window: 1024,
+        node_id: 2,
+        leader: Some("10.0.0.1:7443".into()),
+    };
+    let bytes = Response::Negotiated(n.clone()).encode().unwrap();
+    let (mut frame, _) = decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!(
+        Response::decode(&frame).unwrap(),
+        Response::Negotiated(n.clone())
+    );
+    // A server from before the field ends the body at `node_id`.
+    let leader_bytes = 1 + 1 + "10.0.0.1:7443".len();
+    let len = frame.payload.len() - leader_bytes;
+    frame.payload = frame.payload.slice(..len);
+    n.leader = None;
+    assert_eq!(Response::decode(&frame).unwrap(), Response::Negotiated(n));
 }
 
 #[test]
