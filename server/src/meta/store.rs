@@ -96,6 +96,14 @@ impl MetaStore {
         opts.set_max_write_buffer_number(3);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
+        // Applying a command looks up keys that are mostly absent (a new
+        // name, a free replay slot): bloom filters, in the tables and in
+        // the write buffers, answer those without walking either.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+        opts.set_memtable_whole_key_filtering(true);
         opts.create_missing_column_families(true);
         let cfs = [
             rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
