@@ -167,6 +167,41 @@ async fn a_session_that_prefers_the_leader_moves_there() {
     );
 }
 
+/// Moving a session to the leader (what a client that prefers the leader
+/// does when leadership changes) keeps its open handle and the writes it
+/// had not flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_moves_to_the_leader_with_its_unflushed_writes() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let client = client(&c, Some(follower)).await;
+    assert_eq!(connected_node(&c, &client).await, follower);
+    let file = client
+        .open("moving.bin", OpenOptions::create())
+        .await
+        .unwrap();
+    let data = random_bytes(2 * MIB, 7);
+    file.write_at(0, Bytes::copy_from_slice(&data[..MIB]))
+        .await
+        .unwrap();
+    // The follower must know the leader to name it.
+    let started = std::time::Instant::now();
+    while connected_node(&c, &client).await != leader {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the session never moved to the leader"
+        );
+        client.move_to_leader().await;
+    }
+    assert_eq!(client.reconnects(), 1);
+    file.write_at(MIB as u64, Bytes::copy_from_slice(&data[MIB..]))
+        .await
+        .unwrap();
+    file.close().await.unwrap();
+    assert!(read_all(&c, "moving.bin").await == data, "content differs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_in_flight_during_a_kill_apply_exactly_once() {
     let mut c = Cluster::start(3, ClusterOptions::default());

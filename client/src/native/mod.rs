@@ -17,12 +17,12 @@ mod state;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
-    Attr, Disposition, FsStats, HandleId, LeaseBreak, Mkdir, Negotiate, Notice, Open,
+    Attr, Disposition, FsStats, HandleId, LeaseBreak, Mkdir, Negotiate, Negotiated, Notice, Open,
     PROTOCOL_VERSION, PathReq, ReadDir, Rename, Request, RequestHeader, Response, SessionId,
     SessionSetup, SetPathInfo, Symlink, access, capability, lease,
 };
@@ -31,6 +31,9 @@ pub use file::{File, TransferProgress};
 
 use crate::ClientError;
 use state::FileState;
+
+/// How often a client that prefers the leader asks who leads.
+const LEADER_CHECK: Duration = Duration::from_secs(5);
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -47,9 +50,9 @@ pub struct NativeConfig {
     pub request_timeout: Duration,
     /// Put the session on the metadata leader when the node first reached
     /// names it (and it is one of `nodes`): metadata requests then skip a
-    /// forward between nodes. For metadata-heavy users such as a mount. A
-    /// session stays where it is when the leader changes later, until it
-    /// next reconnects.
+    /// forward between nodes. For metadata-heavy users such as a mount.
+    /// When the leader changes, the session follows within seconds, as
+    /// after a lost connection.
     pub prefer_leader: bool,
 }
 
@@ -177,6 +180,9 @@ impl Client {
             }),
         };
         tokio::spawn(notices::run(Arc::downgrade(&client.inner), queue));
+        if client.inner.cfg.prefer_leader {
+            tokio::spawn(follow_leader(Arc::downgrade(&client.inner)));
+        }
         let deadline = Instant::now() + client.inner.cfg.failover_timeout;
         client.connection(deadline).await?;
         Ok(client)
@@ -284,16 +290,10 @@ impl Client {
             session: inner.session,
             seq: 0,
         };
-        let negotiate = Request::Negotiate(Negotiate {
-            versions: vec![PROTOCOL_VERSION],
-            capabilities: capability::LEASES | capability::SYMLINKS,
-            client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
-        });
-        let negotiated = expect_ok(conn::exchange(&conn, &header, &negotiate, t).await)?;
+        let negotiated = expect_ok(conn::exchange(&conn, &header, &negotiate(), t).await)?;
         if let Response::Negotiated(n) = &negotiated
             && follow_leader
-            && let Some(leader) = n.leader.as_deref().filter(|l| *l != node)
-            && let Some(i) = inner.cfg.nodes.iter().position(|a| a == leader)
+            && let Some(i) = leader_index(&inner.cfg.nodes, n, node)
         {
             conn.close(0u32.into(), b"moving to the metadata leader");
             return Err(Establish::Leader(i));
@@ -317,6 +317,45 @@ impl Client {
             }
         }
         Ok(conn)
+    }
+
+    /// Asks the connected node who leads; when it names another of
+    /// `nodes`, resumes the session there, as after a lost connection
+    /// (every unflushed write is sent again; calls in flight retry). A
+    /// client with [`NativeConfig::prefer_leader`] does this every few
+    /// seconds.
+    pub async fn move_to_leader(&self) {
+        let (generation, conn, node) = {
+            let cur = self.inner.current.lock().await;
+            match &cur.conn {
+                Some(c) if c.close_reason().is_none() => {
+                    (cur.generation, c.clone(), cur.node.clone())
+                }
+                _ => return,
+            }
+        };
+        let header = RequestHeader {
+            session: self.inner.session,
+            seq: 0,
+        };
+        let t = self.inner.cfg.request_timeout;
+        let Ok(Response::Negotiated(n)) = conn::exchange(&conn, &header, &negotiate(), t).await
+        else {
+            return;
+        };
+        let Some(i) = leader_index(&self.inner.cfg.nodes, &n, &node) else {
+            return;
+        };
+        tracing::info!(from = %node, to = %self.inner.cfg.nodes[i], "moving the session to the metadata leader");
+        self.inner.next_node.store(i, Ordering::Relaxed);
+        if self.drop_connection(generation).await {
+            // At once, not at the next call: lease breaks come on the
+            // connection, and a session with none is not renewed.
+            let deadline = Instant::now() + self.inner.cfg.failover_timeout;
+            if let Err(e) = self.connection(deadline).await {
+                tracing::warn!(error = %e, "could not reconnect; the next call tries again");
+            }
+        }
     }
 
     /// Gives up on connection `generation`; false if it is already gone.
@@ -581,6 +620,34 @@ impl Drop for Inner {
         if let Some(c) = self.current.get_mut().conn.take() {
             c.close(0u32.into(), b"client gone");
         }
+    }
+}
+
+/// What a client sends first on every connection.
+fn negotiate() -> Request {
+    Request::Negotiate(Negotiate {
+        versions: vec![PROTOCOL_VERSION],
+        capabilities: capability::LEASES | capability::SYMLINKS,
+        client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// The index in `nodes` of the leader `n` names, unless that is `node`
+/// (the one that answered) or not in the list.
+fn leader_index(nodes: &[String], n: &Negotiated, node: &str) -> Option<usize> {
+    let leader = n.leader.as_deref().filter(|l| *l != node)?;
+    nodes.iter().position(|a| a == leader)
+}
+
+/// Moves the session to the metadata leader whenever another node leads
+/// (see [`NativeConfig::prefer_leader`]), until the client is gone.
+async fn follow_leader(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(LEADER_CHECK).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        Client { inner }.move_to_leader().await;
     }
 }
 

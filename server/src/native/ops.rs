@@ -112,6 +112,11 @@ async fn session_setup(
                 now_ns: state.clock.now_ns(),
             })
             .await?;
+        // The client sends again every write no flush acknowledged. What
+        // this node still holds from an earlier connection of the session
+        // is stale: the session may have flushed newer data through
+        // another node since (it moved, then came back).
+        server.forget_session(&header.session);
         true
     } else {
         state

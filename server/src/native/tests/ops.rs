@@ -628,3 +628,34 @@ async fn a_replayed_symlink_is_made_once() {
     assert_eq!(c.fails(symlink("l", "t")).await, ErrorCode::AlreadyExists);
     s.stop().await;
 }
+
+/// A session that comes back to a node it left gets none of the writes
+/// that node still held from before: its client sends again every write no
+/// flush acknowledged, and what else the node held may have been replaced
+/// through another node meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_drops_what_the_node_held_before() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("moved", Disposition::Create, RW).await.handle;
+    // Held here, unflushed, when the connection went.
+    assert!(matches!(
+        c.call(write(h, 0, b"old data here")).await,
+        Response::Written(_)
+    ));
+    let back = s.connect_as(c.session);
+    back.setup(super::TOKEN, "default", true).await.unwrap();
+    // What the client stands behind now (it flushed "new" elsewhere).
+    let seq = c.next_seq();
+    assert!(matches!(
+        back.with_seq(seq, &write(h, 0, b"new")).await,
+        Response::Written(_)
+    ));
+    let seq = c.next_seq();
+    match back.with_seq(seq, &Request::Flush(h)).await {
+        Response::Attr(a) => assert_eq!(a.size, 3),
+        other => panic!("expected attributes, got {other:?}"),
+    }
+    assert_eq!(data(&back, read(h, 0, 64)).await, (b"new".to_vec(), true));
+    s.stop().await;
+}
