@@ -66,13 +66,14 @@ impl PeerService {
             Request::AppendEntries(r) => {
                 let term = r.vote.leader_id().get_term();
                 self.leases.saw_term(term);
-                // The leader is alive as soon as its append arrives: a
-                // slow sync of this node's own log must not look like a
-                // silent leader to the election watchdog.
-                if term >= raft.metrics().borrow().current_term {
-                    self.leader_contact.touch();
-                }
+                // The leader is alive as soon as its append arrives, and
+                // waits for this node's answer: a slow sync of this node's
+                // own log must not look like a silent leader to the
+                // election watchdog.
+                let current = term >= raft.metrics().borrow().current_term;
+                let working = current.then(|| self.leader_contact.working());
                 let answer = raft.append_entries(r).await;
+                drop(working);
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
                     self.leader_contact.touch();
                 }

@@ -25,11 +25,13 @@ const MARGIN: Duration = Duration::from_millis(30);
 const STAGGER: Duration = Duration::from_millis(60);
 
 /// When this node last heard from a leader (AppendEntries, heartbeats
-/// included), in milliseconds since `epoch`.
+/// included), in milliseconds since `epoch`, and how many of its appends
+/// this node is still working on.
 #[derive(Debug)]
 pub struct LeaderContact {
     epoch: Instant,
     last_ms: AtomicU64,
+    working: AtomicU64,
 }
 
 impl Default for LeaderContact {
@@ -37,6 +39,7 @@ impl Default for LeaderContact {
         Self {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            working: AtomicU64::new(0),
         }
     }
 }
@@ -47,9 +50,32 @@ impl LeaderContact {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Marks an append from the leader as arrived and being worked on
+    /// until the guard drops. Meanwhile the leader waits for this node's
+    /// answer (it sends one append at a time), so a slow sync of this
+    /// node's own log is no silence of the leader's.
+    pub fn working(&self) -> Working<'_> {
+        self.touch();
+        self.working.fetch_add(1, Ordering::Relaxed);
+        Working(self)
+    }
+
     fn silence(&self) -> Duration {
+        if self.working.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// An append being worked on (see [`LeaderContact::working`]).
+pub struct Working<'a>(&'a LeaderContact);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.working.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 
