@@ -323,7 +323,7 @@ impl Client {
     /// `nodes`, resumes the session there, as after a lost connection
     /// (every unflushed write is sent again; calls in flight retry). A
     /// client with [`NativeConfig::prefer_leader`] does this every few
-    /// seconds.
+    /// seconds while it holds no unflushed writes.
     pub async fn move_to_leader(&self) {
         let (generation, conn, node) = {
             let cur = self.inner.current.lock().await;
@@ -355,6 +355,14 @@ impl Client {
             if let Err(e) = self.connection(deadline).await {
                 tracing::warn!(error = %e, "could not reconnect; the next call tries again");
             }
+        }
+    }
+
+    /// True if some open file has writes no flush acknowledged.
+    fn holds_unflushed(&self) -> bool {
+        match self.inner.files.lock() {
+            Ok(f) => f.values().any(|state| !state.unflushed.is_empty()),
+            Err(_) => true,
         }
     }
 
@@ -647,7 +655,13 @@ async fn follow_leader(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        Client { inner }.move_to_leader().await;
+        let client = Client { inner };
+        // Moving sends every unflushed write again: a busy writer stays
+        // until it has flushed (a failover would cost it the same).
+        if client.holds_unflushed() {
+            continue;
+        }
+        client.move_to_leader().await;
     }
 }
 
