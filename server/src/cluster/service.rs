@@ -73,10 +73,8 @@ impl PeerService {
                 let current = term >= raft.metrics().borrow().current_term;
                 let working = current.then(|| self.leader_contact.working());
                 let answer = raft.append_entries(r).await;
+                // Dropping it marks contact again, at the answer.
                 drop(working);
-                if answer.as_ref().is_ok_and(|a| a.is_success()) {
-                    self.leader_contact.touch();
-                }
                 Response::AppendEntries(answer)
             }
             Request::Vote(r) => {
