@@ -143,3 +143,46 @@ pub async fn read_end(recv: &mut quinn::RecvStream) {
     })
     .await;
 }
+
+/// Reads exactly `len` bytes into a buffer of that capacity. quinn's own
+/// `read_exact` wants a buffer zeroed first: for a 4 MiB chunk that was a
+/// memset of 4 MiB on every copy a node received.
+pub async fn read_exact_vec(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+) -> Result<Vec<u8>, quinn::ReadExactError> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Err(quinn::ReadExactError::FinishedEarly(buf.len())),
+        }
+    }
+    Ok(buf)
+}
+
+/// Reads a stream to its end, at most `limit` bytes, when its first four
+/// bytes (little-endian) give the length of the rest: the buffer is
+/// allocated once at that size. quinn's `read_to_end` zeroes a buffer and
+/// copies into it; this copies only.
+pub async fn read_to_end_sized(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut sized = false;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        if buf.len() + chunk.bytes.len() > limit {
+            return Err(quinn::ReadToEndError::TooLong);
+        }
+        buf.extend_from_slice(&chunk.bytes);
+        if !sized && let Some(head) = buf.first_chunk::<4>() {
+            sized = true;
+            let announced = (u32::from_le_bytes(*head) as usize).saturating_add(4);
+            // A wrong length costs only a reallocation: the end of the
+            // stream, not the prefix, says where the bytes stop.
+            buf.reserve(announced.min(limit).saturating_sub(buf.len()));
+        }
+    }
+    Ok(buf)
+}

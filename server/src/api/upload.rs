@@ -403,10 +403,11 @@ impl<'a> Receiver<'a> {
             }
             let hash = ContentHash::of(&data);
             let pin = pins.pin(hash);
-            chunks.put(&hash, &data)?;
+            let bytes = data.len() as u64;
+            let len = u32::try_from(bytes).unwrap_or(u32::MAX);
+            chunks.put_shared(&hash, data)?;
             metrics.chunk_writes.inc();
-            metrics.chunk_bytes_written.inc_by(data.len() as u64);
-            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            metrics.chunk_bytes_written.inc_by(bytes);
             Ok((ChunkRef { hash, len }, pin))
         }));
         Ok(())

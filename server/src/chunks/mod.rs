@@ -73,6 +73,12 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Returns only once the chunk would survive a power loss.
     fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError>;
 
+    /// [`ChunkStore::put`] of bytes the caller shares: a store that sends
+    /// copies to peers sends these without copying them first.
+    fn put_shared(&self, hash: &ContentHash, data: bytes::Bytes) -> Result<(), ChunkError> {
+        self.put(hash, &data)
+    }
+
     /// Reads a chunk and checks its hash; a mismatch is an error, not data.
     fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError>;
 

@@ -168,11 +168,15 @@ impl ReplicatedChunks {
 
 impl ChunkStore for ReplicatedChunks {
     fn put(&self, hash: &ContentHash, data: &[u8]) -> Result<(), ChunkError> {
+        // One copy, shared by every peer's send (QUIC takes it as it is).
+        self.put_shared(hash, Bytes::copy_from_slice(data))
+    }
+
+    fn put_shared(&self, hash: &ContentHash, shared: Bytes) -> Result<(), ChunkError> {
+        let data = &shared[..];
         let targets = self.placement.targets(hash);
         let need = write_quorum(self.placement.write_quorum, targets.len());
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
-        // One copy, shared by every peer's send (QUIC takes it as it is).
-        let shared = Bytes::copy_from_slice(data);
         let me = self.placement.me;
         let liveness = &self.placement.liveness;
         // A peer that stopped answering probes is not sent to at first...

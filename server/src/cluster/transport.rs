@@ -250,9 +250,7 @@ async fn read_len(recv: &mut quinn::RecvStream) -> Result<u32, FrameError> {
 }
 
 async fn read_exactly(recv: &mut quinn::RecvStream, len: u32) -> Result<Vec<u8>, FrameError> {
-    let mut buf = vec![0u8; len as usize];
-    recv.read_exact(&mut buf).await?;
-    Ok(buf)
+    Ok(cairn_quic::read_exact_vec(recv, len as usize).await?)
 }
 
 /// Reads one frame (an answer to a call this node made and awaits):

@@ -29,12 +29,12 @@ pub const HASH_PIECE: u64 = CELL;
 pub type Staged = std::collections::BTreeMap<u64, (ChunkRef, PinGuard)>;
 
 /// Stores cell `k`'s bytes as a chunk ahead of the flush.
-pub async fn stage(state: Arc<AppState>, bytes: Vec<u8>) -> ApiResult<(ChunkRef, PinGuard)> {
+pub async fn stage(state: Arc<AppState>, bytes: Bytes) -> ApiResult<(ChunkRef, PinGuard)> {
     let hash = ContentHash::of(&bytes);
     let pin = state.pins.pin(hash);
     let len = bytes.len() as u32;
     let store = Arc::clone(&state.chunks);
-    tokio::task::spawn_blocking(move || store.put(&hash, &bytes)).await??;
+    tokio::task::spawn_blocking(move || store.put_shared(&hash, bytes)).await??;
     Ok((ChunkRef { hash, len }, pin))
 }
 
@@ -226,19 +226,20 @@ async fn cell(
     {
         return Ok((c, None));
     }
-    let mut bytes = if dirty.covers(start, end) {
-        vec![0; (end - start) as usize]
-    } else {
-        let mut b = read_range(state, &base.content, start, end - start).await?;
-        b.resize((end - start) as usize, 0);
-        b
+    let bytes = match dirty.gather(start, end) {
+        Some(written) => written,
+        None => {
+            let mut b = read_range(state, &base.content, start, end - start).await?;
+            b.resize((end - start) as usize, 0);
+            dirty.overlay(start, &mut b);
+            Bytes::from(b)
+        }
     };
-    dirty.overlay(start, &mut bytes);
     let hash = ContentHash::of(&bytes);
     let pin = state.pins.pin(hash);
     let len = bytes.len() as u32;
     let store = Arc::clone(&state.chunks);
-    tokio::task::spawn_blocking(move || store.put(&hash, &bytes)).await??;
+    tokio::task::spawn_blocking(move || store.put_shared(&hash, bytes)).await??;
     Ok((ChunkRef { hash, len }, Some(pin)))
 }
 

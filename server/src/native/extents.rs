@@ -1,11 +1,16 @@
 //! A handle's written-but-not-flushed bytes: non-overlapping extents, the
 //! latest write winning where writes overlap.
+//!
+//! Extents are views of the requests' own buffers: a write is kept, cut
+//! and staged without copying its bytes.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 #[derive(Default, Debug)]
 pub struct Extents {
-    map: BTreeMap<u64, Vec<u8>>,
+    map: BTreeMap<u64, Bytes>,
     bytes: usize,
 }
 
@@ -23,7 +28,7 @@ impl Extents {
         self.map.iter().next_back().map(|(s, d)| s + d.len() as u64)
     }
 
-    pub fn insert(&mut self, off: u64, data: Vec<u8>) {
+    pub fn insert(&mut self, off: u64, data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -54,12 +59,12 @@ impl Extents {
             self.bytes -= d.len();
             let d_end = s + d.len() as u64;
             if d_end > end {
-                let tail = d[(end - s) as usize..].to_vec();
+                let tail = d.slice((end - s) as usize..);
                 self.bytes += tail.len();
                 self.map.insert(end, tail);
             }
             if s < off {
-                let head = d[..(off - s) as usize].to_vec();
+                let head = d.slice(..(off - s) as usize);
                 self.bytes += head.len();
                 self.map.insert(s, head);
             }
@@ -80,6 +85,22 @@ impl Extents {
             buf[(from - off) as usize..(to - off) as usize]
                 .copy_from_slice(&d[(from - s) as usize..(to - s) as usize]);
         }
+    }
+
+    /// The bytes of `[off, end)` when writes cover all of it: a view of
+    /// one write's buffer when a single write spans it, else a copy.
+    pub fn gather(&self, off: u64, end: u64) -> Option<Bytes> {
+        if !self.covers(off, end) {
+            return None;
+        }
+        if let Some((s, d)) = self.map.range(..=off).next_back()
+            && s + d.len() as u64 >= end
+        {
+            return Some(d.slice((off - s) as usize..(end - s) as usize));
+        }
+        let mut buf = vec![0; (end - off) as usize];
+        self.overlay(off, &mut buf);
+        Some(Bytes::from(buf))
     }
 
     /// True if some write touches `[off, end)`.
@@ -135,7 +156,7 @@ mod tests {
                     ext.truncate(off);
                     for b in &mut model[off as usize..] { *b = None; }
                 } else {
-                    ext.insert(off, vec![byte; len]);
+                    ext.insert(off, Bytes::from(vec![byte; len]));
                     for b in &mut model[off as usize..off as usize + len] { *b = Some(byte); }
                 }
             }
@@ -150,6 +171,10 @@ mod tests {
                     let written = model[a as usize..b as usize].iter().filter(|x| x.is_some()).count();
                     prop_assert_eq!(ext.touches(a, b), written > 0);
                     prop_assert_eq!(ext.covers(a, b), written == (b - a) as usize);
+                    match ext.gather(a, b) {
+                        Some(g) => prop_assert_eq!(&g[..], &buf[a as usize..b as usize]),
+                        None => prop_assert!(written < (b - a) as usize),
+                    }
                 }
             }
         }
@@ -158,9 +183,9 @@ mod tests {
     #[test]
     fn newer_writes_win_when_merged_back() {
         let mut older = Extents::default();
-        older.insert(0, vec![1; 10]);
+        older.insert(0, Bytes::from(vec![1; 10]));
         let mut newer = Extents::default();
-        newer.insert(5, vec![2; 10]);
+        newer.insert(5, Bytes::from(vec![2; 10]));
         newer.absorb_older(older);
         let mut buf = vec![0; 15];
         newer.overlay(0, &mut buf);

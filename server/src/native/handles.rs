@@ -166,7 +166,7 @@ impl OpenFile {
         &mut self,
         state: &Arc<AppState>,
         off: u64,
-        data: Vec<u8>,
+        data: Bytes,
         seq: u64,
     ) -> ApiResult<(u64, u64)> {
         let append = self.record.flags & open_flags::APPEND != 0 && seq != 0;
@@ -260,11 +260,12 @@ impl OpenFile {
             // Any write into a staged cell makes its chunk stale.
             self.staging.remove(&k);
             let busy = self.staging.values().filter(|t| !t.is_finished()).count();
-            if busy >= STAGING_IN_FLIGHT || !self.dirty.covers(k * cell, (k + 1) * cell) {
+            if busy >= STAGING_IN_FLIGHT {
                 continue;
             }
-            let mut bytes = vec![0; cell as usize];
-            self.dirty.overlay(k * cell, &mut bytes);
+            let Some(bytes) = self.dirty.gather(k * cell, (k + 1) * cell) else {
+                continue;
+            };
             let task = tokio::spawn(content::stage(Arc::clone(state), bytes));
             self.staging.insert(k, task);
         }

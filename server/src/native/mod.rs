@@ -187,8 +187,7 @@ impl NativeServer {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), StreamError> {
-        let bytes = recv
-            .read_to_end(FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
+        let bytes = cairn_quic::read_to_end_sized(&mut recv, FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
         let mut out = self.serve_request(cs, Bytes::from(bytes)).await?;

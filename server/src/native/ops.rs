@@ -275,9 +275,8 @@ async fn session_op(
             let (offset, size) = file
                 .lock()
                 .await
-                // The data is a view of the request's buffer: taking it
-                // as a Vec reuses that buffer (unique by now).
-                .write(&server.state, w.offset, Vec::from(w.data), header.seq)
+                // The data stays a view of the request's buffer.
+                .write(&server.state, w.offset, w.data, header.seq)
                 .await?;
             Ok(Response::Written(Written {
                 count,
