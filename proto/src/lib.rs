@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod error;
+pub mod extents;
 pub mod ids;
 pub mod path;
 pub mod wire;

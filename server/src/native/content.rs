@@ -13,11 +13,11 @@ use bytes::Bytes;
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash};
 use futures::{StreamExt, TryStreamExt, stream};
 
-use super::extents::Extents;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::chunks::PinGuard;
 use crate::meta::{ChunkRef, Content, FileData};
+use cairn_proto::extents::Extents;
 
 /// Chunks of one flush stored at once.
 const CHUNK_PUTS_IN_FLIGHT: usize = 4;

@@ -11,11 +11,11 @@ use cairn_proto::{ContentHash, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::content::{self, build, read_range, read_range_shared};
-use super::extents::Extents;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::meta::sessions::load_handle;
 use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
+use cairn_proto::extents::Extents;
 
 /// Unflushed bytes one handle may hold on a node; clients flush well before.
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;

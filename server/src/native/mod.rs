@@ -9,7 +9,6 @@
 //! send again.
 
 mod content;
-mod extents;
 mod handles;
 mod leases;
 mod ops;

@@ -1,12 +1,14 @@
-//! A handle's written-but-not-flushed bytes: non-overlapping extents, the
-//! latest write winning where writes overlap.
+//! Written-but-not-flushed bytes of one handle: non-overlapping extents,
+//! the latest write winning where writes overlap. A node keeps a handle's
+//! writes in one until they are flushed; a client merges its unflushed
+//! writes into one before sending them again after a failover.
 //!
-//! Extents are views of the requests' own buffers: a write is kept, cut
-//! and staged without copying its bytes.
+//! Extents are views of the writes' own buffers: a write is kept and cut
+//! without copying its bytes.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 #[derive(Default, Debug)]
 pub struct Extents {
@@ -103,6 +105,35 @@ impl Extents {
         Some(Bytes::from(buf))
     }
 
+    /// The written bytes as runs of at most `max` contiguous bytes, in
+    /// offset order: what a client sends again so that the node ends up
+    /// with what all the writes, in their order, would have left.
+    pub fn runs(&self, max: usize) -> Vec<(u64, Bytes)> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        let mut run = BytesMut::new();
+        let mut start = 0u64;
+        for (&s, d) in &self.map {
+            let (mut at, mut d) = (s, &d[..]);
+            while !d.is_empty() {
+                if !run.is_empty() && (start + run.len() as u64 != at || run.len() == max) {
+                    out.push((start, run.split().freeze()));
+                }
+                if run.is_empty() {
+                    start = at;
+                }
+                let take = (max - run.len()).min(d.len());
+                run.extend_from_slice(&d[..take]);
+                d = &d[take..];
+                at += take as u64;
+            }
+        }
+        if !run.is_empty() {
+            out.push((start, run.freeze()));
+        }
+        out
+    }
+
     /// True if some write touches `[off, end)`.
     pub fn touches(&self, off: u64, end: u64) -> bool {
         self.map
@@ -166,6 +197,15 @@ mod tests {
                 prop_assert_eq!(buf[i], m.unwrap_or(0xEE), "byte {}", i);
             }
             prop_assert_eq!(ext.bytes(), model.iter().filter(|b| b.is_some()).count());
+            // Runs: in order, apart, at most 7 bytes, together the same bytes.
+            let mut replay = vec![0xEE; 300];
+            let mut end = 0;
+            for (at, run) in ext.runs(7) {
+                prop_assert!(at >= end && !run.is_empty() && run.len() <= 7);
+                replay[at as usize..at as usize + run.len()].copy_from_slice(&run);
+                end = at + run.len() as u64;
+            }
+            prop_assert_eq!(&replay, &buf);
             for a in (0..300u64).step_by(7) {
                 for b in (a + 1..300).step_by(11) {
                     let written = model[a as usize..b as usize].iter().filter(|x| x.is_some()).count();
@@ -178,6 +218,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn runs_join_adjacent_writes_up_to_the_limit() {
+        let mut ext = Extents::default();
+        for (at, byte) in [(8, 3), (0, 1), (4, 2), (20, 4)] {
+            ext.insert(at, Bytes::from(vec![byte; 4]));
+        }
+        let runs: Vec<(u64, Vec<u8>)> = ext
+            .runs(10)
+            .into_iter()
+            .map(|(a, b)| (a, b.to_vec()))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0, [&[1; 4][..], &[2; 4], &[3; 2]].concat()),
+                (10, vec![3; 2]),
+                (20, vec![4; 4])
+            ]
+        );
     }
 
     #[test]
