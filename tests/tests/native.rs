@@ -263,6 +263,60 @@ async fn overlapping_unflushed_writes_and_appends_survive_a_move_in_order() {
     }
 }
 
+/// A reader that fails: a source file that went away mid-upload.
+struct Failing;
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("source went away")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_put_leaves_the_file_it_would_replace_as_it_was() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let client = client(&c, None).await;
+    client.create_dir("up").await.unwrap();
+    let old = random_bytes(5 * MIB, 21);
+    let attr = client
+        .put(
+            "up/file.bin",
+            &mut std::io::Cursor::new(old.clone()),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (attr.name.as_str(), attr.size),
+        ("file.bin", old.len() as u64)
+    );
+    // 9 MiB go out (two full 4 MiB writes and more), then the source fails.
+    let new = random_bytes(9 * MIB, 22);
+    let mut failing = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(new), Failing);
+    let err = client
+        .put("up/file.bin", &mut failing, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("source went away"), "{err}");
+    assert!(
+        read_all(&c, "up/file.bin").await == old,
+        "the old content was damaged"
+    );
+    let names: Vec<String> = client
+        .read_dir("up")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["file.bin"], "the failed upload left a file behind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_in_flight_during_a_kill_apply_exactly_once() {
     let mut c = Cluster::start(3, ClusterOptions::default());

@@ -257,44 +257,38 @@ pub type TransferProgress<'a> = &'a (dyn Fn(u64) + Sync);
 
 impl Client {
     /// Uploads everything `reader` yields to `path` (created or replaced),
-    /// several writes in flight.
+    /// several writes in flight. The bytes go to a hidden file beside
+    /// `path` that is renamed over it once they are all flushed, as an
+    /// HTTP PUT commits at its end: readers never see half an upload, and
+    /// one that fails leaves what was at `path` as it was.
     pub async fn put(
         &self,
         path: &str,
         reader: &mut (dyn AsyncRead + Unpin + Send),
         progress: TransferProgress<'_>,
     ) -> Result<Attr, ClientError> {
+        let staging = upload_path(path);
         let file = self
-            .open(path, OpenOptions::create().with(Disposition::Create))
+            .open(&staging, OpenOptions::create().with(Disposition::CreateNew))
             .await?;
-        let mut in_flight = FuturesUnordered::new();
-        let mut offset = 0u64;
-        loop {
-            let block = read_block(reader, IO_BYTES_MAX).await?;
-            if block.is_empty() {
-                break;
-            }
-            let len = block.len() as u64;
-            let f = &file;
-            in_flight.push(async move {
-                f.write_at(offset, block).await?;
-                progress(len);
-                Ok::<_, ClientError>(())
-            });
-            offset += len;
-            if in_flight.len() >= TRANSFERS_IN_FLIGHT
-                && let Some(r) = in_flight.next().await
-            {
-                r?;
+        let done = async {
+            upload(&file, reader, progress).await?;
+            let mut attr = file.flush().await?;
+            file.close_shared().await?;
+            self.rename(&staging, path, true).await?;
+            attr.name = path.rsplit('/').next().unwrap_or(path).to_owned();
+            Ok(attr)
+        }
+        .await;
+        if done.is_err() {
+            // Best effort: a session that ends closes the handle anyway,
+            // and a staging file left behind is hidden and named as one.
+            let _ = file.close_shared().await;
+            if let Err(e) = self.remove(&staging).await {
+                tracing::debug!(path = %staging, error = %e, "could not remove a failed upload");
             }
         }
-        while let Some(r) = in_flight.next().await {
-            r?;
-        }
-        drop(in_flight);
-        let attr = file.flush().await?;
-        file.close().await?;
-        Ok(attr)
+        done
     }
 
     /// Downloads `path` into `writer`, several reads in flight; returns the
@@ -337,6 +331,50 @@ impl Client {
         file.close().await?;
         Ok(written)
     }
+}
+
+/// Where [`Client::put`] stages an upload to `path`: a hidden name in the
+/// same directory (a rename within a directory is one metadata command),
+/// short enough for any directory, unique per upload.
+fn upload_path(path: &str) -> String {
+    let name = format!(".cairn-put-{:016x}", rand::random::<u64>());
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name,
+    }
+}
+
+/// Writes everything `reader` yields to `file` from offset 0, several
+/// writes in flight.
+async fn upload(
+    file: &File,
+    reader: &mut (dyn AsyncRead + Unpin + Send),
+    progress: TransferProgress<'_>,
+) -> Result<(), ClientError> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut offset = 0u64;
+    loop {
+        let block = read_block(reader, IO_BYTES_MAX).await?;
+        if block.is_empty() {
+            break;
+        }
+        let len = block.len() as u64;
+        in_flight.push(async move {
+            file.write_at(offset, block).await?;
+            progress(len);
+            Ok::<_, ClientError>(())
+        });
+        offset += len;
+        if in_flight.len() >= TRANSFERS_IN_FLIGHT
+            && let Some(r) = in_flight.next().await
+        {
+            r?;
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    Ok(())
 }
 
 /// Reads until `max` bytes or the end.
