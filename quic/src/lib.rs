@@ -162,9 +162,10 @@ pub async fn read_exact_vec(
 }
 
 /// Reads a stream to its end, at most `limit` bytes, when its first four
-/// bytes (little-endian) give the length of the rest: the buffer is
-/// allocated once at that size. quinn's `read_to_end` zeroes a buffer and
-/// copies into it; this copies only.
+/// bytes (little-endian) give the length of the rest: once
+/// [`SIZED_AFTER`] bytes have come, the buffer grows to that size at once.
+/// quinn's `read_to_end` zeroes a buffer and copies into it; this copies
+/// only, and large messages are not copied again as the buffer grows.
 pub async fn read_to_end_sized(
     recv: &mut quinn::RecvStream,
     limit: usize,
@@ -176,7 +177,10 @@ pub async fn read_to_end_sized(
             return Err(quinn::ReadToEndError::TooLong);
         }
         buf.extend_from_slice(&chunk.bytes);
-        if !sized && let Some(head) = buf.first_chunk::<4>() {
+        if !sized
+            && buf.len() >= SIZED_AFTER
+            && let Some(head) = buf.first_chunk::<4>()
+        {
             sized = true;
             let announced = (u32::from_le_bytes(*head) as usize).saturating_add(4);
             // A wrong length costs only a reallocation: the end of the
@@ -186,3 +190,8 @@ pub async fn read_to_end_sized(
     }
     Ok(buf)
 }
+
+/// Bytes a stream must have delivered before [`read_to_end_sized`] trusts
+/// its announced length: a peer that announces 4 MiB and sends 4 bytes on
+/// each of its streams must not make a node set aside 4 MiB for each.
+const SIZED_AFTER: usize = 256 << 10;
