@@ -317,6 +317,82 @@ async fn a_failed_put_leaves_the_file_it_would_replace_as_it_was() {
     assert_eq!(names, ["file.bin"], "the failed upload left a file behind");
 }
 
+/// Chunks read and verified, summed over the nodes.
+async fn chunk_reads(c: &Cluster) -> u64 {
+    let mut sum = 0;
+    for i in 0..c.nodes.len() {
+        let text = reqwest::get(format!("{}/metrics", c.http(i)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("cairn_chunk_reads_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no chunk read counter in {text}"));
+    }
+    sum
+}
+
+/// A client's writes in flight reach the node in any order. Closing a new
+/// file written that way still gets the ETag (the content's BLAKE3) from
+/// the hash kept while the writes came in: no chunk is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_written_out_of_order_gets_its_etag_without_a_second_read() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let client = client(&c, None).await;
+    let data = random_bytes(12 * MIB + 100, 31);
+    let file = client
+        .open(
+            "ooo.bin",
+            OpenOptions::create().with(Disposition::CreateNew),
+        )
+        .await
+        .unwrap();
+    // Last piece first, each acknowledged before the next goes.
+    for (start, end) in [(8 * MIB, data.len()), (4 * MIB, 8 * MIB), (0, 4 * MIB)] {
+        file.write_at(start as u64, Bytes::copy_from_slice(&data[start..end]))
+            .await
+            .unwrap();
+    }
+    let before = chunk_reads(&c).await;
+    file.close().await.unwrap();
+    assert_eq!(
+        chunk_reads(&c).await,
+        before,
+        "closing read the file back to hash it"
+    );
+    assert_eq!(
+        client.metadata("ooo.bin").await.unwrap().etag,
+        Some(*blake3::hash(&data).as_bytes()),
+        "the ETag is the content's BLAKE3"
+    );
+    assert!(read_all(&c, "ooo.bin").await == data);
+    // Writing into what was already hashed gives the running hash up; the
+    // close then reads the content back and the ETag is still right.
+    let file = client
+        .open("ooo.bin", OpenOptions::create().with(Disposition::Open))
+        .await
+        .unwrap();
+    file.write_at(5, Bytes::from_static(b"changed"))
+        .await
+        .unwrap();
+    file.close().await.unwrap();
+    let mut changed = data.clone();
+    changed[5..12].copy_from_slice(b"changed");
+    assert_eq!(
+        client.metadata("ooo.bin").await.unwrap().etag,
+        Some(*blake3::hash(&changed).as_bytes())
+    );
+    client.logoff().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_in_flight_during_a_kill_apply_exactly_once() {
     let mut c = Cluster::start(3, ClusterOptions::default());

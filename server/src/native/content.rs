@@ -128,11 +128,15 @@ impl AsRef<[u8]> for SharedChunk {
 
 async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Arc<Vec<u8>>> {
     let store = Arc::clone(&state.chunks);
+    let metrics = Arc::clone(&state.metrics);
     state
         .chunk_cache
         .get_or_load(hash, || async move {
-            let data: ApiResult<Vec<u8>> =
-                Ok(tokio::task::spawn_blocking(move || store.get(&hash)).await??);
+            let data = tokio::task::spawn_blocking(move || store.get(&hash)).await?;
+            metrics.chunk_reads.inc();
+            let data: ApiResult<Vec<u8>> = Ok(data.inspect_err(|_| {
+                metrics.chunk_corrupt.inc();
+            })?);
             data
         })
         .await

@@ -11,6 +11,7 @@ use cairn_proto::{ContentHash, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::content::{self, build, read_range, read_range_shared};
+use super::running_hash::RunningHash;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::meta::sessions::load_handle;
@@ -43,9 +44,10 @@ pub struct OpenFile {
     /// handle may have grown the file since (a stale size kept here used
     /// to cut off what that handle had flushed).
     truncated: Option<u64>,
-    /// BLAKE3 of the bytes written so far, while the handle has only
-    /// appended to an empty file: then closing needs no second read.
-    sequential: Option<(blake3::Hasher, u64)>,
+    /// BLAKE3 of the bytes written so far, while the handle has written an
+    /// empty file from the start without going back: then closing needs
+    /// no second read.
+    sequential: Option<RunningHash>,
     /// The provisional ETag this handle's last flush gave the file.
     provisional: Option<ContentHash>,
     /// Appends this node took, by sequence number: a repeat gets the
@@ -77,7 +79,7 @@ impl OpenFile {
             return Err(stale(id));
         }
         let inode = load_inode(state, &record)?;
-        let sequential = (inode.size() == 0).then(|| (blake3::Hasher::new(), 0));
+        let sequential = (inode.size() == 0).then(RunningHash::new);
         Ok(Self {
             id,
             record,
@@ -188,13 +190,13 @@ impl OpenFile {
         let off = if append { size } else { off };
         let permit = self.write_buffer(state, data.len()).await?;
         self.permits.push(permit);
-        self.sequential = match self.sequential.take() {
-            Some((mut h, at)) if at == off => {
-                h.update(&data);
-                Some((h, at + data.len() as u64))
-            }
-            _ => None,
-        };
+        if self
+            .sequential
+            .as_mut()
+            .is_some_and(|h| !h.write(off, &data))
+        {
+            self.sequential = None;
+        }
         let end = off + data.len() as u64;
         self.dirty.insert(off, data);
         self.stage_cells(state, off, end);
@@ -245,7 +247,7 @@ impl OpenFile {
         self.need(access::WRITE, "writing")?;
         self.staging.clear();
         self.dirty.truncate(size);
-        if self.sequential.as_ref().is_some_and(|(_, at)| *at != size) {
+        if self.sequential.as_ref().is_some_and(|h| !h.truncate(size)) {
             self.sequential = None;
         }
         self.truncated = Some(size);
@@ -366,9 +368,10 @@ impl OpenFile {
         let Some(file) = inode.file.as_ref().filter(|f| f.etag == provisional) else {
             return Ok(None);
         };
-        let real = match &self.sequential {
-            Some((h, at)) if *at == file.size => ContentHash(*h.finalize().as_bytes()),
-            _ => hash_content(state, file).await?,
+        let running = self.sequential.as_ref().and_then(|h| h.finish(file.size));
+        let real = match running {
+            Some(hash) => hash,
+            None => hash_content(state, file).await?,
         };
         Ok(Some((provisional, real)))
     }

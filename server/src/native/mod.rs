@@ -12,6 +12,7 @@ mod content;
 mod handles;
 mod leases;
 mod ops;
+mod running_hash;
 mod sink;
 
 use std::collections::{HashMap, HashSet};
