@@ -1,6 +1,7 @@
 //! The file commands over the native protocol (the default when `CAIRN_QUIC`
 //! and `CAIRN_CA` are set): one session, which survives node failures.
 
+use cairn_client::native::Source;
 use cairn_client::{Client, ClientError, NativeConfig};
 use cairn_proto::ErrorCode;
 use cairn_proto::api::{Stat, WriteResult};
@@ -117,13 +118,16 @@ async fn put(client: &Client, local: &str, remote: &str, out: Output) -> Result<
         let mut stdin = tokio::io::stdin();
         client.put(remote, &mut stdin, &|_| {}).await?
     } else {
-        let mut f = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| io_context(e, local))?;
-        let len = f.metadata().await.map_err(|e| io_context(e, local))?.len();
-        let bar = progress(Some(len));
+        let f = std::fs::File::open(local).map_err(|e| io_context(e, local))?;
+        let meta = f.metadata().map_err(|e| io_context(e, local))?;
+        if meta.is_dir() {
+            let e = std::io::Error::from(std::io::ErrorKind::IsADirectory);
+            return Err(io_context(e, local));
+        }
+        let bar = progress(Some(meta.len()));
         let count = bar.clone();
-        let result = client.put(remote, &mut f, &move |n| count.inc(n)).await;
+        let progress = move |n| count.inc(n);
+        let result = client.put_from(remote, Source::File(f), &progress).await;
         bar.finish_and_clear();
         result?
     };

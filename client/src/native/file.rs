@@ -12,8 +12,9 @@ use cairn_proto::wire::{
 };
 use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::source::{Blocks, Source};
 use super::state::FileState;
 use super::{Client, OpenOptions, unexpected};
 use crate::ClientError;
@@ -267,12 +268,24 @@ impl Client {
         reader: &mut (dyn AsyncRead + Unpin + Send),
         progress: TransferProgress<'_>,
     ) -> Result<Attr, ClientError> {
+        self.put_from(path, Source::Reader(reader), progress).await
+    }
+
+    /// [`Client::put`] from any [`Source`]: bytes in memory and local
+    /// files go without being copied into each write.
+    pub async fn put_from(
+        &self,
+        path: &str,
+        source: Source<'_>,
+        progress: TransferProgress<'_>,
+    ) -> Result<Attr, ClientError> {
+        let mut blocks = Blocks::from(source);
         let staging = upload_path(path);
         let file = self
             .open(&staging, OpenOptions::create().with(Disposition::CreateNew))
             .await?;
         let done = async {
-            upload(&file, reader, progress).await?;
+            upload(&file, &mut blocks, progress).await?;
             let mut attr = file.flush().await?;
             file.close_shared().await?;
             self.rename(&staging, path, true).await?;
@@ -344,17 +357,17 @@ fn upload_path(path: &str) -> String {
     }
 }
 
-/// Writes everything `reader` yields to `file` from offset 0, several
-/// writes in flight.
+/// Writes every block of `blocks` to `file` from offset 0, several writes
+/// in flight.
 async fn upload(
     file: &File,
-    reader: &mut (dyn AsyncRead + Unpin + Send),
+    blocks: &mut Blocks<'_>,
     progress: TransferProgress<'_>,
 ) -> Result<(), ClientError> {
     let mut in_flight = FuturesUnordered::new();
     let mut offset = 0u64;
     loop {
-        let block = read_block(reader, IO_BYTES_MAX).await?;
+        let block = blocks.next(IO_BYTES_MAX).await?;
         if block.is_empty() {
             break;
         }
@@ -375,20 +388,4 @@ async fn upload(
         r?;
     }
     Ok(())
-}
-
-/// Reads until `max` bytes or the end.
-async fn read_block(
-    reader: &mut (dyn AsyncRead + Unpin + Send),
-    max: usize,
-) -> Result<Bytes, ClientError> {
-    // Into spare capacity: no zeroing of 4 MiB first.
-    let mut buf = BytesMut::with_capacity(max);
-    while buf.len() < max {
-        let left = (max - buf.len()) as u64;
-        if (&mut *reader).take(left).read_buf(&mut buf).await? == 0 {
-            break;
-        }
-    }
-    Ok(buf.freeze())
 }

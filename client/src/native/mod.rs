@@ -12,6 +12,7 @@
 mod conn;
 mod file;
 mod notices;
+mod source;
 mod state;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use file::IO_BYTES_MAX;
 use futures::{StreamExt, TryStreamExt, stream};
 
 pub use file::{File, TransferProgress};
+pub use source::Source;
 
 use crate::ClientError;
 use state::FileState;
