@@ -195,3 +195,6 @@ pub async fn read_to_end_sized(
 /// its announced length: a peer that announces 4 MiB and sends 4 bytes on
 /// each of its streams must not make a node set aside 4 MiB for each.
 const SIZED_AFTER: usize = 256 << 10;
+
+#[cfg(test)]
+mod tests;

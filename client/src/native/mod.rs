@@ -325,6 +325,7 @@ impl Client {
         // until its flush, so their order across handles never mattered.
         // One write at a time, 16 busy writers took 10 s to resume.
         let conn_ref = &conn;
+        let started = Instant::now();
         stream::iter(files)
             .map(|(handle, state)| {
                 resend(conn_ref, header, t, handle, state.unflushed.pending(handle))

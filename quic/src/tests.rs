@@ -1,0 +1,125 @@
+//! The stream readers over a real QUIC connection on loopback: what a
+//! peer that lies about lengths or sends too much gets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use super::*;
+
+const ALPN: &[u8] = b"cairn-quic-test";
+
+/// A client connection and the server's side of it.
+async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key.into())
+        .unwrap();
+    server_tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).unwrap();
+    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server_cfg.transport_config(Arc::new(transport(Duration::from_secs(5))));
+    let server = endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg)).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).unwrap();
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(quic));
+    client_cfg.transport_config(Arc::new(transport(Duration::from_secs(5))));
+    let mut client = endpoint(([127, 0, 0, 1], 0).into(), None).unwrap();
+    client.set_default_client_config(client_cfg);
+
+    let addr = server.local_addr().unwrap();
+    let (c, s) = tokio::join!(
+        async { client.connect(addr, "localhost").unwrap().await.unwrap() },
+        async { server.accept().await.unwrap().await.unwrap() }
+    );
+    (server, c, s)
+}
+
+/// Sends `bytes` on a new stream and finishes it; the server's end of it.
+async fn sent(c: &quinn::Connection, s: &quinn::Connection, bytes: Vec<u8>) -> quinn::RecvStream {
+    let mut send = c.open_uni().await.unwrap();
+    let writing = async move {
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        // Kept open until the peer has read it all.
+        let _ = send.stopped().await;
+    };
+    let (recv, ()) = tokio::join!(async { s.accept_uni().await.unwrap() }, async {
+        tokio::spawn(writing);
+    });
+    recv
+}
+
+/// A frame-like message: a little-endian length, then `body`.
+fn message(announced: u32, body: usize) -> Vec<u8> {
+    let mut m = announced.to_le_bytes().to_vec();
+    m.extend((0..body).map(|i| i as u8));
+    m
+}
+
+#[tokio::test]
+async fn a_short_stream_announcing_much_gets_no_buffer_of_that_size() {
+    let (_server, c, s) = pair().await;
+    let mut recv = sent(&c, &s, message(4 << 20, 10)).await;
+    let got = read_to_end_sized(&mut recv, 8 << 20).await.unwrap();
+    assert_eq!(
+        got,
+        message(4 << 20, 10),
+        "the stream's end says where it stops"
+    );
+    assert!(
+        got.capacity() < SIZED_AFTER,
+        "set {} bytes aside",
+        got.capacity()
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_announced_length_changes_nothing_but_the_buffer() {
+    let (_server, c, s) = pair().await;
+    for (announced, body) in [(300 << 10, 1 << 20), (u32::MAX, 400 << 10), (0, 300 << 10)] {
+        let mut recv = sent(&c, &s, message(announced, body)).await;
+        let got = read_to_end_sized(&mut recv, 2 << 20).await.unwrap();
+        assert!(got == message(announced, body), "announced {announced}");
+        assert!(
+            got.capacity() <= 2 << 20,
+            "past the limit: {}",
+            got.capacity()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_over_the_limit_is_refused() {
+    let (_server, c, s) = pair().await;
+    let mut recv = sent(&c, &s, message(1 << 20, 1 << 20)).await;
+    let err = read_to_end_sized(&mut recv, 1 << 20).await.unwrap_err();
+    assert!(matches!(err, quinn::ReadToEndError::TooLong), "{err:?}");
+}
+
+#[tokio::test]
+async fn read_exact_vec_takes_exactly_and_notices_an_early_end() {
+    let (_server, c, s) = pair().await;
+    let mut recv = sent(&c, &s, message(0, 100)).await;
+    let got = read_exact_vec(&mut recv, 50).await.unwrap();
+    assert_eq!(got, message(0, 100)[..50]);
+    let mut recv = sent(&c, &s, message(0, 100)).await;
+    let err = read_exact_vec(&mut recv, 200).await.unwrap_err();
+    assert!(
+        matches!(err, quinn::ReadExactError::FinishedEarly(104)),
+        "{err:?}"
+    );
+}
