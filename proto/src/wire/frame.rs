@@ -16,12 +16,36 @@ use bytes::Bytes;
 
 /// CRC32C (Castagnoli, iSCSI) of `parts` one after the other.
 pub fn crc32c(parts: &[&[u8]]) -> u32 {
-    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let mut d = Crc32c::new();
     for p in parts {
         d.update(p);
     }
-    // A 32-bit CRC's value fits in 32 bits.
-    d.finalize() as u32
+    d.finish()
+}
+
+/// A CRC32C worked out piece by piece, as bytes arrive.
+#[derive(Clone)]
+pub struct Crc32c(crc_fast::Digest);
+
+impl Crc32c {
+    pub fn new() -> Self {
+        Self(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(&self) -> u32 {
+        // A 32-bit CRC's value fits in 32 bits.
+        self.0.finalize() as u32
+    }
+}
+
+impl Default for Crc32c {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// One decoded frame.
@@ -134,6 +158,22 @@ pub fn decode_frame_bytes(buf: &Bytes) -> Result<Option<(Frame, usize)>, FrameEr
     }))
 }
 
+/// [`decode_frame_bytes`] for a frame whose reader worked out `crc`, the
+/// CRC32C of its kind and payload, while the bytes arrived: they are not
+/// read again to check it (a 4 MiB answer read once more from memory).
+pub fn decode_frame_bytes_summed(
+    buf: &Bytes,
+    crc: u32,
+) -> Result<Option<(Frame, usize)>, FrameError> {
+    Ok(check_frame_with(buf, Some(crc))?.map(|c| {
+        let frame = Frame {
+            kind: c.kind,
+            payload: buf.slice(c.payload),
+        };
+        (frame, c.used)
+    }))
+}
+
 /// Where a checked frame's parts lie in its buffer.
 struct Checked {
     kind: u16,
@@ -142,6 +182,12 @@ struct Checked {
 }
 
 fn check_frame(buf: &[u8]) -> Result<Option<Checked>, FrameError> {
+    check_frame_with(buf, None)
+}
+
+/// Checks the frame at the start of `buf` against its checksum: `summed`
+/// if the caller worked it out already, else computed here.
+fn check_frame_with(buf: &[u8], summed: Option<u32>) -> Result<Option<Checked>, FrameError> {
     let Some(len_bytes) = buf.get(..4) else {
         return Ok(None);
     };
@@ -160,7 +206,7 @@ fn check_frame(buf: &[u8]) -> Result<Option<Checked>, FrameError> {
     let (kind, rest) = body.split_at(2);
     let (payload, crc) = rest.split_at(payload_len);
     let stated = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = crc32c(&[kind, payload]);
+    let computed = summed.unwrap_or_else(|| crc32c(&[kind, payload]));
     if computed != stated {
         return Err(FrameError::Checksum { computed, stated });
     }
@@ -193,6 +239,29 @@ mod tests {
         assert_eq!(crc32c(&[b"123456789"]), 0xe306_9283);
         assert_eq!(crc32c(&[b"1234", b"", b"56789"]), 0xe306_9283);
         assert_eq!(crc32c(&[]), 0);
+    }
+
+    #[test]
+    fn a_checksum_summed_on_arrival_is_checked_like_one_computed() {
+        let mut out = Vec::new();
+        encode_frame(7, b"hello", &mut out).unwrap();
+        let buf = Bytes::from(out);
+        let mut sum = Crc32c::new();
+        for piece in buf[4..buf.len() - 4].chunks(3) {
+            sum.update(piece);
+        }
+        let (frame, used) = decode_frame_bytes_summed(&buf, sum.finish())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (frame.kind, &frame.payload[..], used),
+            (7, &b"hello"[..], buf.len())
+        );
+        let wrong = sum.finish() ^ 1;
+        assert!(matches!(
+            decode_frame_bytes_summed(&buf, wrong),
+            Err(FrameError::Checksum { .. })
+        ));
     }
 
     #[test]

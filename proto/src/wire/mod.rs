@@ -11,8 +11,9 @@ mod leases;
 mod messages;
 
 pub use frame::{
-    FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, decode_frame, decode_frame_bytes,
-    encode_frame, encode_frame_around, finish_frame, start_frame,
+    Crc32c, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, crc32c, decode_frame,
+    decode_frame_bytes, decode_frame_bytes_summed, encode_frame, encode_frame_around, finish_frame,
+    start_frame,
 };
 pub use leases::{LeaseAck, LeaseBreak, Notice, capability, lease};
 pub use messages::*;
