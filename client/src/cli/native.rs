@@ -1,12 +1,11 @@
 //! The file commands over the native protocol (the default when `CAIRN_QUIC`
 //! and `CAIRN_CA` are set): one session, which survives node failures.
 
-use cairn_client::native::Source;
+use cairn_client::native::{Source, Target};
 use cairn_client::{Client, ClientError, NativeConfig};
 use cairn_proto::ErrorCode;
 use cairn_proto::api::{Stat, WriteResult};
 use cairn_proto::wire::Attr;
-use tokio::io::AsyncWriteExt;
 
 use super::transfer::{Download, io_context, progress};
 use super::{Command, Output, format_time};
@@ -151,11 +150,21 @@ async fn get(
     let size = client.metadata(remote).await?.size;
     let bar = progress(Some(size));
     let count = bar.clone();
+    let progress = move |n| count.inc(n);
     let result = match local {
         Some(path) => {
-            let mut d = Download::create(path).await?;
+            let d = Download::create(path).await?;
+            // Written through a second handle of the same open file: the
+            // answers go out of their own buffers, not through tokio's.
+            let target = match d.file.try_clone().await {
+                Ok(f) => f.into_std().await,
+                Err(e) => {
+                    d.abandon().await;
+                    return Err(io_context(e, path));
+                }
+            };
             match client
-                .get(remote, &mut d.file, &move |n| count.inc(n))
+                .get_into(remote, Target::File(target), &progress)
                 .await
             {
                 Ok(n) => d.finish().await.map(|()| n),
@@ -166,12 +175,10 @@ async fn get(
             }
         }
         None => {
-            let mut stdout = tokio::io::stdout();
-            let r = client
-                .get(remote, &mut stdout, &move |n| count.inc(n))
-                .await;
-            stdout.flush().await?;
-            r
+            use std::os::fd::AsFd;
+            let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
+            let target = Target::File(std::fs::File::from(stdout));
+            client.get_into(remote, target, &progress).await
         }
     };
     bar.finish_and_clear();

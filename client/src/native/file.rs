@@ -12,10 +12,11 @@ use cairn_proto::wire::{
 };
 use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::source::{Blocks, Source};
 use super::state::FileState;
+use super::target::{Out, Target};
 use super::{Client, OpenOptions, unexpected};
 use crate::ClientError;
 
@@ -312,6 +313,18 @@ impl Client {
         writer: &mut (dyn AsyncWrite + Unpin + Send),
         progress: TransferProgress<'_>,
     ) -> Result<u64, ClientError> {
+        self.get_into(path, Target::Writer(writer), progress).await
+    }
+
+    /// [`Client::get`] into any [`Target`]: a local file is written from
+    /// each answer's own buffer, without a copy.
+    pub async fn get_into(
+        &self,
+        path: &str,
+        target: Target<'_>,
+        progress: TransferProgress<'_>,
+    ) -> Result<u64, ClientError> {
+        let mut out = Out::from(target);
         let file = self.open(path, OpenOptions::read()).await?;
         let size = file.opened_attr().size;
         let mut pieces = FuturesOrdered::new();
@@ -335,12 +348,13 @@ impl Client {
                     data.len()
                 )));
             }
-            writer.write_all(&data).await?;
-            written += data.len() as u64;
-            progress(data.len() as u64);
+            let n = data.len() as u64;
+            out.write(data).await?;
+            written += n;
+            progress(n);
         }
         drop(pieces);
-        writer.flush().await?;
+        out.flush().await?;
         file.close().await?;
         Ok(written)
     }

@@ -14,6 +14,7 @@ mod file;
 mod notices;
 mod source;
 mod state;
+mod target;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 pub use file::{File, TransferProgress};
 pub use source::Source;
+pub use target::Target;
 
 use crate::ClientError;
 use state::FileState;
