@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use cairn_proto::wire::{
-    ALPN, Crc32c, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Request, RequestHeader, Response,
-    decode_frame_bytes_summed,
+    ALPN, Crc32c, Data, DataPieces, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Request, RequestHeader,
+    Response, Rope, data_answer, decode_frame_bytes_summed,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -83,6 +83,42 @@ pub async fn exchange(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, Lost> {
+    Ok(exchange_answer(conn, header, req, timeout)
+        .await?
+        .into_response())
+}
+
+/// An answer as it was read: a read's data left in the pieces it arrived
+/// in, anything else decoded.
+pub enum Answer {
+    Whole(Response),
+    Data(DataPieces),
+}
+
+impl Answer {
+    /// The answer as one decoded response (a read's pieces joined).
+    pub fn into_response(self) -> Response {
+        match self {
+            Self::Whole(r) => r,
+            Self::Data(d) => {
+                let mut rope = Rope::default();
+                d.data.into_iter().for_each(|p| rope.push(p));
+                Response::Data(Data {
+                    data: rope.join(),
+                    eof: d.eof,
+                })
+            }
+        }
+    }
+}
+
+/// [`exchange`], with a read's data left in the pieces it arrived in.
+pub async fn exchange_answer(
+    conn: &quinn::Connection,
+    header: &RequestHeader,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Answer, Lost> {
     let lost = |m: String| Lost { message: m };
     let mut pieces = req
         .encode_chunks(header)
@@ -95,8 +131,15 @@ pub async fn exchange(
         let _ = send.finish();
         let (answer, crc) = read_frame(&mut recv).await?;
         cairn_quic::read_end(&mut recv).await;
-        match decode_frame_bytes_summed(&answer, crc) {
-            Ok(Some((frame, _))) => Response::decode(&frame).map_err(|e| lost(e.to_string())),
+        match data_answer(&answer, crc) {
+            Ok(Some(data)) => return Ok(Answer::Data(data)),
+            Ok(None) => {}
+            Err(e) => return Err(lost(e.to_string())),
+        }
+        match decode_frame_bytes_summed(&answer.join(), crc) {
+            Ok(Some((frame, _))) => Response::decode(&frame)
+                .map(Answer::Whole)
+                .map_err(|e| lost(e.to_string())),
             Ok(None) => Err(lost("truncated answer".into())),
             Err(e) => Err(lost(e.to_string())),
         }
@@ -106,12 +149,12 @@ pub async fn exchange(
         .map_err(|_| lost(format!("no answer in {timeout:?}")))?
 }
 
-/// Reads one answer frame into a buffer of its exact size (its length comes
-/// first), so a 4 MiB read is copied once, from QUIC's packets into it.
-/// Returns the CRC32C of its kind and payload too, summed piece by piece
-/// as they arrive: checked afterwards over the whole buffer, the sum read
-/// 4 MiB again from memory (a tenth of the client's CPU in a download).
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<(Bytes, u32), Lost> {
+/// Reads one answer frame (its length comes first) as the pieces QUIC
+/// delivered, not copied: a read's data goes on as views of them. Returns
+/// the CRC32C of its kind and payload too, summed piece by piece as they
+/// arrive: checked afterwards over the whole frame, the sum read 4 MiB
+/// again from memory.
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<(Rope, u32), Lost> {
     let lost = |m: String| Lost { message: m };
     let mut len = [0u8; 4];
     recv.read_exact(&mut len)
@@ -127,17 +170,17 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<(Bytes, u32), Lost> 
     // The checksum covers what lies between the length and itself.
     let summed_end = total.saturating_sub(4).max(4);
     let mut crc = Crc32c::new();
-    let mut buf = BytesMut::with_capacity(total);
-    buf.extend_from_slice(&len);
-    while buf.len() < total {
+    let mut rope = Rope::default();
+    rope.push(Bytes::copy_from_slice(&len));
+    while rope.len() < total {
         let chunk = recv
-            .read_chunk(total - buf.len(), true)
+            .read_chunk(total - rope.len(), true)
             .await
             .map_err(|e| lost(e.to_string()))?
             .ok_or_else(|| lost("truncated answer".into()))?;
-        let summed = summed_end.saturating_sub(buf.len()).min(chunk.bytes.len());
+        let summed = summed_end.saturating_sub(rope.len()).min(chunk.bytes.len());
         crc.update(&chunk.bytes[..summed]);
-        buf.extend_from_slice(&chunk.bytes);
+        rope.push(chunk.bytes);
     }
-    Ok((buf.freeze(), crc.finish()))
+    Ok((rope, crc.finish()))
 }

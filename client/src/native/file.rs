@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::source::{Blocks, Source};
 use super::state::FileState;
 use super::target::{Out, Target};
-use super::{Client, OpenOptions, unexpected};
+use super::{Client, OpenOptions, conn, unexpected};
 use crate::ClientError;
 
 /// Largest single read or write request.
@@ -91,6 +91,38 @@ impl File {
             eof = at_end || data.is_empty();
         }
         Ok(out.freeze())
+    }
+
+    /// [`File::read_at`] as views of the answers' own buffers, never
+    /// joined: for a download that writes them out one after the other.
+    async fn read_pieces_at(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, ClientError> {
+        let mut out = Vec::new();
+        let mut got = 0;
+        while got < len {
+            let req = Request::Read(Read {
+                handle: self.handle,
+                offset: offset + got as u64,
+                len: (len - got).min(IO_BYTES_MAX) as u32,
+            });
+            let (n, eof) = match self.client.call_answer(req, 0).await? {
+                conn::Answer::Data(d) => {
+                    let n = d.len();
+                    out.extend(d.data);
+                    (n, d.eof)
+                }
+                conn::Answer::Whole(Response::Data(d)) => {
+                    let n = d.data.len();
+                    out.push(d.data);
+                    (n, d.eof)
+                }
+                conn::Answer::Whole(other) => return Err(unexpected(&other)),
+            };
+            got += n;
+            if eof || n == 0 {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn read_piece(&self, offset: u64, len: u32) -> Result<(Bytes, bool), ClientError> {
@@ -335,23 +367,22 @@ impl Client {
                 let len = (size - next).min(IO_BYTES_MAX as u64) as usize;
                 let f = &file;
                 let at = next;
-                pieces.push_back(async move { f.read_at(at, len).await.map(|d| (d, len)) });
+                pieces.push_back(async move { f.read_pieces_at(at, len).await.map(|d| (d, len)) });
                 next += len as u64;
             }
             let Some(piece) = pieces.next().await else {
                 break;
             };
             let (data, wanted) = piece?;
-            if data.len() != wanted {
+            let got: usize = data.iter().map(Bytes::len).sum();
+            if got != wanted {
                 return Err(ClientError::Connection(format!(
-                    "the file shrank while being read ({written} + {} of {size} bytes)",
-                    data.len()
+                    "the file shrank while being read ({written} + {got} of {size} bytes)"
                 )));
             }
-            let n = data.len() as u64;
             out.write(data).await?;
-            written += n;
-            progress(n);
+            written += got as u64;
+            progress(got as u64);
         }
         drop(pieces);
         out.flush().await?;

@@ -424,6 +424,16 @@ impl Client {
     }
 
     pub(crate) async fn call_with(&self, req: Request, seq: u64) -> Result<Response, ClientError> {
+        Ok(self.call_answer(req, seq).await?.into_response())
+    }
+
+    /// [`Client::call_with`], with a read's data left in the pieces it
+    /// arrived in.
+    pub(crate) async fn call_answer(
+        &self,
+        req: Request,
+        seq: u64,
+    ) -> Result<conn::Answer, ClientError> {
         let header = RequestHeader {
             session: self.inner.session,
             seq,
@@ -432,8 +442,10 @@ impl Client {
         let mut pause = Duration::from_millis(20);
         loop {
             let (generation, conn) = self.connection(deadline).await?;
-            match conn::exchange(&conn, &header, &req, self.inner.cfg.request_timeout).await {
-                Ok(Response::Error(e))
+            let answer =
+                conn::exchange_answer(&conn, &header, &req, self.inner.cfg.request_timeout).await;
+            match answer {
+                Ok(conn::Answer::Whole(Response::Error(e)))
                     if e.code == ErrorCode::Unavailable && Instant::now() < deadline =>
                 {
                     // No leader just now: the cluster is failing over.
@@ -441,13 +453,13 @@ impl Client {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
                 }
-                Ok(Response::Error(e)) => {
+                Ok(conn::Answer::Whole(Response::Error(e))) => {
                     return Err(ClientError::Protocol {
                         code: e.code,
                         message: e.message,
                     });
                 }
-                Ok(resp) => return Ok(resp),
+                Ok(answer) => return Ok(answer),
                 Err(lost) => {
                     tracing::debug!(error = %lost.message, "connection lost; failing over");
                     self.drop_connection(generation).await;

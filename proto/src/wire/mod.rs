@@ -9,6 +9,7 @@
 mod frame;
 mod leases;
 mod messages;
+mod rope;
 
 pub use frame::{
     Crc32c, FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, Frame, FrameError, crc32c, decode_frame,
@@ -17,6 +18,7 @@ pub use frame::{
 };
 pub use leases::{LeaseAck, LeaseBreak, Notice, capability, lease};
 pub use messages::*;
+pub use rope::{DataPieces, Rope, data_answer};
 
 /// The protocol version this build speaks (negotiated; see `Negotiate`).
 pub const PROTOCOL_VERSION: u16 = 1;
