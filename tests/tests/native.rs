@@ -374,6 +374,43 @@ async fn a_file_written_out_of_order_gets_its_etag_without_a_second_read() {
         "the ETag is the content's BLAKE3"
     );
     assert!(read_all(&c, "ooo.bin").await == data);
+    // Another handle's flush between two of this one's puts its bytes in
+    // the file: the running hash, of this handle's bytes only, is not the
+    // file's any more.
+    let a = client
+        .open(
+            "two.bin",
+            OpenOptions::create().with(Disposition::CreateNew),
+        )
+        .await
+        .unwrap();
+    a.write_at(0, Bytes::copy_from_slice(&data[..4 * MIB]))
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    let b = client
+        .open("two.bin", OpenOptions::create().with(Disposition::Open))
+        .await
+        .unwrap();
+    b.write_at(0, Bytes::from_static(b"other writer"))
+        .await
+        .unwrap();
+    b.close().await.unwrap();
+    a.write_at(
+        4 * MIB as u64,
+        Bytes::copy_from_slice(&data[4 * MIB..8 * MIB]),
+    )
+    .await
+    .unwrap();
+    a.close().await.unwrap();
+    let both = read_all(&c, "two.bin").await;
+    assert_eq!(&both[..12], b"other writer");
+    assert!(both[12..] == data[12..8 * MIB]);
+    assert_eq!(
+        client.metadata("two.bin").await.unwrap().etag,
+        Some(*blake3::hash(&both).as_bytes()),
+        "the ETag is the content's, with the other writer's bytes"
+    );
     // Writing into what was already hashed gives the running hash up; the
     // close then reads the content back and the ETag is still right.
     let file = client

@@ -135,6 +135,10 @@ pub fn data_answer(frame: &Rope, crc: u32) -> Result<Option<DataPieces>, FrameEr
 fn varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, byte) in b.iter().take(10).enumerate() {
+        // The tenth byte holds the top bit alone; more is not a u64.
+        if i == 9 && *byte > 1 {
+            return None;
+        }
         v |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Some((v, i + 1));
@@ -185,6 +189,16 @@ mod tests {
             prop_assert_eq!(got.eof, eof);
             prop_assert_eq!(rope.join(), Bytes::from(frame));
         }
+    }
+
+    #[test]
+    fn varints_past_u64_are_refused() {
+        assert_eq!(varint(&[0x80, 0x01]), Some((128, 2)));
+        let mut max = vec![0xff; 9];
+        max.push(0x01);
+        assert_eq!(varint(&max), Some((u64::MAX, 10)));
+        max[9] = 0x02;
+        assert_eq!(varint(&max), None);
     }
 
     #[test]

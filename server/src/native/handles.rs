@@ -50,6 +50,10 @@ pub struct OpenFile {
     sequential: Option<RunningHash>,
     /// The provisional ETag this handle's last flush gave the file.
     provisional: Option<ContentHash>,
+    /// The ETag the content had when this handle's running hash started:
+    /// each flush must build on it or on the handle's own last flush, or
+    /// another writer's bytes are in the file and the hash is not its.
+    hashed_from: Option<ContentHash>,
     /// Appends this node took, by sequence number: a repeat gets the
     /// first answer (offset, size) instead of appending again.
     appended: std::collections::VecDeque<(u64, u64, u64)>,
@@ -80,6 +84,7 @@ impl OpenFile {
         }
         let inode = load_inode(state, &record)?;
         let sequential = (inode.size() == 0).then(RunningHash::new);
+        let hashed_from = inode.file.as_ref().map(|f| f.etag);
         Ok(Self {
             id,
             record,
@@ -88,6 +93,7 @@ impl OpenFile {
             truncated: None,
             sequential,
             provisional: None,
+            hashed_from,
             appended: std::collections::VecDeque::new(),
             staging: std::collections::BTreeMap::new(),
             // The barrier above is this first use's: a second one before
@@ -324,6 +330,10 @@ impl OpenFile {
         for _ in 0..FLUSH_ATTEMPTS {
             let base_inode = self.committed(state).await?;
             let base = base_inode.file.clone().ok_or_else(|| not_a_file(self.id))?;
+            if Some(base.etag) != self.provisional.or(self.hashed_from) {
+                // Another handle flushed since: its bytes are in the base.
+                self.sequential = None;
+            }
             let new_size = truncated.unwrap_or(base.size).max(dirty.end().unwrap_or(0));
             let built = build(state, &base, dirty, new_size, staged).await?;
             let etag = built.file.etag;
