@@ -141,6 +141,15 @@ async fn put(client: &Client, local: &str, remote: &str, out: Output) -> Result<
     Ok(())
 }
 
+/// A download's error, naming where it was writing when writing failed
+/// (the only local I/O a download does).
+fn local_context(e: ClientError, what: &str) -> ClientError {
+    match e {
+        ClientError::Io(e) => io_context(e, what),
+        e => e,
+    }
+}
+
 async fn get(
     client: &Client,
     remote: &str,
@@ -170,7 +179,7 @@ async fn get(
                 Ok(n) => d.finish().await.map(|()| n),
                 Err(e) => {
                     d.abandon().await;
-                    Err(e)
+                    Err(local_context(e, path))
                 }
             }
         }
@@ -178,7 +187,8 @@ async fn get(
             use std::os::fd::AsFd;
             let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
             let target = Target::File(std::fs::File::from(stdout));
-            client.get_into(remote, target, &progress).await
+            let got = client.get_into(remote, target, &progress).await;
+            got.map_err(|e| local_context(e, "stdout"))
         }
     };
     bar.finish_and_clear();
