@@ -245,6 +245,11 @@ async fn session_op(
         Request::Read(r) => {
             let file = server.file(r.handle, &b.id).await?;
             let len = r.len.min(CHUNK_SIZE_MAX as u32);
+            // A read sees every flush acknowledged before it, whichever
+            // session and node made it: this node may not have applied it
+            // yet. Outside the handle's lock, so reads in flight on one
+            // handle share the barrier's round instead of queueing.
+            server.state.committer.read_barrier().await?;
             let mut f = file.lock().await;
             let plan = f.plan_read(&server.state, r.offset, len).await?;
             let data = if plan.private {
