@@ -92,17 +92,28 @@ impl Extents {
     /// The bytes of `[off, end)` when writes cover all of it: a view of
     /// one write's buffer when a single write spans it, else a copy.
     pub fn gather(&self, off: u64, end: u64) -> Option<Bytes> {
+        self.views(off, end).map(join)
+    }
+
+    /// Views of the writes that make up `[off, end)`, in order, when they
+    /// cover all of it. Nothing is copied: a caller that needs one buffer
+    /// can join them when it is ready to pay for it.
+    pub fn views(&self, off: u64, end: u64) -> Option<Vec<Bytes>> {
         if !self.covers(off, end) {
             return None;
         }
-        if let Some((s, d)) = self.map.range(..=off).next_back()
-            && s + d.len() as u64 >= end
-        {
-            return Some(d.slice((off - s) as usize..(end - s) as usize));
-        }
-        let mut buf = vec![0; (end - off) as usize];
-        self.overlay(off, &mut buf);
-        Some(Bytes::from(buf))
+        let first = self.map.range(..=off).next_back().map_or(off, |(s, _)| *s);
+        let views = self
+            .map
+            .range(first..end)
+            .filter(|(s, d)| **s + d.len() as u64 > off)
+            .map(|(s, d)| {
+                let from = off.max(*s) - s;
+                let to = end.min(s + d.len() as u64) - s;
+                d.slice(from as usize..to as usize)
+            })
+            .collect();
+        Some(views)
     }
 
     /// The written bytes as runs of at most `max` contiguous bytes, in
@@ -170,6 +181,18 @@ impl Extents {
     }
 }
 
+/// `pieces` as one buffer: the piece itself when there is only one.
+pub fn join(mut pieces: Vec<Bytes>) -> Bytes {
+    if pieces.len() == 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for p in &pieces {
+        buf.extend_from_slice(p);
+    }
+    buf.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +237,10 @@ mod tests {
                     match ext.gather(a, b) {
                         Some(g) => prop_assert_eq!(&g[..], &buf[a as usize..b as usize]),
                         None => prop_assert!(written < (b - a) as usize),
+                    }
+                    if let Some(views) = ext.views(a, b) {
+                        prop_assert!(views.iter().all(|v| !v.is_empty()));
+                        prop_assert_eq!(views.concat(), buf[a as usize..b as usize].to_vec());
                     }
                 }
             }

@@ -20,6 +20,19 @@ pub struct MethodLabel {
     pub method: String,
 }
 
+/// A native-protocol request: its operation and how it ended ("ok" or
+/// the error code).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NativeLabels {
+    pub op: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -32,6 +45,8 @@ pub struct Metrics {
     pub http_seconds: HistogramFamily<MethodLabel>,
     pub http_bytes_in: Counter,
     pub http_bytes_out: Counter,
+    pub native_requests: Family<NativeLabels, Counter>,
+    pub native_seconds: HistogramFamily<OpLabel>,
     pub uploads_in_flight: Gauge,
     pub chunk_writes: Counter,
     pub chunk_dedup_hits: Counter,
@@ -56,6 +71,8 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(latency_histogram),
             http_bytes_in: Counter::default(),
             http_bytes_out: Counter::default(),
+            native_requests: Family::default(),
+            native_seconds: Family::new_with_constructor(latency_histogram),
             uploads_in_flight: Gauge::default(),
             chunk_writes: Counter::default(),
             chunk_dedup_hits: Counter::default(),
@@ -96,6 +113,16 @@ impl Metrics {
             "http_sent_bytes",
             "Download body bytes sent",
             self.http_bytes_out.clone(),
+        );
+        r.register(
+            "native_requests",
+            "Native-protocol requests by operation and result",
+            self.native_requests.clone(),
+        );
+        r.register(
+            "native_request_seconds",
+            "Native-protocol request latency, from decoding to the answer",
+            self.native_seconds.clone(),
         );
         r.register(
             "uploads_in_flight",
@@ -170,6 +197,18 @@ impl Metrics {
         self.meta_commands.inc_by(commands as u64);
         self.meta_group_size.observe(commands as f64);
         self.meta_commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn native_request(&self, op: &str, result: &str, took: Duration) {
+        self.native_requests
+            .get_or_create(&NativeLabels {
+                op: op.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.native_seconds
+            .get_or_create(&OpLabel { op: op.to_owned() })
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -309,6 +309,9 @@ impl Node {
             },
             chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),
             read_buffers: Arc::new(Semaphore::new(config.download_buffers)),
+            hash_ahead: Arc::new(Semaphore::new(
+                crate::native::running_hash::NODE_AHEAD_BYTES_MAX,
+            )),
             chunk_cache: Arc::new(crate::chunks::ChunkCache::new(CHUNK_CACHE_BYTES)),
             write_buffers: Arc::new(Semaphore::new(
                 usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),

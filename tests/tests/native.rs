@@ -317,6 +317,47 @@ async fn a_failed_put_leaves_the_file_it_would_replace_as_it_was() {
     assert_eq!(names, ["file.bin"], "the failed upload left a file behind");
 }
 
+/// Native requests of operation `op` the nodes answered "ok", summed.
+async fn native_requests_ok(c: &Cluster, op: &str) -> u64 {
+    let series = format!("cairn_native_requests_total{{op=\"{op}\",result=\"ok\"}} ");
+    let mut sum = 0;
+    for i in 0..c.nodes.len() {
+        let text = reqwest::get(format!("{}/metrics", c.http(i)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    sum
+}
+
+/// The writes a client keeps in flight pass its flush threshold together;
+/// the first flush covers the others', which used to flush again each
+/// (every flush is a commit with the handle's writes waiting on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_flushes_once_per_threshold() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let client = client(&c, None).await;
+    let data = random_bytes(4 * cairn_client::native::FLUSH_BYTES, 41);
+    let before = native_requests_ok(&c, "flush").await;
+    client
+        .put("big.bin", &mut std::io::Cursor::new(data.clone()), &|_| {})
+        .await
+        .unwrap();
+    let flushes = native_requests_ok(&c, "flush").await - before;
+    assert!(
+        (1..=5).contains(&flushes),
+        "{flushes} flushes for four thresholds' worth and the last"
+    );
+    assert!(read_all(&c, "big.bin").await == data, "content differs");
+}
+
 /// Chunks read and verified, summed over the nodes.
 async fn chunk_reads(c: &Cluster) -> u64 {
     let mut sum = 0;

@@ -100,14 +100,10 @@ impl Answer {
     pub fn into_response(self) -> Response {
         match self {
             Self::Whole(r) => r,
-            Self::Data(d) => {
-                let mut rope = Rope::default();
-                d.data.into_iter().for_each(|p| rope.push(p));
-                Response::Data(Data {
-                    data: rope.join(),
-                    eof: d.eof,
-                })
-            }
+            Self::Data(d) => Response::Data(Data {
+                data: cairn_proto::extents::join(d.data),
+                eof: d.eof,
+            }),
         }
     }
 }

@@ -167,7 +167,9 @@ impl File {
             at = end;
         }
         if self.state.unflushed.bytes() >= FLUSH_BYTES {
-            self.flush().await?;
+            self.state
+                .flush_past(&self.client, self.handle, FLUSH_BYTES)
+                .await?;
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use cairn_proto::wire::{
 use file::IO_BYTES_MAX;
 use futures::{StreamExt, TryStreamExt, stream};
 
-pub use file::{File, TransferProgress};
+pub use file::{FLUSH_BYTES, File, TransferProgress};
 pub use source::Source;
 pub use target::Target;
 

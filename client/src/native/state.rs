@@ -39,13 +39,39 @@ impl FileState {
         self.lease.fetch_and(to, Ordering::AcqRel);
     }
 
+    /// Flushes if `limit` unflushed bytes are still held once it is this
+    /// caller's turn: writes in flight together all pass the limit, and
+    /// the first flush covers the others' (each flush costs a commit with
+    /// the handle's writes waiting on the node).
+    pub(super) async fn flush_past(
+        &self,
+        client: &Client,
+        handle: HandleId,
+        limit: usize,
+    ) -> Result<(), ClientError> {
+        let one = self.flushing.lock().await;
+        if self.unflushed.bytes() < limit {
+            return Ok(());
+        }
+        self.flush_locked(one, client, handle).await.map(drop)
+    }
+
     /// Makes every acknowledged write durable on the cluster.
     pub(super) async fn flush(
         &self,
         client: &Client,
         handle: HandleId,
     ) -> Result<Attr, ClientError> {
-        let _one = self.flushing.lock().await;
+        let one = self.flushing.lock().await;
+        self.flush_locked(one, client, handle).await
+    }
+
+    async fn flush_locked(
+        &self,
+        _one: tokio::sync::MutexGuard<'_, ()>,
+        client: &Client,
+        handle: HandleId,
+    ) -> Result<Attr, ClientError> {
         let covered = self.unflushed.acked();
         match client.call(Request::Flush(handle)).await? {
             Response::Attr(a) => {

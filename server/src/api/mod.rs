@@ -65,6 +65,8 @@ pub struct AppState {
     pub read_buffers: Arc<Semaphore>,
     /// Bytes of unflushed native-protocol writes all handles may hold.
     pub write_buffers: Arc<Semaphore>,
+    /// Bytes the running hashes of native uploads hold past their flushes.
+    pub hash_ahead: Arc<Semaphore>,
     /// Verified chunks recently read in part (native reads, HTTP ranges).
     pub chunk_cache: Arc<crate::chunks::ChunkCache>,
     /// Cancelled when the server starts shutting down.

@@ -28,8 +28,20 @@ pub const HASH_PIECE: u64 = CELL;
 /// Whole cells already stored while writes arrived: cell -> chunk (pinned).
 pub type Staged = std::collections::BTreeMap<u64, (ChunkRef, PinGuard)>;
 
-/// Stores cell `k`'s bytes as a chunk ahead of the flush.
-pub async fn stage(state: Arc<AppState>, bytes: Bytes) -> ApiResult<(ChunkRef, PinGuard)> {
+/// Stores a cell's bytes (`pieces`, in order) as a chunk ahead of the
+/// flush, once one of `slots` is free. The pieces are views of the
+/// handle's writes; they are joined only then, so cells waiting their turn
+/// hold no copy.
+pub async fn stage(
+    state: Arc<AppState>,
+    slots: Arc<tokio::sync::Semaphore>,
+    pieces: Vec<Bytes>,
+) -> ApiResult<(ChunkRef, PinGuard)> {
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(cairn_proto::ErrorCode::Unavailable, "staging stopped"))?;
+    let bytes = cairn_proto::extents::join(pieces);
     let hash = ContentHash::of(&bytes);
     let pin = state.pins.pin(hash);
     let len = bytes.len() as u32;

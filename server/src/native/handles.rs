@@ -59,7 +59,10 @@ pub struct OpenFile {
     appended: std::collections::VecDeque<(u64, u64, u64)>,
     /// Whole 4 MiB cells being stored as chunks while writes go on, so a
     /// flush finds most of its chunks already durable.
+    /// Cells past [`STAGING_IN_FLIGHT`] wait their turn (a cell skipped
+    /// then was left to the flush, which stored it with writes waiting).
     staging: std::collections::BTreeMap<u64, StageTask>,
+    stage_slots: Arc<tokio::sync::Semaphore>,
     /// Read through a barrier before trusting local metadata: set after
     /// each flush (loading a handle does a barrier of its own).
     stale: bool,
@@ -83,7 +86,8 @@ impl OpenFile {
             return Err(stale(id));
         }
         let inode = load_inode(state, &record)?;
-        let sequential = (inode.size() == 0).then(RunningHash::new);
+        let sequential =
+            (inode.size() == 0).then(|| RunningHash::new(Arc::clone(&state.hash_ahead)));
         let hashed_from = inode.file.as_ref().map(|f| f.etag);
         Ok(Self {
             id,
@@ -96,6 +100,7 @@ impl OpenFile {
             hashed_from,
             appended: std::collections::VecDeque::new(),
             staging: std::collections::BTreeMap::new(),
+            stage_slots: Arc::new(tokio::sync::Semaphore::new(STAGING_IN_FLIGHT)),
             // The barrier above is this first use's: a second one before
             // trusting local metadata would only cost a heartbeat round
             // (a create+close paid two on its close).
@@ -251,7 +256,9 @@ impl OpenFile {
 
     pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
         self.need(access::WRITE, "writing")?;
-        self.staging.clear();
+        for (_, task) in std::mem::take(&mut self.staging) {
+            task.abort();
+        }
         self.dirty.truncate(size);
         if self.sequential.as_ref().is_some_and(|h| !h.truncate(size)) {
             self.sequential = None;
@@ -260,21 +267,20 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Starts storing the cells that `[off, end)` completed; forgets staged
+    /// Starts storing the cells that `[off, end)` completed; drops staged
     /// cells it changed.
     fn stage_cells(&mut self, state: &Arc<AppState>, off: u64, end: u64) {
         let cell = content::CELL_BYTES;
         for k in off / cell..end.div_ceil(cell) {
             // Any write into a staged cell makes its chunk stale.
-            self.staging.remove(&k);
-            let busy = self.staging.values().filter(|t| !t.is_finished()).count();
-            if busy >= STAGING_IN_FLIGHT {
-                continue;
+            if let Some(stale) = self.staging.remove(&k) {
+                stale.abort();
             }
-            let Some(bytes) = self.dirty.gather(k * cell, (k + 1) * cell) else {
+            let Some(pieces) = self.dirty.views(k * cell, (k + 1) * cell) else {
                 continue;
             };
-            let task = tokio::spawn(content::stage(Arc::clone(state), bytes));
+            let slots = Arc::clone(&self.stage_slots);
+            let task = tokio::spawn(content::stage(Arc::clone(state), slots, pieces));
             self.staging.insert(k, task);
         }
     }
@@ -384,6 +390,15 @@ impl OpenFile {
             None => hash_content(state, file).await?,
         };
         Ok(Some((provisional, real)))
+    }
+}
+
+impl Drop for OpenFile {
+    /// Cells still being staged are of no use once the handle is gone.
+    fn drop(&mut self) {
+        for task in self.staging.values() {
+            task.abort();
+        }
     }
 }
 

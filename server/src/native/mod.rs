@@ -12,7 +12,7 @@ mod content;
 mod handles;
 mod leases;
 mod ops;
-mod running_hash;
+pub(crate) mod running_hash;
 mod sink;
 
 use std::collections::{HashMap, HashSet};
@@ -235,17 +235,20 @@ impl NativeServer {
     ) -> Response {
         let started = Instant::now();
         let name = req.name();
-        let resp = match ops::handle(self, cs, header, req).await {
-            Ok(r) => r,
+        let (resp, result) = match ops::handle(self, cs, header, req).await {
+            Ok(r) => (r, "ok"),
             Err(e) => {
                 if e.code == cairn_proto::ErrorCode::Internal {
                     tracing::error!(error = %e.message, "request failed");
                 } else {
                     tracing::debug!(code = %e.code, error = %e.message, "request refused");
                 }
-                Response::error(e.code, e.message)
+                (Response::error(e.code, e.message), e.code.as_str())
             }
         };
+        self.state
+            .metrics
+            .native_request(name, result, started.elapsed());
         tracing::trace!(
             op = name,
             elapsed_us = started.elapsed().as_micros() as u64,

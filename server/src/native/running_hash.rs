@@ -7,35 +7,48 @@
 //! else that would make the hash differ from the bytes (a write into the
 //! hashed prefix or over a held write, a truncate elsewhere, too much held)
 //! gives it up, and closing reads the file back as before.
+//!
+//! Held writes outlive the flush that stored them (the handle's write
+//! buffer permits go with it), so they count against a budget of their
+//! own, shared by all handles of a node.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_proto::ContentHash;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most bytes held past the hashed prefix: a client keeps four 4 MiB
 /// writes in flight, so in-order uploads need at most 12 MiB. A writer
 /// leaving gaps reaches it soon and its file is read back at close; the
 /// held bytes (kept past the flush that stored them) stay bounded.
 const AHEAD_BYTES_MAX: usize = 16 << 20;
+/// Most bytes all running hashes of a node hold together: four uploads'
+/// worth. Past it a hash gives up and that file is read back at close.
+pub const NODE_AHEAD_BYTES_MAX: usize = 4 * AHEAD_BYTES_MAX;
 
 pub struct RunningHash {
     hasher: blake3::Hasher,
     /// One past the last byte hashed.
     at: u64,
-    /// Writes past `at`, by offset, not overlapping each other.
-    ahead: BTreeMap<u64, Bytes>,
+    /// Writes past `at`, by offset, not overlapping each other, each with
+    /// its share of the node's budget.
+    ahead: BTreeMap<u64, (Bytes, OwnedSemaphorePermit)>,
     ahead_bytes: usize,
+    budget: Arc<Semaphore>,
 }
 
 impl RunningHash {
-    /// The hash of an empty file, ready for writes from offset 0.
-    pub fn new() -> Self {
+    /// The hash of an empty file, ready for writes from offset 0; held
+    /// writes take their room from `budget`.
+    pub fn new(budget: Arc<Semaphore>) -> Self {
         Self {
             hasher: blake3::Hasher::new(),
             at: 0,
             ahead: BTreeMap::new(),
             ahead_bytes: 0,
+            budget,
         }
     }
 
@@ -50,14 +63,21 @@ impl RunningHash {
             return false;
         }
         if off > self.at {
+            if self.ahead_bytes + data.len() > AHEAD_BYTES_MAX {
+                return false;
+            }
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let Ok(room) = Arc::clone(&self.budget).try_acquire_many_owned(n) else {
+                return false;
+            };
             self.ahead_bytes += data.len();
-            self.ahead.insert(off, data.clone());
-            return self.ahead_bytes <= AHEAD_BYTES_MAX;
+            self.ahead.insert(off, (data.clone(), room));
+            return true;
         }
         self.hasher.update(data);
         self.at += data.len() as u64;
         while let Some(next) = self.ahead.first_entry().filter(|e| *e.key() == self.at) {
-            let d = next.remove();
+            let (d, _room) = next.remove();
             self.ahead_bytes -= d.len();
             self.hasher.update(&d);
             self.at += d.len() as u64;
@@ -84,7 +104,7 @@ impl RunningHash {
         self.ahead
             .range(..end)
             .next_back()
-            .is_some_and(|(s, d)| s + d.len() as u64 > off)
+            .is_some_and(|(s, (d, _))| s + d.len() as u64 > off)
     }
 }
 
@@ -92,6 +112,10 @@ impl RunningHash {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn hash() -> RunningHash {
+        RunningHash::new(Arc::new(Semaphore::new(NODE_AHEAD_BYTES_MAX)))
+    }
 
     fn bytes(n: usize, seed: u8) -> Bytes {
         Bytes::from(
@@ -104,7 +128,7 @@ mod tests {
     #[test]
     fn in_order_writes_hash_to_the_file() {
         let (a, b) = (bytes(1000, 1), bytes(500, 2));
-        let mut h = RunningHash::new();
+        let mut h = hash();
         assert!(h.write(0, &a) && h.write(1000, &b));
         let whole = [&a[..], &b[..]].concat();
         assert_eq!(h.finish(1500), Some(ContentHash::of(&whole)));
@@ -114,7 +138,7 @@ mod tests {
     #[test]
     fn writes_out_of_order_wait_for_the_gap() {
         let parts: Vec<Bytes> = (0..4).map(|i| bytes(100, i)).collect();
-        let mut h = RunningHash::new();
+        let mut h = hash();
         for i in [2usize, 3, 1] {
             assert!(h.write(i as u64 * 100, &parts[i]));
         }
@@ -125,13 +149,13 @@ mod tests {
 
     #[test]
     fn rewriting_what_was_written_gives_up() {
-        let mut h = RunningHash::new();
+        let mut h = hash();
         assert!(h.write(0, &bytes(100, 0)));
         assert!(!h.write(50, &bytes(10, 1)), "into the hashed prefix");
-        let mut h = RunningHash::new();
+        let mut h = hash();
         assert!(h.write(200, &bytes(100, 0)));
         assert!(!h.write(250, &bytes(100, 1)), "over a held write");
-        let mut h = RunningHash::new();
+        let mut h = hash();
         assert!(h.write(200, &bytes(100, 0)));
         assert!(
             !h.write(150, &bytes(100, 1)),
@@ -141,7 +165,7 @@ mod tests {
 
     #[test]
     fn truncates_keep_the_hash_only_at_its_end() {
-        let mut h = RunningHash::new();
+        let mut h = hash();
         assert!(h.write(0, &bytes(100, 0)));
         assert!(h.truncate(100));
         assert!(!h.truncate(99));
@@ -151,10 +175,29 @@ mod tests {
 
     #[test]
     fn holding_too_much_gives_up() {
-        let mut h = RunningHash::new();
+        let mut h = hash();
         let big = Bytes::from(vec![0u8; AHEAD_BYTES_MAX]);
         assert!(h.write(1, &big));
         assert!(!h.write(1 + big.len() as u64, &bytes(1, 0)));
+    }
+
+    #[test]
+    fn held_writes_share_the_node_budget_until_the_gap_fills() {
+        let budget = Arc::new(Semaphore::new(300));
+        let mut a = RunningHash::new(Arc::clone(&budget));
+        let mut b = RunningHash::new(Arc::clone(&budget));
+        assert!(a.write(100, &bytes(200, 0)));
+        assert_eq!(budget.available_permits(), 100);
+        assert!(
+            !b.write(100, &bytes(200, 1)),
+            "the node's budget is used up"
+        );
+        assert!(a.write(0, &bytes(100, 2)), "the gap fills");
+        assert_eq!(budget.available_permits(), 300, "hashed bytes are let go");
+        let mut c = RunningHash::new(Arc::clone(&budget));
+        assert!(c.write(50, &bytes(250, 3)));
+        drop(c);
+        assert_eq!(budget.available_permits(), 300, "a dropped hash lets go");
     }
 
     proptest! {
@@ -177,7 +220,7 @@ mod tests {
             pieces.swap(0, k);
             let r = rotate % pieces.len();
             pieces.rotate_left(r);
-            let mut h = RunningHash::new();
+            let mut h = hash();
             for (o, d) in &pieces {
                 prop_assert!(h.write(*o, d));
             }
