@@ -31,23 +31,32 @@ pub type Staged = std::collections::BTreeMap<u64, (ChunkRef, PinGuard)>;
 /// Stores a cell's bytes (`pieces`, in order) as a chunk ahead of the
 /// flush, once one of `slots` is free. The pieces are views of the
 /// handle's writes; they are joined only then, so cells waiting their turn
-/// hold no copy.
+/// hold no copy. The slot goes with the blocking store itself: aborting
+/// this task cannot stop a store under way, and the next cell must not
+/// start beside it.
 pub async fn stage(
     state: Arc<AppState>,
     slots: Arc<tokio::sync::Semaphore>,
     pieces: Vec<Bytes>,
 ) -> ApiResult<(ChunkRef, PinGuard)> {
-    let _slot = slots
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::new(cairn_proto::ErrorCode::Unavailable, "staging stopped"))?;
-    let bytes = cairn_proto::extents::join(pieces);
-    let hash = ContentHash::of(&bytes);
-    let pin = state.pins.pin(hash);
-    let len = bytes.len() as u32;
+    let slot = slots.acquire_owned().await.map_err(|_| {
+        ApiError::new(
+            cairn_proto::ErrorCode::Unavailable,
+            "the handle's staging was shut",
+        )
+    })?;
     let store = Arc::clone(&state.chunks);
-    tokio::task::spawn_blocking(move || store.put_shared(&hash, bytes)).await??;
-    Ok((ChunkRef { hash, len }, pin))
+    let pins = Arc::clone(&state.pins);
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let bytes = cairn_proto::extents::join(pieces);
+        let hash = ContentHash::of(&bytes);
+        let pin = pins.pin(hash);
+        let len = bytes.len() as u32;
+        store.put_shared(&hash, bytes)?;
+        Ok::<_, ApiError>((ChunkRef { hash, len }, pin))
+    })
+    .await?
 }
 
 /// The width of the grid new content is cut on.

@@ -314,6 +314,10 @@ impl OpenFile {
         match self.flush_taken(state, &dirty, truncated, &staged).await {
             Ok(inode) => {
                 drop(permits);
+                // Writes the hash still holds are now held by it alone.
+                if self.sequential.as_mut().is_some_and(|h| !h.flushed()) {
+                    self.sequential = None;
+                }
                 Ok(inode)
             }
             Err(e) => {

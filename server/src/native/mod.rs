@@ -219,12 +219,22 @@ impl NativeServer {
                     );
                     self.dispatch(cs, header, req).instrument(span).await
                 }
-                Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
+                Err(e) => self.undecodable(e.to_string()),
             },
-            Ok(None) => Response::error(cairn_proto::ErrorCode::BadRequest, "truncated frame"),
-            Err(e) => Response::error(cairn_proto::ErrorCode::BadRequest, e.to_string()),
+            Ok(None) => self.undecodable("truncated frame".into()),
+            Err(e) => self.undecodable(e.to_string()),
         };
         resp.encode_chunks().map_err(|e| StreamError(e.to_string()))
+    }
+
+    /// The answer to a frame that is not a request, counted as one.
+    fn undecodable(&self, message: String) -> Response {
+        let code = cairn_proto::ErrorCode::BadRequest;
+        tracing::debug!(error = %message, "undecodable request");
+        self.state
+            .metrics
+            .native_request("undecodable", code.as_str(), Duration::ZERO);
+        Response::error(code, message)
     }
 
     async fn dispatch(

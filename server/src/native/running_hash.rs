@@ -8,9 +8,9 @@
 //! hashed prefix or over a held write, a truncate elsewhere, too much held)
 //! gives it up, and closing reads the file back as before.
 //!
-//! Held writes outlive the flush that stored them (the handle's write
-//! buffer permits go with it), so they count against a budget of their
-//! own, shared by all handles of a node.
+//! Until a flush, held writes are also unflushed writes, counted in the
+//! node's write buffers. After it they are held here alone, so then they
+//! count against a budget of their own, shared by all handles of a node.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,24 +24,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// leaving gaps reaches it soon and its file is read back at close; the
 /// held bytes (kept past the flush that stored them) stay bounded.
 const AHEAD_BYTES_MAX: usize = 16 << 20;
-/// Most bytes all running hashes of a node hold together: four uploads'
-/// worth. Past it a hash gives up and that file is read back at close.
-pub const NODE_AHEAD_BYTES_MAX: usize = 4 * AHEAD_BYTES_MAX;
+/// Most bytes all running hashes of a node hold past their flushes: eight
+/// uploads' worth. Past it a hash gives up and that file is read back at
+/// close.
+pub const NODE_AHEAD_BYTES_MAX: usize = 8 * AHEAD_BYTES_MAX;
 
 pub struct RunningHash {
     hasher: blake3::Hasher,
     /// One past the last byte hashed.
     at: u64,
     /// Writes past `at`, by offset, not overlapping each other, each with
-    /// its share of the node's budget.
-    ahead: BTreeMap<u64, (Bytes, OwnedSemaphorePermit)>,
+    /// its share of the node's budget once a flush has stored it.
+    ahead: BTreeMap<u64, (Bytes, Option<OwnedSemaphorePermit>)>,
     ahead_bytes: usize,
     budget: Arc<Semaphore>,
 }
 
 impl RunningHash {
-    /// The hash of an empty file, ready for writes from offset 0; held
-    /// writes take their room from `budget`.
+    /// The hash of an empty file, ready for writes from offset 0; writes
+    /// held past a flush take their room from `budget`.
     pub fn new(budget: Arc<Semaphore>) -> Self {
         Self {
             hasher: blake3::Hasher::new(),
@@ -63,16 +64,9 @@ impl RunningHash {
             return false;
         }
         if off > self.at {
-            if self.ahead_bytes + data.len() > AHEAD_BYTES_MAX {
-                return false;
-            }
-            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let Ok(room) = Arc::clone(&self.budget).try_acquire_many_owned(n) else {
-                return false;
-            };
             self.ahead_bytes += data.len();
-            self.ahead.insert(off, (data.clone(), room));
-            return true;
+            self.ahead.insert(off, (data.clone(), None));
+            return self.ahead_bytes <= AHEAD_BYTES_MAX;
         }
         self.hasher.update(data);
         self.at += data.len() as u64;
@@ -81,6 +75,21 @@ impl RunningHash {
             self.ahead_bytes -= d.len();
             self.hasher.update(&d);
             self.at += d.len() as u64;
+        }
+        true
+    }
+
+    /// Charges the node's budget for the held writes a flush just stored
+    /// (the flush let their write buffer go); false when there is no room
+    /// and the hash must be given up.
+    #[must_use]
+    pub fn flushed(&mut self) -> bool {
+        for (d, room) in self.ahead.values_mut().filter(|(_, r)| r.is_none()) {
+            let n = u32::try_from(d.len()).unwrap_or(u32::MAX);
+            match Arc::clone(&self.budget).try_acquire_many_owned(n) {
+                Ok(p) => *room = Some(p),
+                Err(_) => return false,
+            }
         }
         true
     }
@@ -182,20 +191,21 @@ mod tests {
     }
 
     #[test]
-    fn held_writes_share_the_node_budget_until_the_gap_fills() {
+    fn writes_held_past_a_flush_share_the_node_budget_until_the_gap_fills() {
         let budget = Arc::new(Semaphore::new(300));
         let mut a = RunningHash::new(Arc::clone(&budget));
         let mut b = RunningHash::new(Arc::clone(&budget));
         assert!(a.write(100, &bytes(200, 0)));
+        assert_eq!(budget.available_permits(), 300, "unflushed: not charged");
+        assert!(a.flushed());
         assert_eq!(budget.available_permits(), 100);
-        assert!(
-            !b.write(100, &bytes(200, 1)),
-            "the node's budget is used up"
-        );
+        assert!(a.flushed(), "charged once");
+        assert!(b.write(100, &bytes(200, 1)));
+        assert!(!b.flushed(), "the node's budget is used up");
         assert!(a.write(0, &bytes(100, 2)), "the gap fills");
         assert_eq!(budget.available_permits(), 300, "hashed bytes are let go");
         let mut c = RunningHash::new(Arc::clone(&budget));
-        assert!(c.write(50, &bytes(250, 3)));
+        assert!(c.write(50, &bytes(250, 3)) && c.flushed());
         drop(c);
         assert_eq!(budget.available_permits(), 300, "a dropped hash lets go");
     }
