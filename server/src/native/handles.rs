@@ -28,6 +28,9 @@ const STAGING_IN_FLIGHT: usize = 4;
 type StageTask =
     tokio::task::JoinHandle<ApiResult<(crate::meta::ChunkRef, crate::chunks::PinGuard)>>;
 
+/// Bytes a running hash takes on the async worker; more go to the
+/// blocking pool.
+const BLOCKING_HASH_BYTES_MIN: usize = 256 << 10;
 /// Appends per handle whose answers a node keeps for repeats.
 const APPENDS_REMEMBERED: usize = 1024;
 /// Times a flush is rebuilt when another writer's flush got in first.
@@ -201,13 +204,7 @@ impl OpenFile {
         let off = if append { size } else { off };
         let permit = self.write_buffer(state, data.len()).await?;
         self.permits.push(permit);
-        if self
-            .sequential
-            .as_mut()
-            .is_some_and(|h| !h.write(off, &data))
-        {
-            self.sequential = None;
-        }
+        self.hash_write(off, &data).await?;
         let end = off + data.len() as u64;
         self.dirty.insert(off, data);
         self.stage_cells(state, off, end);
@@ -219,6 +216,23 @@ impl OpenFile {
             self.appended.push_back((seq, off, size));
         }
         Ok((off, size))
+    }
+
+    /// Feeds a write to the running hash, if the handle keeps one. Hashing
+    /// megabytes takes a millisecond or more: that goes to the blocking
+    /// pool, off the workers that drive the QUIC connections.
+    async fn hash_write(&mut self, off: u64, data: &Bytes) -> ApiResult<()> {
+        let Some(mut hash) = self.sequential.take() else {
+            return Ok(());
+        };
+        let kept = if hash.would_hash(off, data.len()) < BLOCKING_HASH_BYTES_MIN {
+            hash.write(off, data).then_some(hash)
+        } else {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || hash.write(off, &data).then_some(hash)).await?
+        };
+        self.sequential = kept;
+        Ok(())
     }
 
     /// Room for `len` more unflushed bytes on this node. When all handles

@@ -79,6 +79,15 @@ impl RunningHash {
         true
     }
 
+    /// At most the bytes a write of `len` at `off` would hash now: none if
+    /// it is held (or refused), else it and what is held.
+    pub fn would_hash(&self, off: u64, len: usize) -> usize {
+        if off != self.at {
+            return 0;
+        }
+        len + self.ahead_bytes
+    }
+
     /// Charges the node's budget for the held writes a flush just stored
     /// (the flush let their write buffer go); false when there is no room
     /// and the hash must be given up.
