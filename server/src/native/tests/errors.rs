@@ -29,6 +29,13 @@ async fn malformed_and_out_of_order_requests_are_bad_requests() {
     let mut unknown = Vec::new();
     cairn_proto::wire::encode_frame(0x7777, &[0; 17], &mut unknown).unwrap();
     assert_eq!(bad(c.raw(&unknown).await), ErrorCode::BadRequest);
+    // Each is counted where an operator looks for a misbehaving client.
+    let metrics = s.node().state.metrics.render();
+    let series = "cairn_native_requests_total{op=\"undecodable\",result=\"bad_request\"} 3";
+    assert!(
+        metrics.lines().any(|l| l == series),
+        "no `{series}` in:\n{metrics}"
+    );
     // Session setup before negotiating; no common version.
     let setup = Request::SessionSetup(cairn_proto::wire::SessionSetup {
         token: TOKEN.into(),
