@@ -131,7 +131,10 @@ impl Node {
             source,
         })?;
         let meta = MetaStore::open(&data_dir.join("meta"))?;
-        let local: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(&data_dir.join("chunks"))?);
+        let local: Arc<dyn ChunkStore> = Arc::new(LocalChunkStore::open(
+            &data_dir.join("chunks"),
+            config.free_bytes_min,
+        )?);
         let metrics = Arc::new(Metrics::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 

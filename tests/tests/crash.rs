@@ -1,14 +1,18 @@
 //! Crash safety and clean shutdown: `kill -9` in the middle of a stream of
-//! uploads, SIGTERM in the middle of one, and a full disk.
+//! uploads, SIGTERM in the middle of one, and full disks.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cairn_client::native::Source;
+use cairn_proto::ErrorCode;
+use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::{Server, ServerOptions, random_bytes};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode, header};
@@ -232,14 +236,25 @@ async fn sigterm_lets_in_flight_uploads_finish() {
 }
 
 /// A small tmpfs, unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
+struct Tmpfs {
+    path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
 
 impl Tmpfs {
+    /// On a new temporary directory.
     fn mount(size: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut fs = Self::mount_on(dir.path(), size);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Over `path`, hiding what it holds until dropped.
+    fn mount_on(path: &Path, size: &str) -> Self {
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
+            .arg(path)
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -247,13 +262,21 @@ impl Tmpfs {
             ok,
             "mounting a tmpfs failed: this test needs root (CI runs as root)"
         );
-        Self(dir)
+        Self {
+            path: path.to_owned(),
+            _dir: None,
+        }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.path).unwrap();
+        st.f_bavail * st.f_frsize
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -261,7 +284,7 @@ impl Drop for Tmpfs {
 async fn full_disk_gives_507_and_keeps_data() {
     let fs = Tmpfs::mount("160m");
     let s = Server::start_with(ServerOptions {
-        data_dir: Some(fs.0.path().join("data")),
+        data_dir: Some(fs.path.join("data")),
         free_bytes_min: 16 << 20,
         gc_grace_secs: 1,
         gc_interval_secs: 1,
@@ -331,4 +354,103 @@ async fn full_disk_gives_507_and_keeps_data() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(s);
+}
+
+/// Two of three nodes run out of chunk space. They refuse copies before
+/// eating into their reserve (what metadata commits need), and an upload
+/// that cannot get its two copies fails at once as "insufficient storage"
+/// (HTTP 507, and the native protocol's code), where it used to be
+/// "unavailable", which clients retry: a native upload spun for two
+/// minutes, sending its chunks again and again, before failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
+    const RESERVE: u64 = 16 << 20;
+    let mut c = Cluster::start(
+        3,
+        ClusterOptions {
+            server: ServerOptions {
+                free_bytes_min: RESERVE,
+                allowed_errors: vec!["openraft::".into()],
+                ..Default::default()
+            },
+            ..ClusterOptions::default()
+        },
+    );
+    c.wait_leader(Duration::from_secs(30)).await.unwrap();
+    // Nodes 2 and 3 get chunk disks of 48 MiB: room for eight 4 MiB
+    // chunks past the reserve. Metadata stays on the big disk.
+    let mut disks = Vec::new();
+    for i in [1, 2] {
+        c.nodes[i].stop();
+        disks.push(Tmpfs::mount_on(&c.nodes[i].data_dir.join("chunks"), "48m"));
+        c.nodes[i].restart();
+    }
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+
+    let http = client();
+    let put = |path: String, body: Vec<u8>| {
+        http.put(format!("{}/v1/default/{path}", c.http(0)))
+            .header(header::AUTHORIZATION, c.auth())
+            .body(body)
+            .send()
+    };
+    let mut stored = Vec::new();
+    let refused = loop {
+        let body = random_bytes(8 << 20, stored.len() as u64);
+        let r = put(format!("f{}", stored.len()), body.clone())
+            .await
+            .unwrap();
+        if r.status() != StatusCode::CREATED {
+            break r;
+        }
+        stored.push(body);
+        assert!(
+            stored.len() <= 4,
+            "the small disks took more than they hold"
+        );
+    };
+    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(!stored.is_empty(), "nothing fit before the disks were full");
+    let native = cairn_client::Client::connect(c.native_config(Some(0)))
+        .await
+        .unwrap();
+    let err = native
+        .put_from(
+            "native.bin",
+            Source::Bytes(Bytes::from(random_bytes(8 << 20, 99))),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InsufficientStorage), "{err}");
+    for (i, disk) in disks.iter().enumerate() {
+        assert!(
+            disk.free_bytes() >= RESERVE,
+            "node {} ate into its reserve: {} bytes free",
+            i + 2,
+            disk.free_bytes()
+        );
+    }
+    // Metadata still commits (a small file lives inside it), and what was
+    // stored before reads back whole.
+    assert_eq!(
+        put("small".into(), b"tiny".to_vec())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    for (i, body) in stored.iter().enumerate() {
+        let got = http
+            .get(format!("{}/v1/default/f{i}", c.http(1)))
+            .header(header::AUTHORIZATION, c.auth())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == *body, "f{i} changed");
+    }
+    drop(c);
 }

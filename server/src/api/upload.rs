@@ -393,14 +393,11 @@ impl<'a> Receiver<'a> {
         let pins = Arc::clone(&self.state.pins);
         let metrics = Arc::clone(&self.state.metrics);
         let permit = self.permit.take();
-        let reserve = self.state.limits.free_bytes_min;
         self.writes.push_back(tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            // Keep the reserve for metadata even when the upload's length was
-            // not announced: a full disk must never stop metadata commits.
-            if chunks.free_bytes()? < reserve.saturating_add(data.len() as u64) {
-                return Err(ChunkError::NoSpace);
-            }
+            // Every node the chunk goes to keeps its reserve for metadata
+            // (the local store refuses a new chunk that would eat into it),
+            // announced length or not.
             let hash = ContentHash::of(&data);
             let pin = pins.pin(hash);
             let bytes = data.len() as u64;

@@ -13,13 +13,17 @@ use super::{ChunkError, ChunkStore};
 pub struct LocalChunkStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Free bytes a new chunk never takes: the room metadata commits need.
+    reserve: u64,
 }
 
 impl LocalChunkStore {
     /// Opens (creating if needed) the store under `root`, and removes temp
     /// files that a crash left behind: they were never renamed into place, so
-    /// nothing can reference them.
-    pub fn open(root: &Path) -> Result<Self, ChunkError> {
+    /// nothing can reference them. A new chunk that would leave less than
+    /// `reserve` bytes free is refused ([`ChunkError::NoSpace`]), whoever
+    /// sends it: an upload here, a peer's copy, a repair.
+    pub fn open(root: &Path, reserve: u64) -> Result<Self, ChunkError> {
         let tmp = root.join(".tmp");
         fs::create_dir_all(&tmp).map_err(ChunkError::from_io)?;
         for entry in fs::read_dir(&tmp)? {
@@ -37,6 +41,7 @@ impl LocalChunkStore {
         Ok(Self {
             root: root.to_owned(),
             tmp,
+            reserve,
         })
     }
 
@@ -46,6 +51,9 @@ impl LocalChunkStore {
     }
 
     fn write_new(&self, hash: &ContentHash, data: &[u8], dest: &Path) -> Result<(), ChunkError> {
+        if free_bytes(&self.root)? < self.reserve.saturating_add(data.len() as u64) {
+            return Err(ChunkError::NoSpace);
+        }
         let tmp = self
             .tmp
             .join(format!("{}.{:016x}", hash.to_hex(), rand::random::<u64>()));
@@ -179,7 +187,7 @@ mod tests {
     #[test]
     fn put_get_dedup_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalChunkStore::open(dir.path()).unwrap();
+        let store = LocalChunkStore::open(dir.path(), 0).unwrap();
         let data = vec![7u8; 100_000];
         let hash = ContentHash::of(&data);
         store.put(&hash, &data).unwrap();
@@ -206,9 +214,33 @@ mod tests {
     #[test]
     fn open_clears_temp_files() {
         let dir = tempfile::tempdir().unwrap();
-        drop(LocalChunkStore::open(dir.path()).unwrap());
+        drop(LocalChunkStore::open(dir.path(), 0).unwrap());
         fs::write(dir.path().join(".tmp/leftover"), b"x").unwrap();
-        drop(LocalChunkStore::open(dir.path()).unwrap());
+        drop(LocalChunkStore::open(dir.path(), 0).unwrap());
         assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+    }
+
+    /// A chunk that would eat into the reserve is refused and leaves
+    /// nothing behind; one already stored needs no room and is accepted.
+    #[test]
+    fn new_chunks_keep_out_of_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = vec![1u8; 4096];
+        LocalChunkStore::open(dir.path(), 0)
+            .unwrap()
+            .put(&ContentHash::of(&old), &old)
+            .unwrap();
+        // A reserve of the whole disk: never free, however busy the machine.
+        let disk = LocalChunkStore::open(dir.path(), 0)
+            .unwrap()
+            .total_bytes()
+            .unwrap();
+        let store = LocalChunkStore::open(dir.path(), disk).unwrap();
+        let new = vec![2u8; 4096];
+        let hash = ContentHash::of(&new);
+        assert!(matches!(store.put(&hash, &new), Err(ChunkError::NoSpace)));
+        assert!(matches!(store.get(&hash), Err(ChunkError::Missing(_))));
+        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+        store.put(&ContentHash::of(&old), &old).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::liveness::Liveness;
 use super::placement::{live_data_nodes, place, write_quorum};
-use super::rpc::{Request, Response};
+use super::rpc::{Request, Response, StoreRefused};
 use super::transport::Transport;
 use crate::chunks::{ChunkError, ChunkStore};
 use crate::consensus::{NodeId, NodeInfo, Raft};
@@ -124,15 +124,50 @@ pub fn fetch_remote(
     }
 }
 
+/// What became of one copy of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copied {
+    Stored,
+    /// Its node is out of room (past its reserve): no retry will store it.
+    NoSpace,
+    /// Refused otherwise, or no answer: another try may well store it.
+    Failed,
+}
+
+impl Copied {
+    fn of(result: &Result<(), ChunkError>) -> Self {
+        match result {
+            Ok(()) => Self::Stored,
+            Err(ChunkError::NoSpace) => Self::NoSpace,
+            Err(_) => Self::Failed,
+        }
+    }
+}
+
+/// The error of a write that did not reach its quorum of `need` copies
+/// among `targets` nodes: out of space when the nodes with room are too
+/// few for the quorum (a client's retries would only send the bytes again
+/// and again), unavailable otherwise.
+fn short_of_quorum(copies: &[Copied], targets: usize, need: usize) -> ChunkError {
+    let full = copies.iter().filter(|c| **c == Copied::NoSpace).count();
+    if targets.saturating_sub(full) < need {
+        return ChunkError::NoSpace;
+    }
+    let acks = copies.iter().filter(|c| **c == Copied::Stored).count();
+    ChunkError::Unavailable(format!(
+        "only {acks} of the {need} copies needed could be stored"
+    ))
+}
+
 impl ReplicatedChunks {
-    /// Sends one copy of the chunk to `target` in the background; its
-    /// answer (stored or not) comes on `tx`.
+    /// Sends one copy of the chunk to `target` in the background; what
+    /// became of it comes on `tx`.
     fn send_copy(
         &self,
         hash: &ContentHash,
         shared: &Bytes,
         target: &(NodeId, NodeInfo),
-        tx: &mpsc::Sender<bool>,
+        tx: &mpsc::Sender<Copied>,
     ) -> Result<(), ChunkError> {
         let len = u32::try_from(shared.len()).unwrap_or(u32::MAX).max(1);
         let permit = self
@@ -149,18 +184,22 @@ impl ReplicatedChunks {
                 .await
                 .map(|(resp, _)| resp);
             drop(permit);
-            let ok = match answer {
-                Ok(Response::Stored(Ok(()))) => true,
+            let copy = match answer {
+                Ok(Response::Stored(Ok(()))) => Copied::Stored,
+                Ok(Response::Stored(Err(StoreRefused::NoSpace))) => {
+                    tracing::warn!(peer = id, "a replica has no space for a chunk");
+                    Copied::NoSpace
+                }
                 Ok(other) => {
                     tracing::warn!(peer = id, ?other, "a replica refused a chunk");
-                    false
+                    Copied::Failed
                 }
                 Err(e) => {
                     tracing::debug!(peer = id, error = %e, "a replica write failed");
-                    false
+                    Copied::Failed
                 }
             };
-            let _ = tx.send(ok).await;
+            let _ = tx.send(copy).await;
         });
         Ok(())
     }
@@ -188,54 +227,49 @@ impl ChunkStore for ReplicatedChunks {
         for target in peers {
             self.send_copy(hash, &shared, target, &tx)?;
         }
-        let mut acks = 0;
-        let mut local_error = None;
+        let mut copies = Vec::with_capacity(targets.len());
         if targets.iter().any(|t| t.0 == self.placement.me) {
-            match self.local.put(hash, data) {
-                Ok(()) => acks += 1,
-                Err(e) => local_error = Some(e),
+            let local = self.local.put(hash, data);
+            if let Err(e) = &local {
+                tracing::debug!(%hash, error = %e, "the local copy failed");
             }
+            copies.push(Copied::of(&local));
         }
+        let acks = |copies: &[Copied]| copies.iter().filter(|c| **c == Copied::Stored).count();
         // ...unless the others do not make the quorum soon: a peer killed a
         // moment ago is not suspect yet, and one restarted a moment ago may
         // still be (its probes go through a connection to the old process
         // until that times out). Waiting out the dead one's timeout while
         // the live one sat skipped stalled writes for seconds.
         let hedge_at = tokio::time::Instant::now() + SUSPECT_HEDGE_AFTER;
-        while acks < need && outstanding > 0 {
+        while acks(&copies) < need && outstanding > 0 {
             let next = self
                 .runtime
                 .block_on(tokio::time::timeout_at(hedge_at, rx.recv()));
             match next {
-                Ok(Some(stored)) => {
+                Ok(Some(copy)) => {
                     outstanding -= 1;
-                    acks += usize::from(stored);
+                    copies.push(copy);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        if acks < need {
+        if acks(&copies) < need {
             for target in suspects {
                 self.send_copy(hash, &shared, target, &tx)?;
             }
         }
         drop(tx);
-        while acks < need {
+        while acks(&copies) < need {
             match self.runtime.block_on(rx.recv()) {
-                Some(true) => acks += 1,
-                Some(false) => {}
+                Some(copy) => copies.push(copy),
                 None => break,
             }
         }
-        if acks >= need {
+        if acks(&copies) >= need {
             return Ok(());
         }
-        match local_error {
-            Some(e @ ChunkError::NoSpace) => Err(e),
-            _ => Err(ChunkError::Unavailable(format!(
-                "only {acks} of the {need} copies needed could be stored"
-            ))),
-        }
+        Err(short_of_quorum(&copies, targets.len(), need))
     }
 
     fn get(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {
@@ -286,5 +320,33 @@ impl ChunkStore for ReplicatedChunks {
 
     fn total_bytes(&self) -> Result<u64, ChunkError> {
         self.local.total_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use Copied::{Failed, NoSpace, Stored};
+
+    #[test]
+    fn a_write_short_of_its_quorum_is_out_of_space_only_when_retrying_cannot_help() {
+        let no_space = |copies: &[Copied], targets| {
+            matches!(short_of_quorum(copies, targets, 2), ChunkError::NoSpace)
+        };
+        // Two of three full: no quorum until space is freed.
+        assert!(no_space(&[Stored, NoSpace, NoSpace], 3));
+        // One full, one unreachable: that one may come back.
+        assert!(!no_space(&[Stored, NoSpace, Failed], 3));
+        assert!(!no_space(&[NoSpace, Failed, Failed], 3));
+        // A lone node out of space.
+        assert!(matches!(
+            short_of_quorum(&[NoSpace], 1, 1),
+            ChunkError::NoSpace
+        ));
+        assert!(matches!(
+            short_of_quorum(&[Failed], 1, 1),
+            ChunkError::Unavailable(_)
+        ));
     }
 }

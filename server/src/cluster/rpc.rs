@@ -50,6 +50,17 @@ pub enum Refused {
     Failed(String),
 }
 
+/// Why a node did not store a chunk a peer sent it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum StoreRefused {
+    /// It would have eaten into the node's free-space reserve: sending it
+    /// again will not help until space is freed.
+    #[error("no space left for chunk data")]
+    NoSpace,
+    #[error("{0}")]
+    Failed(String),
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
@@ -59,7 +70,7 @@ pub enum Response {
     ),
     Write(Result<Outcome, Refused>),
     ReadIndex(Result<u64, Refused>),
-    Stored(Result<(), String>),
+    Stored(Result<(), StoreRefused>),
     /// Whether the chunk is here; its bytes are the frame's body.
     Chunk(Result<bool, String>),
     Has(bool),

@@ -12,7 +12,7 @@ use crate::native::NativeServer;
 
 use bytes::Bytes;
 
-use super::rpc::{NodeStatus, Request, Response};
+use super::rpc::{NodeStatus, Request, Response, StoreRefused};
 use super::transport::{self, FrameError};
 use crate::chunks::{ChunkError, ChunkStore};
 use crate::consensus::Committer;
@@ -102,20 +102,23 @@ impl PeerService {
         }
     }
 
-    async fn put_chunk(&self, hash: ContentHash, data: Vec<u8>) -> Result<(), String> {
+    async fn put_chunk(&self, hash: ContentHash, data: Vec<u8>) -> Result<(), StoreRefused> {
         let local = Arc::clone(&self.local);
         tokio::task::spawn_blocking(move || {
             // The sender's hash is a claim; the bytes are checked here.
             let actual = ContentHash::of(&data);
             if actual != hash {
-                return Err(format!(
+                return Err(StoreRefused::Failed(format!(
                     "chunk {hash} arrived with content hashing to {actual}"
-                ));
+                )));
             }
-            local.put(&hash, &data).map_err(|e| e.to_string())
+            local.put(&hash, &data).map_err(|e| match e {
+                ChunkError::NoSpace => StoreRefused::NoSpace,
+                e => StoreRefused::Failed(e.to_string()),
+            })
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| StoreRefused::Failed(e.to_string()))?
     }
 
     async fn get_chunk(&self, hash: ContentHash) -> Result<Option<Vec<u8>>, String> {
