@@ -361,7 +361,9 @@ async fn full_disk_gives_507_and_keeps_data() {
 /// that cannot get its two copies fails at once as "insufficient storage"
 /// (HTTP 507, and the native protocol's code), where it used to be
 /// "unavailable", which clients retry: a native upload spun for two
-/// minutes, sending its chunks again and again, before failing.
+/// minutes, sending its chunks again and again, before failing. A full
+/// node reports the copies it lacks and its repairer stops fetching them
+/// (each would be refused) until a later pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
     const RESERVE: u64 = 16 << 20;
@@ -373,16 +375,17 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
                 allowed_errors: vec!["openraft::".into()],
                 ..Default::default()
             },
+            cluster_extra: "repair_interval_secs = 1".into(),
             ..ClusterOptions::default()
         },
     );
     c.wait_leader(Duration::from_secs(30)).await.unwrap();
-    // Nodes 2 and 3 get chunk disks of 48 MiB: room for eight 4 MiB
-    // chunks past the reserve. Metadata stays on the big disk.
+    // Nodes 2 and 3 get small chunk disks: room for eight and twelve
+    // 4 MiB chunks past the reserve. Metadata stays on the big disk.
     let mut disks = Vec::new();
-    for i in [1, 2] {
+    for (i, size) in [(1, "48m"), (2, "64m")] {
         c.nodes[i].stop();
-        disks.push(Tmpfs::mount_on(&c.nodes[i].data_dir.join("chunks"), "48m"));
+        disks.push(Tmpfs::mount_on(&c.nodes[i].data_dir.join("chunks"), size));
         c.nodes[i].restart();
     }
     c.wait_converged(Duration::from_secs(30)).await.unwrap();
@@ -405,7 +408,7 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
         }
         stored.push(body);
         assert!(
-            stored.len() <= 4,
+            stored.len() <= 6,
             "the small disks took more than they hold"
         );
     };
@@ -452,5 +455,28 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
             .unwrap();
         assert!(got == *body, "f{i} changed");
     }
+    // Node 2 filled first: the uploads after that were stored on nodes 1
+    // and 3 only. It says so, and its repair passes do not fetch copy
+    // after copy only to refuse each.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waits = "repair waits for the next pass";
+    while !c.nodes[1].log_text().contains(waits) {
+        assert!(
+            Instant::now() < deadline,
+            "no repair pass met the full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = c.status(1).await.unwrap();
+    assert!(
+        status["under_replicated"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
+    assert!(
+        !c.nodes[1]
+            .log_text()
+            .contains("cannot repair a missing chunk copy"),
+        "a repair pass kept fetching copies it had no room for"
+    );
     drop(c);
 }

@@ -11,7 +11,7 @@ use cairn_proto::ContentHash;
 use tokio::runtime::Handle;
 
 use super::Worker;
-use crate::chunks::ChunkStore;
+use crate::chunks::{ChunkError, ChunkStore};
 use crate::cluster::replicated::{CHUNK_RPC_TIMEOUT, Placement, fetch_remote};
 use crate::cluster::rpc::{Request, Response};
 use crate::cluster::service::RepairStats;
@@ -112,6 +112,16 @@ impl Repairer {
                     still_missing -= 1;
                     self.stats.repaired.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%hash, "repaired a missing chunk copy");
+                }
+                Err(ChunkError::NoSpace) => {
+                    // Every other copy would be fetched only to be refused
+                    // too: wait for space (GC, an operator) and a later pass.
+                    tracing::warn!(
+                        under_replicated = still_missing,
+                        "no space here for missing chunk copies (the disk is at its reserve); \
+                         repair waits for the next pass"
+                    );
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(%hash, error = %e, "cannot repair a missing chunk copy yet")
