@@ -26,9 +26,10 @@ pub struct FileConfig {
     pub upload_bytes_max: u64,
     /// Files up to this size are stored inside the metadata.
     pub inline_bytes_max: u64,
-    /// Free space kept in reserve: a new chunk that would leave less is not
-    /// written, whoever sent it (an upload gets 507), so metadata writes
-    /// never meet a full disk.
+    /// Free space kept in reserve: no chunk copy that would leave less is
+    /// written here, whoever sent it, so metadata writes (on the same file
+    /// system) never meet a full disk; an upload without room for its
+    /// write quorum gets 507.
     pub free_bytes_min: u64,
     /// Memory for chunk buffers of all uploads together, in bytes.
     pub upload_buffer_bytes_max: u64,

@@ -389,6 +389,28 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
         c.nodes[i].restart();
     }
     c.wait_converged(Duration::from_secs(30)).await.unwrap();
+    // Node 1 sends copies to a restarted node only once it answers probes
+    // again (writes skip a suspect node): until then node 3 would fill
+    // first. Probes seen well after the restart came from the new process.
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(30);
+    loop {
+        let status = c.status(0).await.unwrap_or_default();
+        let fresh = status["nodes"].as_array().is_some_and(|nodes| {
+            nodes.len() == 3
+                && nodes
+                    .iter()
+                    .all(|n| n["last_seen_ms"].as_u64().is_some_and(|ms| ms < 1_000))
+        });
+        if fresh && restarted.elapsed() > Duration::from_millis(1_500) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 does not hear the others: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let http = client();
     let put = |path: String, body: Vec<u8>| {
@@ -426,6 +448,15 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InsufficientStorage), "{err}");
+    let left: Vec<String> = native
+        .read_dir("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .filter(|n| !n.starts_with('f'))
+        .collect();
+    assert!(left.is_empty(), "the failed upload left {left:?} behind");
     for (i, disk) in disks.iter().enumerate() {
         assert!(
             disk.free_bytes() >= RESERVE,
@@ -478,5 +509,10 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
             .contains("cannot repair a missing chunk copy"),
         "a repair pass kept fetching copies it had no room for"
     );
+    // Servers first, then their disks, then their directories.
+    for node in &mut c.nodes {
+        node.kill9();
+    }
+    drop(disks);
     drop(c);
 }

@@ -4,6 +4,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash};
@@ -15,6 +16,9 @@ pub struct LocalChunkStore {
     tmp: PathBuf,
     /// Free bytes a new chunk never takes: the room metadata commits need.
     reserve: u64,
+    /// Bytes of new chunks being written: each write counts the others'
+    /// as taken, so writers checking at once cannot share the last room.
+    writing: AtomicU64,
 }
 
 impl LocalChunkStore {
@@ -42,6 +46,7 @@ impl LocalChunkStore {
             root: root.to_owned(),
             tmp,
             reserve,
+            writing: AtomicU64::new(0),
         })
     }
 
@@ -51,9 +56,7 @@ impl LocalChunkStore {
     }
 
     fn write_new(&self, hash: &ContentHash, data: &[u8], dest: &Path) -> Result<(), ChunkError> {
-        if free_bytes(&self.root)? < self.reserve.saturating_add(data.len() as u64) {
-            return Err(ChunkError::NoSpace);
-        }
+        let _room = self.take_room(data.len() as u64)?;
         let tmp = self
             .tmp
             .join(format!("{}.{:016x}", hash.to_hex(), rand::random::<u64>()));
@@ -73,6 +76,36 @@ impl LocalChunkStore {
         // The rename is durable only once the directory holding it is synced.
         let parent = dest.parent().unwrap_or(&self.root);
         sync_dir(parent)
+    }
+}
+
+/// Room taken for a chunk being written; given back when dropped.
+struct Room<'a> {
+    writing: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.writing.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl LocalChunkStore {
+    /// Takes `bytes` of room for a new chunk, or refuses: what is free less
+    /// what other writes are taking must cover it and the reserve. (A write
+    /// under way is counted twice, in its room and in the space it has
+    /// used already: the error is on the safe side.)
+    fn take_room(&self, bytes: u64) -> Result<Room<'_>, ChunkError> {
+        let room = Room {
+            writing: &self.writing,
+            bytes,
+        };
+        let taken = self.writing.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if free_bytes(&self.root)? < self.reserve.saturating_add(taken) {
+            return Err(ChunkError::NoSpace);
+        }
+        Ok(room)
     }
 }
 
@@ -242,5 +275,22 @@ mod tests {
         assert!(matches!(store.get(&hash), Err(ChunkError::Missing(_))));
         assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
         store.put(&ContentHash::of(&old), &old).unwrap();
+    }
+
+    /// Writers checking at once cannot share the last room: with room for
+    /// one chunk past the reserve, a second one is refused while the first
+    /// is being written.
+    #[test]
+    fn writers_at_once_do_not_share_the_last_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        // Room for a chunk of a quarter of what is free, not two of them
+        // (a margin on each side for other writers on this machine).
+        let chunk = free / 4;
+        let store = LocalChunkStore::open(dir.path(), free - chunk - chunk / 2).unwrap();
+        let first = store.take_room(chunk).unwrap();
+        assert!(matches!(store.take_room(chunk), Err(ChunkError::NoSpace)));
+        drop(first);
+        drop(store.take_room(chunk).unwrap());
     }
 }

@@ -51,12 +51,13 @@ pub fn live_data_nodes(
 }
 
 /// Copies that must be durable before a write is acknowledged: the
-/// configured quorum, or a majority of the copies placed.
+/// configured quorum, or a majority of the copies placed; never none (a
+/// write placed nowhere fails rather than succeed with no copy).
 pub fn write_quorum(configured: usize, placed: usize) -> usize {
     if configured == 0 {
         placed / 2 + 1
     } else {
-        configured.min(placed)
+        configured.min(placed).max(1)
     }
 }
 
@@ -92,5 +93,7 @@ mod tests {
         assert_eq!(write_quorum(0, 3), 2);
         assert_eq!(write_quorum(0, 1), 1);
         assert_eq!(write_quorum(3, 2), 2);
+        // Placed nowhere: the write must fail, not succeed with no copy.
+        assert_eq!(write_quorum(2, 0), 1);
     }
 }

@@ -150,7 +150,7 @@ impl Copied {
 /// and again), unavailable otherwise.
 fn short_of_quorum(copies: &[Copied], targets: usize, need: usize) -> ChunkError {
     let full = copies.iter().filter(|c| **c == Copied::NoSpace).count();
-    if targets.saturating_sub(full) < need {
+    if full > 0 && targets.saturating_sub(full) < need {
         return ChunkError::NoSpace;
     }
     let acks = copies.iter().filter(|c| **c == Copied::Stored).count();
@@ -346,6 +346,11 @@ mod tests {
         ));
         assert!(matches!(
             short_of_quorum(&[Failed], 1, 1),
+            ChunkError::Unavailable(_)
+        ));
+        // Placed nowhere (no live data node): unavailable, not full.
+        assert!(matches!(
+            short_of_quorum(&[], 0, 1),
             ChunkError::Unavailable(_)
         ));
     }

@@ -41,10 +41,15 @@ fn scrub_one(
             // a replica, whether or not a good one can be fetched now.
             local.delete(hash)?;
             match fetch_remote(transport, placement, &Handle::current(), hash) {
-                Ok(data) => {
-                    local.put(hash, &data)?;
-                    tracing::info!(%hash, "replaced a corrupt chunk copy from a peer");
-                }
+                Ok(data) => match local.put(hash, &data) {
+                    Ok(()) => tracing::info!(%hash, "replaced a corrupt chunk copy from a peer"),
+                    // The rest of the pass still checks the other copies.
+                    Err(ChunkError::NoSpace) => tracing::warn!(
+                        %hash,
+                        "no space here for the good copy (the disk is at its reserve); the repairer will retry"
+                    ),
+                    Err(e) => return Err(e),
+                },
                 Err(e) => {
                     tracing::warn!(%hash, error = %e, "no good copy reachable; the repairer will retry")
                 }
