@@ -228,6 +228,7 @@ impl Node {
             budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
             leader_contact: Arc::clone(&leader_contact),
             leases,
+            reserve: config.free_bytes_min,
         });
         let native = Arc::new(OnceLock::new());
         let peers_task = endpoint.map(|e| {

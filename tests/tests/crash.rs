@@ -503,6 +503,16 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
         status["under_replicated"].as_u64().unwrap_or(0) > 0,
         "{status}"
     );
+    // `cluster status` shows which disk is full: no room for another
+    // chunk on node 2, plenty on node 1.
+    let room = |id: u64| {
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"].as_u64() == Some(id)))
+            .and_then(|n| n["disk_free_bytes"].as_u64())
+    };
+    assert!(room(2).is_some_and(|r| r < CHUNK as u64), "{status}");
+    assert!(room(1).is_some_and(|r| r > 64 << 20), "{status}");
     assert!(
         !c.nodes[1]
             .log_text()

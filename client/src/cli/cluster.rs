@@ -240,6 +240,34 @@ fn field(v: &Value, key: &str) -> String {
     }
 }
 
+/// "FREE/TOTAL" of a node's chunk disk, FREE being the room left for
+/// chunks above the metadata reserve.
+fn disk_free(n: &Value) -> String {
+    match (
+        n["disk_free_bytes"].as_u64(),
+        n["disk_total_bytes"].as_u64(),
+    ) {
+        (Some(free), Some(total)) => format!("{}/{}", bytes(free), bytes(total)),
+        _ => "-".into(),
+    }
+}
+
+/// Bytes in binary units, three significant digits at most (`57.9G`).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 100.0 {
+        format!("{value:.0}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 fn print_status(s: &Value) {
     println!(
         "leader {}   term {}   commit index {}   under-replicated chunks {}   (answered by node {})",
@@ -250,8 +278,8 @@ fn print_status(s: &Value) {
         field(s, "node"),
     );
     println!(
-        "{:>4}  {:<8} {:<12} {:>9} {:>5} {:>8}  {:<26} QUIC",
-        "ID", "MEMBER", "ROLE", "APPLIED", "LAG", "UNDER", "HTTP"
+        "{:>4}  {:<8} {:<12} {:>9} {:>5} {:>8} {:>15}  {:<26} QUIC",
+        "ID", "MEMBER", "ROLE", "APPLIED", "LAG", "UNDER", "FREE", "HTTP"
     );
     let empty = Vec::new();
     for n in s.get("nodes").and_then(|n| n.as_array()).unwrap_or(&empty) {
@@ -261,13 +289,14 @@ fn print_status(s: &Value) {
             field(n, "membership")
         };
         println!(
-            "{:>4}  {:<8} {:<12} {:>9} {:>5} {:>8}  {:<26} {}",
+            "{:>4}  {:<8} {:<12} {:>9} {:>5} {:>8} {:>15}  {:<26} {}",
             field(n, "id"),
             member,
             field(n, "role"),
             field(n, "applied_index"),
             field(n, "lag"),
             field(n, "under_replicated"),
+            disk_free(n),
             field(n, "http"),
             field(n, "quic"),
         );
@@ -277,5 +306,22 @@ fn print_status(s: &Value) {
         .is_some_and(|n| n.iter().any(|n| n["draining"].as_bool() == Some(true)))
     {
         println!("(* draining: being removed, its data moving to the other nodes)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_at_a_glance() {
+        assert_eq!(bytes(0), "0B");
+        assert_eq!(bytes(1023), "1023B");
+        assert_eq!(bytes(48 << 20), "48.0M");
+        assert_eq!(bytes(62_200_000_000), "57.9G");
+        assert_eq!(bytes(252 << 30), "252G");
+        let n = serde_json::json!({"disk_free_bytes": 0, "disk_total_bytes": 50331648u64});
+        assert_eq!(disk_free(&n), "0B/48.0M");
+        assert_eq!(disk_free(&serde_json::json!({})), "-");
     }
 }

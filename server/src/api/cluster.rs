@@ -59,6 +59,10 @@ pub struct NodeView {
     pub lag: Option<u64>,
     pub under_replicated: Option<u64>,
     pub repair_passes: Option<u64>,
+    /// The node's chunk file system: its size, and the room left for
+    /// chunks (free space less the metadata reserve).
+    pub disk_total_bytes: Option<u64>,
+    pub disk_free_bytes: Option<u64>,
 }
 
 pub async fn status(State(state): State<Arc<AppState>>) -> Response {
@@ -115,6 +119,8 @@ fn build(state: &AppState) -> ClusterStatus {
             }),
             under_replicated: status.as_ref().map(|s| s.under_replicated),
             repair_passes: status.as_ref().map(|s| s.repair_passes),
+            disk_total_bytes: status.as_ref().and_then(|s| s.disk_total_bytes),
+            disk_free_bytes: status.as_ref().and_then(|s| s.disk_free_bytes),
         });
     }
     ClusterStatus {

@@ -96,4 +96,9 @@ pub struct NodeStatus {
     /// Repair passes completed since the node started.
     pub repair_passes: u64,
     pub corrupt_chunks_found: u64,
+    /// Size of the file system holding this node's chunks.
+    pub disk_total_bytes: Option<u64>,
+    /// Room left there for chunks: free space less the reserve kept for
+    /// metadata (`free_bytes_min`); 0 means new copies are refused.
+    pub disk_free_bytes: Option<u64>,
 }

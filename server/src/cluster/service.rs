@@ -41,6 +41,8 @@ pub struct PeerService {
     pub leader_contact: Arc<LeaderContact>,
     /// Every term another node sends is recorded here before Raft sees it.
     pub leases: Arc<Leases>,
+    /// Free bytes the chunk store keeps for metadata (`free_bytes_min`).
+    pub reserve: u64,
 }
 
 impl PeerService {
@@ -154,6 +156,12 @@ impl PeerService {
             chunks_repaired: self.stats.repaired.load(Ordering::Relaxed),
             repair_passes: self.stats.passes.load(Ordering::Relaxed),
             corrupt_chunks_found: self.stats.corrupt_found.load(Ordering::Relaxed),
+            disk_total_bytes: self.local.total_bytes().ok(),
+            disk_free_bytes: self
+                .local
+                .free_bytes()
+                .ok()
+                .map(|f| f.saturating_sub(self.reserve)),
         }
     }
 }
