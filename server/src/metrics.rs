@@ -61,6 +61,8 @@ pub struct Metrics {
     pub meta_read_rounds: Counter,
     pub gc_runs: Counter,
     pub gc_chunks_deleted: Counter,
+    pub disk_total_bytes: Gauge,
+    pub disk_free_bytes: Gauge,
 }
 
 impl Metrics {
@@ -87,6 +89,8 @@ impl Metrics {
             meta_read_rounds: Counter::default(),
             gc_runs: Counter::default(),
             gc_chunks_deleted: Counter::default(),
+            disk_total_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
         };
         m.register();
         m
@@ -190,6 +194,24 @@ impl Metrics {
             "Unreferenced chunks deleted",
             self.gc_chunks_deleted.clone(),
         );
+        r.register(
+            "disk_total_bytes",
+            "Size of the file system holding this node's chunks",
+            self.disk_total_bytes.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Room left there for chunks: free space less the metadata reserve (0: new copies are refused)",
+            self.disk_free_bytes.clone(),
+        );
+    }
+
+    /// Sets the disk gauges (read when `/metrics` is scraped).
+    pub fn disk(&self, total: u64, room: u64) {
+        self.disk_total_bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        self.disk_free_bytes
+            .set(i64::try_from(room).unwrap_or(i64::MAX));
     }
 
     pub fn meta_group(&self, commands: usize, took: Duration) {

@@ -123,6 +123,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // The disk is read at the scrape, not kept up to date in between.
+    if let (Ok(total), Ok(free)) = (state.chunks.total_bytes(), state.chunks.free_bytes()) {
+        let room = free.saturating_sub(state.limits.free_bytes_min);
+        state.metrics.disk(total, room);
+    }
     (
         [(
             header::CONTENT_TYPE,
