@@ -228,7 +228,6 @@ impl Node {
             budget: Arc::new(Semaphore::new(INBOUND_BYTES_MAX)),
             leader_contact: Arc::clone(&leader_contact),
             leases,
-            reserve: config.free_bytes_min,
         });
         let native = Arc::new(OnceLock::new());
         let peers_task = endpoint.map(|e| {
@@ -308,7 +307,6 @@ impl Node {
             limits: Limits {
                 upload_bytes_max: config.upload_bytes_max,
                 inline_bytes_max: config.inline_bytes_max,
-                free_bytes_min: config.free_bytes_min,
                 body_idle_timeout: config.body_idle_timeout,
             },
             chunk_buffers: Arc::new(Semaphore::new(config.upload_buffers)),

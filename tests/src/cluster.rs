@@ -417,6 +417,18 @@ impl Cluster {
     }
 
     /// The last `lines` log lines of every node, for failure messages.
+    /// The value of `series` (a metric's name, with its labels if any) in
+    /// node `i`'s `/metrics`; `None` if it has no such series (yet).
+    pub async fn metric(&self, i: usize, series: &str) -> Option<u64> {
+        let url = format!("{}/metrics", self.http(i));
+        let (_, body) = self
+            .request("GET", &url, None, Duration::from_secs(5))
+            .await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {

@@ -272,17 +272,9 @@ async fn listing(c: &Cluster, i: usize, dir: &str) -> BTreeMap<String, (String, 
 
 /// A counter from node `i`'s `/metrics`.
 async fn counter(c: &Cluster, i: usize, name: &str) -> u64 {
-    let text = http()
-        .get(format!("{}/metrics", c.http(i)))
-        .send()
+    c.metric(i, name)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .unwrap_or_else(|| panic!("no {name} on node {}", i + 1))
 }
 
 /// Every read sees the write acknowledged just before it through another

@@ -514,20 +514,8 @@ async fn peers_out_of_space_refuse_copies_and_uploads_fail_at_once() {
     assert!(room(2).is_some_and(|r| r < CHUNK as u64), "{status}");
     assert!(room(1).is_some_and(|r| r > 64 << 20), "{status}");
     // And its metrics, for alerts.
-    let metrics = http
-        .get(format!("{}/metrics", c.http(1)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = metrics.lines().find_map(|l| {
-        l.strip_prefix("cairn_disk_free_bytes ")?
-            .parse::<u64>()
-            .ok()
-    });
-    assert!(gauge.is_some_and(|r| r < CHUNK as u64), "{metrics}");
+    let gauge = c.metric(1, "cairn_disk_free_bytes").await;
+    assert!(gauge.is_some_and(|r| r < CHUNK as u64), "{gauge:?}");
     assert!(
         !c.nodes[1]
             .log_text()

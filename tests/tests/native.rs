@@ -317,21 +317,11 @@ async fn a_failed_put_leaves_the_file_it_would_replace_as_it_was() {
     assert_eq!(names, ["file.bin"], "the failed upload left a file behind");
 }
 
-/// The value of the series that starts `series` (name and labels, then a
-/// space) on each node; `None` where a node has none yet.
+/// The value of `series` on each node; `None` where a node has none yet.
 async fn series_per_node(c: &Cluster, series: &str) -> Vec<Option<u64>> {
     let mut values = Vec::new();
     for i in 0..c.nodes.len() {
-        let text = reqwest::get(format!("{}/metrics", c.http(i)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        values.push(
-            text.lines()
-                .find_map(|l| l.strip_prefix(series)?.parse::<u64>().ok()),
-        );
+        values.push(c.metric(i, series).await);
     }
     values
 }
@@ -339,7 +329,7 @@ async fn series_per_node(c: &Cluster, series: &str) -> Vec<Option<u64>> {
 /// Native requests of operation `op` the nodes answered "ok", summed (a
 /// node that answered none has no such series).
 async fn native_requests_ok(c: &Cluster, op: &str) -> u64 {
-    let series = format!("cairn_native_requests_total{{op=\"{op}\",result=\"ok\"}} ");
+    let series = format!("cairn_native_requests_total{{op=\"{op}\",result=\"ok\"}}");
     let values = series_per_node(c, &series).await;
     values.into_iter().map(|v| v.unwrap_or(0)).sum()
 }
@@ -368,7 +358,7 @@ async fn an_upload_flushes_once_per_threshold() {
 
 /// Chunks read and verified, summed over the nodes.
 async fn chunk_reads(c: &Cluster) -> u64 {
-    let values = series_per_node(c, "cairn_chunk_reads_total ").await;
+    let values = series_per_node(c, "cairn_chunk_reads_total").await;
     values
         .into_iter()
         .map(|v| v.expect("every node counts chunk reads"))

@@ -44,7 +44,6 @@ use crate::metrics::{MethodLabel, Metrics, RequestLabels};
 pub struct Limits {
     pub upload_bytes_max: u64,
     pub inline_bytes_max: u64,
-    pub free_bytes_min: u64,
     pub body_idle_timeout: Duration,
 }
 
@@ -124,8 +123,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // The disk is read at the scrape, not kept up to date in between.
-    if let (Ok(total), Ok(free)) = (state.chunks.total_bytes(), state.chunks.free_bytes()) {
-        let room = free.saturating_sub(state.limits.free_bytes_min);
+    if let (Ok(total), Ok(room)) = (state.chunks.total_bytes(), state.chunks.free_bytes()) {
         state.metrics.disk(total, room);
     }
     (

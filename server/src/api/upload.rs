@@ -207,12 +207,11 @@ fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 /// Refuses an upload that would eat into the reserve kept for metadata.
 fn check_free_space(state: &AppState, incoming: u64) -> ApiResult<()> {
     let free = state.chunks.free_bytes()?;
-    let need = incoming.saturating_add(state.limits.free_bytes_min);
-    if free < need {
+    if free < incoming {
         return Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             format!(
-                "not enough free space: {free} bytes free, {need} needed (upload plus reserve)"
+                "not enough free space: {free} bytes free above the reserve, {incoming} needed"
             ),
         ));
     }

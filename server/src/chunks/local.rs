@@ -198,7 +198,7 @@ impl ChunkStore for LocalChunkStore {
     }
 
     fn free_bytes(&self) -> Result<u64, ChunkError> {
-        free_bytes(&self.root)
+        Ok(free_bytes(&self.root)?.saturating_sub(self.reserve))
     }
 
     fn total_bytes(&self) -> Result<u64, ChunkError> {

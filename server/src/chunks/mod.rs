@@ -90,7 +90,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Calls `visit` with every stored chunk and when it was written.
     fn for_each(&self, visit: &mut dyn FnMut(ContentHash, SystemTime)) -> Result<(), ChunkError>;
 
-    /// Bytes free for new chunks.
+    /// Bytes free for new chunks: the file system's free space less the
+    /// reserve kept for metadata (0: new chunks are refused).
     fn free_bytes(&self) -> Result<u64, ChunkError>;
 
     /// Size of the file system the chunks live on, in bytes.

@@ -41,8 +41,6 @@ pub struct PeerService {
     pub leader_contact: Arc<LeaderContact>,
     /// Every term another node sends is recorded here before Raft sees it.
     pub leases: Arc<Leases>,
-    /// Free bytes the chunk store keeps for metadata (`free_bytes_min`).
-    pub reserve: u64,
 }
 
 impl PeerService {
@@ -157,11 +155,7 @@ impl PeerService {
             repair_passes: self.stats.passes.load(Ordering::Relaxed),
             corrupt_chunks_found: self.stats.corrupt_found.load(Ordering::Relaxed),
             disk_total_bytes: self.local.total_bytes().ok(),
-            disk_free_bytes: self
-                .local
-                .free_bytes()
-                .ok()
-                .map(|f| f.saturating_sub(self.reserve)),
+            disk_free_bytes: self.local.free_bytes().ok(),
         }
     }
 }

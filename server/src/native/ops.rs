@@ -457,9 +457,7 @@ async fn session_op(
         Request::StatFs => {
             let chunks = &server.state.chunks;
             let total_bytes = chunks.total_bytes()?;
-            let free_bytes = chunks
-                .free_bytes()?
-                .saturating_sub(server.state.limits.free_bytes_min);
+            let free_bytes = chunks.free_bytes()?;
             Ok(Response::FsStats(FsStats {
                 total_bytes,
                 free_bytes,
