@@ -321,12 +321,23 @@ impl OpenFile {
         if !self.has_unflushed() {
             return self.committed(state).await;
         }
+        let started = std::time::Instant::now();
         let staged = self.take_staged().await;
+        let staging_wait = started.elapsed();
         let dirty = std::mem::take(&mut self.dirty);
         let permits = std::mem::take(&mut self.permits);
         let truncated = self.truncated.take();
         match self.flush_taken(state, &dirty, truncated, &staged).await {
             Ok(inode) => {
+                // Where a flush's time goes: waiting for chunks still
+                // being stored, or building and committing the content.
+                tracing::debug!(
+                    bytes = dirty.bytes(),
+                    staged_cells = staged.len(),
+                    staging_wait_ms = staging_wait.as_millis() as u64,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "flushed"
+                );
                 drop(permits);
                 // Writes the hash still holds are now held by it alone.
                 if self.sequential.as_mut().is_some_and(|h| !h.flushed()) {
