@@ -264,7 +264,11 @@ impl Round<'_> {
     /// Writes a fresh file each way, reads each back, deletes both.
     async fn run(&self, native_first: bool) -> anyhow::Result<RoundFigures> {
         let name = format!("native-{}.bin", self.round);
-        let url = format!("{}/v1/default/http-{}.bin", self.c.http(self.via), self.round);
+        let url = format!(
+            "{}/v1/default/http-{}.bin",
+            self.c.http(self.via),
+            self.round
+        );
         // Different bytes each time: the nodes deduplicate chunks, so a
         // write of bytes already stored would skip the disks (until
         // 2026-11-27 the native write did, and its figures were too high).
@@ -324,7 +328,10 @@ impl Round<'_> {
 
     async fn native_get(&self, name: &str) -> anyhow::Result<f64> {
         let started = Instant::now();
-        let n = self.client.get(name, &mut tokio::io::sink(), &|_| {}).await?;
+        let n = self
+            .client
+            .get(name, &mut tokio::io::sink(), &|_| {})
+            .await?;
         anyhow::ensure!(n == self.bytes, "native read returned {n} bytes");
         Ok(started.elapsed().as_secs_f64())
     }

@@ -24,15 +24,55 @@ const MTU_UPPER_BOUND: u16 = SEND_BYTES_MAX as u16;
 
 /// A QUIC endpoint on `addr`, client side always, server side with
 /// `server`.
+///
+/// `reset_secret` is a secret that outlives the process (a node's private
+/// key): the key behind the endpoint's stateless-reset tokens is derived
+/// from it, so the same node started again on the same address can reset
+/// the connections its previous process left open. Their peers then learn
+/// of the restart from the first packet they send, instead of waiting out
+/// an idle timeout or missed probes. Without one the key is random, as it
+/// is for a client that nothing connects to.
 pub fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    reset_secret: Option<&[u8]>,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = udp_socket(addr)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("QUIC needs a tokio runtime"))?;
     let socket = SplitSends::wrap(&runtime, socket)?;
-    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime)
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(reset_secret),
+        server,
+        socket,
+        runtime,
+    )
+}
+
+/// A key for `purpose` derived from `secret` (HMAC-SHA256 of the purpose
+/// under the secret): the secret itself is never used as a key.
+fn derive(secret: &[u8], purpose: &[u8]) -> ring::hmac::Tag {
+    use ring::hmac;
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), purpose)
+}
+
+/// Settings under which a restarted endpoint can reset its previous
+/// process's connections: a stateless-reset key, and connection IDs it
+/// still recognizes as its own (quinn drops packets for IDs its
+/// generator did not make without answering them, and a generator keyed
+/// at random disowns every ID of the process before).
+fn restartable(secret: &[u8]) -> quinn::EndpointConfig {
+    let reset = derive(secret, b"cairn quic stateless reset v1");
+    let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        reset.as_ref(),
+    )));
+    let ids = derive(secret, b"cairn quic connection ids v1");
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&ids.as_ref()[..8]);
+    let key = u64::from_le_bytes(key);
+    c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key)));
+    c
 }
 
 /// A UDP socket with buffers of [`UDP_BUFFER_BYTES`].
@@ -54,8 +94,11 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// of at most 1,472 bytes unless told otherwise, and the peer's MTU
 /// discovery stops there whatever its upper bound: on loopback that kept
 /// every packet at Ethernet size and cost most of the read throughput.
-fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
+fn endpoint_config(reset_secret: Option<&[u8]>) -> quinn::EndpointConfig {
+    let mut c = match reset_secret {
+        Some(secret) => restartable(secret),
+        None => quinn::EndpointConfig::default(),
+    };
     // 65,527 is QUIC's largest; anything at or above 1,200 is accepted.
     let _ = c.max_udp_payload_size(65_527);
     c

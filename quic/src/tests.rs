@@ -9,8 +9,9 @@ use super::*;
 
 const ALPN: &[u8] = b"cairn-quic-test";
 
-/// A client connection and the server's side of it.
-async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+/// A server's TLS settings (its self-signed certificate) and a client's
+/// that trust it, each with connections declared dead after `idle`.
+fn configs(idle: Duration) -> (quinn::ServerConfig, quinn::ClientConfig) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let der = cert.cert.der().clone();
     let key = rustls_pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
@@ -23,8 +24,7 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
     server_tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).unwrap();
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server_cfg.transport_config(Arc::new(transport(Duration::from_secs(5))));
-    let server = endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg)).unwrap();
+    server_cfg.transport_config(Arc::new(transport(idle)));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
@@ -36,8 +36,15 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
     client_tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).unwrap();
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(quic));
-    client_cfg.transport_config(Arc::new(transport(Duration::from_secs(5))));
-    let mut client = endpoint(([127, 0, 0, 1], 0).into(), None).unwrap();
+    client_cfg.transport_config(Arc::new(transport(idle)));
+    (server_cfg, client_cfg)
+}
+
+/// A client connection and the server's side of it.
+async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+    let (server_cfg, client_cfg) = configs(Duration::from_secs(5));
+    let server = endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg), None).unwrap();
+    let mut client = endpoint(([127, 0, 0, 1], 0).into(), None, None).unwrap();
     client.set_default_client_config(client_cfg);
 
     let addr = server.local_addr().unwrap();
@@ -46,6 +53,81 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
         async { server.accept().await.unwrap().await.unwrap() }
     );
     (server, c, s)
+}
+
+/// Whether a client's connection is reset, within a second of its next
+/// packet, when the server's process dies without a word and a new one
+/// starts on the same address with `restarted_secret` (the first had
+/// `secret`). Idle connections would otherwise last a minute.
+fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
+    let (server_cfg, client_cfg) = configs(Duration::from_secs(60));
+    // The first server runs on a runtime of its own, so that it can die
+    // the way a killed process does: its tasks dropped mid-flight and its
+    // socket closed, no CONNECTION_CLOSE sent.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = doomed
+        .block_on(async {
+            endpoint(
+                ([127, 0, 0, 1], 0).into(),
+                Some(server_cfg.clone()),
+                Some(secret),
+            )
+        })
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let accepting = {
+        let server = server.clone();
+        doomed.spawn(async move { server.accept().await.unwrap().await.unwrap() })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = rt
+        .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), None, None) })
+        .unwrap();
+    client.set_default_client_config(client_cfg);
+    let conn = rt.block_on(async { client.connect(addr, "localhost").unwrap().await.unwrap() });
+    let server_side = doomed.block_on(accepting).unwrap();
+    doomed.shutdown_background();
+    drop((server, server_side));
+
+    rt.block_on(async {
+        // The dead runtime's threads let go of the socket in their own time.
+        let mut tries = 0;
+        let _restarted = loop {
+            match endpoint(addr, Some(server_cfg.clone()), Some(restarted_secret)) {
+                Ok(e) => break e,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("cannot restart the server: {e}"),
+            }
+        };
+        // Any packet will do; the restarted server knows no connection.
+        if let Ok(mut s) = conn.open_uni().await {
+            let _ = s.write_all(b"are you there").await;
+        }
+        let reset = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        matches!(reset, Ok(quinn::ConnectionError::Reset))
+    })
+}
+
+#[test]
+fn a_restarted_server_resets_the_connections_its_last_process_left() {
+    assert!(
+        reset_after_restart(b"node key", b"node key"),
+        "the connection outlived the process it was to"
+    );
+    // What made it so: the key the reset is proven with. A server that
+    // comes back with another cannot reset anything.
+    assert!(!reset_after_restart(b"node key", b"another key"));
 }
 
 /// Sends `bytes` on a new stream and finishes it; the server's end of it.

@@ -392,8 +392,13 @@ fn bind_quic(cluster: &ClusterConfig) -> Result<Option<quinn::Endpoint>, NodeErr
         return Ok(None);
     };
     let idle = Duration::from_secs(10);
-    let mut endpoint =
-        cairn_quic::endpoint(addr, Some(tls::server_config(dir, idle)?)).map_err(listen_err)?;
+    let reset_secret = tls::reset_secret(dir)?;
+    let mut endpoint = cairn_quic::endpoint(
+        addr,
+        Some(tls::server_config(dir, idle)?),
+        Some(&reset_secret),
+    )
+    .map_err(listen_err)?;
     endpoint.set_default_client_config(tls::client_config(dir, idle)?);
     Ok(Some(endpoint))
 }

@@ -47,7 +47,7 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     let transport = cairn_quic::transport(IDLE_TIMEOUT);
     config.transport_config(Arc::new(transport));
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let mut endpoint = cairn_quic::endpoint(bind, None).map_err(ClientError::Io)?;
+    let mut endpoint = cairn_quic::endpoint(bind, None, None).map_err(ClientError::Io)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

@@ -158,6 +158,15 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
     })
 }
 
+/// The secret this node's QUIC endpoint derives its stateless-reset key
+/// from: its private key, which stays the same across restarts (see
+/// [`cairn_quic::endpoint`]).
+pub fn reset_secret(dir: &Path) -> Result<Vec<u8>, TlsError> {
+    let key_path = dir.join("node-key.pem");
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_error(&key_path, e))?;
+    Ok(key.secret_der().to_vec())
+}
+
 fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = cairn_quic::transport(idle);
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());

@@ -72,10 +72,14 @@ impl Transport {
         let slot = self.slot(addr);
         // One connection attempt per peer at a time; other peers unaffected.
         let mut conn = slot.lock().await;
-        if let Some(c) = conn.as_ref()
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = conn.as_ref() {
+            match c.close_reason() {
+                None => return Ok(c.clone()),
+                Some(quinn::ConnectionError::Reset) => {
+                    tracing::info!(peer = addr, "peer restarted; dialing its new process");
+                }
+                Some(_) => {}
+            }
         }
         let connect_err = |message: String| RpcError::Connect {
             addr: addr.to_owned(),
@@ -102,6 +106,16 @@ impl Transport {
         if let Some(c) = slot.lock().await.take() {
             c.close(0u32.into(), b"timed out");
         }
+    }
+
+    /// True if the peer at `addr` reset the connection to it: a new process
+    /// of that node answered for the one that held it (see
+    /// [`cairn_quic::endpoint`]), so a fresh dial would reach it now.
+    pub async fn was_reset(&self, addr: &str) -> bool {
+        let slot = self.slot(addr);
+        let conn = slot.lock().await;
+        conn.as_ref()
+            .is_some_and(|c| matches!(c.close_reason(), Some(quinn::ConnectionError::Reset)))
     }
 
     /// Sends `req` to `addr` and waits at most `timeout` for the answer.

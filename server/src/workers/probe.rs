@@ -46,9 +46,17 @@ impl Worker for Prober {
             .map(|(id, info)| {
                 let transport = Arc::clone(&self.transport);
                 async move {
-                    let answer = transport
-                        .call::<_, Response>(&info.quic, &Request::Status, PROBE_TIMEOUT)
-                        .await;
+                    let probe = || {
+                        transport.call::<_, Response>(&info.quic, &Request::Status, PROBE_TIMEOUT)
+                    };
+                    let mut answer = probe().await;
+                    if answer.is_err() && transport.was_reset(&info.quic).await {
+                        // The peer restarted: its new process reset the
+                        // connection to the old one. Ask it now rather
+                        // than leave it suspect for another round.
+                        tracing::debug!(peer = id, "peer restarted; probing it afresh");
+                        answer = probe().await;
+                    }
                     (id, info.quic, answer)
                 }
             });
