@@ -4,12 +4,14 @@
 //! and the cipher order. Certificates and stream limits stay with each
 //! side.
 
+mod silence;
 mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use silence::close_when_silent;
 use split::{SEND_BYTES_MAX, SplitSends};
 
 /// Socket buffer asked for each direction of an endpoint: at the kernel's

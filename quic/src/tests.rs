@@ -64,11 +64,7 @@ fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
     // The first server runs on a runtime of its own, so that it can die
     // the way a killed process does: its tasks dropped mid-flight and its
     // socket closed, no CONNECTION_CLOSE sent.
-    let doomed = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let doomed = runtime();
     let server = doomed
         .block_on(async {
             endpoint(
@@ -83,11 +79,7 @@ fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
         let server = server.clone();
         doomed.spawn(async move { server.accept().await.unwrap().await.unwrap() })
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut client = rt
         .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), None, None) })
         .unwrap();
@@ -128,6 +120,72 @@ fn a_restarted_server_resets_the_connections_its_last_process_left() {
     // What made it so: the key the reset is proven with. A server that
     // comes back with another cannot reset anything.
     assert!(!reset_after_restart(b"node key", b"another key"));
+}
+
+/// A runtime of one worker thread, for one side of a connection.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// How a client's connection ends when its server answers a request 100 ms
+/// after it came and then dies without a word: the client, waiting for
+/// nothing, sends nothing until its next keep-alive.
+fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
+    let idle = Duration::from_secs(2);
+    let (server_cfg, client_cfg) = configs(idle);
+    let doomed = runtime();
+    let server = doomed
+        .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg), None) })
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    {
+        let server = server.clone();
+        doomed.spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let _ = recv.read_to_end(64).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            send.write_all(b"answer").await.unwrap();
+            send.finish().unwrap();
+            std::future::pending::<()>().await
+        });
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = endpoint(([127, 0, 0, 1], 0).into(), None, None).unwrap();
+        client.set_default_client_config(client_cfg);
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        if watched {
+            close_when_silent(conn.clone(), idle);
+        }
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"request").await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(64).await.unwrap(), b"answer");
+        // Dies the way a killed process does (see reset_after_restart).
+        doomed.shutdown_background();
+        drop(server);
+        conn.closed().await
+    })
+}
+
+#[test]
+fn a_silent_peer_is_given_up_a_timeout_after_its_last_datagram() {
+    // QUIC's idle timer restarts at the keep-alive sent 400 ms after the
+    // answer (RFC 9000 §10.1), so it fires only 2.4 s after it...
+    assert_eq!(
+        end_after_a_silent_death(false),
+        quinn::ConnectionError::TimedOut
+    );
+    // ...while the watch gives up 2 s after the last datagram came.
+    assert_eq!(
+        end_after_a_silent_death(true),
+        quinn::ConnectionError::LocallyClosed
+    );
 }
 
 /// Sends `bytes` on a new stream and finishes it; the server's end of it.

@@ -256,6 +256,9 @@ impl Client {
                         // Notices (breaks missed while away too) come on
                         // this connection; its loss starts a reconnect.
                         notices::accept(conn.clone(), cur.generation, Arc::downgrade(&self.inner));
+                        // A node gone silent is given up on a timeout after
+                        // its last datagram (see `close_when_silent`).
+                        cairn_quic::close_when_silent(conn.clone(), conn::IDLE_TIMEOUT);
                         cur.node = nodes[i].clone();
                         cur.failed = None;
                         return Ok((cur.generation, conn));

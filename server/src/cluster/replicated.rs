@@ -254,7 +254,14 @@ impl ChunkStore for ReplicatedChunks {
                 Ok(None) | Err(_) => break,
             }
         }
-        if acks(&copies) < need {
+        if acks(&copies) < need && !suspects.is_empty() {
+            tracing::debug!(
+                %hash,
+                stored = acks(&copies),
+                need,
+                suspects = ?suspects.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "copies short of the quorum; sending to suspect peers too"
+            );
             for target in suspects {
                 self.send_copy(hash, &shared, target, &tx)?;
             }
