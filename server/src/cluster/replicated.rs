@@ -85,11 +85,10 @@ pub fn fetch_remote(
             candidates.push(member);
         }
     }
+    let liveness = &placement.liveness;
+    let candidates = fetch_order(candidates, placement.me, |id| liveness.is_suspect(id));
     let mut unreachable = Vec::new();
     for (id, info) in candidates {
-        if id == placement.me || info.witness {
-            continue;
-        }
         let req = Request::GetChunk { hash: *hash };
         let call = transport.call_with_body::<_, Response>(
             &info.quic,
@@ -122,6 +121,24 @@ pub fn fetch_remote(
             "no reachable copy of chunk {hash} (nodes {unreachable:?} did not answer)"
         )))
     }
+}
+
+/// The peers to ask for a chunk, in order: `candidates` (placement first)
+/// without this node and witnesses, those that missed their last probes
+/// after the rest. A dead peer costs a connect or call timeout before the
+/// next is asked; a read of a chunk missing here (a node that was down
+/// when it was written) waited out a dead placement target first.
+fn fetch_order(
+    candidates: Vec<(NodeId, NodeInfo)>,
+    me: NodeId,
+    suspect: impl Fn(NodeId) -> bool,
+) -> Vec<(NodeId, NodeInfo)> {
+    let (mut answering, suspects): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .filter(|(id, info)| *id != me && !info.witness)
+        .partition(|(id, _)| !suspect(*id));
+    answering.extend(suspects);
+    answering
 }
 
 /// What became of one copy of a chunk.
@@ -335,6 +352,34 @@ mod tests {
     use super::*;
 
     use Copied::{Failed, NoSpace, Stored};
+
+    fn node(id: NodeId, witness: bool) -> (NodeId, NodeInfo) {
+        let info = NodeInfo {
+            quic: format!("127.0.0.1:{id}"),
+            http: String::new(),
+            witness,
+            draining: false,
+        };
+        (id, info)
+    }
+
+    #[test]
+    fn chunks_are_fetched_from_answering_peers_first() {
+        let candidates = vec![
+            node(2, false),
+            node(1, false),
+            node(3, false),
+            node(4, true),
+            node(5, false),
+        ];
+        let order: Vec<NodeId> = fetch_order(candidates, 1, |id| id == 2)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        // Placement order kept among the answering; the suspect last; no
+        // witness, not this node.
+        assert_eq!(order, vec![3, 5, 2]);
+    }
 
     #[test]
     fn a_write_short_of_its_quorum_is_out_of_space_only_when_retrying_cannot_help() {
