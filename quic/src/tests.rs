@@ -40,12 +40,37 @@ fn configs(idle: Duration) -> (quinn::ServerConfig, quinn::ClientConfig) {
     (server_cfg, client_cfg)
 }
 
+/// A client endpoint on loopback; call within a runtime.
+fn client(cfg: quinn::ClientConfig) -> quinn::Endpoint {
+    let mut client = endpoint(([127, 0, 0, 1], 0).into(), None, None).unwrap();
+    client.set_default_client_config(cfg);
+    client
+}
+
+/// A server on a runtime of its own, so that it can die the way a killed
+/// process does (`shutdown_background`): its tasks dropped mid-flight and
+/// its socket closed, no CONNECTION_CLOSE sent.
+fn doomed_server(
+    cfg: quinn::ServerConfig,
+    secret: Option<&[u8]>,
+) -> (
+    tokio::runtime::Runtime,
+    quinn::Endpoint,
+    std::net::SocketAddr,
+) {
+    let doomed = runtime();
+    let server = doomed
+        .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), Some(cfg), secret) })
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    (doomed, server, addr)
+}
+
 /// A client connection and the server's side of it.
 async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
     let (server_cfg, client_cfg) = configs(Duration::from_secs(5));
     let server = endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg), None).unwrap();
-    let mut client = endpoint(([127, 0, 0, 1], 0).into(), None, None).unwrap();
-    client.set_default_client_config(client_cfg);
+    let client = client(client_cfg);
 
     let addr = server.local_addr().unwrap();
     let (c, s) = tokio::join!(
@@ -61,29 +86,13 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
 /// `secret`). Idle connections would otherwise last a minute.
 fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
     let (server_cfg, client_cfg) = configs(Duration::from_secs(60));
-    // The first server runs on a runtime of its own, so that it can die
-    // the way a killed process does: its tasks dropped mid-flight and its
-    // socket closed, no CONNECTION_CLOSE sent.
-    let doomed = runtime();
-    let server = doomed
-        .block_on(async {
-            endpoint(
-                ([127, 0, 0, 1], 0).into(),
-                Some(server_cfg.clone()),
-                Some(secret),
-            )
-        })
-        .unwrap();
-    let addr = server.local_addr().unwrap();
+    let (doomed, server, addr) = doomed_server(server_cfg.clone(), Some(secret));
     let accepting = {
         let server = server.clone();
         doomed.spawn(async move { server.accept().await.unwrap().await.unwrap() })
     };
     let rt = runtime();
-    let mut client = rt
-        .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), None, None) })
-        .unwrap();
-    client.set_default_client_config(client_cfg);
+    let client = rt.block_on(async { client(client_cfg) });
     let conn = rt.block_on(async { client.connect(addr, "localhost").unwrap().await.unwrap() });
     let server_side = doomed.block_on(accepting).unwrap();
     doomed.shutdown_background();
@@ -137,11 +146,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
     let idle = Duration::from_secs(2);
     let (server_cfg, client_cfg) = configs(idle);
-    let doomed = runtime();
-    let server = doomed
-        .block_on(async { endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg), None) })
-        .unwrap();
-    let addr = server.local_addr().unwrap();
+    let (doomed, server, addr) = doomed_server(server_cfg, None);
     {
         let server = server.clone();
         doomed.spawn(async move {
@@ -156,8 +161,7 @@ fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
     }
     let rt = runtime();
     rt.block_on(async {
-        let mut client = endpoint(([127, 0, 0, 1], 0).into(), None, None).unwrap();
-        client.set_default_client_config(client_cfg);
+        let client = client(client_cfg);
         let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
         if watched {
             close_when_silent(conn.clone(), idle);
@@ -166,7 +170,7 @@ fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
         send.write_all(b"request").await.unwrap();
         send.finish().unwrap();
         assert_eq!(recv.read_to_end(64).await.unwrap(), b"answer");
-        // Dies the way a killed process does (see reset_after_restart).
+        // Dies the way a killed process does (see doomed_server).
         doomed.shutdown_background();
         drop(server);
         conn.closed().await

@@ -21,11 +21,12 @@ use crate::consensus::{NodeId, NodeInfo, Raft};
 /// How long one chunk transfer to or from a peer may take.
 pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a chunk write waits for its quorum among the peers that answer
-/// probes before it sends to the suspect ones too.
-const SUSPECT_HEDGE_AFTER: Duration = Duration::from_millis(250);
-/// How long a chunk fetch waits on one peer before asking the next too.
-const FETCH_HEDGE_AFTER: Duration = Duration::from_millis(250);
+/// How long a chunk transfer waits on the peers asked first before it
+/// asks others too: a write, for its quorum among the peers that answer
+/// probes, before it sends to the suspect ones; a fetch, for one peer's
+/// answer, before it asks the next. A peer killed a moment ago is not
+/// suspect yet, and waiting out its timeout stalled both for seconds.
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
 
 /// Placement inputs shared by the data path and the repairer.
 #[derive(Clone)]
@@ -66,15 +67,16 @@ pub struct ReplicatedChunks {
 }
 
 impl ReplicatedChunks {
-    /// Fetches `hash` from the first peer (placement first, then everyone)
-    /// that has a good copy.
+    /// Fetches `hash` from a peer that has a good copy (see
+    /// [`fetch_remote`]).
     pub fn fetch_remote(&self, hash: &ContentHash) -> Result<Vec<u8>, ChunkError> {
         fetch_remote(&self.transport, &self.placement, &self.runtime, hash)
     }
 }
 
-/// Fetches a verified copy of `hash` from a peer; blocks (call from a
-/// blocking thread).
+/// Fetches a verified copy of `hash` from a peer: placement targets
+/// first, then every other member, suspects last, hedged (see
+/// [`fetch_hedged`]). Blocks (call from a blocking thread).
 pub fn fetch_remote(
     transport: &Transport,
     placement: &Placement,
@@ -102,7 +104,7 @@ enum Fetched {
 }
 
 /// Asks `candidates` in order for `hash`, the next one also whenever
-/// [`FETCH_HEDGE_AFTER`] passes with no answer: a peer killed a moment
+/// [`HEDGE_AFTER`] passes with no answer: a peer killed a moment
 /// ago is not suspect yet and would hold the read for the whole chunk RPC
 /// timeout. The first good copy wins; the calls still out are dropped
 /// (their streams reset).
@@ -123,7 +125,7 @@ async fn fetch_hedged(
         }
         let answer = tokio::select! {
             answer = futures::StreamExt::next(&mut asking) => answer,
-            () = tokio::time::sleep(FETCH_HEDGE_AFTER), if next.len() > 0 => {
+            () = tokio::time::sleep(HEDGE_AFTER), if next.len() > 0 => {
                 if let Some((id, info)) = next.next() {
                     asking.push(ask_for_chunk(transport, *id, info, hash));
                 }
@@ -314,7 +316,7 @@ impl ChunkStore for ReplicatedChunks {
         // still be (its probes go through a connection to the old process
         // until that times out). Waiting out the dead one's timeout while
         // the live one sat skipped stalled writes for seconds.
-        let hedge_at = tokio::time::Instant::now() + SUSPECT_HEDGE_AFTER;
+        let hedge_at = tokio::time::Instant::now() + HEDGE_AFTER;
         while acks(&copies) < need && outstanding > 0 {
             let next = self
                 .runtime
