@@ -10,12 +10,16 @@
 //! - client-visible stall across a kill -9 of the node the client is
 //!   connected to, with an open handle being written and flushed, 20
 //!   kills: p50, p99, max. Target: p99 < 1.5 s.
+//! - the transports alone (no storage, no protocol): 1 GiB over one QUIC
+//!   connection with the nodes' settings vs one plain TCP connection, with
+//!   the CPU both ends spent: the ceiling the first comparison lives under.
 //!
 //!     cargo build --release --bins && target/release/cairn-bench-native [--quick]
 
 #[path = "common.rs"]
 #[allow(dead_code)]
 mod common;
+mod transport;
 
 use std::fs;
 use std::path::PathBuf;
@@ -40,6 +44,9 @@ struct Args {
     /// 256 MiB once, 2 s of random reads and 5 kills (not the targets').
     #[arg(long)]
     quick: bool,
+    /// Only the transports-alone comparison (printed, no JSON written).
+    #[arg(long)]
+    transport_only: bool,
     #[arg(long, default_value = "target/bench/native.json")]
     out: PathBuf,
 }
@@ -87,6 +94,7 @@ struct Report {
     transfer: Transfer,
     random_reads: RandomReads,
     failover_stall: Stall,
+    transport: transport::Transport,
 }
 
 fn options() -> ClusterOptions {
@@ -110,6 +118,12 @@ async fn run() -> anyhow::Result<()> {
     } else {
         (1024, ROUNDS, 10, 20)
     };
+    eprintln!("--- the transports alone: {mib} MiB over QUIC vs TCP, {rounds} rounds");
+    let transport = transport::compare(mib, rounds).await?;
+    if args.transport_only {
+        print_transport(mib, &transport);
+        return Ok(());
+    }
     let c = Cluster::start(3, options());
     let leader = c.wait_leader(Duration::from_secs(30)).await?;
     // Through a follower, as most clients are: any node serves.
@@ -169,12 +183,14 @@ async fn run() -> anyhow::Result<()> {
         s.max_ms,
         s.target
     );
+    print_transport(mib, &transport);
     let report = Report {
         benchmark: "native",
         quick: args.quick,
         transfer,
         random_reads,
         failover_stall,
+        transport,
     };
     if let Some(parent) = args.out.parent() {
         fs::create_dir_all(parent)?;
@@ -182,6 +198,24 @@ async fn run() -> anyhow::Result<()> {
     fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn print_transport(mib: u64, x: &transport::Transport) {
+    println!(
+        "{:<30} {:>10} {:>10} {:>8}",
+        "transport alone", "QUIC", "TCP", "ratio"
+    );
+    println!(
+        "{:<30} {:>10.1} {:>10.1} {:>8.2}",
+        format!("{mib} MiB, MiB/s"),
+        x.quic_mib_s,
+        x.tcp_mib_s,
+        x.ratio
+    );
+    println!(
+        "{:<30} {:>10.2} {:>10.2}",
+        "CPU s per GiB, both ends", x.quic_cpu_s_per_gib, x.tcp_cpu_s_per_gib
+    );
 }
 
 /// Rounds of the sequential comparison: one machine hiccup moves a single
