@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::binary;
 use crate::cluster::Cluster;
+use crate::netns::Host;
 
 pub struct Mount {
     pub path: PathBuf,
@@ -19,6 +20,16 @@ impl Mount {
     /// Mounts the cluster's share `default` on a new temporary directory,
     /// with `options` (fstab style) added.
     pub fn start(c: &Cluster, options: &str) -> Self {
+        Self::launch(c, options, Command::new(binary("cairn-mount")))
+    }
+
+    /// [`Mount::start`] with the daemon on `host`'s network (it keeps this
+    /// process's mount namespace, so the mount is visible here).
+    pub fn start_on(c: &Cluster, host: &Host, options: &str) -> Self {
+        Self::launch(c, options, host.command(binary("cairn-mount")))
+    }
+
+    fn launch(c: &Cluster, options: &str, mut command: Command) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mount point");
@@ -29,7 +40,7 @@ impl Mount {
             opts.push(',');
             opts.push_str(options);
         }
-        let child = Command::new(binary("cairn-mount"))
+        let child = command
             .arg(&source)
             .arg(&path)
             .arg("-o")
@@ -109,4 +120,36 @@ pub fn is_mounted(path: &Path) -> bool {
         .arg(path)
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Writes `mib` MiB of a seeded pattern to `path` (on a mount) in 1 MiB
+/// writes, with an fsync after every `sync_every` of them and a pause of
+/// `pace` after each; every call must succeed. The data, and when each
+/// write (with its fsync, if any) returned.
+pub fn write_pattern(
+    path: &Path,
+    mib: usize,
+    seed: u64,
+    sync_every: usize,
+    pace: Duration,
+) -> (Vec<u8>, Vec<Instant>) {
+    use std::io::Write;
+    let data = crate::random_bytes(mib << 20, seed);
+    let mut f = std::fs::File::create(path).expect("creating the file");
+    let mut done = Vec::with_capacity(mib + 1);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        f.write_all(piece)
+            .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+        if i % sync_every == sync_every - 1 {
+            f.sync_all()
+                .unwrap_or_else(|e| panic!("fsync after {i} failed: {e}"));
+        }
+        done.push(Instant::now());
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+    }
+    f.sync_all().expect("the last fsync");
+    done.push(Instant::now());
+    (data, done)
 }

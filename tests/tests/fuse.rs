@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
-use cairn_tests::mount::{Mount, is_mounted};
+use cairn_tests::mount::{Mount, is_mounted, write_pattern};
 use cairn_tests::random_bytes;
 
 fn cluster() -> Cluster {
@@ -605,23 +605,6 @@ fn python_lock(path: &Path, body: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// Writes `total` bytes of a seeded pattern to `path` in 1 MiB writes,
-/// fsync every 8 MiB; every call must succeed.
-fn write_pattern(path: &Path, total: usize, seed: u64) -> Vec<u8> {
-    let data = random_bytes(total, seed);
-    let mut f = std::fs::File::create(path).unwrap();
-    for (i, piece) in data.chunks(1 << 20).enumerate() {
-        f.write_all(piece)
-            .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
-        if i % 8 == 7 {
-            f.sync_all()
-                .unwrap_or_else(|e| panic!("fsync after {i} failed: {e}"));
-        }
-    }
-    f.sync_all().unwrap();
-    data
-}
-
 #[test]
 fn io_on_the_mount_carries_on_through_node_kills() {
     let mut c = cluster();
@@ -629,7 +612,7 @@ fn io_on_the_mount_carries_on_through_node_kills() {
     let path = m.join("through-kills.bin");
     let writer = {
         let path = path.clone();
-        std::thread::spawn(move || write_pattern(&path, 320 << 20, 42))
+        std::thread::spawn(move || write_pattern(&path, 320, 42, 8, Duration::ZERO).0)
     };
     // Kill -9 every node in turn (the mount's node and the leader among
     // them), each restarted before the next.

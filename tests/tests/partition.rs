@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::mount::{Mount, write_pattern};
 use cairn_tests::netns::Network;
 use cairn_tests::{Server, ServerOptions};
 
@@ -282,5 +283,62 @@ async fn a_flapping_link_loses_nothing_acknowledged() {
                 "{path}: node {i} differs from node 0"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_whose_node_is_cut_off_carries_on_through_the_majority() {
+    let net = Network::create(4).unwrap();
+    // The default timeouts: how long a cut-off node takes to refuse is
+    // part of what the mount's users wait.
+    let c = Cluster::start_on(&net.hosts[..3], &net.hosts[3], ClusterOptions::default());
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    // A mount puts its session on the leader.
+    let m = Mount::start_on(&c, &net.hosts[3], "");
+    let path = m.join("cut-off.bin");
+    let writer = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            write_pattern(&path, 96, 11, 4, Duration::from_millis(40))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The mount's node loses both other nodes; the mount still reaches it,
+    // and it still answers: it just cannot replicate or commit anything.
+    for f in (0..3).filter(|&i| i != leader) {
+        net.cut(leader, f).unwrap();
+    }
+    let cut_at = Instant::now();
+    let finished = tokio::time::timeout(Duration::from_secs(45), writer).await;
+    let partitioned_for = cut_at.elapsed();
+    net.heal().unwrap();
+    let Ok(Ok((data, done))) = finished else {
+        panic!(
+            "the writer failed or still waits {partitioned_for:?} after its node was cut off; mount log:\n{}",
+            m.log_text()
+        );
+    };
+    let stall = done
+        .windows(2)
+        .filter(|w| w[1] > cut_at)
+        .map(|w| w[1].duration_since(w[0].max(cut_at)))
+        .max()
+        .unwrap_or_default();
+    eprintln!("longest wait after the cut: {stall:?}; cut off for {partitioned_for:?}");
+    assert!(
+        stall < Duration::from_secs(15),
+        "the mount's calls waited {stall:?} for a node cut off from the cluster"
+    );
+    // Everything came through the majority: read back through the mount,
+    // and from every node once the old one has caught up.
+    assert!(
+        std::fs::read(&path).unwrap() == data,
+        "the mount reads back other bytes"
+    );
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+    for i in 0..3 {
+        let (status, body) = get(&c, i, "cut-off.bin").await;
+        assert_eq!(status, 200, "node {i}");
+        assert!(body == data, "node {i} holds other bytes");
     }
 }

@@ -39,6 +39,12 @@ pub use target::Target;
 use crate::ClientError;
 use state::FileState;
 
+/// How long a call retries a node answering `Unavailable` before the
+/// session moves to another node. An election makes every node refuse for
+/// about a second, and moving then costs a reconnect and the unflushed
+/// writes sent again; a node cut off from the rest of the cluster refuses
+/// until the partition heals, while the others serve.
+const REFUSING_NODE_LEFT_AFTER: Duration = Duration::from_secs(1);
 /// How often a client that prefers the leader asks who leads.
 const LEADER_CHECK: Duration = Duration::from_secs(5);
 /// Handles whose unflushed writes a resumed session sends at once.
@@ -443,14 +449,27 @@ impl Client {
         };
         let deadline = Instant::now() + self.inner.cfg.failover_timeout;
         let mut pause = Duration::from_millis(20);
+        // The connection this call is on, and since when.
+        let mut here = (0, Instant::now());
         loop {
             let (generation, conn) = self.connection(deadline).await?;
+            if here.0 != generation {
+                here = (generation, Instant::now());
+            }
             let answer =
                 conn::exchange_answer(&conn, &header, &req, self.inner.cfg.request_timeout).await;
             match answer {
                 Ok(conn::Answer::Whole(Response::Error(e)))
                     if e.code == ErrorCode::Unavailable && Instant::now() < deadline =>
                 {
+                    if here.1.elapsed() >= REFUSING_NODE_LEFT_AFTER {
+                        // Cut off from the others, or unable to store:
+                        // the node is up, but another may serve.
+                        tracing::info!(error = %e.message, "the node keeps refusing; moving the session");
+                        self.drop_connection(generation).await;
+                        pause = Duration::from_millis(20);
+                        continue;
+                    }
                     // No leader just now: the cluster is failing over.
                     tracing::debug!(error = %e.message, "unavailable; retrying");
                     tokio::time::sleep(pause).await;
