@@ -375,7 +375,17 @@ impl Client {
         let Some(i) = leader_index(&self.inner.cfg.nodes, &n, &node) else {
             return;
         };
-        tracing::info!(from = %node, to = %self.inner.cfg.nodes[i], "moving the session to the metadata leader");
+        let leader = &self.inner.cfg.nodes[i];
+        // A leader out of this client's reach (a cut link) would cost a
+        // connect timeout with every call waiting, then a move back here.
+        match conn::connect(&self.inner.endpoint, leader).await {
+            Ok(c) => c.close(0u32.into(), b"reachable"),
+            Err(e) => {
+                tracing::debug!(leader = %leader, error = %e.message, "the metadata leader is out of reach; staying");
+                return;
+            }
+        }
+        tracing::info!(from = %node, to = %leader, "moving the session to the metadata leader");
         self.inner.next_node.store(i, Ordering::Relaxed);
         if self.drop_connection(generation).await {
             // At once, not at the next call: lease breaks come on the
