@@ -1063,3 +1063,72 @@ async fn the_cli_downloads_into_files_and_writes_special_files_in_place() {
     let through_fifo = cairn_tests::get_into_fifo(run, "cli.bin", data.len());
     assert!(through_fifo == data, "FIFO content differs");
 }
+
+/// A node frozen (SIGSTOP: a long GC pause, a hung VM) while a handle's
+/// writes and flushes go through it, most likely in the middle of a flush:
+/// the client moves on after a second of silence and writes and flushes
+/// elsewhere. When the node wakes, it carries on with what it was doing
+/// and still holds the writes it had: none of that may land over what the
+/// client wrote and flushed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_node_wakes_without_undoing_later_writes() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let client = Arc::new(client(&c, Some(1)).await);
+    let file = Arc::new(
+        client
+            .open("frozen.bin", OpenOptions::create())
+            .await
+            .unwrap(),
+    );
+    let node = connected_node(&c, &client).await;
+    // Rounds over the same 1 MiB: four 256 KiB writes in flight, then a
+    // flush; round r writes bytes that name it, so the file must end as
+    // the last round wrote it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (file, stop) = (Arc::clone(&file), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let data = Bytes::from(random_bytes(MIB, round));
+                let writes = (0..4).map(|q| {
+                    let piece = data.slice(q * MIB / 4..(q + 1) * MIB / 4);
+                    file.write_at((q * MIB / 4) as u64, piece)
+                });
+                for w in futures::future::join_all(writes).await {
+                    w.unwrap();
+                }
+                file.flush().await.unwrap();
+            }
+            round
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.nodes[node].pause();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.nodes[node].resume();
+    // Let the woken node work through what it held while the writer goes on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = writer.await.unwrap();
+    assert_ne!(
+        connected_node(&c, &client).await,
+        node,
+        "the client stayed on the frozen node"
+    );
+    let Ok(file) = Arc::try_unwrap(file) else {
+        panic!("the writer still holds the file");
+    };
+    file.close().await.unwrap();
+    // Long enough for the woken node's stale requests, if any, to land.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(last > 10, "only {last} rounds");
+    let content = read_all(&c, "frozen.bin").await;
+    assert_eq!(content.len(), MIB);
+    assert!(
+        content == random_bytes(MIB, last),
+        "the file is not what the last round ({last}) wrote"
+    );
+}
