@@ -1,6 +1,6 @@
 //! The native protocol on real 3-node clusters: durable handles that carry
 //! on through a kill -9 of the node the client talks to and of the Raft
-//! leader, requests applied exactly once whatever the retries, share modes,
+//! leader, and through a node frozen and woken, requests applied exactly once whatever the retries, share modes,
 //! unlink while open, directory paging, handle expiry.
 
 #![allow(clippy::unwrap_used)]
