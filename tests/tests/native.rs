@@ -1132,3 +1132,48 @@ async fn a_frozen_node_wakes_without_undoing_later_writes() {
         "the file is not what the last round ({last}) wrote"
     );
 }
+
+/// A client that goes away holding unflushed writes (its process exits:
+/// its connection closes) leaves nothing pinned on the node: the next
+/// client gets the node's write buffers at once, not after the handle
+/// timeout, and does not have to move elsewhere for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gone_clients_unflushed_writes_free_the_nodes_write_buffers() {
+    // 8 MiB of unflushed writes per node.
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            cluster_extra: "write_buffer_bytes_max = 8388608\n".into(),
+            ..ClusterOptions::default()
+        },
+    );
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let gone = client(&c, Some(1)).await;
+    let node = connected_node(&c, &gone).await;
+    let f = gone.open("gone.bin", OpenOptions::create()).await.unwrap();
+    write_pieces(&f, 0, &random_bytes(6 * MIB, 1)).await;
+    drop(f);
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let next = client(&c, Some(node)).await;
+    assert_eq!(connected_node(&c, &next).await, node);
+    let g = next.open("next.bin", OpenOptions::create()).await.unwrap();
+    // One 4 MiB write: more than the 2 MiB the gone client's writes would
+    // leave, and nothing of its own to flush first.
+    let data = random_bytes(4 * MIB, 2);
+    let started = Instant::now();
+    g.write_at(0, Bytes::from(data.clone())).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "a 4 MiB write waited {took:?} for write buffers"
+    );
+    assert_eq!(
+        connected_node(&c, &next).await,
+        node,
+        "the client moved for write buffers"
+    );
+    g.close().await.unwrap();
+    assert!(read_all(&c, "next.bin").await == data);
+}

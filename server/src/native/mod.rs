@@ -124,6 +124,12 @@ impl NativeServer {
         self.push_seen.mark_dirty();
     }
 
+    /// True if a connection of session `id` is open on this node.
+    fn is_live(&self, id: &SessionId) -> bool {
+        // A poisoned table: assume live, and keep what the session holds.
+        self.live.lock().map_or(true, |l| l.contains_key(id))
+    }
+
     fn unbind_live(&self, id: &SessionId, sink: &NoticeSink) {
         if let Ok(mut live) = self.live.lock()
             && let Some(sinks) = live.get_mut(id)
@@ -178,6 +184,14 @@ impl NativeServer {
         let mut cs = cs.lock().await;
         if let Some(b) = cs.bound.take() {
             self.unbind_live(&b.id, &cs.sink);
+            // What the session's handles hold here is of no use once its
+            // last connection is gone: a client resuming (here or on another
+            // node) sends its unflushed writes again, and this node drops
+            // its copy then. Until then it would keep those writes' share of
+            // the node's write buffers, for up to the handle timeout.
+            if !self.is_live(&b.id) {
+                self.forget_session(&b.id);
+            }
         }
     }
 
