@@ -109,6 +109,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The middle value of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// (p50, p99, max) of `values`.
 pub fn summarize(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();

@@ -252,11 +252,7 @@ async fn transfer(c: &Cluster, via: usize, mib: u64, rounds: usize) -> anyhow::R
         all.push(r);
     }
     client.logoff().await?;
-    let median = |f: fn(&RoundFigures) -> f64| {
-        let mut v: Vec<f64> = all.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median = |f: fn(&RoundFigures) -> f64| common::median(all.iter().map(f).collect());
     // The ratios are the medians of each round's own ratio: a pair ran
     // side by side, on the same state of the machine. A ratio of the
     // medians could pair one round's native figure with another's HTTP.

@@ -9,7 +9,6 @@
 //! what a native read or write can reach against HTTP.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,6 +16,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
+
+use crate::common::median;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Size of each answer, as a native read's: one 4 MiB chunk.
@@ -61,11 +62,6 @@ pub async fn compare(mib: u64, rounds: usize) -> anyhow::Result<Transport> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Wall and CPU seconds (all of this process's threads) of one transfer.
 struct Usage {
     wall: f64,
@@ -104,7 +100,7 @@ fn process_cpu() -> anyhow::Result<f64> {
 /// `answers` answers of `payload`, each on its own stream asked for by a
 /// one-byte request, [`IN_FLIGHT`] at a time: a native read's shape.
 async fn quic_transfer(payload: Bytes, answers: usize) -> anyhow::Result<()> {
-    let (server_cfg, client_cfg) = configs()?;
+    let (server_cfg, client_cfg) = cairn_quic::self_signed(ALPN, Duration::from_secs(10))?;
     let server = cairn_quic::endpoint(([127, 0, 0, 1], 0).into(), Some(server_cfg), None)?;
     let addr: SocketAddr = server.local_addr()?;
     let serving = tokio::spawn(async move {
@@ -182,33 +178,4 @@ async fn tcp_transfer(payload: Bytes, answers: usize) -> anyhow::Result<()> {
         "TCP moved {received} bytes"
     );
     Ok(())
-}
-
-/// A self-signed server and a client trusting it, with the transport
-/// settings and cipher order of nodes and clients.
-fn configs() -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
-    let der = cert.cert.der().clone();
-    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let idle = Duration::from_secs(10);
-    let mut server_tls = rustls::ServerConfig::builder_with_provider(cairn_quic::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key.into())?;
-    server_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(cairn_quic::transport(idle)));
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der)?;
-    let mut client_tls = rustls::ClientConfig::builder_with_provider(cairn_quic::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(Arc::new(cairn_quic::transport(idle)));
-    Ok((server, client))
 }

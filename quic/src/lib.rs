@@ -4,6 +4,8 @@
 //! and the cipher order. Certificates and stream limits stay with each
 //! side.
 
+#[cfg(feature = "self-signed")]
+mod self_signed;
 mod silence;
 mod split;
 
@@ -11,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "self-signed")]
+pub use self_signed::{SelfSignedError, self_signed};
 pub use silence::close_when_silent;
 use split::{SEND_BYTES_MAX, SplitSends};
 

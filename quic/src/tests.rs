@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use super::*;
 
 const ALPN: &[u8] = b"cairn-quic-test";
@@ -12,32 +10,7 @@ const ALPN: &[u8] = b"cairn-quic-test";
 /// A server's TLS settings (its self-signed certificate) and a client's
 /// that trust it, each with connections declared dead after `idle`.
 fn configs(idle: Duration) -> (quinn::ServerConfig, quinn::ClientConfig) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = cert.cert.der().clone();
-    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let mut server_tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key.into())
-        .unwrap();
-    server_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).unwrap();
-    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server_cfg.transport_config(Arc::new(transport(idle)));
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let mut client_tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).unwrap();
-    let mut client_cfg = quinn::ClientConfig::new(Arc::new(quic));
-    client_cfg.transport_config(Arc::new(transport(idle)));
-    (server_cfg, client_cfg)
+    self_signed(ALPN, idle).unwrap()
 }
 
 /// A client endpoint on loopback; call within a runtime.
