@@ -33,9 +33,16 @@ fn cut_and_heal_a_link_between_test_hosts() {
         ..Default::default()
     });
     let health = format!("{}/health", s.url);
+    // The status code; with curl's exit code and error when there is none
+    // (a failure names which of timing out or being refused it was).
     let ok = |from: usize| {
-        String::from_utf8_lossy(&curl(&net, from, &["--max-time", "5", &health]).stdout)
-            .into_owned()
+        let out = curl(&net, from, &["-S", "--max-time", "5", &health]);
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "000" {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return format!("000 (curl exit {:?}: {})", out.status.code(), err.trim());
+        }
+        code
     };
 
     tracing::info!("--- every host reaches the server");

@@ -5,6 +5,8 @@ use axum::http::header::AUTHORIZATION;
 use cairn_proto::{ContentHash, ErrorCode, ShareName};
 
 use super::error::{ApiError, ApiResult};
+use crate::consensus::Committer;
+use crate::meta::records::TokenRecord;
 use crate::meta::{Access, MetaStore};
 
 /// What the request needs to do.
@@ -15,8 +17,9 @@ pub enum Need {
 }
 
 /// Checks the request's bearer token against `share`.
-pub fn authorize(
+pub async fn authorize(
     meta: &MetaStore,
+    committer: &Committer,
     headers: &HeaderMap,
     share: &ShareName,
     need: Need,
@@ -32,9 +35,7 @@ pub fn authorize(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer TOKEN'"))?;
-    let record = meta
-        .token(&ContentHash::of(token.as_bytes()))?
-        .ok_or_else(|| unauthorized("unknown token"))?;
+    let record = token_record(meta, committer, token).await?;
     if record.share != *share {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -48,4 +49,23 @@ pub fn authorize(
         ));
     }
     Ok(())
+}
+
+/// The record of `token`. One this node does not know yet may have been
+/// created a moment ago through another node (the cluster's first tokens,
+/// right after it forms, included): it is called unknown only once this
+/// node has caught up with every write acknowledged before the request.
+/// Unknown tokens cost a read barrier; known ones none.
+pub async fn token_record(
+    meta: &MetaStore,
+    committer: &Committer,
+    token: &str,
+) -> ApiResult<TokenRecord> {
+    let hash = ContentHash::of(token.as_bytes());
+    if let Some(record) = meta.token(&hash)? {
+        return Ok(record);
+    }
+    committer.read_barrier().await?;
+    meta.token(&hash)?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))
 }

@@ -2,7 +2,7 @@
 //! metrics and the OpenAPI description. One router among the several the
 //! server will carry (native protocol, S3 subset).
 
-mod auth;
+pub(crate) mod auth;
 mod cluster;
 mod conditional;
 mod download;
@@ -201,7 +201,7 @@ async fn dispatch(state: &AppState, req: Request) -> ApiResult<Response> {
     } else {
         Need::Write
     };
-    authorize(&state.meta, headers, &target.share, need)?;
+    authorize(&state.meta, &state.committer, headers, &target.share, need).await?;
     if need == Need::Write && state.shutdown.is_cancelled() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,

@@ -85,10 +85,7 @@ async fn session_setup(
         return Err(ApiError::bad_request("negotiate first"));
     }
     let share = cairn_proto::ShareName::parse(&s.share)?;
-    let token = state
-        .meta
-        .token(&ContentHash::of(s.token.as_bytes()))?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+    let token = crate::api::auth::token_record(&state.meta, &state.committer, &s.token).await?;
     if token.share != share {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
