@@ -167,11 +167,11 @@ pub fn reset_secret(dir: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(key.secret_der().to_vec())
 }
 
-fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+fn transport(idle: Duration) -> quinn::TransportConfig {
     let mut t = cairn_quic::transport(idle);
     t.max_concurrent_bidi_streams(STREAMS_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
-    Arc::new(t)
+    t
 }
 
 /// Most concurrent RPC streams a peer may open to a node.
@@ -196,7 +196,7 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(crypto))
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(idle));
+    config.transport_config(Arc::new(transport(idle)));
     Ok(config)
 }
 
@@ -212,6 +212,10 @@ pub fn client_config(dir: &Path, idle: Duration) -> Result<quinn::ClientConfig, 
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(crypto))
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(idle));
+    let mut t = transport(idle);
+    // The side that dials watches for silence (see `PEER_SILENCE`): its
+    // keep-alives draw the peer's acknowledgements often enough.
+    t.keep_alive_interval(Some(super::transport::PEER_SILENCE / 4));
+    config.transport_config(Arc::new(t));
     Ok(config)
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -23,6 +23,14 @@ use super::tls::NODE_NAME;
 pub const MESSAGE_MAX: u32 = 32 << 20;
 /// How long establishing a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// A connection to a peer that has received nothing for this long is
+/// closed, failing the calls on it, and the next call dials again. The
+/// dialing side sends keep-alives four times as often and a live peer
+/// acknowledges each within milliseconds, so only a dead or cut-off peer
+/// stays this silent. Before, a node cut off from both peers held its
+/// chunk transfers (and a client's flush behind them) until the prober
+/// dropped the connections after two missed probes, 1.8-2.8 s.
+pub const PEER_SILENCE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RpcError {
@@ -47,7 +55,22 @@ impl RpcError {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// Once a peer proved unreachable (a dial failed, or its connection fell
+/// silent), calls to it fail at once for this long instead of each
+/// waiting out a dial of its own: callers queued behind one failed dial
+/// used to dial again in turn, 1.5 s each, and a client's flush on a node
+/// cut off from its peers waited through two of them.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+
+/// What this node knows of one peer's reachability.
+#[derive(Default)]
+struct Peer {
+    conn: Option<quinn::Connection>,
+    /// When the peer last proved unreachable, if it has not answered since.
+    down_at: Option<Instant>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Peer>>;
 
 /// The client side: connections to peers, made on first use and reused.
 pub struct Transport {
@@ -71,8 +94,8 @@ impl Transport {
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
         let slot = self.slot(addr);
         // One connection attempt per peer at a time; other peers unaffected.
-        let mut conn = slot.lock().await;
-        if let Some(c) = conn.as_ref() {
+        let mut peer = slot.lock().await;
+        if let Some(c) = peer.conn.as_ref() {
             match c.close_reason() {
                 None => return Ok(c.clone()),
                 Some(quinn::ConnectionError::Reset) => {
@@ -85,17 +108,40 @@ impl Transport {
             addr: addr.to_owned(),
             message,
         };
-        let sock = resolve(addr).await.map_err(connect_err)?;
+        if let Some(at) = peer.down_at
+            && at.elapsed() < REDIAL_AFTER
+        {
+            return Err(connect_err(format!(
+                "unreachable {:?} ago; not dialing again yet",
+                at.elapsed()
+            )));
+        }
+        match self.dial(addr).await {
+            Ok(c) => {
+                if peer.down_at.take().is_some() {
+                    tracing::info!(peer = addr, "peer reachable again; dialed it afresh");
+                }
+                peer.conn = Some(c.clone());
+                watch_silence(&slot, &c);
+                Ok(c)
+            }
+            Err(message) => {
+                peer.down_at = Some(Instant::now());
+                Err(connect_err(message))
+            }
+        }
+    }
+
+    async fn dial(&self, addr: &str) -> Result<quinn::Connection, String> {
+        let sock = resolve(addr).await?;
         let connecting = self
             .endpoint
             .connect(sock, NODE_NAME)
-            .map_err(|e| connect_err(e.to_string()))?;
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| connect_err("connection timed out".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        *conn = Some(c.clone());
-        Ok(c)
+            .map_err(|_| "connection timed out".to_owned())?
+            .map_err(|e| e.to_string())
     }
 
     /// Closes the connection to `addr`, so the next call dials again: for
@@ -103,7 +149,7 @@ impl Transport {
     /// waiting for the idle timeout would stall every call to it).
     pub async fn drop_connection(&self, addr: &str) {
         let slot = self.slot(addr);
-        if let Some(c) = slot.lock().await.take() {
+        if let Some(c) = slot.lock().await.conn.take() {
             c.close(0u32.into(), b"timed out");
         }
     }
@@ -113,8 +159,9 @@ impl Transport {
     /// [`cairn_quic::endpoint`]), so a fresh dial would reach it now.
     pub async fn was_reset(&self, addr: &str) -> bool {
         let slot = self.slot(addr);
-        let conn = slot.lock().await;
-        conn.as_ref()
+        let peer = slot.lock().await;
+        peer.conn
+            .as_ref()
             .is_some_and(|c| matches!(c.close_reason(), Some(quinn::ConnectionError::Reset)))
     }
 
@@ -190,6 +237,30 @@ impl Transport {
         send.answered = true;
         Ok(answer)
     }
+}
+
+/// Closes `conn` once it has been silent for [`PEER_SILENCE`], and marks
+/// its peer unreachable then (if `conn` is still the peer's connection),
+/// so the calls that follow fail at once rather than dial a peer that
+/// went silent a moment ago.
+fn watch_silence(slot: &Slot, conn: &quinn::Connection) {
+    cairn_quic::close_when_silent(conn.clone(), PEER_SILENCE);
+    let (slot, conn) = (Arc::clone(slot), conn.clone());
+    tokio::spawn(async move {
+        // Closed here: for silence, or dropped by the prober. A reset (a
+        // restarted peer) or the peer's own close leaves it reachable.
+        if !matches!(conn.closed().await, quinn::ConnectionError::LocallyClosed) {
+            return;
+        }
+        let mut peer = slot.lock().await;
+        if peer
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            peer.down_at = Some(Instant::now());
+        }
+    });
 }
 
 /// A request stream that is reset if the call ends without an answer
@@ -321,4 +392,64 @@ pub async fn read_frame_budgeted(
         body,
         _permit: vec![head_permit, body_permit],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::rpc::{Request, Response};
+
+    /// A transport with this node's TLS, dialing out only.
+    fn transport(dir: &std::path::Path) -> Transport {
+        let ca = dir.join("ca");
+        let node = dir.join("node");
+        super::super::tls::init_ca(&ca).unwrap();
+        super::super::tls::issue(&ca, &node, "node-1").unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut endpoint = cairn_quic::endpoint(addr, None, None).unwrap();
+        let config = super::super::tls::client_config(&node, Duration::from_secs(10)).unwrap();
+        endpoint.set_default_client_config(config);
+        Transport::new(endpoint)
+    }
+
+    async fn status(t: &Transport, addr: &str) -> (Result<Response, RpcError>, Duration) {
+        let started = Instant::now();
+        let r = t
+            .call::<_, Response>(addr, &Request::Status, Duration::from_secs(5))
+            .await;
+        (r, started.elapsed())
+    }
+
+    /// A peer that does not answer costs one dial timeout, not one per
+    /// caller: the calls behind a failed dial fail at once, and a call a
+    /// while later dials again.
+    #[tokio::test]
+    async fn calls_behind_a_failed_dial_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = transport(dir.path());
+        // Bound and silent: packets to it vanish, as to a cut-off peer.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+
+        let (first, took) = status(&t, &addr).await;
+        assert!(matches!(first, Err(RpcError::Connect { .. })), "{first:?}");
+        assert!(took >= CONNECT_TIMEOUT, "the first call dialed: {took:?}");
+
+        for _ in 0..3 {
+            let (next, took) = status(&t, &addr).await;
+            assert!(matches!(next, Err(RpcError::Connect { .. })), "{next:?}");
+            assert!(
+                took < Duration::from_millis(100),
+                "it dialed again: {took:?}"
+            );
+        }
+
+        tokio::time::sleep(REDIAL_AFTER).await;
+        let (later, took) = status(&t, &addr).await;
+        assert!(matches!(later, Err(RpcError::Connect { .. })), "{later:?}");
+        assert!(
+            took >= CONNECT_TIMEOUT,
+            "a call a second later dials: {took:?}"
+        );
+    }
 }
