@@ -126,7 +126,9 @@ impl Transport {
                 Ok(c)
             }
             Err(message) => {
-                peer.down_at = Some(Instant::now());
+                if peer.down_at.replace(Instant::now()).is_none() {
+                    tracing::warn!(peer = addr, error = %message, "peer unreachable; calls to it fail until a dial succeeds");
+                }
                 Err(connect_err(message))
             }
         }
@@ -257,8 +259,9 @@ fn watch_silence(slot: &Slot, conn: &quinn::Connection) {
             .conn
             .as_ref()
             .is_some_and(|c| c.stable_id() == conn.stable_id())
+            && peer.down_at.replace(Instant::now()).is_none()
         {
-            peer.down_at = Some(Instant::now());
+            tracing::warn!(peer = %conn.remote_address(), "peer unreachable: silent for {PEER_SILENCE:?}");
         }
     });
 }
