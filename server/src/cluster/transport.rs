@@ -24,7 +24,8 @@ pub const MESSAGE_MAX: u32 = 32 << 20;
 /// How long establishing a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A connection to a peer that has received nothing for this long is
-/// closed, failing the calls on it, and the next call dials again. The
+/// closed, failing the calls on it; calls dial again after
+/// [`REDIAL_AFTER`]. The
 /// dialing side sends keep-alives four times as often and a live peer
 /// acknowledges each within milliseconds, so only a dead or cut-off peer
 /// stays this silent. Before, a node cut off from both peers held its
@@ -199,7 +200,7 @@ impl Transport {
             // A failed or slow call leaves the connection alone: other
             // calls share it (a chunk transfer must not die because a
             // heartbeat timed out). A closed connection is redialed on the
-            // next call; one to a silent peer is dropped by the prober.
+            // next call; one to a silent peer is closed by `watch_silence`.
             Ok(Err(e)) => Err(e),
             Err(_) => Err(RpcError::Timeout {
                 addr: addr.to_owned(),
@@ -401,16 +402,17 @@ pub async fn read_frame_budgeted(
 mod tests {
     use super::*;
     use crate::cluster::rpc::{Request, Response};
+    use crate::cluster::tls;
 
     /// A transport with this node's TLS, dialing out only.
     fn transport(dir: &std::path::Path) -> Transport {
         let ca = dir.join("ca");
         let node = dir.join("node");
-        super::super::tls::init_ca(&ca).unwrap();
-        super::super::tls::issue(&ca, &node, "node-1").unwrap();
+        tls::init_ca(&ca).unwrap();
+        tls::issue(&ca, &node, "node-1").unwrap();
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut endpoint = cairn_quic::endpoint(addr, None, None).unwrap();
-        let config = super::super::tls::client_config(&node, Duration::from_secs(10)).unwrap();
+        let config = tls::client_config(&node, Duration::from_secs(10)).unwrap();
         endpoint.set_default_client_config(config);
         Transport::new(endpoint)
     }
