@@ -841,6 +841,12 @@ async fn a_token_just_installed_elsewhere_is_honoured_by_a_lagging_node() {
         c.nodes[installer].read_token = token.clone();
         c.nodes[installer].relaunch();
         c.nodes[installer].wait_started().unwrap();
+        // Frozen past the peers' 1 s silence limit, the node is given up
+        // on: woken, it hears of the token only when the leader dials it
+        // again, a second later. Woken sooner, it would read the token from
+        // appends already queued on its socket within milliseconds, before
+        // a native session (handshake, negotiate: ~17 ms) could ask.
+        std::thread::sleep(Duration::from_millis(1500));
         c.nodes[lagging].resume();
         token
     };
