@@ -296,6 +296,27 @@ impl Cluster {
         cairn_client::NativeConfig::new(nodes, self.ca_pem(), self.token(), "default".into())
     }
 
+    /// What a `cairn-hold` process opens `path` with through this
+    /// cluster (`first` tried first): read access, shared with every
+    /// kind of access, no lease, opened or created.
+    pub fn hold_spec(&self, first: Option<usize>, path: &str) -> crate::hold::HoldSpec {
+        let cfg = self.native_config(first);
+        crate::hold::HoldSpec {
+            nodes: cfg.nodes,
+            ca: cfg.ca,
+            token: cfg.token,
+            share: cfg.share,
+            path: path.into(),
+            disposition: cairn_proto::wire::Disposition::OpenOrCreate,
+            access: cairn_proto::wire::access::READ,
+            share_access: cairn_proto::wire::access::READ
+                | cairn_proto::wire::access::WRITE
+                | cairn_proto::wire::access::DELETE,
+            lease: cairn_proto::wire::lease::NONE,
+            write_bytes: 0,
+        }
+    }
+
     /// The node (index) whose QUIC address is `addr`.
     pub fn node_at(&self, addr: &str) -> Option<usize> {
         (0..self.addrs.len()).find(|&i| self.quic(i) == addr)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod cluster;
+pub mod hold;
 pub mod mount;
 pub mod netns;
 pub mod powerloss;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_client::{Client, OpenOptions};
-use cairn_proto::wire::{Disposition, LeaseBreak, access, lease};
+use cairn_proto::wire::{Disposition, LeaseBreak, lease};
 use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::hold::{HoldSpec, Holder};
 use cairn_tests::random_bytes;
 use tokio::sync::broadcast;
 
@@ -150,25 +151,15 @@ async fn a_holder_that_never_answers_loses_the_lease_at_the_timeout() {
         },
     );
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    {
-        // A client that goes away without closing: its session and its
-        // lease stay until the handle timeout, with nobody to answer.
-        let gone = client(&c, 0).await;
-        let f = gone
-            .open(
-                "abandoned.bin",
-                OpenOptions {
-                    access: access::READ,
-                    ..OpenOptions::read()
-                        .with(Disposition::OpenOrCreate)
-                        .lease(lease::READ)
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(f.lease(), lease::READ);
-        drop(f);
-    }
+    // A client that goes away without closing: its session and its
+    // lease stay until the handle timeout, with nobody to answer.
+    let gone = Holder::start(&HoldSpec {
+        lease: lease::READ,
+        ..c.hold_spec(Some(0), "abandoned.bin")
+    })
+    .unwrap();
+    assert_eq!(gone.lease, lease::READ);
+    gone.vanish();
     let b = client(&c, 1).await;
     let started = Instant::now();
     let fb = b

@@ -16,6 +16,7 @@ use cairn_proto::wire::{
     Disposition, Open, PathReq, Rename, Request, Response, Write, access, open_flags,
 };
 use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::hold::{HoldSpec, Holder};
 use cairn_tests::random_bytes;
 
 const MIB: usize = 1 << 20;
@@ -770,12 +771,11 @@ async fn handles_of_a_vanished_client_expire() {
         },
     );
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    let gone = client(&c, None).await;
-    let locked = OpenOptions {
+    let gone = Holder::start(&HoldSpec {
         share_access: 0,
-        ..OpenOptions::create()
-    };
-    let f = gone.open("held", locked).await.unwrap();
+        ..c.hold_spec(None, "held")
+    })
+    .unwrap();
     let other = client(&c, None).await;
     assert_eq!(
         other
@@ -786,8 +786,7 @@ async fn handles_of_a_vanished_client_expire() {
         Some(ErrorCode::SharingViolation)
     );
     // The client vanishes without closing anything.
-    drop(f);
-    drop(gone);
+    gone.vanish();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match other.open("held", OpenOptions::read()).await {
@@ -1133,8 +1132,8 @@ async fn a_frozen_node_wakes_without_undoing_later_writes() {
     );
 }
 
-/// A client that goes away holding unflushed writes (its process exits:
-/// its connection closes) leaves nothing pinned on the node: the next
+/// A client that goes away holding unflushed writes (its process is
+/// killed: its connection dies) leaves nothing pinned on the node: the next
 /// client gets the node's write buffers at once, not after the handle
 /// timeout, and does not have to move elsewhere for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1148,12 +1147,17 @@ async fn a_gone_clients_unflushed_writes_free_the_nodes_write_buffers() {
         },
     );
     c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    let gone = client(&c, Some(1)).await;
-    let node = connected_node(&c, &gone).await;
-    let f = gone.open("gone.bin", OpenOptions::create()).await.unwrap();
-    write_pieces(&f, 0, &random_bytes(6 * MIB, 1)).await;
-    drop(f);
-    drop(gone);
+    let gone = Holder::start(&HoldSpec {
+        disposition: Disposition::Create,
+        access: access::READ | access::WRITE,
+        write_bytes: 6 * MIB,
+        ..c.hold_spec(Some(1), "gone.bin")
+    })
+    .unwrap();
+    let node = c.node_at(&gone.node).unwrap();
+    // kill -9: its connection goes silent, and the node gives up on it
+    // after the 1 s idle timeout.
+    gone.vanish();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let next = client(&c, Some(node)).await;
@@ -1176,4 +1180,110 @@ async fn a_gone_clients_unflushed_writes_free_the_nodes_write_buffers() {
     );
     g.close().await.unwrap();
     assert!(read_all(&c, "next.bin").await == data);
+}
+
+/// A close the node applied but never answered, and writes the client
+/// gave up on, must not come back at the next failover: the first would
+/// make the new node refuse the resume with `stale_handle` (and every
+/// later call with it), the second would send refused or stale bytes
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_goes_on_past_a_close_it_never_heard_back_from() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    let setup = s.open("ro.txt", OpenOptions::create()).await.unwrap();
+    setup
+        .write_at(0, Bytes::from_static(b"keep"))
+        .await
+        .unwrap();
+    setup.close().await.unwrap();
+
+    let closed = s.open("closed.txt", OpenOptions::create()).await.unwrap();
+    closed
+        .write_at(0, Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    // The close as it reaches the node when its answer is lost: applied,
+    // and the client still holding the file's unflushed write.
+    let close = Request::Close(closed.handle());
+    assert_eq!(
+        s.request(close, s.next_seq()).await.unwrap(),
+        Response::Done
+    );
+    let ro = s.open("ro.txt", OpenOptions::read()).await.unwrap();
+    assert_eq!(
+        ro.write_at(0, Bytes::from_static(b"nope"))
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(ErrorCode::Forbidden)
+    );
+
+    let connected = connected_node(&c, &s).await;
+    c.nodes[connected].kill9();
+    let stat = s
+        .metadata("closed.txt")
+        .await
+        .expect("the session resumes on another node");
+    assert_eq!(stat.size, 5, "the close flushed the write");
+    assert_eq!(ro.read_at(0, 4).await.unwrap().as_ref(), b"keep");
+    ro.close().await.unwrap();
+    assert_eq!(
+        closed.close().await.err().and_then(|e| e.code()),
+        Some(ErrorCode::StaleHandle),
+        "a second close of the same handle"
+    );
+    assert_eq!(read_all(&c, "closed.txt").await, b"hello");
+    assert_eq!(read_all(&c, "ro.txt").await, b"keep");
+    s.logoff().await.unwrap();
+    c.nodes[connected].relaunch();
+}
+
+/// One `write_at` larger than the node's limit on a handle's unflushed
+/// bytes (256 MiB) succeeds: the client flushes as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_write_larger_than_a_handles_unflushed_limit_succeeds() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    let data = Bytes::from(random_bytes(300 * MIB, 41));
+    let f = s.open("large.bin", OpenOptions::create()).await.unwrap();
+    f.write_at(0, data.clone()).await.unwrap();
+    f.close().await.unwrap();
+    assert!(read_all(&c, "large.bin").await == data, "content differs");
+    s.logoff().await.unwrap();
+}
+
+/// A file dropped without a close is closed in the background, as a
+/// dropped `tokio::fs::File` is: its handle (here, its share mode) does
+/// not stay until the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_file_is_closed() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, None).await;
+    let exclusive = OpenOptions {
+        share_access: 0,
+        ..OpenOptions::create()
+    };
+    let f = s.open("dropped", exclusive).await.unwrap();
+    f.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
+    drop(f);
+    let other = client(&c, None).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let h = loop {
+        match other.open("dropped", OpenOptions::read()).await {
+            Ok(h) => break h,
+            Err(e)
+                if e.code() == Some(ErrorCode::SharingViolation) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the dropped file's handle is still open: {e}"),
+        }
+    };
+    assert_eq!(h.read_at(0, 4).await.unwrap().as_ref(), b"kept");
+    h.close().await.unwrap();
+    s.logoff().await.unwrap();
 }

@@ -52,15 +52,20 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     Ok(endpoint)
 }
 
-/// Why an exchange gave no answer. `sent` says whether the request may
-/// have reached the server.
+/// Why an exchange gave no answer.
 #[derive(Debug)]
 pub struct Lost {
     pub message: String,
+    /// The request could not be encoded (a path or a target too long for
+    /// a frame): another connection would fail the same way.
+    pub unsendable: bool,
 }
 
 pub async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection, Lost> {
-    let lost = |m: String| Lost { message: m };
+    let lost = |m: String| Lost {
+        message: m,
+        unsendable: false,
+    };
     let sock: SocketAddr = match tokio::net::lookup_host(addr).await {
         Ok(mut a) => a
             .next()
@@ -115,10 +120,14 @@ pub async fn exchange_answer(
     req: &Request,
     timeout: Duration,
 ) -> Result<Answer, Lost> {
-    let lost = |m: String| Lost { message: m };
-    let mut pieces = req
-        .encode_chunks(header)
-        .map_err(|e| lost(format!("cannot encode request: {e}")))?;
+    let lost = |m: String| Lost {
+        message: m,
+        unsendable: false,
+    };
+    let mut pieces = req.encode_chunks(header).map_err(|e| Lost {
+        message: format!("cannot encode request: {e}"),
+        unsendable: true,
+    })?;
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
         send.write_all_chunks(&mut pieces)
@@ -151,7 +160,10 @@ pub async fn exchange_answer(
 /// arrive: checked afterwards over the whole frame, the sum read 4 MiB
 /// again from memory.
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<(Rope, u32), Lost> {
-    let lost = |m: String| Lost { message: m };
+    let lost = |m: String| Lost {
+        message: m,
+        unsendable: false,
+    };
     let mut len = [0u8; 4];
     recv.read_exact(&mut len)
         .await

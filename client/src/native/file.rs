@@ -5,6 +5,7 @@
 //! [`FLUSH_BYTES`] bounds that memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use cairn_proto::wire::{
@@ -15,7 +16,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::source::{Blocks, Source};
-use super::state::FileState;
+use super::state::{FileState, Unacked};
 use super::target::{Out, Target};
 use super::{Client, OpenOptions, conn, unexpected};
 use crate::ClientError;
@@ -35,6 +36,8 @@ pub struct File {
     state: Arc<FileState>,
     append: bool,
     created: bool,
+    /// A close was sent (see the `Drop` impl).
+    closed: AtomicBool,
 }
 
 impl File {
@@ -51,6 +54,7 @@ impl File {
             state,
             append,
             created,
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -151,25 +155,29 @@ impl File {
             } else {
                 0
             };
-            let id = self
-                .state
-                .unflushed
-                .add(offset + at as u64, piece.clone(), seq);
+            let pending = Unacked::add(
+                &self.state.unflushed,
+                offset + at as u64,
+                piece.clone(),
+                seq,
+            );
             let req = Request::Write(Write {
                 handle: self.handle,
                 offset: offset + at as u64,
                 data: piece,
             });
             match self.client.call_with(req, seq).await? {
-                Response::Written(w) => self.state.unflushed.ack(id, w.offset),
+                Response::Written(w) => pending.ack(w.offset),
                 other => return Err(unexpected(&other)),
             }
             at = end;
-        }
-        if self.state.unflushed.bytes() >= FLUSH_BYTES {
-            self.state
-                .flush_past(&self.client, self.handle, FLUSH_BYTES)
-                .await?;
+            // Within the loop: one large write would otherwise pass the
+            // node's limit on a handle's unflushed bytes.
+            if self.state.unflushed.bytes() >= FLUSH_BYTES {
+                self.state
+                    .flush_past(&self.client, self.handle, FLUSH_BYTES)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -278,6 +286,7 @@ impl File {
     pub async fn close_shared(&self) -> Result<(), ClientError> {
         // The node flushes what it holds before it closes; after a
         // failover the reconnect sent it every unflushed write first.
+        self.closed.store(true, Ordering::Relaxed);
         match self.client.call(Request::Close(self.handle)).await? {
             Response::Done => {
                 self.client.forget_file(self.handle);
@@ -285,6 +294,32 @@ impl File {
             }
             other => Err(unexpected(&other)),
         }
+    }
+}
+
+/// A file dropped without a close is closed in the background, as a
+/// dropped `tokio::fs::File` is: the node flushes what it holds, and the
+/// handle (with its locks and leases) does not stay open until the
+/// session ends. One whose close failed is forgotten, so its unflushed
+/// writes are not sent again at every failover.
+impl Drop for File {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            self.client.forget_file(self.handle);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.client.forget_file(self.handle);
+            return;
+        };
+        let client = self.client.clone();
+        let handle = self.handle;
+        runtime.spawn(async move {
+            if let Err(e) = client.call(Request::Close(handle)).await {
+                tracing::debug!(%handle, error = %e, "closing a dropped file failed");
+            }
+            client.forget_file(handle);
+        });
     }
 }
 

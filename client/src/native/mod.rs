@@ -338,8 +338,24 @@ impl Client {
         let conn_ref = &conn;
         let started = Instant::now();
         stream::iter(files)
-            .map(|(handle, state)| {
-                resend(conn_ref, header, t, handle, state.unflushed.pending(handle))
+            .map(|(handle, state)| async move {
+                let pending = state.unflushed.pending(handle);
+                match resend(conn_ref, header, t, handle, pending).await {
+                    Err(Establish::Fatal(ClientError::Protocol {
+                        code: ErrorCode::StaleHandle,
+                        ..
+                    })) => {
+                        // Closed by a close whose answer was lost (the
+                        // close flushed), or expired while the client was
+                        // away: later calls on it get `stale_handle`, and
+                        // the session goes on.
+                        tracing::info!(%handle, "the handle is gone; its unflushed writes with it");
+                        state.unflushed.clear();
+                        self.forget_file(handle);
+                        Ok(())
+                    }
+                    other => other,
+                }
             })
             .buffer_unordered(RESEND_HANDLES_IN_FLIGHT)
             .try_for_each(|()| std::future::ready(Ok(())))
@@ -492,6 +508,7 @@ impl Client {
                     });
                 }
                 Ok(answer) => return Ok(answer),
+                Err(lost) if lost.unsendable => return Err(ClientError::Invalid(lost.message)),
                 Err(lost) => {
                     tracing::debug!(error = %lost.message, "connection lost; failing over");
                     self.drop_connection(generation).await;
@@ -517,16 +534,22 @@ impl Client {
             .await?;
         match resp {
             Response::Opened(o) => {
+                // Both under the files lock, as the notice task looks for
+                // the file: a break between them would be lost.
                 let mut granted = o.lease;
-                if let Ok(mut early) = self.inner.early_breaks.lock()
-                    && let Some(to) = early.take(o.handle)
-                {
-                    granted &= to;
-                }
-                let state = Arc::new(FileState::new(granted));
-                if let Ok(mut f) = self.inner.files.lock() {
-                    f.insert(o.handle, Arc::clone(&state));
-                }
+                let state = match self.inner.files.lock() {
+                    Ok(mut files) => {
+                        if let Ok(mut early) = self.inner.early_breaks.lock()
+                            && let Some(to) = early.take(o.handle)
+                        {
+                            granted &= to;
+                        }
+                        let state = Arc::new(FileState::new(granted));
+                        files.insert(o.handle, Arc::clone(&state));
+                        state
+                    }
+                    Err(_) => Arc::new(FileState::new(granted)),
+                };
                 Ok(File::new(
                     self.clone(),
                     (o.handle, o.attr, o.created),
@@ -662,7 +685,15 @@ impl Client {
 
     /// Ends the session: its handles close, its replay table is dropped.
     pub async fn logoff(&self) -> Result<(), ClientError> {
-        self.done(Request::Logoff).await
+        match self.done(Request::Logoff).await {
+            // A logoff applied by a node that died before answering: the
+            // retry finds no session to resume. Either way it is gone.
+            Err(ClientError::Protocol {
+                code: ErrorCode::NoSession,
+                ..
+            }) => Ok(()),
+            other => other,
+        }
     }
 
     async fn done(&self, req: Request) -> Result<(), ClientError> {
@@ -742,7 +773,8 @@ enum Establish {
 /// merged first (the latest winning where they overlap, as on the node)
 /// and go as runs of up to [`IO_BYTES_MAX`], several at once: a busy
 /// random writer holds thousands of small writes, and one at a time they
-/// took 10 s to resume. Appends go one by one, in order (they land in
+/// took 10 s to resume. With an append among them, they go one by one,
+/// in the order [`state::Unflushed::pending`] gives (appends land in
 /// arrival order).
 async fn resend(
     conn: &quinn::Connection,

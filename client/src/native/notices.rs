@@ -107,28 +107,29 @@ impl Early {
 
 impl Client {
     async fn on_lease_break(&self, b: LeaseBreak) {
-        let state = self
-            .inner
-            .files
-            .lock()
-            .ok()
-            .and_then(|f| f.get(&b.handle).map(Arc::clone));
-        match &state {
-            Some(st) => {
-                if st.lease() & lease::WRITE != 0 && b.to & lease::WRITE == 0 {
-                    // What the write lease let this client keep unflushed
-                    // must be visible to whoever opens the file next.
-                    if let Err(e) = st.flush(self, b.handle).await {
-                        tracing::warn!(handle = %b.handle, error = %e, "flush for a lease break failed");
-                    }
-                }
-                st.lower_lease(b.to);
-            }
-            None => {
-                if let Ok(mut early) = self.inner.early_breaks.lock() {
+        // Under the files lock, as `open` registers a file: a break that
+        // finds no file is noted where that open will see it.
+        let state = match self.inner.files.lock() {
+            Ok(files) => {
+                let st = files.get(&b.handle).map(Arc::clone);
+                if st.is_none()
+                    && let Ok(mut early) = self.inner.early_breaks.lock()
+                {
                     early.note(&b);
                 }
+                st
             }
+            Err(_) => None,
+        };
+        if let Some(st) = &state {
+            if st.lease() & lease::WRITE != 0 && b.to & lease::WRITE == 0 {
+                // What the write lease let this client keep unflushed
+                // must be visible to whoever opens the file next.
+                if let Err(e) = st.flush(self, b.handle).await {
+                    tracing::warn!(handle = %b.handle, error = %e, "flush for a lease break failed");
+                }
+            }
+            st.lower_lease(b.to);
         }
         tracing::debug!(handle = %b.handle, to = lease::name(b.to), "lease broken");
         // Nobody listening is fine.

@@ -100,7 +100,7 @@ struct Pending {
 }
 
 impl Unflushed {
-    pub(super) fn add(&self, offset: u64, data: Bytes, append_seq: u64) -> u64 {
+    fn add(&self, offset: u64, data: Bytes, append_seq: u64) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(data.len(), Ordering::Relaxed);
         if let Ok(mut w) = self.writes.lock() {
@@ -118,13 +118,35 @@ impl Unflushed {
     }
 
     /// The server took write `id` at `offset`.
-    pub(super) fn ack(&self, id: u64, offset: u64) {
+    fn ack(&self, id: u64, offset: u64) {
         if let Ok(mut w) = self.writes.lock()
             && let Some(p) = w.get_mut(&id)
         {
             p.acked = true;
             p.offset = offset;
             p.append_seq = 0;
+        }
+    }
+
+    /// Write `id` failed or was given up on: it is not sent again at the
+    /// next failover. A failed write's outcome is unknown, as with a
+    /// local disk; sent again later, it could overwrite newer data, or
+    /// (an append) land a second time.
+    pub(super) fn drop_unacked(&self, id: u64) {
+        if let Ok(mut w) = self.writes.lock()
+            && w.get(&id).is_some_and(|p| !p.acked)
+            && let Some(p) = w.remove(&id)
+        {
+            self.bytes.fetch_sub(p.data.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// The handle is gone on the cluster (closed, or expired while the
+    /// client was away): nothing is left to send it.
+    pub(super) fn clear(&self) {
+        if let Ok(mut w) = self.writes.lock() {
+            w.clear();
+            self.bytes.store(0, Ordering::Relaxed);
         }
     }
 
@@ -160,10 +182,14 @@ impl Unflushed {
         }
     }
 
-    /// Every write still to be flushed, as (sequence number, request),
-    /// oldest first: positional writes, and appends not yet placed.
+    /// Every write still to be flushed, as (sequence number, request):
+    /// writes with a known offset first, oldest first, then the appends
+    /// not yet placed, in the order of their sequence numbers. Placed
+    /// writes keep the offsets the node gave them; an unplaced append
+    /// sent before them could take one of those offsets (the node may
+    /// have placed a later append first) and be overwritten.
     pub(super) fn pending(&self, handle: HandleId) -> Vec<(u64, Request)> {
-        match self.writes.lock() {
+        let mut pending: Vec<(u64, Request)> = match self.writes.lock() {
             Ok(w) => w
                 .values()
                 .map(|p| {
@@ -176,6 +202,83 @@ impl Unflushed {
                 })
                 .collect(),
             Err(_) => Vec::new(),
+        };
+        // Stable: placed writes (sequence number 0) keep their order.
+        pending.sort_by_key(|(seq, _)| (*seq != 0, *seq));
+        pending
+    }
+}
+
+/// Write `id` of an [`Unflushed`] until it is acknowledged: dropped
+/// before that (the call failed, or its future was dropped), it is taken
+/// out again.
+pub(super) struct Unacked<'a> {
+    unflushed: &'a Unflushed,
+    id: Option<u64>,
+}
+
+impl<'a> Unacked<'a> {
+    pub(super) fn add(unflushed: &'a Unflushed, offset: u64, data: Bytes, append_seq: u64) -> Self {
+        let id = unflushed.add(offset, data, append_seq);
+        Self {
+            unflushed,
+            id: Some(id),
         }
+    }
+
+    /// The node took the write at `offset`.
+    pub(super) fn ack(mut self, offset: u64) {
+        if let Some(id) = self.id.take() {
+            self.unflushed.ack(id, offset);
+        }
+    }
+}
+
+impl Drop for Unacked<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.unflushed.drop_unacked(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(u: &Unflushed) -> Vec<(u64, u64)> {
+        u.pending(HandleId(1))
+            .into_iter()
+            .map(|(seq, r)| match r {
+                Request::Write(w) => (seq, w.offset),
+                _ => unreachable!("pending holds writes"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn placed_writes_go_again_before_unplaced_appends() {
+        let u = Unflushed::default();
+        let data = || Bytes::from_static(b"abcd");
+        // Two appends in flight: the node placed the later one (seq 11)
+        // first, at 100, and its answer came; seq 10's did not.
+        let first = Unacked::add(&u, 0, data(), 10);
+        Unacked::add(&u, 0, data(), 11).ack(100);
+        Unacked::add(&u, 50, data(), 0).ack(50);
+        let third = Unacked::add(&u, 0, data(), 12);
+        assert_eq!(offsets(&u), [(0, 100), (0, 50), (10, 0), (12, 0)]);
+        drop((first, third));
+    }
+
+    #[test]
+    fn a_write_given_up_on_is_not_sent_again() {
+        let u = Unflushed::default();
+        Unacked::add(&u, 0, Bytes::from_static(b"kept"), 0).ack(0);
+        drop(Unacked::add(&u, 8, Bytes::from_static(b"failed"), 0));
+        assert_eq!(offsets(&u), [(0, 0)]);
+        assert_eq!(u.bytes(), 4);
+        u.clear();
+        assert!(u.is_empty());
+        assert_eq!(u.bytes(), 0);
     }
 }
