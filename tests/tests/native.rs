@@ -787,19 +787,28 @@ async fn handles_of_a_vanished_client_expire() {
     );
     // The client vanishes without closing anything.
     gone.vanish();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let h = open_once_released(&other, "held", Duration::from_secs(15))
+        .await
+        .expect("the vanished session's handle expires");
+    h.close().await.unwrap();
+}
+
+/// Opens `path` for reading once no handle's share mode refuses it, trying
+/// for `within`.
+async fn open_once_released(
+    client: &Client,
+    path: &str,
+    within: Duration,
+) -> Result<cairn_client::File, ClientError> {
+    let deadline = Instant::now() + within;
     loop {
-        match other.open("held", OpenOptions::read()).await {
-            Ok(h) => {
-                h.close().await.unwrap();
-                break;
-            }
+        match client.open(path, OpenOptions::read()).await {
             Err(e)
                 if e.code() == Some(ErrorCode::SharingViolation) && Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("the vanished session's handle did not expire: {e}"),
+            done => return done,
         }
     }
 }
@@ -1271,18 +1280,9 @@ async fn a_dropped_file_is_closed() {
     f.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
     drop(f);
     let other = client(&c, None).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let h = loop {
-        match other.open("dropped", OpenOptions::read()).await {
-            Ok(h) => break h,
-            Err(e)
-                if e.code() == Some(ErrorCode::SharingViolation) && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("the dropped file's handle is still open: {e}"),
-        }
-    };
+    let h = open_once_released(&other, "dropped", Duration::from_secs(5))
+        .await
+        .expect("the dropped file's handle is closed");
     assert_eq!(h.read_at(0, 4).await.unwrap().as_ref(), b"kept");
     h.close().await.unwrap();
     s.logoff().await.unwrap();
