@@ -195,7 +195,9 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::SetAttr { .. }
         | Command::CloseHandle { .. }
         | Command::Lock { .. }
-        | Command::Unlock { .. } => super::sessions::apply_session_command(tx, cmd),
+        | Command::Unlock { .. }
+        | Command::BindSession { .. }
+        | Command::Fenced { .. } => super::sessions::apply_session_command(tx, cmd),
         Command::BreakLeases { .. } | Command::AckLease { .. } => {
             super::leases::apply_lease_command(tx, cmd)
         }

@@ -152,6 +152,41 @@ pub enum Command {
     /// applied in order, each with its own result, exactly as if each had
     /// an entry of its own. Never nested.
     Batch(Vec<Command>),
+    /// A node took `session` over on a new connection (a resume), under
+    /// `binding`, a number no earlier binding of the session had; renews
+    /// it. What nodes do under an earlier binding is fenced off from now
+    /// on (see [`Command::Fenced`]).
+    BindSession {
+        session: SessionId,
+        binding: u64,
+        now_ns: i64,
+    },
+    /// `cmd`, if `session` is still under `binding` (0 for the binding it
+    /// was set up with). A node that lost the session to a resume
+    /// elsewhere, its flush still being committed, must not lay the
+    /// writes it held over what the client wrote through the new node
+    /// since (the client sent those writes again there anyway).
+    ///
+    /// `appends` are where the appends among the flushed writes went: a
+    /// client that never got an append's answer sends it again, with its
+    /// sequence number, perhaps to another node, which must answer it
+    /// from here instead of appending it again.
+    Fenced {
+        session: SessionId,
+        binding: u64,
+        cmd: Box<Command>,
+        appends: Vec<AppendPlaced>,
+    },
+}
+
+/// Where an append went (see [`Command::Fenced`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendPlaced {
+    /// The sequence number the append came with.
+    pub seq: u64,
+    pub offset: u64,
+    /// The file's size after it, as the node answered.
+    pub size: u64,
 }
 
 impl Command {
@@ -183,7 +218,8 @@ impl Command {
             Self::RenewSessions { .. } => "renew_sessions",
             Self::ExpireSessions { .. } => "expire_sessions",
             Self::CloseSession { .. } => "close_session",
-            Self::Sequenced { cmd, .. } => cmd.kind(),
+            Self::Sequenced { cmd, .. } | Self::Fenced { cmd, .. } => cmd.kind(),
+            Self::BindSession { .. } => "bind_session",
             Self::OpenFile(_) => "open_file",
             Self::SetContent { .. } => "set_content",
             Self::SetAttr { .. } => "set_attr",

@@ -112,6 +112,35 @@ pub fn lease_break(id: &SessionId, handle: HandleId) -> Vec<u8> {
 }
 
 /// A session's remembered results: `R | session | seq`.
+/// The binding a session is under (see `Command::BindSession`): a
+/// big-endian u64, absent for the one it was set up with (0).
+pub fn session_binding(id: &SessionId) -> Vec<u8> {
+    prefixed(b'b', &id.0)
+}
+
+/// Where a session's flushed appends went, by sequence number:
+/// `a | session | seq` (see `Command::Fenced`).
+pub fn appends(id: &SessionId) -> Vec<u8> {
+    prefixed(b'a', &id.0)
+}
+
+pub fn append(id: &SessionId, seq: u64) -> Vec<u8> {
+    let mut k = appends(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Below this sequence number (a big-endian u64), a session's replay
+/// entries are all deleted already: `r | session`.
+pub fn replays_floor(id: &SessionId) -> Vec<u8> {
+    prefixed(b'r', &id.0)
+}
+
+/// The same for its append records: `A | session`.
+pub fn appends_floor(id: &SessionId) -> Vec<u8> {
+    prefixed(b'A', &id.0)
+}
+
 pub fn replays(id: &SessionId) -> Vec<u8> {
     prefixed(b'R', &id.0)
 }

@@ -11,7 +11,7 @@ use super::apply::{
     Applied, ApplyError, MetaError, add_chunk_ref, add_inode, apply, drop_inode, get, load_inode,
     load_share, lookup, release_chunk_ref, resolve_dir, unlink,
 };
-use super::command::{Command, OpenFile};
+use super::command::{AppendPlaced, Command, OpenFile};
 use super::keys;
 use super::leases;
 use super::overlay::{KvRead, Overlay};
@@ -82,10 +82,136 @@ fn sequenced<R: KvRead + ?Sized>(
         Err(e @ ApplyError::Store(_)) => return (Err(e), None),
     };
     tx.put(keys::replay(session, seq), encode(&outcome));
-    if let Some(old) = seq.checked_sub(REPLAY_WINDOW) {
-        tx.delete(keys::replay(session, old));
+    if let Err(e) = forget_replays_before(&mut tx, session, seq) {
+        return (Err(e.into()), None);
     }
     (outcome.map_err(ApplyError::from), Some(tx.into_pending()))
+}
+
+/// The binding `session` is under (see `Command::BindSession`).
+pub fn session_binding<R: KvRead + ?Sized>(tx: &R, session: &SessionId) -> Result<u64, StoreError> {
+    Ok(match tx.get(&keys::session_binding(session))? {
+        // Unreadable: no binding a node holds matches it.
+        Some(v) => keys::trailing_u64(&v).unwrap_or(u64::MAX),
+        None => 0,
+    })
+}
+
+fn fenced<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    session: &SessionId,
+    binding: u64,
+    cmd: &Command,
+) -> Result<Applied, ApplyError> {
+    if matches!(
+        cmd,
+        Command::Sequenced { .. } | Command::Fenced { .. } | Command::Batch(_)
+    ) {
+        return Err(MetaError::Invalid(format!("{} cannot be fenced", cmd.kind())).into());
+    }
+    if session_binding(tx, session)? != binding {
+        return Err(MetaError::StaleHandle(format!(
+            "session {session} was resumed on another connection"
+        ))
+        .into());
+    }
+    apply(tx, cmd)
+}
+
+/// Remembers where `appends` went, for the replay window: repeats of
+/// their sequence numbers are answered from here (see [`placed_append`]).
+fn record_appends<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    session: &SessionId,
+    appends: &[AppendPlaced],
+) -> Result<(), StoreError> {
+    let Some(last) = appends.iter().map(|a| a.seq).max() else {
+        return Ok(());
+    };
+    for a in appends {
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&a.offset.to_be_bytes());
+        v.extend_from_slice(&a.size.to_be_bytes());
+        tx.put(keys::append(session, a.seq), v);
+    }
+    match last.checked_sub(REPLAY_WINDOW - 1) {
+        Some(oldest_kept) => forget_below(
+            tx,
+            keys::appends_floor(session),
+            |s| keys::append(session, s),
+            oldest_kept,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Deletes the keys `key(s)` for every `s` below `oldest_kept`, scanning
+/// only from where the last call stopped (kept at `floor_key`). From 0,
+/// each scan would step over the tombstones of every deletion before it:
+/// a long session's requests slowed down as it went on.
+fn forget_below<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    floor_key: Vec<u8>,
+    key: impl Fn(u64) -> Vec<u8>,
+    oldest_kept: u64,
+) -> Result<(), StoreError> {
+    let floor = tx
+        .get(&floor_key)?
+        .and_then(|v| keys::trailing_u64(&v))
+        .unwrap_or(0);
+    if oldest_kept <= floor {
+        return Ok(());
+    }
+    let (mut start, end) = (key(floor), key(oldest_kept));
+    while let Some(k) = tx.first_key_in(&start, &end)? {
+        start = k.clone();
+        start.push(0);
+        tx.delete(k);
+    }
+    tx.put(floor_key, oldest_kept.to_be_bytes().to_vec());
+    Ok(())
+}
+
+/// Where the append `seq` of `session` went, as (offset, size after), if
+/// a flush made it durable.
+pub fn placed_append<R: KvRead + ?Sized>(
+    tx: &R,
+    session: &SessionId,
+    seq: u64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let Some(v) = tx.get(&keys::append(session, seq))? else {
+        return Ok(None);
+    };
+    let offset = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes);
+    let size = v
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes);
+    Ok(offset.zip(size))
+}
+
+/// Deletes the session's replay entries that fell out of the window
+/// ending at `seq`: all of them, not only `seq - REPLAY_WINDOW`. Numbers
+/// that record nothing (appends, refused requests, gaps a client leaves)
+/// would otherwise leave the entries they should have pushed out for the
+/// session's whole life. Usually one entry or none.
+fn forget_replays_before<R: KvRead + ?Sized>(
+    tx: &mut Overlay<'_, R>,
+    session: &SessionId,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let Some(oldest_kept) = seq.checked_sub(REPLAY_WINDOW - 1) else {
+        return Ok(());
+    };
+    forget_below(
+        tx,
+        keys::replays_floor(session),
+        |s| keys::replay(session, s),
+        oldest_kept,
+    )
 }
 
 /// Applies the session and handle commands.
@@ -121,6 +247,30 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
             load_session(tx, session)?;
             close_session(tx, session, *now_ns)?;
             Ok(Applied::nothing())
+        }
+        Command::BindSession {
+            session,
+            binding,
+            now_ns,
+        } => {
+            let mut rec = load_session(tx, session)?;
+            rec.renewed_ns = rec.renewed_ns.max(*now_ns);
+            tx.put(keys::session(session), encode(&rec));
+            tx.put(
+                keys::session_binding(session),
+                binding.to_be_bytes().to_vec(),
+            );
+            Ok(Applied::nothing())
+        }
+        Command::Fenced {
+            session,
+            binding,
+            cmd,
+            appends,
+        } => {
+            let applied = fenced(tx, session, *binding, cmd)?;
+            record_appends(tx, session, appends)?;
+            Ok(applied)
         }
         Command::OpenFile(args) => open_file(tx, args),
         Command::SetContent {
@@ -326,6 +476,12 @@ fn close_session<R: KvRead + ?Sized>(
     for key in keys_under(tx, &keys::replays(id))? {
         tx.delete(key);
     }
+    for key in keys_under(tx, &keys::appends(id))? {
+        tx.delete(key);
+    }
+    tx.delete(keys::replays_floor(id));
+    tx.delete(keys::appends_floor(id));
+    tx.delete(keys::session_binding(id));
     tx.delete(keys::session(id));
     Ok(())
 }
@@ -517,6 +673,18 @@ fn lock<R: KvRead + ?Sized>(
     let h = load_handle(tx, handle)?;
     let wanted = LockRecord { len, exclusive };
     let end = wanted.end(offset);
+    // A handle's locks are kept by offset: the same range again converts
+    // it (shared or exclusive), another length there would silently
+    // replace the range held.
+    if let Some(mine) = get::<LockRecord, _>(tx, &keys::lock(h.inode, handle, offset))?
+        && mine.len != len
+    {
+        return Err(MetaError::LockConflict(format!(
+            "handle {handle} already holds bytes {offset}..{} from this offset: unlock them first",
+            mine.end(offset)
+        ))
+        .into());
+    }
     let prefix = keys::locks(h.inode);
     for key in keys_under(tx, &prefix)? {
         let (Some(other_offset), Some(other_handle)) = (

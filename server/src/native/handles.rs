@@ -14,7 +14,8 @@ use super::content::{self, build, read_range, read_range_shared};
 use super::running_hash::RunningHash;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
-use crate::meta::sessions::load_handle;
+use crate::meta::command::AppendPlaced;
+use crate::meta::sessions::{load_handle, placed_append};
 use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
 use cairn_proto::extents::Extents;
 
@@ -22,6 +23,21 @@ use cairn_proto::extents::Extents;
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
 /// Longest a write waits for buffer space after flushing its own handle.
 const WRITE_BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The end of `len` bytes at `off`, refused past the largest file a node
+/// takes (`upload_bytes_max`, as for an HTTP upload): every 4 MiB of a
+/// file, hole or not, is a chunk reference in its metadata, built and
+/// hashed at each flush.
+fn file_end(state: &AppState, off: u64, len: usize) -> ApiResult<u64> {
+    let max = state.limits.upload_bytes_max;
+    match off.checked_add(len as u64) {
+        Some(end) if end <= max => Ok(end),
+        _ => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("a file ends at most at byte {max}: {len} bytes at {off} would pass it"),
+        )),
+    }
+}
+
 /// Cells of one handle being stored ahead of its flush at once.
 const STAGING_IN_FLIGHT: usize = 4;
 
@@ -38,6 +54,9 @@ const FLUSH_ATTEMPTS: usize = 5;
 
 pub struct OpenFile {
     pub id: HandleId,
+    /// The session's binding this node holds the handle under: its
+    /// flushes are fenced by it (see `Command::Fenced`).
+    binding: u64,
     pub record: HandleRecord,
     dirty: Extents,
     permits: Vec<OwnedSemaphorePermit>,
@@ -60,6 +79,9 @@ pub struct OpenFile {
     /// Appends this node took, by sequence number: a repeat gets the
     /// first answer (offset, size) instead of appending again.
     appended: std::collections::VecDeque<(u64, u64, u64)>,
+    /// The appends among the unflushed writes: the flush records where
+    /// they went in the metadata, for repeats sent to another node.
+    placed: std::collections::VecDeque<AppendPlaced>,
     /// Whole 4 MiB cells being stored as chunks while writes go on, so a
     /// flush finds most of its chunks already durable.
     /// Cells past [`STAGING_IN_FLIGHT`] wait their turn (a cell skipped
@@ -77,16 +99,30 @@ fn stale(id: HandleId) -> ApiError {
 
 impl OpenFile {
     /// The handle's state on this node, from replicated metadata.
-    pub async fn load(state: &AppState, id: HandleId, session: &SessionId) -> ApiResult<Self> {
+    pub async fn load(
+        state: &AppState,
+        id: HandleId,
+        session: &SessionId,
+        binding: u64,
+    ) -> ApiResult<Self> {
         // Catch up first: the handle may have been opened, or closed, a
         // moment ago through the leader. A node behind still had a closed
         // handle's record while applying its close dropped the file, and a
         // replayed close then failed on the missing inode instead of
         // getting the replay table's answer.
         state.committer.read_barrier().await?;
-        let record = load_handle(&state.meta.snapshot(), id).map_err(|_| stale(id))?;
+        let snapshot = state.meta.snapshot();
+        let record = load_handle(&snapshot, id).map_err(|_| stale(id))?;
         if record.session != *session {
             return Err(stale(id));
+        }
+        if crate::meta::sessions::session_binding(&snapshot, session)? != binding {
+            // A resume since (here or on another node) took the session
+            // over; this connection's client has moved on.
+            return Err(ApiError::new(
+                ErrorCode::NoSession,
+                format!("session {session} was resumed on another connection"),
+            ));
         }
         let inode = load_inode(state, &record)?;
         let sequential =
@@ -94,6 +130,7 @@ impl OpenFile {
         let hashed_from = inode.file.as_ref().map(|f| f.etag);
         Ok(Self {
             id,
+            binding,
             record,
             dirty: Extents::default(),
             permits: Vec::new(),
@@ -102,6 +139,7 @@ impl OpenFile {
             provisional: None,
             hashed_from,
             appended: std::collections::VecDeque::new(),
+            placed: std::collections::VecDeque::new(),
             staging: std::collections::BTreeMap::new(),
             stage_slots: Arc::new(tokio::sync::Semaphore::new(STAGING_IN_FLIGHT)),
             // The barrier above is this first use's: a second one before
@@ -189,6 +227,12 @@ impl OpenFile {
         if append && let Some(&(_, at, size)) = self.appended.iter().find(|(s, _, _)| *s == seq) {
             return Ok((at, size));
         }
+        if append
+            && let Some(placed) = placed_append(&state.meta.snapshot(), &self.record.session, seq)?
+        {
+            // Flushed by a node the client lost before the answer came.
+            return Ok(placed);
+        }
         self.need(access::WRITE, "writing")?;
         if self.dirty.bytes() + data.len() > DIRTY_BYTES_PER_HANDLE_MAX {
             return Err(ApiError::new(
@@ -202,10 +246,13 @@ impl OpenFile {
         }
         let size = self.size(state).await?;
         let off = if append { size } else { off };
+        let end = file_end(state, off, data.len())?;
         let permit = self.write_buffer(state, data.len()).await?;
-        self.permits.push(permit);
         self.hash_write(off, &data).await?;
-        let end = off + data.len() as u64;
+        // Only once the write is held: a permit kept for a write that
+        // failed would never be released (a flush with nothing to write
+        // returns early).
+        self.permits.push(permit);
         self.dirty.insert(off, data);
         self.stage_cells(state, off, end);
         let size = size.max(end);
@@ -214,6 +261,15 @@ impl OpenFile {
                 self.appended.pop_front();
             }
             self.appended.push_back((seq, off, size));
+            self.placed.push_back(AppendPlaced {
+                seq,
+                offset: off,
+                size,
+            });
+            // Older ones are out of every client's replay window.
+            while self.placed.len() > APPENDS_REMEMBERED {
+                self.placed.pop_front();
+            }
         }
         Ok((off, size))
     }
@@ -268,8 +324,9 @@ impl OpenFile {
         }
     }
 
-    pub fn truncate(&mut self, size: u64) -> ApiResult<()> {
+    pub fn truncate(&mut self, state: &AppState, size: u64) -> ApiResult<()> {
         self.need(access::WRITE, "writing")?;
+        file_end(state, size, 0)?;
         for (_, task) in std::mem::take(&mut self.staging) {
             task.abort();
         }
@@ -327,7 +384,11 @@ impl OpenFile {
         let dirty = std::mem::take(&mut self.dirty);
         let permits = std::mem::take(&mut self.permits);
         let truncated = self.truncated.take();
-        match self.flush_taken(state, &dirty, truncated, &staged).await {
+        let placed = std::mem::take(&mut self.placed);
+        match self
+            .flush_taken(state, &dirty, truncated, &staged, &placed)
+            .await
+        {
             Ok(inode) => {
                 // Where a flush's time goes: waiting for chunks still
                 // being stored, or building and committing the content.
@@ -350,6 +411,12 @@ impl OpenFile {
                 self.dirty.absorb_older(dirty);
                 self.permits.extend(permits);
                 self.truncated = self.truncated.or(truncated);
+                for a in placed.into_iter().rev() {
+                    self.placed.push_front(a);
+                }
+                while self.placed.len() > APPENDS_REMEMBERED {
+                    self.placed.pop_front();
+                }
                 Err(e)
             }
         }
@@ -361,6 +428,7 @@ impl OpenFile {
         dirty: &Extents,
         truncated: Option<u64>,
         staged: &content::Staged,
+        placed: &std::collections::VecDeque<AppendPlaced>,
     ) -> ApiResult<Inode> {
         for _ in 0..FLUSH_ATTEMPTS {
             let base_inode = self.committed(state).await?;
@@ -372,11 +440,16 @@ impl OpenFile {
             let new_size = truncated.unwrap_or(base.size).max(dirty.end().unwrap_or(0));
             let built = build(state, &base, dirty, new_size, staged).await?;
             let etag = built.file.etag;
-            let cmd = Command::SetContent {
-                handle: self.id,
-                base: base.etag,
-                file: built.file,
-                now_ns: state.clock.now_ns(),
+            let cmd = Command::Fenced {
+                session: self.record.session,
+                binding: self.binding,
+                cmd: Box::new(Command::SetContent {
+                    handle: self.id,
+                    base: base.etag,
+                    file: built.file,
+                    now_ns: state.clock.now_ns(),
+                }),
+                appends: placed.iter().copied().collect(),
             };
             match state.committer.commit(cmd).await {
                 Ok(_) => {
@@ -484,6 +557,17 @@ fn not_a_file(id: HandleId) -> ApiError {
 }
 
 fn load_inode(state: &AppState, record: &HandleRecord) -> ApiResult<Inode> {
-    crate::meta::apply::load_inode(&state.meta.snapshot(), record.inode)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+    use crate::meta::store::StoreError;
+    crate::meta::apply::load_inode(&state.meta.snapshot(), record.inode).map_err(|e| match e {
+        // An open handle keeps its file's inode, unlinked or not: gone,
+        // the handle was closed (a close that is now being retried).
+        StoreError::Dangling(_) => ApiError::new(
+            ErrorCode::StaleHandle,
+            format!(
+                "the file of {} is gone: the handle was closed",
+                record.inode
+            ),
+        ),
+        e => ApiError::new(ErrorCode::Internal, e.to_string()),
+    })
 }

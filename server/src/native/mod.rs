@@ -49,6 +49,9 @@ pub struct NativeServer {
     /// and whether a connection came or a push failed since.
     push_seen: leases::PushSeen,
     connections: AtomicUsize,
+    /// The time part of the last binding this node gave (see
+    /// [`NativeServer::new_binding`]).
+    last_binding: std::sync::atomic::AtomicU64,
 }
 
 /// Timeouts of the native protocol (from `[cluster]`).
@@ -75,6 +78,8 @@ fn scopeguard(n: &AtomicUsize) -> impl Drop + '_ {
 struct OpenEntry {
     file: Arc<tokio::sync::Mutex<OpenFile>>,
     session: SessionId,
+    /// The session's binding it was loaded under.
+    binding: u64,
     last_used: Instant,
 }
 
@@ -84,6 +89,9 @@ struct Bound {
     id: SessionId,
     share: cairn_proto::ShareName,
     writable: bool,
+    /// What this connection's setup bound the session under: 0 for a new
+    /// session, [`NativeServer::new_binding`] for a resume.
+    binding: u64,
 }
 
 pub struct ConnState {
@@ -113,6 +121,7 @@ impl NativeServer {
             pushed: Mutex::new(HashSet::new()),
             push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
+            last_binding: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -292,33 +301,73 @@ impl NativeServer {
         }
     }
 
+    /// Handle `id` as this node holds it for `bound`'s session, loaded
+    /// from metadata on first use. A connection whose binding of the
+    /// session is older than the one the node holds the handle under was
+    /// superseded by a resume here: it gets `no_session`, and must not
+    /// touch what the newer connection wrote.
     async fn file(
         &self,
         id: HandleId,
-        session: &SessionId,
+        bound: &Bound,
     ) -> crate::api::error::ApiResult<Arc<tokio::sync::Mutex<OpenFile>>> {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(e) = open.get_mut(&id)
-            && e.session == *session
-        {
-            e.last_used = Instant::now();
-            return Ok(Arc::clone(&e.file));
+        if let Some(held) = self.held_file(id, bound)? {
+            return Ok(held);
         }
         let file = Arc::new(tokio::sync::Mutex::new(
-            OpenFile::load(&self.state, id, session).await?,
+            OpenFile::load(&self.state, id, &bound.id, bound.binding).await?,
         ));
-        if let Ok(mut open) = self.open.lock() {
-            let e = open.entry(id).or_insert(OpenEntry {
-                file,
-                session: *session,
-                last_used: Instant::now(),
-            });
-            return Ok(Arc::clone(&e.file));
+        let mut open = self.open.lock().map_err(|_| poisoned())?;
+        match open.get(&id) {
+            Some(e) if e.session == bound.id && e.binding > bound.binding => Err(superseded()),
+            Some(e) if e.session == bound.id && e.binding == bound.binding => {
+                Ok(Arc::clone(&e.file))
+            }
+            _ => {
+                open.insert(
+                    id,
+                    OpenEntry {
+                        file: Arc::clone(&file),
+                        session: bound.id,
+                        binding: bound.binding,
+                        last_used: Instant::now(),
+                    },
+                );
+                Ok(file)
+            }
         }
-        Err(crate::api::error::ApiError::new(
-            cairn_proto::ErrorCode::Internal,
-            "handle table poisoned",
-        ))
+    }
+
+    /// The handle as held for `bound`, if it is.
+    fn held_file(
+        &self,
+        id: HandleId,
+        bound: &Bound,
+    ) -> crate::api::error::ApiResult<Option<Arc<tokio::sync::Mutex<OpenFile>>>> {
+        let mut open = self.open.lock().map_err(|_| poisoned())?;
+        match open.get_mut(&id) {
+            Some(e) if e.session == bound.id && e.binding == bound.binding => {
+                e.last_used = Instant::now();
+                Ok(Some(Arc::clone(&e.file)))
+            }
+            Some(e) if e.session == bound.id && e.binding > bound.binding => Err(superseded()),
+            _ => Ok(None),
+        }
+    }
+
+    /// A binding for a session resumed here: larger than any this node
+    /// gave before (this process or, by the clock, an earlier one), and
+    /// unlike any another node gives (the low 16 bits are the node id).
+    fn new_binding(&self) -> u64 {
+        let now_ms = u64::try_from(self.state.clock.now_ns() / 1_000_000).unwrap_or(0);
+        let mut next = 0;
+        let _ = self
+            .last_binding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                next = last.saturating_add(1).max(now_ms);
+                Some(next)
+            });
+        (next << 16) | (self.state.node_id & 0xffff)
     }
 
     fn forget(&self, id: HandleId) {
@@ -410,3 +459,14 @@ fn handle_of(req: &Request) -> Option<HandleId> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StreamError(String);
+
+fn poisoned() -> crate::api::error::ApiError {
+    crate::api::error::ApiError::new(cairn_proto::ErrorCode::Internal, "handle table poisoned")
+}
+
+fn superseded() -> crate::api::error::ApiError {
+    crate::api::error::ApiError::new(
+        cairn_proto::ErrorCode::NoSession,
+        "the session was resumed on a newer connection to this node",
+    )
+}

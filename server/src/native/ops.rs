@@ -93,7 +93,7 @@ async fn session_setup(
         ));
     }
     let writable = token.access.can_write();
-    let resumed = if s.resume {
+    let (resumed, binding) = if s.resume {
         state.committer.read_barrier().await?;
         let rec = load_session(&state.meta.snapshot(), &header.session)?;
         if rec.share != share {
@@ -102,10 +102,16 @@ async fn session_setup(
                 "the session is for another share",
             ));
         }
+        // A node that held the session before (this one on an older
+        // connection, or another) may still be committing a flush of
+        // writes the client is about to send again here: the new
+        // binding fences it off.
+        let binding = server.new_binding();
         state
             .committer
-            .commit(Command::RenewSessions {
-                sessions: vec![header.session],
+            .commit(Command::BindSession {
+                session: header.session,
+                binding,
                 now_ns: state.clock.now_ns(),
             })
             .await?;
@@ -114,7 +120,7 @@ async fn session_setup(
         // is stale: the session may have flushed newer data through
         // another node since (it moved, then came back).
         server.forget_session(&header.session);
-        true
+        (true, binding)
     } else {
         state
             .committer
@@ -125,7 +131,7 @@ async fn session_setup(
                 now_ns: state.clock.now_ns(),
             })
             .await?;
-        false
+        (false, 0)
     };
     let handles = if resumed {
         session_handles(&state.meta.snapshot(), &header.session)?
@@ -137,6 +143,7 @@ async fn session_setup(
         id: header.session,
         share,
         writable,
+        binding,
     });
     if let Some(p) = previous {
         server.unbind_live(&p.id, &c.sink);
@@ -240,7 +247,7 @@ async fn session_op(
             }))
         }
         Request::Read(r) => {
-            let file = server.file(r.handle, &b.id).await?;
+            let file = server.file(r.handle, b).await?;
             let len = r.len.min(CHUNK_SIZE_MAX as u32);
             // A read sees every flush acknowledged before it, whichever
             // session and node made it: this node may not have applied it
@@ -272,7 +279,7 @@ async fn session_op(
                     ),
                 ));
             }
-            let file = server.file(w.handle, &b.id).await?;
+            let file = server.file(w.handle, b).await?;
             let count = w.data.len() as u32;
             let (offset, size) = file
                 .lock()
@@ -287,7 +294,7 @@ async fn session_op(
             }))
         }
         Request::Flush(h) => {
-            let file = server.file(h, &b.id).await?;
+            let file = server.file(h, b).await?;
             let mut f = file.lock().await;
             let inode = f.flush(&server.state).await?;
             Ok(Response::Attr(attr_of(
@@ -298,7 +305,7 @@ async fn session_op(
         }
         Request::Close(h) => close(server, b, &header, h).await,
         Request::StatHandle(h) => {
-            let file = server.file(h, &b.id).await?;
+            let file = server.file(h, b).await?;
             let mut f = file.lock().await;
             let size = f.size(&server.state).await?;
             let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), f.record.inode)?;
@@ -307,10 +314,10 @@ async fn session_op(
             Ok(Response::Attr(attr))
         }
         Request::SetInfo(s) => {
-            let file = server.file(s.handle, &b.id).await?;
+            let file = server.file(s.handle, b).await?;
             let mut f = file.lock().await;
             if let Some(size) = s.size {
-                f.truncate(size)?;
+                f.truncate(&server.state, size)?;
             }
             if s.size.is_some() || s.mtime_ns.is_some() {
                 // Earlier writes are flushed first: their flush would
@@ -470,7 +477,7 @@ async fn session_op(
         }
         Request::Lock(l) => {
             // Checks that the handle is this session's.
-            server.file(l.handle, &b.id).await?;
+            server.file(l.handle, b).await?;
             let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
             let deadline = Instant::now() + wait;
             let mut pause = Duration::from_millis(10);
@@ -495,7 +502,7 @@ async fn session_op(
             }
         }
         Request::Unlock(u) => {
-            server.file(u.handle, &b.id).await?;
+            server.file(u.handle, b).await?;
             sequenced(
                 server,
                 &header,
@@ -578,7 +585,7 @@ async fn flush_and_settle(
     b: &Bound,
     h: HandleId,
 ) -> ApiResult<Option<(ContentHash, ContentHash)>> {
-    let file = server.file(h, &b.id).await?;
+    let file = server.file(h, b).await?;
     let mut f = file.lock().await;
     f.flush(&server.state).await?;
     f.settle(&server.state).await

@@ -244,28 +244,156 @@ fn replayed_requests_return_the_first_result_and_apply_once() {
 }
 
 #[test]
+fn a_flush_under_a_binding_a_resume_replaced_is_refused() {
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let handle = HandleId(h.handle.unwrap());
+    let flush = |binding, base, data: &[u8]| Command::Fenced {
+        session: S1,
+        binding,
+        cmd: Box::new(Command::SetContent {
+            handle,
+            base,
+            file: chunked(ContentHash::of(data), data.len() as u32),
+            now_ns: 30,
+        }),
+        appends: Vec::new(),
+    };
+    // Under the binding the session was set up with.
+    f.ok(flush(0, h.etag.unwrap(), b"first"));
+    // `chunked` gives every content this ETag.
+    let flushed = ContentHash::of(b"provisional");
+    f.ok(Command::BindSession {
+        session: S1,
+        binding: 7,
+        now_ns: 40,
+    });
+    // The node that held the session before, its flush late: refused,
+    // although it builds on the current content.
+    assert_eq!(
+        f.run(flush(0, flushed, b"stale")).unwrap_err().code(),
+        ErrorCode::StaleHandle
+    );
+    let inode = f.store.snapshot().resolve(&share(), &path("a")).unwrap();
+    assert_eq!(inode.1.size(), 5, "the stale flush changed nothing");
+    f.ok(flush(7, flushed, b"second"));
+    // Another session's binding is its own.
+    f.ok(Command::BindSession {
+        session: S2,
+        binding: 9,
+        now_ns: 40,
+    });
+    assert_eq!(
+        f.run(Command::BindSession {
+            session: SessionId([9; 16]),
+            binding: 1,
+            now_ns: 40,
+        })
+        .unwrap_err()
+        .code(),
+        ErrorCode::NoSession
+    );
+    f.ok(Command::CloseSession {
+        session: S1,
+        now_ns: 50,
+    });
+    let binding = crate::meta::keys::session_binding(&S1);
+    assert!(f.store.db().get(&binding).unwrap().is_none());
+}
+
+#[test]
+fn a_flush_records_where_its_appends_went_for_the_replay_window() {
+    use crate::meta::command::AppendPlaced;
+    use crate::meta::sessions::placed_append;
+    let f = Fixture::new();
+    let h = f.open(S1, "log", Disposition::Create, RW, ALL).unwrap();
+    let handle = HandleId(h.handle.unwrap());
+    let flush = |base, appends: Vec<AppendPlaced>| Command::Fenced {
+        session: S1,
+        binding: 0,
+        cmd: Box::new(Command::SetContent {
+            handle,
+            base,
+            file: chunked(ContentHash::of(b"x"), 1),
+            now_ns: 30,
+        }),
+        appends,
+    };
+    let placed = |seq| AppendPlaced {
+        seq,
+        offset: seq * 10,
+        size: seq * 10 + 1,
+    };
+    f.ok(flush(h.etag.unwrap(), vec![placed(3), placed(5)]));
+    let snap = || f.store.snapshot();
+    assert_eq!(placed_append(&snap(), &S1, 5).unwrap(), Some((50, 51)));
+    assert_eq!(placed_append(&snap(), &S1, 4).unwrap(), None);
+    assert_eq!(placed_append(&snap(), &S2, 5).unwrap(), None);
+    // A later flush's appends push older ones out of the window.
+    let far = 4 + super::REPLAY_WINDOW;
+    f.ok(flush(ContentHash::of(b"provisional"), vec![placed(far)]));
+    assert_eq!(placed_append(&snap(), &S1, 3).unwrap(), None);
+    assert_eq!(placed_append(&snap(), &S1, 5).unwrap(), Some((50, 51)));
+    // A refused (fenced) flush records nothing.
+    f.ok(Command::BindSession {
+        session: S1,
+        binding: 4,
+        now_ns: 40,
+    });
+    assert!(
+        f.run(flush(
+            ContentHash::of(b"provisional"),
+            vec![placed(far + 1)]
+        ))
+        .is_err()
+    );
+    assert_eq!(placed_append(&snap(), &S1, far + 1).unwrap(), None);
+    f.ok(Command::CloseSession {
+        session: S1,
+        now_ns: 50,
+    });
+    assert_eq!(placed_append(&snap(), &S1, far).unwrap(), None);
+}
+
+/// A sequenced no-op of session S1 for each of `seqs`.
+fn renew_with_numbers(f: &Fixture, seqs: impl IntoIterator<Item = u64>) {
+    for seq in seqs {
+        let renew = Command::RenewSessions {
+            sessions: vec![],
+            now_ns: 1,
+        };
+        f.seq(S1, seq, renew).unwrap();
+    }
+}
+
+fn replay_entries(f: &Fixture, session: &SessionId) -> Vec<u64> {
+    let prefix = crate::meta::keys::replays(session);
+    f.store
+        .db()
+        .prefix_iterator(&prefix)
+        .map_while(|kv| kv.ok().filter(|(k, _)| k.starts_with(&prefix)))
+        .filter_map(|(k, _)| crate::meta::keys::trailing_u64(&k))
+        .collect()
+}
+
+#[test]
+fn replay_entries_out_of_the_window_go_whatever_the_gaps() {
+    // Every third number records nothing (an append, a refused request).
+    let f = Fixture::new();
+    let w = super::REPLAY_WINDOW;
+    let recorded: Vec<u64> = (1..=3 * w).filter(|s| s % 3 != 0).collect();
+    renew_with_numbers(&f, recorded.iter().copied());
+    let last = 3 * w - 1;
+    let kept: Vec<u64> = recorded.into_iter().filter(|&s| s > last - w).collect();
+    assert_eq!(replay_entries(&f, &S1), kept);
+}
+
+#[test]
 fn replay_table_is_bounded() {
     let f = Fixture::new();
     let n = super::REPLAY_WINDOW + 50;
-    for seq in 1..=n {
-        f.seq(
-            S1,
-            seq,
-            Command::RenewSessions {
-                sessions: vec![],
-                now_ns: 1,
-            },
-        )
-        .unwrap();
-    }
-    let prefix = crate::meta::keys::replays(&S1);
-    let count = f
-        .store
-        .db()
-        .prefix_iterator(&prefix)
-        .take_while(|kv| kv.as_ref().is_ok_and(|(k, _)| k.starts_with(&prefix)))
-        .count() as u64;
-    assert_eq!(count, super::REPLAY_WINDOW);
+    renew_with_numbers(&f, 1..=n);
+    assert_eq!(replay_entries(&f, &S1).len() as u64, super::REPLAY_WINDOW);
 }
 
 #[test]
@@ -443,6 +571,9 @@ fn byte_range_locks_conflict_only_across_handles() {
     f.ok(lock(a, 0, 100, true));
     f.ok(lock(a, 50, 100, false));
     let code = |r: Result<Applied, MetaError>| r.unwrap_err().code();
+    // Another length at an offset the handle holds would replace the
+    // range held (bytes 10..100 let go unseen).
+    assert_eq!(code(f.run(lock(a, 0, 10, true))), ErrorCode::LockConflict);
     assert_eq!(code(f.run(lock(b, 99, 1, false))), ErrorCode::LockConflict);
     f.ok(lock(b, 150, 10, false));
     f.ok(lock(b, 150, 10, false));

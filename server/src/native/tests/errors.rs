@@ -253,6 +253,54 @@ async fn handles_access_sharing_and_sizes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_truncates_past_the_largest_file_are_refused() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let o = a.open("huge", Disposition::Create, RW).await;
+    let at = |offset: u64| {
+        Request::Write(Write {
+            handle: o.handle,
+            offset,
+            data: vec![7; 4 << 20].into(),
+        })
+    };
+    // Past the end of u64 (which overflowed, a panic), far past the
+    // largest file (every 4 MiB of it a chunk reference to build and hash
+    // at each flush), and just past it (1 TiB by default).
+    for offset in [u64::MAX - 1, 1 << 50, (1 << 40) - 1] {
+        assert_eq!(
+            a.fails(at(offset)).await,
+            ErrorCode::PayloadTooLarge,
+            "a write at {offset}"
+        );
+    }
+    let extend = |size| {
+        Request::SetInfo(SetInfo {
+            handle: o.handle,
+            size: Some(size),
+            mtime_ns: None,
+            mode: None,
+        })
+    };
+    assert_eq!(
+        a.fails(extend((1 << 40) + 1)).await,
+        ErrorCode::PayloadTooLarge
+    );
+    // Refused writes hold no write buffers: more of them than the node's
+    // whole budget (512 MiB) leave room for a real one.
+    for _ in 0..130 {
+        assert_eq!(a.fails(at(u64::MAX - 1)).await, ErrorCode::PayloadTooLarge);
+    }
+    assert!(matches!(a.call(at(0)).await, Response::Written(_)));
+    let Response::Attr(attr) = a.call(extend(8 << 20)).await else {
+        panic!("extend to 8 MiB")
+    };
+    assert_eq!(attr.size, 8 << 20);
+    a.done(Request::Close(o.handle)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_is_reported_not_returned() {
     let s = Server::start().await;
     let c = s.session().await;

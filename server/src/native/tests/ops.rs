@@ -25,6 +25,18 @@ fn read(h: cairn_proto::wire::HandleId, offset: u64, len: u32) -> Request {
     })
 }
 
+/// A handle on `path` (created) whose sequenced writes append.
+async fn open_append(c: &super::Conn, path: &str) -> cairn_proto::wire::HandleId {
+    let mut req = open_req(path, Disposition::Create, RW, 0);
+    if let Request::Open(o) = &mut req {
+        o.flags = open_flags::APPEND;
+    }
+    match c.call(req).await {
+        Response::Opened(o) => o.handle,
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn data(c: &super::Conn, req: Request) -> (Vec<u8>, bool) {
     match c.call(req).await {
         Response::Data(d) => (d.data.to_vec(), d.eof),
@@ -155,14 +167,7 @@ async fn open_dispositions_read_write_flush_close() {
 async fn appends_go_to_the_end_once_per_sequence_number() {
     let s = Server::start().await;
     let c = s.session().await;
-    let mut req = open_req("log", Disposition::Create, RW, 0);
-    if let Request::Open(o) = &mut req {
-        o.flags = open_flags::APPEND;
-    }
-    let h = match c.call(req).await {
-        Response::Opened(o) => o.handle,
-        other => panic!("{other:?}"),
-    };
+    let h = open_append(&c, "log").await;
     let seq = c.next_seq();
     for _ in 0..2 {
         match c.with_seq(seq, &write(h, 0, b"one ")).await {
@@ -657,5 +662,67 @@ async fn a_resumed_session_drops_what_the_node_held_before() {
         other => panic!("expected attributes, got {other:?}"),
     }
     assert_eq!(data(&back, read(h, 0, 64)).await, (b"new".to_vec(), true));
+    s.stop().await;
+}
+
+/// The connection a resume replaced, here or on another node, cannot
+/// flush what it held over what the client wrote since: its flush is
+/// fenced off in the log, and its later requests get `no_session`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_connection_cannot_flush_over_the_resumed_session() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("fenced", Disposition::Create, RW).await.handle;
+    assert!(matches!(
+        c.call(write(h, 0, b"stale bytes")).await,
+        Response::Written(_)
+    ));
+    let back = s.connect_as(c.session);
+    back.setup(super::TOKEN, "default", true).await.unwrap();
+    // The old connection, late (as on a node that was cut off or frozen):
+    // refused. (A flush it was committing already is refused by the log:
+    // see `Command::Fenced`.)
+    assert_eq!(c.fails(Request::Flush(h)).await, ErrorCode::NoSession);
+    assert!(matches!(
+        back.call(write(h, 0, b"new")).await,
+        Response::Written(_)
+    ));
+    assert!(matches!(
+        back.call(Request::Flush(h)).await,
+        Response::Attr(_)
+    ));
+    assert_eq!(
+        c.fails(write(h, 0, b"stale again")).await,
+        ErrorCode::NoSession
+    );
+    assert_eq!(data(&back, read(h, 0, 64)).await, (b"new".to_vec(), true));
+    s.stop().await;
+}
+
+/// An append a flush made durable, repeated after a resume (its answer was
+/// lost with the connection; the node that took it may be gone): answered
+/// from the metadata, not appended again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_append_repeated_after_a_resume_lands_once() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = open_append(&c, "log").await;
+    let seq = c.next_seq();
+    let first = c.with_seq(seq, &write(h, 0, b"one\n")).await;
+    assert!(matches!(first, Response::Written(_)), "{first:?}");
+    assert!(matches!(c.call(Request::Flush(h)).await, Response::Attr(_)));
+    let back = s.connect_as(c.session);
+    back.setup(super::TOKEN, "default", true).await.unwrap();
+    assert_eq!(back.with_seq(seq, &write(h, 0, b"one\n")).await, first);
+    match back.with_seq(c.next_seq(), &write(h, 0, b"two\n")).await {
+        Response::Written(w) => assert_eq!((w.offset, w.size), (4, 8)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        back.call(Request::Flush(h)).await,
+        Response::Attr(_)
+    ));
+    assert_eq!(data(&back, read(h, 0, 100)).await.0, b"one\ntwo\n");
+    back.done(Request::Close(h)).await;
     s.stop().await;
 }
