@@ -473,19 +473,33 @@ impl OpenFile {
         ))
     }
 
+    /// A handle that may write, loaded on this node after its session
+    /// moved here: its flushes elsewhere left what its close settles.
+    fn may_have_flushed_elsewhere(&self) -> bool {
+        self.record.access & access::WRITE != 0 && self.binding != 0
+    }
+
     /// What closing should tell the metadata: the real ETag of content this
     /// handle's flush left with a provisional one.
     pub async fn settle(
         &mut self,
         state: &Arc<AppState>,
     ) -> ApiResult<Option<(ContentHash, ContentHash)>> {
-        let Some(provisional) = self.provisional else {
+        if self.provisional.is_none() && !self.may_have_flushed_elsewhere() {
             return Ok(None);
-        };
+        }
         let inode = self.committed(state).await?;
-        let Some(file) = inode.file.as_ref().filter(|f| f.etag == provisional) else {
+        // This handle's last flush here; or, after a failover, a flush
+        // the node that lost the session made (the ETag is still a chunk
+        // list's: nobody settled it).
+        let Some(file) = inode.file.as_ref().filter(|f| {
+            self.provisional == Some(f.etag)
+                || (self.provisional.is_none()
+                    && f.etag == content::manifest_etag(f.content.chunks()))
+        }) else {
             return Ok(None);
         };
+        let provisional = file.etag;
         let running = self.sequential.as_ref().and_then(|h| h.finish(file.size));
         let real = match running {
             Some(hash) => hash,

@@ -92,6 +92,8 @@ struct Bound {
     /// What this connection's setup bound the session under: 0 for a new
     /// session, [`NativeServer::new_binding`] for a resume.
     binding: u64,
+    /// The handles the session had open when this connection resumed it.
+    resumed_with: Arc<HashSet<HandleId>>,
 }
 
 pub struct ConnState {

@@ -8,6 +8,7 @@ use cairn_proto::wire::{
 };
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Bound, ConnState, NativeServer};
@@ -144,6 +145,7 @@ async fn session_setup(
         share,
         writable,
         binding,
+        resumed_with: Arc::new(handles.iter().copied().collect()),
     });
     if let Some(p) = previous {
         server.unbind_live(&p.id, &c.sink);
@@ -554,7 +556,10 @@ async fn close(
     // handle would cost a read barrier per close (a program that creates
     // a file and closes it unwritten paid one per file). The log checks
     // the handle is this session's.
-    let settle = if server.holds(h, &b.id) {
+    // A handle the session had open when it resumed here may have been
+    // flushed through the node it left: its close settles that flush's
+    // provisional ETag.
+    let settle = if server.holds(h, &b.id) || b.resumed_with.contains(&h) {
         // A retried close finds the handle gone (perhaps only once this
         // node catches up, halfway through its flush); the replay table
         // answers it.

@@ -726,3 +726,38 @@ async fn a_flushed_append_repeated_after_a_resume_lands_once() {
     back.done(Request::Close(h)).await;
     s.stop().await;
 }
+
+/// A writer that flushed, failed over and closed on the new node leaves
+/// the file with its real ETag (BLAKE3 of the bytes), not the provisional
+/// one its flush on the old node gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_a_resume_settles_the_etag() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("settled", Disposition::Create, RW).await.handle;
+    let bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for (i, piece) in bytes.chunks(4 << 20).enumerate() {
+        let at = (i as u64) << 22;
+        assert!(matches!(
+            c.call(write(h, at, piece)).await,
+            Response::Written(_)
+        ));
+    }
+    let flushed = attr(&c, Request::Flush(h)).await;
+    let real = *blake3::hash(&bytes).as_bytes();
+    assert_ne!(flushed.etag, Some(real), "a flush's ETag is provisional");
+    let back = s.connect_as(c.session);
+    back.setup(super::TOKEN, "default", true).await.unwrap();
+    // The session's numbers go on from where the old connection left them.
+    let close = back.with_seq(c.next_seq(), &Request::Close(h)).await;
+    assert_eq!(close, Response::Done);
+    let stat = attr(
+        &back,
+        Request::Stat(PathReq {
+            path: "settled".into(),
+        }),
+    )
+    .await;
+    assert_eq!(stat.etag, Some(real));
+    s.stop().await;
+}
