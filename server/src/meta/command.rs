@@ -156,8 +156,14 @@ pub enum Command {
     /// `binding`, a number no earlier binding of the session had; renews
     /// it. What nodes do under an earlier binding is fenced off from now
     /// on (see [`Command::Fenced`]).
+    ///
+    /// Only over `previous`, the binding the node read before: of two
+    /// resumes racing (a client gave up on a slow one and went
+    /// elsewhere), the one that commits second must not replace the
+    /// first's binding, or the connection the client uses is fenced off.
     BindSession {
         session: SessionId,
+        previous: u64,
         binding: u64,
         now_ns: i64,
     },

@@ -81,7 +81,12 @@ fn sequenced<R: KvRead + ?Sized>(
         Err(ApplyError::Meta(e)) => Err(e),
         Err(e @ ApplyError::Store(_)) => return (Err(e), None),
     };
-    tx.put(keys::replay(session, seq), encode(&outcome));
+    // Below the floor the window has passed: kept, it would never go.
+    match floor(&tx, &keys::replays_floor(session)) {
+        Ok(f) if seq >= f => tx.put(keys::replay(session, seq), encode(&outcome)),
+        Ok(_) => {}
+        Err(e) => return (Err(e.into()), None),
+    }
     if let Err(e) = forget_replays_before(&mut tx, session, seq) {
         return (Err(e.into()), None);
     }
@@ -110,10 +115,11 @@ fn fenced<R: KvRead + ?Sized>(
         return Err(MetaError::Invalid(format!("{} cannot be fenced", cmd.kind())).into());
     }
     if session_binding(tx, session)? != binding {
-        return Err(MetaError::StaleHandle(format!(
-            "session {session} was resumed on another connection"
-        ))
-        .into());
+        // Not `stale_handle`: the handle is open, this node is the one
+        // that lost it.
+        return Err(
+            MetaError::NoSession(format!("{session}: resumed on another connection")).into(),
+        );
     }
     apply(tx, cmd)
 }
@@ -128,7 +134,8 @@ fn record_appends<R: KvRead + ?Sized>(
     let Some(last) = appends.iter().map(|a| a.seq).max() else {
         return Ok(());
     };
-    for a in appends {
+    let kept_from = floor(tx, &keys::appends_floor(session))?;
+    for a in appends.iter().filter(|a| a.seq >= kept_from) {
         let mut v = Vec::with_capacity(16);
         v.extend_from_slice(&a.offset.to_be_bytes());
         v.extend_from_slice(&a.size.to_be_bytes());
@@ -145,6 +152,14 @@ fn record_appends<R: KvRead + ?Sized>(
     }
 }
 
+/// The number below which a window's keys are gone (see [`forget_below`]).
+fn floor<R: KvRead + ?Sized>(tx: &R, floor_key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tx
+        .get(floor_key)?
+        .and_then(|v| keys::trailing_u64(&v))
+        .unwrap_or(0))
+}
+
 /// Deletes the keys `key(s)` for every `s` below `oldest_kept`, scanning
 /// only from where the last call stopped (kept at `floor_key`). From 0,
 /// each scan would step over the tombstones of every deletion before it:
@@ -155,10 +170,7 @@ fn forget_below<R: KvRead + ?Sized>(
     key: impl Fn(u64) -> Vec<u8>,
     oldest_kept: u64,
 ) -> Result<(), StoreError> {
-    let floor = tx
-        .get(&floor_key)?
-        .and_then(|v| keys::trailing_u64(&v))
-        .unwrap_or(0);
+    let floor = floor(tx, &floor_key)?;
     if oldest_kept <= floor {
         return Ok(());
     }
@@ -250,10 +262,17 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
         }
         Command::BindSession {
             session,
+            previous,
             binding,
             now_ns,
         } => {
             let mut rec = load_session(tx, session)?;
+            if session_binding(tx, session)? != *previous {
+                return Err(MetaError::PreconditionFailed(format!(
+                    "session {session} was resumed on another connection meanwhile"
+                ))
+                .into());
+            }
             rec.renewed_ns = rec.renewed_ns.max(*now_ns);
             tx.put(keys::session(session), encode(&rec));
             tx.put(

@@ -107,11 +107,14 @@ async fn session_setup(
         // connection, or another) may still be committing a flush of
         // writes the client is about to send again here: the new
         // binding fences it off.
+        let previous =
+            crate::meta::sessions::session_binding(&state.meta.snapshot(), &header.session)?;
         let binding = server.new_binding();
         state
             .committer
             .commit(Command::BindSession {
                 session: header.session,
+                previous,
                 binding,
                 now_ns: state.clock.now_ns(),
             })
