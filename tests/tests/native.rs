@@ -877,6 +877,38 @@ async fn byte_range_locks_hold_across_failover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_lock_given_up_on_is_not_taken_behind_the_callers_back() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let a = client(&c, Some(0)).await;
+    let b = client(&c, Some(1)).await;
+    let fa = a.open("given-up", OpenOptions::create()).await.unwrap();
+    let fb = b
+        .open("given-up", OpenOptions::create().with(Disposition::Open))
+        .await
+        .unwrap();
+    fa.lock(0, 100, true, Duration::ZERO).await.unwrap();
+    // The application's own timeout is shorter than the lock's wait.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        fb.lock(0, 10, true, Duration::from_secs(20)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "A still holds the range: {gave_up:?}");
+    fa.unlock(0, 100).await.unwrap();
+    // Long enough for a request still trying to have taken the range.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fa.lock(0, 100, true, Duration::ZERO)
+        .await
+        .expect("B stopped waiting; nothing may take the range in its name");
+    // Once A lets go, B can have the range it gave up waiting for.
+    fa.unlock(0, 100).await.unwrap();
+    fb.lock(0, 10, true, Duration::ZERO).await.unwrap();
+    fb.close().await.unwrap();
+    fa.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_writes_truncates_and_flushes_match_a_local_model() {
     let c = Cluster::start(3, ClusterOptions::default());
     c.wait_leader(Duration::from_secs(20)).await.unwrap();

@@ -11,6 +11,7 @@
 mod content;
 mod handles;
 mod leases;
+mod locks;
 mod ops;
 pub(crate) mod running_hash;
 mod sink;
@@ -215,7 +216,20 @@ impl NativeServer {
         let bytes = cairn_quic::read_to_end_sized(&mut recv, FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        let mut out = self.serve_request(cs, Bytes::from(bytes)).await?;
+        let gone = CancellationToken::new();
+        let work = self.serve_request(cs, Bytes::from(bytes), &gone);
+        tokio::pin!(work);
+        let mut out = tokio::select! {
+            out = &mut work => out?,
+            _ = send.stopped() => {
+                // The client stopped reading (it gave up on the answer) or
+                // the connection went. A blocking lock stops waiting; every
+                // other request ends as it would have, so that none is cut
+                // off half done.
+                gone.cancel();
+                work.await?
+            }
+        };
         send.write_all_chunks(&mut out)
             .await
             .map_err(|e| StreamError(e.to_string()))?;
@@ -226,11 +240,13 @@ impl NativeServer {
     /// Answers one request frame with one response frame, whatever the
     /// transport (QUIC streams, or memory in the protocol tests). The
     /// answer comes in pieces to send in order: a read's data is a view of
-    /// the cached chunk, not a copy.
+    /// the cached chunk, not a copy. `gone` is cancelled when nobody waits
+    /// for the answer any more.
     pub async fn serve_request(
         &self,
         cs: &tokio::sync::Mutex<ConnState>,
         bytes: Bytes,
+        gone: &CancellationToken,
     ) -> Result<Vec<Bytes>, StreamError> {
         let resp = match decode_frame_bytes(&bytes) {
             Ok(Some((frame, _))) => match Request::decode(&frame) {
@@ -242,7 +258,7 @@ impl NativeServer {
                         op = req.name(),
                         handle = handle_of(&req).map(|h| h.0),
                     );
-                    self.dispatch(cs, header, req).instrument(span).await
+                    self.dispatch(cs, header, req, gone).instrument(span).await
                 }
                 Err(e) => self.undecodable(e.to_string()),
             },
@@ -267,10 +283,11 @@ impl NativeServer {
         cs: &tokio::sync::Mutex<ConnState>,
         header: RequestHeader,
         req: Request,
+        gone: &CancellationToken,
     ) -> Response {
         let started = Instant::now();
         let name = req.name();
-        let (resp, result) = match ops::handle(self, cs, header, req).await {
+        let (resp, result) = match ops::handle(self, cs, header, req, gone).await {
             Ok(r) => (r, "ok"),
             Err(e) => {
                 if e.code == cairn_proto::ErrorCode::Internal {

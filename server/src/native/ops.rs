@@ -9,16 +9,13 @@ use cairn_proto::wire::{
 use cairn_proto::{CHUNK_SIZE_MAX, ContentHash, ErrorCode, FilePath, InodeId};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::{Bound, ConnState, NativeServer};
 use crate::api::error::{ApiError, ApiResult};
-use crate::consensus::committer::CommitError;
 use crate::meta::sessions::{REPLAY_WINDOW, load_handle, load_session, session_handles};
-use crate::meta::{Applied, Command, Content, Inode, MetaError, Precondition};
+use crate::meta::{Applied, Command, Content, Inode, Precondition};
 
-/// Longest a blocking lock request waits.
-const LOCK_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Entries per directory page, at most.
 const DIR_PAGE_MAX: u32 = 1000;
 
@@ -27,6 +24,7 @@ pub(super) async fn handle(
     cs: &tokio::sync::Mutex<ConnState>,
     header: RequestHeader,
     req: Request,
+    gone: &CancellationToken,
 ) -> ApiResult<Response> {
     match req {
         Request::Negotiate(n) => {
@@ -57,7 +55,7 @@ pub(super) async fn handle(
                     other.name()
                 )));
             }
-            session_op(server, cs, &bound, header, other).await
+            session_op(server, cs, &bound, header, other, gone).await
         }
     }
 }
@@ -200,6 +198,7 @@ async fn session_op(
     b: &Bound,
     header: RequestHeader,
     req: Request,
+    gone: &CancellationToken,
 ) -> ApiResult<Response> {
     let state = &server.state;
     let now = state.clock.now_ns();
@@ -483,28 +482,8 @@ async fn session_op(
         Request::Lock(l) => {
             // Checks that the handle is this session's.
             server.file(l.handle, b).await?;
-            let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
-            let deadline = Instant::now() + wait;
-            let mut pause = Duration::from_millis(10);
-            loop {
-                let cmd = Command::Lock {
-                    handle: l.handle,
-                    offset: l.offset,
-                    len: l.len,
-                    exclusive: l.exclusive,
-                };
-                match state.committer.commit(cmd).await {
-                    Ok(_) => return Ok(Response::Done),
-                    Err(CommitError::Meta(MetaError::LockConflict(_)))
-                        if Instant::now() + pause < deadline =>
-                    {
-                        // Blocking lock: try again until the holder lets go.
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(100));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            super::locks::lock(state, &l, gone).await?;
+            Ok(Response::Done)
         }
         Request::Unlock(u) => {
             server.file(u.handle, b).await?;

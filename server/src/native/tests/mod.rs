@@ -120,9 +120,15 @@ pub struct Conn {
 impl Conn {
     /// Sends raw bytes, returns the decoded answer.
     pub async fn raw(&self, bytes: &[u8]) -> Response {
+        self.raw_until(bytes, &CancellationToken::new()).await
+    }
+
+    /// Sends raw bytes, as a client that stops waiting for the answer when
+    /// `gone` is cancelled.
+    pub async fn raw_until(&self, bytes: &[u8], gone: &CancellationToken) -> Response {
         let out = self
             .server
-            .serve_request(&self.state, Bytes::copy_from_slice(bytes))
+            .serve_request(&self.state, Bytes::copy_from_slice(bytes), gone)
             .await
             .unwrap()
             .concat();

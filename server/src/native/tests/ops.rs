@@ -3,9 +3,14 @@
 use cairn_proto::ErrorCode;
 use cairn_proto::api::EntryKind;
 use cairn_proto::wire::{
-    Disposition, Lock, Mkdir, Notice, PathReq, Read, ReadDir, Rename, Request, Response, SetInfo,
-    Unlock, Write, access, capability, lease, open_flags,
+    Disposition, Lock, Mkdir, Notice, PathReq, Read, ReadDir, Rename, Request, RequestHeader,
+    Response, SetInfo, Unlock, Write, access, capability, lease, open_flags,
 };
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::{RW, Server, open_req};
 
@@ -22,6 +27,22 @@ fn read(h: cairn_proto::wire::HandleId, offset: u64, len: u32) -> Request {
         handle: h,
         offset,
         len,
+    })
+}
+
+fn lock(
+    h: cairn_proto::wire::HandleId,
+    offset: u64,
+    len: u64,
+    exclusive: bool,
+    wait_ms: u32,
+) -> Request {
+    Request::Lock(Lock {
+        handle: h,
+        offset,
+        len,
+        exclusive,
+        wait_ms,
     })
 }
 
@@ -316,15 +337,6 @@ async fn locks_conflict_between_handles_until_released() {
     let b = s.session().await;
     let ha = a.open("locked", Disposition::Create, RW).await.handle;
     let hb = b.open("locked", Disposition::Open, RW).await.handle;
-    let lock = |h, offset, len, exclusive, wait_ms| {
-        Request::Lock(Lock {
-            handle: h,
-            offset,
-            len,
-            exclusive,
-            wait_ms,
-        })
-    };
     a.done(lock(ha, 0, 100, true, 0)).await;
     a.done(lock(ha, 0, 100, true, 0)).await;
     assert_eq!(
@@ -356,6 +368,79 @@ async fn locks_conflict_between_handles_until_released() {
         ErrorCode::NotFound
     );
     drop(b);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_lock_whose_client_gave_up_is_not_taken_later() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let ha = a
+        .open("abandoned-lock", Disposition::Create, RW)
+        .await
+        .handle;
+    let hb = b.open("abandoned-lock", Disposition::Open, RW).await.handle;
+    a.done(lock(ha, 0, 100, true, 0)).await;
+    // B also holds 200..210 shared and asks to make it exclusive, behind
+    // A's shared lock there: a conversion, given up on too.
+    b.done(lock(hb, 200, 10, false, 0)).await;
+    a.done(lock(ha, 205, 1, false, 0)).await;
+
+    let gone = CancellationToken::new();
+    let b = Arc::new(b);
+    let waiters: Vec<_> = [
+        lock(hb, 0, 10, true, 20_000),
+        lock(hb, 200, 10, true, 20_000),
+    ]
+    .into_iter()
+    .map(|req| {
+        let (b, gone) = (Arc::clone(&b), gone.clone());
+        tokio::spawn(async move {
+            let header = RequestHeader {
+                session: b.session,
+                seq: 0,
+            };
+            let bytes = req.encode(&header).unwrap();
+            b.raw_until(&bytes, &gone).await
+        })
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.cancel();
+    for w in waiters {
+        let r = tokio::time::timeout(Duration::from_secs(2), w)
+            .await
+            .expect("a request nobody waits for stops waiting")
+            .unwrap();
+        assert!(
+            matches!(&r, Response::Error(e) if e.code == ErrorCode::LockConflict),
+            "{r:?}"
+        );
+    }
+
+    // A lets go. Had B's requests kept trying, they would take both ranges
+    // within 100 ms.
+    a.done(Request::Unlock(Unlock {
+        handle: ha,
+        offset: 0,
+        len: 100,
+    }))
+    .await;
+    a.done(Request::Unlock(Unlock {
+        handle: ha,
+        offset: 205,
+        len: 1,
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.done(lock(ha, 0, 100, true, 0)).await;
+    // B still holds its range shared, as before it asked: A shares it.
+    a.done(lock(ha, 205, 1, false, 0)).await;
+    assert_eq!(
+        a.fails(lock(ha, 200, 1, true, 0)).await,
+        ErrorCode::LockConflict
+    );
     s.stop().await;
 }
 
