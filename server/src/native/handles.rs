@@ -227,7 +227,10 @@ impl OpenFile {
         if append && let Some(&(_, at, size)) = self.appended.iter().find(|(s, _, _)| *s == seq) {
             return Ok((at, size));
         }
+        // Only a session that moved here can repeat an append another
+        // node flushed: a handle never resumed skips the metadata read.
         if append
+            && self.may_have_flushed_elsewhere()
             && let Some(placed) = placed_append(&state.meta.snapshot(), &self.record.session, seq)?
         {
             // Flushed by a node the client lost before the answer came.
