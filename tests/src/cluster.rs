@@ -314,6 +314,7 @@ impl Cluster {
                 | cairn_proto::wire::access::DELETE,
             lease: cairn_proto::wire::lease::NONE,
             write_bytes: 0,
+            flush: false,
         }
     }
 

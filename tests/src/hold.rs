@@ -28,6 +28,9 @@ pub struct HoldSpec {
     /// Bytes written (and not flushed) through the handle before it is
     /// reported held; needs write access.
     pub write_bytes: usize,
+    /// Flush those bytes before reporting the file held.
+    #[serde(default)]
+    pub flush: bool,
 }
 
 /// A running `cairn-hold`; killed (-9) when dropped.

@@ -29,6 +29,19 @@ async fn client(c: &Cluster, first: Option<usize>) -> Client {
     Client::connect(config(c, first)).await.unwrap()
 }
 
+/// Three nodes that close handles 2 s after their session goes quiet.
+async fn short_handle_timeout() -> Cluster {
+    let c = Cluster::start(
+        3,
+        ClusterOptions {
+            cluster_extra: "handle_timeout_secs = 2\n".into(),
+            ..ClusterOptions::default()
+        },
+    );
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    c
+}
+
 async fn connected_node(c: &Cluster, client: &Client) -> usize {
     c.node_at(&client.current_node().await).unwrap()
 }
@@ -763,14 +776,7 @@ async fn directory_paging_under_concurrent_inserts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn handles_of_a_vanished_client_expire() {
-    let c = Cluster::start(
-        3,
-        ClusterOptions {
-            cluster_extra: "handle_timeout_secs = 2\n".into(),
-            ..ClusterOptions::default()
-        },
-    );
-    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let c = short_handle_timeout().await;
     let gone = Holder::start(&HoldSpec {
         share_access: 0,
         ..c.hold_spec(None, "held")
@@ -791,6 +797,37 @@ async fn handles_of_a_vanished_client_expire() {
         .await
         .expect("the vanished session's handle expires");
     h.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_writers_flushed_file_downloads_against_its_etag() {
+    let c = short_handle_timeout().await;
+    let gone = Holder::start(&HoldSpec {
+        access: access::READ | access::WRITE,
+        write_bytes: 5 * MIB,
+        flush: true,
+        ..c.hold_spec(None, "orphan.bin")
+    })
+    .unwrap();
+    // The client vanishes after its flush, without closing the file.
+    gone.vanish();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("orphan.bin");
+    let local = local.to_str().unwrap();
+    // `cairn get` (HTTP) checks the bytes against the ETag: it refuses the
+    // file while the ETag is the flush's provisional one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        match c.cli(&["get", "orphan.bin", local]) {
+            Ok(_) => break Ok(()),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    got.expect("the download matches the ETag once the writer is gone");
+    assert_eq!(std::fs::read(local).unwrap(), vec![0x5a; 5 * MIB]);
 }
 
 /// Opens `path` for reading once no handle's share mode refuses it, trying

@@ -198,6 +198,11 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::Unlock { .. }
         | Command::BindSession { .. }
         | Command::Fenced { .. } => super::sessions::apply_session_command(tx, cmd),
+        Command::SettleEtag {
+            inode,
+            provisional,
+            real,
+        } => super::settle::settle(tx, *inode, provisional, real),
         Command::BreakLeases { .. } | Command::AckLease { .. } => {
             super::leases::apply_lease_command(tx, cmd)
         }
@@ -722,6 +727,7 @@ pub(super) fn drop_inode<R: KvRead + ?Sized>(
         }
     }
     tx.delete(keys::inode(id));
+    tx.delete(keys::unsettled(id));
     Ok(())
 }
 

@@ -183,6 +183,16 @@ pub enum Command {
         cmd: Box<Command>,
         appends: Vec<AppendPlaced>,
     },
+    /// The ETag of `inode` becomes `real` (the BLAKE3 of its content) if
+    /// it is still `provisional`, a chunk list's hash a native flush gave
+    /// it; its mark as unsettled goes if it still names `provisional`.
+    /// For files no closing writer settled (a session that logged off or
+    /// expired with the file open).
+    SettleEtag {
+        inode: InodeId,
+        provisional: ContentHash,
+        real: ContentHash,
+    },
 }
 
 /// Where an append went (see [`Command::Fenced`]).
@@ -237,6 +247,7 @@ impl Command {
             Self::SetPathAttr { .. } => "set_path_attr",
             Self::Symlink { .. } => "symlink",
             Self::Batch(_) => "batch",
+            Self::SettleEtag { .. } => "settle_etag",
         }
     }
 }

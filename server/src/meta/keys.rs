@@ -152,6 +152,14 @@ pub fn replay(id: &SessionId, seq: u64) -> Vec<u8> {
 }
 
 /// The last 8 bytes of a key as a big-endian number (handle ids in index keys).
+/// Files a native flush left with a provisional ETag: `U | inode`, the
+/// provisional ETag as value (see [`super::settle`]).
+pub const UNSETTLED_PREFIX: u8 = b'U';
+
+pub fn unsettled(inode: InodeId) -> Vec<u8> {
+    prefixed(UNSETTLED_PREFIX, &inode.to_be_bytes())
+}
+
 pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod overlay;
 pub mod records;
 pub mod sessions;
+pub mod settle;
 pub mod store;
 
 #[cfg(test)]

@@ -687,6 +687,7 @@ fn set_content<R: KvRead + ?Sized>(
         return Err(MetaError::Invalid("content length differs from size".into()).into());
     }
     let inode = replace_content(tx, h.inode, file, now_ns)?;
+    super::settle::mark(tx, h.inode, file);
     Ok(applied_for(h.inode, &inode))
 }
 
@@ -772,6 +773,7 @@ fn close_handle<R: KvRead + ?Sized>(
     {
         file.etag = *real;
         tx.put(keys::inode(h.inode), encode(&inode));
+        super::settle::clear(tx, h.inode, provisional)?;
     }
     if inode.nlink == 0 && !is_open(tx, h.inode)? {
         drop_inode(tx, h.inode, now_ns)?;

@@ -59,6 +59,21 @@ pub async fn stage(
     .await?
 }
 
+/// BLAKE3 of a file's bytes, read chunk by chunk.
+pub async fn hash_content(state: &Arc<AppState>, file: &FileData) -> ApiResult<ContentHash> {
+    let mut h = blake3::Hasher::new();
+    let mut off = 0;
+    while off < file.size {
+        let piece = read_range(state, &file.content, off, HASH_PIECE).await?;
+        if piece.is_empty() {
+            break;
+        }
+        h.update(&piece);
+        off += piece.len() as u64;
+    }
+    Ok(ContentHash(*h.finalize().as_bytes()))
+}
+
 /// The width of the grid new content is cut on.
 pub const CELL_BYTES: u64 = CELL;
 
@@ -163,18 +178,7 @@ async fn get_chunk(state: &Arc<AppState>, hash: ContentHash) -> ApiResult<Arc<Ve
         .await
 }
 
-/// The provisional ETag of chunked content written through handles: a hash
-/// of its chunk list. The real one (BLAKE3 of the bytes) replaces it when
-/// the last writer closes.
-pub fn manifest_etag(chunks: &[ChunkRef]) -> ContentHash {
-    let mut h = blake3::Hasher::new();
-    h.update(b"cairn manifest v1");
-    for c in chunks {
-        h.update(c.hash.as_bytes());
-        h.update(&c.len.to_le_bytes());
-    }
-    ContentHash(*h.finalize().as_bytes())
-}
+pub use crate::meta::settle::manifest_etag;
 
 /// New content and the pins that keep GC off its chunks until committed.
 pub struct Built {

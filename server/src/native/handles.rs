@@ -16,7 +16,7 @@ use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::meta::command::AppendPlaced;
 use crate::meta::sessions::{load_handle, placed_append};
-use crate::meta::{Command, FileData, HandleRecord, Inode, MetaError};
+use crate::meta::{Command, HandleRecord, Inode, MetaError};
 use cairn_proto::extents::Extents;
 
 /// Unflushed bytes one handle may hold on a node; clients flush well before.
@@ -506,7 +506,7 @@ impl OpenFile {
         let running = self.sequential.as_ref().and_then(|h| h.finish(file.size));
         let real = match running {
             Some(hash) => hash,
-            None => hash_content(state, file).await?,
+            None => content::hash_content(state, file).await?,
         };
         Ok(Some((provisional, real)))
     }
@@ -552,21 +552,6 @@ impl ReadPlan {
         buf.resize((self.end - self.off) as usize, 0);
         Ok(buf)
     }
-}
-
-/// BLAKE3 of a file's bytes, read chunk by chunk.
-async fn hash_content(state: &Arc<AppState>, file: &FileData) -> ApiResult<ContentHash> {
-    let mut h = blake3::Hasher::new();
-    let mut off = 0;
-    while off < file.size {
-        let piece = read_range(state, &file.content, off, content::HASH_PIECE).await?;
-        if piece.is_empty() {
-            break;
-        }
-        h.update(&piece);
-        off += piece.len() as u64;
-    }
-    Ok(ContentHash(*h.finalize().as_bytes()))
 }
 
 fn not_a_file(id: HandleId) -> ApiError {

@@ -14,6 +14,7 @@ mod leases;
 mod locks;
 mod ops;
 pub(crate) mod running_hash;
+mod settle;
 mod sink;
 
 use std::collections::{HashMap, HashSet};
@@ -440,8 +441,11 @@ impl NativeServer {
         }
     }
 
-    /// Renewal and expiry until `stop`.
+    /// Renewal, expiry and the settling of provisional ETags until `stop`.
     pub async fn run_timers(self: Arc<Self>, stop: CancellationToken) {
+        // A task of its own: hashing a large file must not hold up the
+        // renewals that keep sessions alive.
+        tokio::spawn(settle::run(Arc::clone(&self.state), stop.clone()));
         // Renew often enough that two missed rounds still beat the timeout.
         let renew_every = (self.handle_timeout / 4).max(Duration::from_millis(250));
         let mut renew = tokio::time::interval(renew_every);

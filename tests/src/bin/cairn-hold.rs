@@ -1,5 +1,5 @@
-//! Opens one file through a native session (and writes to it without
-//! flushing, if asked), prints `held lease N node ADDR`, and holds it
+//! Opens one file through a native session (and writes to it, flushed
+//! or not, if asked), prints `held lease N node ADDR`, and holds it
 //! (answering lease breaks) until killed. See `cairn_tests::hold`.
 
 use anyhow::Context;
@@ -26,6 +26,9 @@ async fn main() -> anyhow::Result<()> {
         let n = (spec.write_bytes - written).min(piece.len());
         file.write_at(written as u64, piece.slice(..n)).await?;
         written += n;
+    }
+    if spec.flush {
+        file.flush().await?;
     }
     println!(
         "held lease {} node {}",

@@ -524,6 +524,85 @@ fn close_settles_the_provisional_etag() {
     );
 }
 
+/// Content in one chunk, with the provisional ETag a native flush gives.
+fn flushed(hash: ContentHash) -> FileData {
+    let chunks = vec![ChunkRef { hash, len: 1 }];
+    FileData {
+        size: 1,
+        etag: crate::meta::settle::manifest_etag(&chunks),
+        content_type: None,
+        content: Content::Chunks(chunks),
+    }
+}
+
+#[test]
+fn provisional_etags_stay_marked_until_settled() {
+    use crate::meta::settle::{has_writer, unsettled};
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let (handle, inode) = (HandleId(h.handle.unwrap()), h.inode.unwrap());
+    let marks = || unsettled(&f.store.snapshot(), None, 10).unwrap();
+    let etag = || {
+        f.store
+            .snapshot()
+            .resolve(&share(), &path("a"))
+            .unwrap()
+            .1
+            .etag()
+    };
+    let first = flushed(ContentHash::of(b"x"));
+    f.ok(Command::SetContent {
+        handle,
+        base: h.etag.unwrap(),
+        file: first.clone(),
+        now_ns: 30,
+    });
+    assert_eq!(marks(), vec![(inode, first.etag)]);
+    assert!(has_writer(&f.store.snapshot(), inode).unwrap());
+    let second = flushed(ContentHash::of(b"y"));
+    f.ok(Command::SetContent {
+        handle,
+        base: first.etag,
+        file: second.clone(),
+        now_ns: 31,
+    });
+    // A settle of the first flush, late: the file and its newer mark stay.
+    f.ok(Command::SettleEtag {
+        inode,
+        provisional: first.etag,
+        real: ContentHash::of(b"x, hashed"),
+    });
+    assert_eq!(marks(), vec![(inode, second.etag)]);
+    assert_eq!(etag(), Some(second.etag));
+    // The session goes without settling (as a logoff or expiry does).
+    f.ok(Command::CloseSession {
+        session: S1,
+        now_ns: 40,
+    });
+    assert!(!has_writer(&f.store.snapshot(), inode).unwrap());
+    assert_eq!(marks(), vec![(inode, second.etag)]);
+    let real = ContentHash::of(b"y, hashed");
+    f.ok(Command::SettleEtag {
+        inode,
+        provisional: second.etag,
+        real,
+    });
+    assert_eq!(marks(), vec![]);
+    assert_eq!(etag(), Some(real));
+    // A file written whole (a real ETag) is not marked.
+    let h = f.open(S2, "a", Disposition::Open, RW, ALL).unwrap();
+    f.ok(Command::SetContent {
+        handle: HandleId(h.handle.unwrap()),
+        base: real,
+        file: FileData {
+            etag: ContentHash::of(b"z"),
+            ..flushed(ContentHash::of(b"z"))
+        },
+        now_ns: 50,
+    });
+    assert_eq!(marks(), vec![]);
+}
+
 #[test]
 fn expired_sessions_lose_their_handles_and_replays() {
     let f = Fixture::new();

@@ -815,12 +815,8 @@ async fn a_flushed_append_repeated_after_a_resume_lands_once() {
 /// A writer that flushed, failed over and closed on the new node leaves
 /// the file with its real ETag (BLAKE3 of the bytes), not the provisional
 /// one its flush on the old node gave it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_after_a_resume_settles_the_etag() {
-    let s = Server::start().await;
-    let c = s.session().await;
-    let h = c.open("settled", Disposition::Create, RW).await.handle;
-    let bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+/// Writes `bytes` through `h` in 4 MiB pieces.
+async fn write_all(c: &super::Conn, h: cairn_proto::wire::HandleId, bytes: &[u8]) {
     for (i, piece) in bytes.chunks(4 << 20).enumerate() {
         let at = (i as u64) << 22;
         assert!(matches!(
@@ -828,6 +824,57 @@ async fn a_close_after_a_resume_settles_the_etag() {
             Response::Written(_)
         ));
     }
+}
+
+/// The ETag of `path` once it is `want`, or after 10 s.
+async fn etag_once(c: &super::Conn, path: &str, want: [u8; 32]) -> Option<[u8; 32]> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = attr(c, Request::Stat(PathReq { path: path.into() })).await;
+        if stat.etag == Some(want) || std::time::Instant::now() > deadline {
+            return stat.etag;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_nobody_closes_after_gets_its_real_etag() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let other = s.session().await;
+    let bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 249) as u8).collect();
+    let real = *blake3::hash(&bytes).as_bytes();
+    let h = c.open("orphan", Disposition::Create, RW).await.handle;
+    write_all(&c, h, &bytes).await;
+    let flushed = attr(&c, Request::Flush(h)).await;
+    assert_ne!(flushed.etag, Some(real), "a flush's ETag is provisional");
+    // Another writer holds the file open: its close would settle, so the
+    // file is left alone meanwhile.
+    let w = other.open("orphan", Disposition::Open, RW).await.handle;
+    // The session goes without closing its handle (as when it expires).
+    c.done(Request::Logoff).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let stat = attr(
+        &other,
+        Request::Stat(PathReq {
+            path: "orphan".into(),
+        }),
+    )
+    .await;
+    assert_eq!(stat.etag, flushed.etag, "settled under an open writer");
+    other.done(Request::Close(w)).await;
+    assert_eq!(etag_once(&other, "orphan", real).await, Some(real));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_a_resume_settles_the_etag() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let h = c.open("settled", Disposition::Create, RW).await.handle;
+    let bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    write_all(&c, h, &bytes).await;
     let flushed = attr(&c, Request::Flush(h)).await;
     let real = *blake3::hash(&bytes).as_bytes();
     assert_ne!(flushed.etag, Some(real), "a flush's ETag is provisional");
