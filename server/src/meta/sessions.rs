@@ -388,16 +388,6 @@ pub fn load_handle<R: KvRead + ?Sized>(tx: &R, id: HandleId) -> Result<HandleRec
     get(tx, &keys::handle(id))?.ok_or_else(|| MetaError::StaleHandle(id.to_string()).into())
 }
 
-/// The lock `handle` holds at `offset`, if any.
-pub fn held_lock<R: KvRead + ?Sized>(
-    tx: &R,
-    handle: HandleId,
-    offset: u64,
-) -> Result<Option<LockRecord>, ApplyError> {
-    let h = load_handle(tx, handle)?;
-    Ok(get(tx, &keys::lock(h.inode, handle, offset))?)
-}
-
 fn writable_handle<R: KvRead + ?Sized>(tx: &R, id: HandleId) -> Result<HandleRecord, ApplyError> {
     let h = load_handle(tx, id)?;
     if h.access & access::WRITE == 0 {

@@ -443,9 +443,13 @@ impl NativeServer {
 
     /// Renewal, expiry and the settling of provisional ETags until `stop`.
     pub async fn run_timers(self: Arc<Self>, stop: CancellationToken) {
-        // A task of its own: hashing a large file must not hold up the
-        // renewals that keep sessions alive.
-        tokio::spawn(settle::run(Arc::clone(&self.state), stop.clone()));
+        // Side by side, not in turn: hashing a large file must not hold up
+        // the renewals that keep sessions alive.
+        let settle = settle::run(Arc::clone(&self.state), stop.clone());
+        tokio::join!(settle, self.timers(stop));
+    }
+
+    async fn timers(self: &Arc<Self>, stop: CancellationToken) {
         // Renew often enough that two missed rounds still beat the timeout.
         let renew_every = (self.handle_timeout / 4).max(Duration::from_millis(250));
         let mut renew = tokio::time::interval(renew_every);

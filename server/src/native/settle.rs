@@ -36,7 +36,12 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
         if !leads(&state) {
             continue;
         }
-        match round(&state, after, &stop).await {
+        // Stopping drops a round half done: it holds nothing but reads.
+        let done = tokio::select! {
+            done = round(&state, after) => done,
+            () = stop.cancelled() => return,
+        };
+        match done {
             Ok(next) => after = next,
             Err(e) => tracing::warn!(error = %e.message, "settling ETags failed; trying again"),
         }
@@ -49,11 +54,7 @@ fn leads(state: &AppState) -> bool {
 
 /// One pass over up to [`MARKS_PER_ROUND`] marks after `after`; returns
 /// where the next round starts.
-async fn round(
-    state: &Arc<AppState>,
-    after: Option<InodeId>,
-    stop: &CancellationToken,
-) -> ApiResult<Option<InodeId>> {
+async fn round(state: &Arc<AppState>, after: Option<InodeId>) -> ApiResult<Option<InodeId>> {
     let marks = unsettled(&state.meta.snapshot(), after, MARKS_PER_ROUND)?;
     let next = if marks.len() < MARKS_PER_ROUND {
         None
@@ -61,10 +62,14 @@ async fn round(
         marks.last().map(|(id, _)| *id)
     };
     for (inode, provisional) in marks {
-        if stop.is_cancelled() || !leads(state) {
+        if !leads(state) {
             break;
         }
-        settle_one(state, inode, provisional).await?;
+        // One file that cannot be settled (a chunk lost on every copy)
+        // must not hold up the others: it is tried again next time round.
+        if let Err(e) = settle_one(state, inode, provisional).await {
+            tracing::warn!(inode = inode.0, error = %e.message, "could not settle a provisional ETag");
+        }
     }
     Ok(next)
 }
