@@ -217,6 +217,56 @@ async fn a_session_moves_to_the_leader_with_its_unflushed_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_larger_than_a_request_from_several_tasks_land_whole() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let client = client(&c, None).await;
+    let log = Arc::new(
+        client
+            .open(
+                "whole-appends.bin",
+                OpenOptions {
+                    append: true,
+                    ..OpenOptions::create()
+                },
+            )
+            .await
+            .unwrap(),
+    );
+    // Each append takes two requests (4 MiB + 2 MiB): another task's
+    // append must not land between them.
+    const RECORD: usize = 6 * MIB;
+    let tasks: Vec<_> = (1..=4u8)
+        .map(|mark| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                log.write_at(0, Bytes::from(vec![mark; RECORD]))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::into_inner(log).unwrap().close().await.unwrap();
+    let got = read_all(&c, "whole-appends.bin").await;
+    assert_eq!(got.len(), 4 * RECORD);
+    let mut marks: Vec<u8> = got
+        .chunks(RECORD)
+        .map(|record| {
+            assert!(
+                record.iter().all(|b| *b == record[0]),
+                "an append was split by another"
+            );
+            record[0]
+        })
+        .collect();
+    marks.sort_unstable();
+    assert_eq!(marks, [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_unflushed_writes_and_appends_survive_a_move_in_order() {
     let c = Cluster::start(3, ClusterOptions::default());
     let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();

@@ -142,9 +142,15 @@ impl File {
     }
 
     /// Writes `data` at `offset` (at the end of the file, for a file
-    /// opened to append). Durable only after [`File::flush`] or
+    /// opened to append: all of `data` in one run, appends through this
+    /// handle one at a time). Durable only after [`File::flush`] or
     /// [`File::close`]; until then the client keeps it to send again.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
+        let _turn = if self.append {
+            Some(self.state.append_turn().await)
+        } else {
+            None
+        };
         let mut at = 0;
         while at < data.len() {
             let end = (at + IO_BYTES_MAX).min(data.len());

@@ -19,6 +19,8 @@ pub struct FileState {
     pub(super) unflushed: Unflushed,
     lease: AtomicU8,
     flushing: tokio::sync::Mutex<()>,
+    /// Held through each append (see [`FileState::append_turn`]).
+    appending: tokio::sync::Mutex<()>,
 }
 
 impl FileState {
@@ -27,7 +29,18 @@ impl FileState {
             unflushed: Unflushed::default(),
             lease: AtomicU8::new(lease),
             flushing: tokio::sync::Mutex::new(()),
+            appending: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Appends through one handle go one at a time, each whole (all its
+    /// requests) before the next. A write larger than one request is then
+    /// not split by another task's append. And at most one append is ever
+    /// unanswered: were two in flight, a node dying after answering the
+    /// later but not the earlier would leave a hole where it had put the
+    /// earlier, which the resume then appends after the later.
+    pub(super) async fn append_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.appending.lock().await
     }
 
     pub(super) fn lease(&self) -> u8 {
