@@ -501,8 +501,15 @@ async fn session_op(
         }
         Request::LeaseAck(a) => {
             // Only the holder's session acknowledges; a closed handle has
-            // nothing left to give up, which is fine for a retry.
-            if let Ok(h) = load_handle(&state.meta.snapshot(), a.handle)
+            // nothing left to give up, which is fine for a retry. A handle
+            // this node has not seen yet may be one it lags behind on: it
+            // catches up before it lets the acknowledgement through.
+            let mut holder = load_handle(&state.meta.snapshot(), a.handle);
+            if holder.is_err() {
+                state.committer.read_barrier().await?;
+                holder = load_handle(&state.meta.snapshot(), a.handle);
+            }
+            if let Ok(h) = holder
                 && h.session != b.id
             {
                 return Err(ApiError::new(

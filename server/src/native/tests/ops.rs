@@ -469,9 +469,21 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
         (brk.handle, brk.from, brk.to),
         (leased.handle, lease::READ_WRITE, lease::READ)
     );
+    // Nobody else can give the lease up for its holder.
+    let other = s.session().await;
+    assert_eq!(
+        other
+            .fails(Request::LeaseAck(cairn_proto::wire::LeaseAck {
+                handle: leased.handle,
+                lease: lease::NONE,
+            }))
+            .await,
+        ErrorCode::StaleHandle
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !opener.is_finished(),
-        "the open waits for the acknowledgement"
+        "the open waits for the holder's acknowledgement"
     );
     // What a holder does: flush what it kept, then acknowledge.
     attr(&a, Request::Flush(leased.handle)).await;
