@@ -249,9 +249,21 @@ async fn appends_larger_than_a_request_from_several_tasks_land_whole() {
     for t in tasks {
         t.await.unwrap();
     }
+    // A caller that stops waiting mid-append: the append still goes whole,
+    // before the next one.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(1),
+        log.write_at(0, Bytes::from(vec![5; RECORD])),
+    )
+    .await;
+    assert!(cut.is_err(), "6 MiB took under a millisecond");
+    log.write_at(0, Bytes::from(vec![6; RECORD])).await.unwrap();
     Arc::into_inner(log).unwrap().close().await.unwrap();
     let got = read_all(&c, "whole-appends.bin").await;
-    assert_eq!(got.len(), 4 * RECORD);
+    assert_eq!(got.len(), 6 * RECORD);
+    assert!(got[4 * RECORD..5 * RECORD].iter().all(|b| *b == 5));
+    assert!(got[5 * RECORD..].iter().all(|b| *b == 6));
+    let got = &got[..4 * RECORD];
     let mut marks: Vec<u8> = got
         .chunks(RECORD)
         .map(|record| {

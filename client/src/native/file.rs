@@ -28,6 +28,43 @@ pub const FLUSH_BYTES: usize = 64 << 20;
 /// Reads or writes one transfer keeps in flight.
 const TRANSFERS_IN_FLIGHT: usize = 4;
 
+/// Sends `data` to `handle` in requests of at most [`IO_BYTES_MAX`], each
+/// kept to send again until a flush acknowledges it (at the end of the
+/// file, if `append`).
+async fn write_pieces(
+    client: &Client,
+    handle: HandleId,
+    state: &FileState,
+    append: bool,
+    offset: u64,
+    data: Bytes,
+) -> Result<(), ClientError> {
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + IO_BYTES_MAX).min(data.len());
+        let piece = data.slice(at..end);
+        // Appends are placed by the server, once per sequence number.
+        let seq = if append { client.next_seq() } else { 0 };
+        let pending = Unacked::add(&state.unflushed, offset + at as u64, piece.clone(), seq);
+        let req = Request::Write(Write {
+            handle,
+            offset: offset + at as u64,
+            data: piece,
+        });
+        match client.call_with(req, seq).await? {
+            Response::Written(w) => pending.ack(w.offset),
+            other => return Err(unexpected(&other)),
+        }
+        at = end;
+        // Within the loop: one large write would otherwise pass the node's
+        // limit on a handle's unflushed bytes.
+        if state.unflushed.bytes() >= FLUSH_BYTES {
+            state.flush_past(client, handle, FLUSH_BYTES).await?;
+        }
+    }
+    Ok(())
+}
+
 /// An open file on the cluster.
 pub struct File {
     client: Client,
@@ -145,47 +182,22 @@ impl File {
     /// opened to append: all of `data` in one run, appends through this
     /// handle one at a time). Durable only after [`File::flush`] or
     /// [`File::close`]; until then the client keeps it to send again.
+    ///
+    /// An append goes on to its end if this future is dropped: the node
+    /// may have placed part of it already, and a later append must not be
+    /// placed after a hole no resend would fill.
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
-        let _turn = if self.append {
-            Some(self.state.append_turn().await)
-        } else {
-            None
-        };
-        let mut at = 0;
-        while at < data.len() {
-            let end = (at + IO_BYTES_MAX).min(data.len());
-            let piece = data.slice(at..end);
-            // Appends are placed by the server, once per sequence number.
-            let seq = if self.append {
-                self.client.next_seq()
-            } else {
-                0
-            };
-            let pending = Unacked::add(
-                &self.state.unflushed,
-                offset + at as u64,
-                piece.clone(),
-                seq,
-            );
-            let req = Request::Write(Write {
-                handle: self.handle,
-                offset: offset + at as u64,
-                data: piece,
-            });
-            match self.client.call_with(req, seq).await? {
-                Response::Written(w) => pending.ack(w.offset),
-                other => return Err(unexpected(&other)),
-            }
-            at = end;
-            // Within the loop: one large write would otherwise pass the
-            // node's limit on a handle's unflushed bytes.
-            if self.state.unflushed.bytes() >= FLUSH_BYTES {
-                self.state
-                    .flush_past(&self.client, self.handle, FLUSH_BYTES)
-                    .await?;
-            }
+        if !self.append {
+            return write_pieces(&self.client, self.handle, &self.state, false, offset, data).await;
         }
-        Ok(())
+        let turn = self.state.append_turn();
+        let (client, handle, state) = (self.client.clone(), self.handle, Arc::clone(&self.state));
+        tokio::spawn(async move {
+            let _turn = turn.lock_owned().await;
+            write_pieces(&client, handle, &state, true, offset, data).await
+        })
+        .await
+        .map_err(|e| ClientError::Connection(format!("the append's task failed: {e}")))?
     }
 
     /// Makes every acknowledged write durable on the cluster.

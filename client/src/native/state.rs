@@ -5,8 +5,8 @@
 //! [`File`]: super::File
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cairn_proto::wire::{Attr, HandleId, Request, Response, Write};
@@ -20,7 +20,7 @@ pub struct FileState {
     lease: AtomicU8,
     flushing: tokio::sync::Mutex<()>,
     /// Held through each append (see [`FileState::append_turn`]).
-    appending: tokio::sync::Mutex<()>,
+    appending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FileState {
@@ -29,7 +29,7 @@ impl FileState {
             unflushed: Unflushed::default(),
             lease: AtomicU8::new(lease),
             flushing: tokio::sync::Mutex::new(()),
-            appending: tokio::sync::Mutex::new(()),
+            appending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -38,9 +38,11 @@ impl FileState {
     /// not split by another task's append. And at most one append is ever
     /// unanswered: were two in flight, a node dying after answering the
     /// later but not the earlier would leave a hole where it had put the
-    /// earlier, which the resume then appends after the later.
-    pub(super) async fn append_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.appending.lock().await
+    /// earlier, which the resume then appends after the later. The turn
+    /// is held by a task that takes each append to its end, even when its
+    /// caller stops waiting.
+    pub(super) fn append_turn(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.appending)
     }
 
     pub(super) fn lease(&self) -> u8 {

@@ -68,8 +68,15 @@ pub async fn hash_content(state: &Arc<AppState>, file: &FileData) -> ApiResult<C
         if piece.is_empty() {
             break;
         }
-        h.update(&piece);
         off += piece.len() as u64;
+        // Off the async workers, and a pause between pieces: chunks found
+        // in the cache come back without one, and a large file would
+        // otherwise hold a worker (and whatever shares its task) throughout.
+        h = tokio::task::spawn_blocking(move || {
+            h.update(&piece);
+            h
+        })
+        .await?;
     }
     Ok(ContentHash(*h.finalize().as_bytes()))
 }

@@ -8,6 +8,7 @@
 //! keeps in memory for a handle (unflushed writes) the client can always
 //! send again.
 
+mod answers;
 mod content;
 mod handles;
 mod leases;
@@ -443,10 +444,13 @@ impl NativeServer {
 
     /// Renewal, expiry and the settling of provisional ETags until `stop`.
     pub async fn run_timers(self: Arc<Self>, stop: CancellationToken) {
-        // Side by side, not in turn: hashing a large file must not hold up
-        // the renewals that keep sessions alive.
-        let settle = settle::run(Arc::clone(&self.state), stop.clone());
-        tokio::join!(settle, self.timers(stop));
+        // A task of its own: hashing a large file must not hold up the
+        // renewals that keep sessions alive. Stopped with the timers.
+        let settle = tokio::spawn(settle::run(Arc::clone(&self.state), stop.clone()));
+        self.timers(stop).await;
+        if let Err(e) = settle.await {
+            tracing::warn!(error = %e, "the ETag settler failed");
+        }
     }
 
     async fn timers(self: &Arc<Self>, stop: CancellationToken) {

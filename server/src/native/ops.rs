@@ -253,6 +253,7 @@ async fn session_op(
         Request::Read(r) => {
             let file = server.file(r.handle, b).await?;
             let len = r.len.min(CHUNK_SIZE_MAX as u32);
+            let ticket = super::answers::ticket(state, len as usize).await?;
             // A read sees every flush acknowledged before it, whichever
             // session and node made it: this node may not have applied it
             // yet. Outside the handle's lock, so reads in flight on one
@@ -269,7 +270,7 @@ async fn session_op(
                 plan.read_shared(&server.state).await?
             };
             Ok(Response::Data(Data {
-                data,
+                data: ticket.carry(data),
                 eof: plan.eof,
             }))
         }

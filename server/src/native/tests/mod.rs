@@ -42,9 +42,15 @@ impl Server {
 
     /// With more lines for the `[cluster]` table.
     pub async fn start_with(cluster: &str) -> Self {
+        Self::start_configured("", cluster).await
+    }
+
+    /// With more top-level lines, and more for the `[cluster]` table.
+    pub async fn start_configured(top: &str, cluster: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             r#"
+{top}
 node_id = 1
 data_dir = "{}"
 http_listen = "127.0.0.1:0"
@@ -117,6 +123,14 @@ pub struct Conn {
     seq: std::sync::atomic::AtomicU64,
 }
 
+/// An answer's pieces, decoded.
+pub fn decode_answer(pieces: &[Bytes]) -> Response {
+    let out = pieces.concat();
+    let (frame, used) = decode_frame(&out).unwrap().unwrap();
+    assert_eq!(used, out.len(), "one frame per answer");
+    Response::decode(&frame).unwrap()
+}
+
 impl Conn {
     /// Sends raw bytes, returns the decoded answer.
     pub async fn raw(&self, bytes: &[u8]) -> Response {
@@ -130,11 +144,22 @@ impl Conn {
             .server
             .serve_request(&self.state, Bytes::copy_from_slice(bytes), gone)
             .await
+            .unwrap();
+        decode_answer(&out)
+    }
+
+    /// The answer to `req` (not sequenced) in the pieces the node would
+    /// send, not yet taken by the client.
+    pub async fn pieces(&self, req: &Request) -> Vec<Bytes> {
+        let header = RequestHeader {
+            session: self.session,
+            seq: 0,
+        };
+        let bytes = req.encode(&header).unwrap();
+        self.server
+            .serve_request(&self.state, Bytes::from(bytes), &CancellationToken::new())
+            .await
             .unwrap()
-            .concat();
-        let (frame, used) = decode_frame(&out).unwrap().unwrap();
-        assert_eq!(used, out.len(), "one frame per answer");
-        Response::decode(&frame).unwrap()
     }
 
     /// Sends `req` with `seq` (0: none).

@@ -851,6 +851,44 @@ async fn etag_once(c: &super::Conn, path: &str, want: [u8; 32]) -> Option<[u8; 3
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_not_yet_taken_hold_the_nodes_read_buffers() {
+    // Two 4 MiB buffers for the whole node.
+    let s = Server::start_configured("download_buffer_bytes_max = 8388608", "").await;
+    let c = Arc::new(s.session().await);
+    let h = c.open("held-answers", Disposition::Create, RW).await.handle;
+    let bytes: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 241) as u8).collect();
+    write_all(&c, h, &bytes).await;
+    attr(&c, Request::Flush(h)).await;
+    // A client that does not take its answers: two of them hold both.
+    let mut held = Vec::new();
+    for i in 0..2u64 {
+        held.push(c.pieces(&read(h, i << 22, 4 << 20)).await);
+    }
+    let third = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move { c.pieces(&read(h, 8 << 20, 4 << 20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third answer waits for a buffer");
+    // Small reads are copied out and need none.
+    match c.call(read(h, 100, 4096)).await {
+        Response::Data(d) => assert_eq!(d.data[..], bytes[100..4196]),
+        other => panic!("{other:?}"),
+    }
+    drop(held.pop());
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("a taken answer frees its buffer")
+        .unwrap();
+    match super::decode_answer(&third) {
+        Response::Data(d) => assert!(d.data[..] == bytes[8 << 20..], "third read's bytes"),
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_nobody_closes_after_gets_its_real_etag() {
     let s = Server::start().await;
     let c = s.session().await;
