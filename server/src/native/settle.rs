@@ -2,8 +2,9 @@
 //! and that no writer's close will settle, the BLAKE3 of their content
 //! (see [`crate::meta::settle`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_proto::InodeId;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,34 @@ const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// Marks looked at per round. Files still open for writing are passed over
 /// and looked at again in a later round, after the others.
 const MARKS_PER_ROUND: usize = 64;
+/// A file that could not be settled waits this long before the next try,
+/// doubled at each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// Files remembered as failing, at most; past that they are tried at every
+/// round.
+const FAILING_MAX: usize = 4096;
+
+/// Files whose settling failed (a chunk lost on every copy): when each
+/// may be tried again, and the wait after its next failure.
+#[derive(Default)]
+struct Failing(HashMap<InodeId, (Instant, Duration)>);
+
+impl Failing {
+    fn waiting(&self, inode: InodeId) -> bool {
+        self.0
+            .get(&inode)
+            .is_some_and(|(at, _)| Instant::now() < *at)
+    }
+
+    fn failed(&mut self, inode: InodeId) {
+        let wait = self.0.get(&inode).map_or(RETRY_FIRST, |(_, w)| *w);
+        if self.0.len() < FAILING_MAX || self.0.contains_key(&inode) {
+            self.0
+                .insert(inode, (Instant::now() + wait, (wait * 2).min(RETRY_MAX)));
+        }
+    }
+}
 
 /// Settles unsettled files until `stop`, while this node leads.
 pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
@@ -28,6 +57,7 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
     // Where the last round stopped, so that files held open for writing at
     // the front of the table do not keep the rest waiting.
     let mut after: Option<InodeId> = None;
+    let mut failing = Failing::default();
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -38,7 +68,7 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
         }
         // Stopping drops a round half done: it holds nothing but reads.
         let done = tokio::select! {
-            done = round(&state, after) => done,
+            done = round(&state, after, &mut failing) => done,
             () = stop.cancelled() => return,
         };
         match done {
@@ -54,7 +84,11 @@ fn leads(state: &AppState) -> bool {
 
 /// One pass over up to [`MARKS_PER_ROUND`] marks after `after`; returns
 /// where the next round starts.
-async fn round(state: &Arc<AppState>, after: Option<InodeId>) -> ApiResult<Option<InodeId>> {
+async fn round(
+    state: &Arc<AppState>,
+    after: Option<InodeId>,
+    failing: &mut Failing,
+) -> ApiResult<Option<InodeId>> {
     let marks = unsettled(&state.meta.snapshot(), after, MARKS_PER_ROUND)?;
     let next = if marks.len() < MARKS_PER_ROUND {
         None
@@ -65,10 +99,19 @@ async fn round(state: &Arc<AppState>, after: Option<InodeId>) -> ApiResult<Optio
         if !leads(state) {
             break;
         }
+        if failing.waiting(inode) {
+            continue;
+        }
         // One file that cannot be settled (a chunk lost on every copy)
-        // must not hold up the others: it is tried again next time round.
-        if let Err(e) = settle_one(state, inode, provisional).await {
-            tracing::warn!(inode = inode.0, error = %e.message, "could not settle a provisional ETag");
+        // must not hold up the others, nor be read again every second.
+        match settle_one(state, inode, provisional).await {
+            Ok(()) => {
+                failing.0.remove(&inode);
+            }
+            Err(e) => {
+                failing.failed(inode);
+                tracing::warn!(inode = inode.0, error = %e.message, "could not settle a provisional ETag; trying again later");
+            }
         }
     }
     Ok(next)
@@ -104,4 +147,24 @@ async fn settle_one(
         .await?;
     tracing::info!(inode = inode.0, etag = %real, "settled a provisional ETag");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_file_waits_longer_each_time() {
+        let mut f = Failing::default();
+        let id = InodeId(7);
+        assert!(!f.waiting(id));
+        f.failed(id);
+        assert!(f.waiting(id));
+        assert_eq!(f.0[&id].1, RETRY_FIRST * 2);
+        for _ in 0..20 {
+            f.failed(id);
+        }
+        assert_eq!(f.0[&id].1, RETRY_MAX);
+        assert!(!f.waiting(InodeId(8)));
+    }
 }
