@@ -111,7 +111,6 @@ pub fn lease_break(id: &SessionId, handle: HandleId) -> Vec<u8> {
     k
 }
 
-/// A session's remembered results: `R | session | seq`.
 /// The binding a session is under (see `Command::BindSession`): a
 /// big-endian u64, absent for the one it was set up with (0).
 pub fn session_binding(id: &SessionId) -> Vec<u8> {
@@ -141,6 +140,7 @@ pub fn appends_floor(id: &SessionId) -> Vec<u8> {
     prefixed(b'A', &id.0)
 }
 
+/// A session's remembered results: `R | session | seq`.
 pub fn replays(id: &SessionId) -> Vec<u8> {
     prefixed(b'R', &id.0)
 }
@@ -151,7 +151,6 @@ pub fn replay(id: &SessionId, seq: u64) -> Vec<u8> {
     k
 }
 
-/// The last 8 bytes of a key as a big-endian number (handle ids in index keys).
 /// Files a native flush left with a provisional ETag: `U | inode`, the
 /// provisional ETag as value (see [`super::settle`]).
 pub const UNSETTLED_PREFIX: u8 = b'U';
@@ -160,6 +159,7 @@ pub fn unsettled(inode: InodeId) -> Vec<u8> {
     prefixed(UNSETTLED_PREFIX, &inode.to_be_bytes())
 }
 
+/// The last 8 bytes of a key as a big-endian number (handle ids in index keys).
 pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))

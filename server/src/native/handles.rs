@@ -23,6 +23,20 @@ use cairn_proto::extents::Extents;
 pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
 /// Longest a write waits for buffer space after flushing its own handle.
 const WRITE_BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Cells of one handle being stored ahead of its flush at once.
+const STAGING_IN_FLIGHT: usize = 4;
+
+type StageTask =
+    tokio::task::JoinHandle<ApiResult<(crate::meta::ChunkRef, crate::chunks::PinGuard)>>;
+
+/// Bytes a running hash takes on the async worker; more go to the
+/// blocking pool.
+const BLOCKING_HASH_BYTES_MIN: usize = 256 << 10;
+/// Appends per handle whose answers a node keeps for repeats.
+const APPENDS_REMEMBERED: usize = 1024;
+/// Times a flush is rebuilt when another writer's flush got in first.
+const FLUSH_ATTEMPTS: usize = 5;
+
 /// The end of `len` bytes at `off`, refused past the largest file a node
 /// takes (`upload_bytes_max`, as for an HTTP upload): every 4 MiB of a
 /// file, hole or not, is a chunk reference in its metadata, built and
@@ -37,20 +51,6 @@ fn file_end(state: &AppState, off: u64, len: usize) -> ApiResult<u64> {
         )),
     }
 }
-
-/// Cells of one handle being stored ahead of its flush at once.
-const STAGING_IN_FLIGHT: usize = 4;
-
-type StageTask =
-    tokio::task::JoinHandle<ApiResult<(crate::meta::ChunkRef, crate::chunks::PinGuard)>>;
-
-/// Bytes a running hash takes on the async worker; more go to the
-/// blocking pool.
-const BLOCKING_HASH_BYTES_MIN: usize = 256 << 10;
-/// Appends per handle whose answers a node keeps for repeats.
-const APPENDS_REMEMBERED: usize = 1024;
-/// Times a flush is rebuilt when another writer's flush got in first.
-const FLUSH_ATTEMPTS: usize = 5;
 
 pub struct OpenFile {
     pub id: HandleId,

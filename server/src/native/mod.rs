@@ -339,24 +339,20 @@ impl NativeServer {
             OpenFile::load(&self.state, id, &bound.id, bound.binding).await?,
         ));
         let mut open = self.open.lock().map_err(|_| poisoned())?;
-        match open.get(&id) {
-            Some(e) if e.session == bound.id && e.binding > bound.binding => Err(superseded()),
-            Some(e) if e.session == bound.id && e.binding == bound.binding => {
-                Ok(Arc::clone(&e.file))
-            }
-            _ => {
-                open.insert(
-                    id,
-                    OpenEntry {
-                        file: Arc::clone(&file),
-                        session: bound.id,
-                        binding: bound.binding,
-                        last_used: Instant::now(),
-                    },
-                );
-                Ok(file)
-            }
+        // Another request may have loaded it meanwhile.
+        if let Some(held) = held_entry(&mut open, id, bound)? {
+            return Ok(held);
         }
+        open.insert(
+            id,
+            OpenEntry {
+                file: Arc::clone(&file),
+                session: bound.id,
+                binding: bound.binding,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(file)
     }
 
     /// The handle as held for `bound`, if it is.
@@ -365,15 +361,7 @@ impl NativeServer {
         id: HandleId,
         bound: &Bound,
     ) -> crate::api::error::ApiResult<Option<Arc<tokio::sync::Mutex<OpenFile>>>> {
-        let mut open = self.open.lock().map_err(|_| poisoned())?;
-        match open.get_mut(&id) {
-            Some(e) if e.session == bound.id && e.binding == bound.binding => {
-                e.last_used = Instant::now();
-                Ok(Some(Arc::clone(&e.file)))
-            }
-            Some(e) if e.session == bound.id && e.binding > bound.binding => Err(superseded()),
-            _ => Ok(None),
-        }
+        held_entry(&mut *self.open.lock().map_err(|_| poisoned())?, id, bound)
     }
 
     /// A binding for a session resumed here: larger than any this node
@@ -490,6 +478,23 @@ fn handle_of(req: &Request) -> Option<HandleId> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StreamError(String);
+
+/// Handle `id` in `open` as held for `bound` (`no_session` if a newer
+/// connection of the session holds it), or `None` if not held for it.
+fn held_entry(
+    open: &mut HashMap<HandleId, OpenEntry>,
+    id: HandleId,
+    bound: &Bound,
+) -> crate::api::error::ApiResult<Option<Arc<tokio::sync::Mutex<OpenFile>>>> {
+    match open.get_mut(&id) {
+        Some(e) if e.session == bound.id && e.binding == bound.binding => {
+            e.last_used = Instant::now();
+            Ok(Some(Arc::clone(&e.file)))
+        }
+        Some(e) if e.session == bound.id && e.binding > bound.binding => Err(superseded()),
+        _ => Ok(None),
+    }
+}
 
 fn poisoned() -> crate::api::error::ApiError {
     crate::api::error::ApiError::new(cairn_proto::ErrorCode::Internal, "handle table poisoned")
