@@ -21,8 +21,8 @@ fn client(cfg: quinn::ClientConfig) -> quinn::Endpoint {
 }
 
 /// A server on a runtime of its own, so that it can die the way a killed
-/// process does (`shutdown_background`): its tasks dropped mid-flight and
-/// its socket closed, no CONNECTION_CLOSE sent.
+/// process does ([`kill`]): its tasks dropped mid-flight and its socket
+/// closed, no CONNECTION_CLOSE sent.
 fn doomed_server(
     cfg: quinn::ServerConfig,
     secret: Option<&[u8]>,
@@ -37,6 +37,15 @@ fn doomed_server(
         .unwrap();
     let addr = server.local_addr().unwrap();
     (doomed, server, addr)
+}
+
+/// Stops every task of `doomed` and waits until its worker is gone. Only
+/// then may the caller drop its last handles on the server's connections:
+/// dropping the last handle closes a connection (CONNECTION_CLOSE, code 0),
+/// and a worker still running would send that close, which a killed
+/// process never does.
+fn kill(doomed: tokio::runtime::Runtime) {
+    doomed.shutdown_timeout(Duration::from_secs(10));
 }
 
 /// A client connection and the server's side of it.
@@ -57,7 +66,10 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
 /// packet, when the server's process dies without a word and a new one
 /// starts on the same address with `restarted_secret` (the first had
 /// `secret`). Idle connections would otherwise last a minute.
-fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
+fn reset_after_restart(
+    secret: &[u8],
+    restarted_secret: &[u8],
+) -> Result<quinn::ConnectionError, tokio::time::error::Elapsed> {
     let (server_cfg, client_cfg) = configs(Duration::from_secs(60));
     let (doomed, server, addr) = doomed_server(server_cfg.clone(), Some(secret));
     let accepting = {
@@ -68,7 +80,7 @@ fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
     let client = rt.block_on(async { client(client_cfg) });
     let conn = rt.block_on(async { client.connect(addr, "localhost").unwrap().await.unwrap() });
     let server_side = doomed.block_on(accepting).unwrap();
-    doomed.shutdown_background();
+    kill(doomed);
     drop((server, server_side));
 
     rt.block_on(async {
@@ -88,20 +100,24 @@ fn reset_after_restart(secret: &[u8], restarted_secret: &[u8]) -> bool {
         if let Ok(mut s) = conn.open_uni().await {
             let _ = s.write_all(b"are you there").await;
         }
-        let reset = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-        matches!(reset, Ok(quinn::ConnectionError::Reset))
+        tokio::time::timeout(Duration::from_secs(1), conn.closed()).await
     })
 }
 
 #[test]
 fn a_restarted_server_resets_the_connections_its_last_process_left() {
+    let end = reset_after_restart(b"node key", b"node key");
     assert!(
-        reset_after_restart(b"node key", b"node key"),
-        "the connection outlived the process it was to"
+        matches!(end, Ok(quinn::ConnectionError::Reset)),
+        "the connection was to end with a stateless reset, not {end:?}"
     );
     // What made it so: the key the reset is proven with. A server that
     // comes back with another cannot reset anything.
-    assert!(!reset_after_restart(b"node key", b"another key"));
+    let end = reset_after_restart(b"node key", b"another key");
+    assert!(
+        end.is_err(),
+        "a reset proven with another key ended it: {end:?}"
+    );
 }
 
 /// A runtime of one worker thread, for one side of a connection.
@@ -133,7 +149,7 @@ fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
         });
     }
     let rt = runtime();
-    rt.block_on(async {
+    let (_client, conn) = rt.block_on(async {
         let client = client(client_cfg);
         let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
         if watched {
@@ -143,11 +159,12 @@ fn end_after_a_silent_death(watched: bool) -> quinn::ConnectionError {
         send.write_all(b"request").await.unwrap();
         send.finish().unwrap();
         assert_eq!(recv.read_to_end(64).await.unwrap(), b"answer");
-        // Dies the way a killed process does (see doomed_server).
-        doomed.shutdown_background();
-        drop(server);
-        conn.closed().await
-    })
+        (client, conn)
+    });
+    // Dies the way a killed process does (see doomed_server).
+    kill(doomed);
+    drop(server);
+    rt.block_on(conn.closed())
 }
 
 #[test]
