@@ -33,10 +33,27 @@ impl Wanted {
     }
 }
 
-/// How long one blocking protocol request waits (F_SETLKW repeats it).
-const WAIT_SLICE: Duration = Duration::from_secs(30);
+/// How long one blocking protocol request waits; F_SETLKW repeats it. Also
+/// how long a waiting process's signal may go unanswered (see [`set`]).
+const WAIT_SLICE: Duration = Duration::from_secs(1);
 
-pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(), Errno> {
+/// Takes the lock `w` through `fh`; with `sleep`, waits for it until it is
+/// free or the waiting thread `tid` has a signal to take.
+///
+/// fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, and from then on
+/// the kernel waits for our answer even when the waiter is killed (it
+/// would sit in D state). So the wait goes in slices: each slice ends with
+/// a definite answer from the cluster, and if the lock was not taken and
+/// the waiter has a signal pending, the call ends with EINTR. No lock is
+/// left behind for a caller who gave up: a slice that takes the lock is a
+/// success the signal comes after, as on a local file system.
+pub async fn set(
+    s: &Shared,
+    fh: FileHandle,
+    w: Wanted,
+    sleep: bool,
+    tid: u32,
+) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
     // Writes made under a lock reach the cluster before a new one is
     // taken, and are flushed before one is given up: the next holder,
@@ -60,10 +77,42 @@ pub async fn set(s: &Shared, fh: FileHandle, w: Wanted, sleep: bool) -> Result<(
                 }
                 return Ok(());
             }
-            Err(e) if sleep && errno(&e) == Errno::EAGAIN => continue,
+            Err(e) if sleep && errno(&e) == Errno::EAGAIN => {
+                if signal_pending(tid) {
+                    tracing::debug!(handle = %f.file.handle(), owner = w.owner, tid, "lock wait interrupted");
+                    return Err(Errno::EINTR);
+                }
+            }
             Err(e) => return Err(errno(&e)),
         }
     }
+}
+
+/// True if thread `tid` (in this process's PID namespace) has a signal
+/// pending that it does not block, or is gone. 0 (a requester outside our
+/// namespace) tells nothing.
+fn signal_pending(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => pending_in_status(&status),
+        Err(_) => true,
+    }
+}
+
+/// Reads the signal masks of a /proc/PID/status text: SigPnd (the
+/// thread's own), ShdPnd (its process's), SigBlk (blocked).
+fn pending_in_status(status: &str) -> bool {
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    pending & !mask("SigBlk:") != 0
 }
 
 /// Releases the locks `w` covers that this handle holds.
@@ -132,5 +181,32 @@ pub async fn test(s: &Shared, fh: FileHandle, w: Wanted) -> Result<Option<(u64, 
         }
         Err(e) if errno(&e) == Errno::EAGAIN => Ok(Some((w.start, w.end, libc::F_WRLCK))),
         Err(e) => Err(errno(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_signal_counts_unless_blocked() {
+        let status = |pnd: &str, shd: &str, blk: &str| {
+            format!(
+                "Name:\tpython3\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t0000000001001000\n"
+            )
+        };
+        let none = "0000000000000000";
+        let alarm = "0000000000002000"; // SIGALRM, 14
+        assert!(!pending_in_status(&status(none, none, none)));
+        assert!(pending_in_status(&status(none, alarm, none)));
+        assert!(pending_in_status(&status(alarm, none, none)));
+        assert!(!pending_in_status(&status(none, alarm, alarm)));
+    }
+
+    #[test]
+    fn this_process_has_no_signal_and_a_gone_one_is_given_up() {
+        assert!(!signal_pending(std::process::id()));
+        assert!(!signal_pending(0));
+        assert!(signal_pending(u32::MAX - 1));
     }
 }

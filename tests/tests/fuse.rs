@@ -590,6 +590,108 @@ fn a_lock_held_through_one_mount_blocks_the_other() {
     }
 }
 
+#[test]
+fn a_lock_wait_on_the_mount_gives_way_to_signals() {
+    let c = cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    let file = "held.txt";
+    std::fs::write(a.join(file), b"held").unwrap();
+    let mut holder = python_lock(
+        &a.join(file),
+        "fcntl.flock(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\nsys.stdin.readline()\n\
+         fcntl.flock(f,fcntl.LOCK_UN)\nprint('unlocked',flush=True)\nsys.stdin.readline()",
+    );
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
+
+    // flock(1) with a timeout: its SIGALRM ends the wait, exit status 1.
+    let started = Instant::now();
+    let mut timed = Command::new("flock")
+        .args(["-w", "1"])
+        .arg(b.join(file))
+        .arg("true")
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut timed, Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "flock -w 1 gives up after its second ({:?} after {:?})\n{}",
+        status,
+        started.elapsed(),
+        logs()
+    );
+
+    // A process that gives up at its alarm and carries on, the file open.
+    let mut patient = python_lock(
+        &b.join(file),
+        "import signal\ndef give_up(*_): raise TimeoutError()\n\
+         signal.signal(signal.SIGALRM, give_up)\nsignal.alarm(1)\n\
+         try:\n  fcntl.flock(f,fcntl.LOCK_EX)\n  print('got',flush=True)\n\
+         except TimeoutError:\n  print('gave up',flush=True)\nsys.stdin.readline()",
+    );
+    let mut patient_out = std::io::BufReader::new(patient.stdout.take().unwrap());
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut patient_out, &mut said).unwrap();
+    assert_eq!(said.trim(), "gave up", "{}", logs());
+
+    // A waiter killed with -9 dies (it is not left in D state).
+    let mut doomed = python_lock(&b.join(file), "fcntl.flock(f,fcntl.LOCK_EX)\nprint('got')");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(doomed.try_wait().unwrap().is_none(), "the waiter waits");
+    doomed.kill().unwrap();
+    assert!(
+        exit_within(&mut doomed, Duration::from_secs(10)).is_some(),
+        "a killed lock waiter is gone within seconds\n{}",
+        logs()
+    );
+
+    // Once the holder lets go, nothing holds the lock: no wait given up
+    // above left one behind, though the patient one keeps the file open.
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "unlocked");
+    let free = python_lock(
+        &b.join(file),
+        "try:\n  fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n  print('got')\nexcept OSError:\n  print('busy')",
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&free.stdout).trim(),
+        "got",
+        "{}",
+        logs()
+    );
+    drop(patient.stdin.take());
+    patient.wait().unwrap();
+    stdin.write_all(b"bye\n").unwrap();
+    drop(stdin);
+    holder.wait().unwrap();
+}
+
+/// How `child` exited, if it did within `limit` (killed if not).
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
 /// A python3 process that opens `path` and runs `body` (fcntl imported).
 fn python_lock(path: &Path, body: &str) -> std::process::Child {
     Command::new("python3")

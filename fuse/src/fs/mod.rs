@@ -772,7 +772,7 @@ impl Filesystem for CairnFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -789,8 +789,9 @@ impl Filesystem for CairnFs {
             end,
             typ,
         };
+        let tid = req.pid();
         self.run("setlk", move |s| async move {
-            let r = crate::locks::set(&s, fh, wanted, sleep).await;
+            let r = crate::locks::set(&s, fh, wanted, sleep, tid).await;
             answer!(reply, r, |_v| reply.ok())
         });
     }

@@ -501,18 +501,21 @@ async fn session_op(
             Ok(Response::Done)
         }
         Request::LeaseAck(a) => {
-            // Only the holder's session acknowledges; a closed handle has
-            // nothing left to give up, which is fine for a retry. A handle
-            // this node has not seen yet may be one it lags behind on: it
-            // catches up before it lets the acknowledgement through.
+            // Only the holder's session acknowledges. A handle this node
+            // has not seen yet may be one it lags behind on: it catches up
+            // first. A handle that is still not there has closed (a retry
+            // after the close), or is not open yet: nothing is committed
+            // then, since `AckLease` names no session and would lower the
+            // lease of whoever opens that handle id before it applies.
             let mut holder = load_handle(&state.meta.snapshot(), a.handle);
             if holder.is_err() {
                 state.committer.read_barrier().await?;
                 holder = load_handle(&state.meta.snapshot(), a.handle);
             }
-            if let Ok(h) = holder
-                && h.session != b.id
-            {
+            let Ok(h) = holder else {
+                return Ok(Response::Done);
+            };
+            if h.session != b.id {
                 return Err(ApiError::new(
                     ErrorCode::StaleHandle,
                     format!("handle {} is not this session's", a.handle),

@@ -513,6 +513,33 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_for_no_open_handle_commits_nothing() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let closed = a.open("gone", Disposition::Create, RW).await.handle;
+    a.done(Request::Close(closed)).await;
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index;
+    let before = last_entry();
+    // A retry after the close, and a guess at the handle the next open
+    // gets: a command for the second could apply after that open and lower
+    // the lease of a handle that is another session's.
+    for stray in [closed, cairn_proto::wire::HandleId(closed.0 + 1)] {
+        a.done(Request::LeaseAck(cairn_proto::wire::LeaseAck {
+            handle: stray,
+            lease: lease::NONE,
+        }))
+        .await;
+    }
+    assert_eq!(
+        last_entry(),
+        before,
+        "no log entry for a stray acknowledgement"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_info_sees_unflushed_writes_and_its_time_outlasts_them() {
     let s = Server::start().await;
     let c = s.session().await;
