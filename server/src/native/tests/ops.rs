@@ -372,6 +372,42 @@ async fn locks_conflict_between_handles_until_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_lock_does_not_fill_the_log() {
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let ha = a.open("contended", Disposition::Create, RW).await.handle;
+    let hb = b.open("contended", Disposition::Open, RW).await.handle;
+    a.done(lock(ha, 0, 100, true, 0)).await;
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let before = last_entry();
+    assert_eq!(
+        b.fails(lock(hb, 0, 10, true, 1_500)).await,
+        ErrorCode::LockConflict,
+        "held all along"
+    );
+    // One try, not one every 100 ms: nothing freed the range meanwhile.
+    let tries = last_entry() - before;
+    assert!(tries <= 2, "{tries} log entries for one waiting lock");
+    // Freed while a request waits, it is taken by that request.
+    let b = Arc::new(b);
+    let waiter = {
+        let b = Arc::clone(&b);
+        tokio::spawn(async move { b.call(lock(hb, 0, 10, true, 5_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.done(Request::Unlock(Unlock {
+        handle: ha,
+        offset: 0,
+        len: 100,
+    }))
+    .await;
+    assert_eq!(waiter.await.unwrap(), Response::Done);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_lock_whose_client_gave_up_is_not_taken_later() {
     let s = Server::start().await;
     let a = s.session().await;
