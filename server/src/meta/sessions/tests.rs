@@ -604,6 +604,53 @@ fn provisional_etags_stay_marked_until_settled() {
 }
 
 #[test]
+fn a_settle_for_a_file_gone_since_changes_nothing() {
+    use crate::meta::settle::unsettled;
+    let f = Fixture::new();
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let (handle, inode) = (HandleId(h.handle.unwrap()), h.inode.unwrap());
+    let flush = flushed(ContentHash::of(b"x"));
+    f.ok(Command::SetContent {
+        handle,
+        base: h.etag.unwrap(),
+        file: flush.clone(),
+        now_ns: 30,
+    });
+    f.ok(Command::CloseSession {
+        session: S1,
+        now_ns: 40,
+    });
+    // The leader reads the mark, and the file is removed before its
+    // settle applies: removing it dropped the mark with it.
+    assert_eq!(
+        unsettled(&f.store.snapshot(), None, 10).unwrap(),
+        vec![(inode, flush.etag)]
+    );
+    f.ok(Command::Remove {
+        share: share(),
+        path: path("a"),
+        now_ns: 50,
+        precondition: Precondition::default(),
+    });
+    assert_eq!(unsettled(&f.store.snapshot(), None, 10).unwrap(), vec![]);
+    f.ok(Command::SettleEtag {
+        inode,
+        provisional: flush.etag,
+        real: ContentHash::of(b"x, hashed"),
+    });
+    assert!(!f.exists("a"));
+    assert!(
+        f.store
+            .db()
+            .get(crate::meta::keys::inode(inode))
+            .unwrap()
+            .is_none(),
+        "the settle brought no inode back"
+    );
+    assert_eq!(unsettled(&f.store.snapshot(), None, 10).unwrap(), vec![]);
+}
+
+#[test]
 fn expired_sessions_lose_their_handles_and_replays() {
     let f = Fixture::new();
     let h = f
