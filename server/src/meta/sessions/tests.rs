@@ -1,5 +1,5 @@
 use cairn_proto::wire::{Disposition, HandleId, SessionId, access};
-use cairn_proto::{ContentHash, ErrorCode, FilePath, ShareName};
+use cairn_proto::{ContentHash, ErrorCode, FilePath, InodeId, ShareName};
 
 use crate::meta::batch::apply_batch;
 use crate::meta::command::OpenFile;
@@ -535,12 +535,27 @@ fn flushed(hash: ContentHash) -> FileData {
     }
 }
 
+/// Creates `a` through a handle of S1 and flushes `seed` into it as a
+/// native flush does (a provisional ETag): the handle, the inode and the
+/// content.
+fn create_flushed(f: &Fixture, seed: &[u8]) -> (HandleId, InodeId, FileData) {
+    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
+    let (handle, inode) = (HandleId(h.handle.unwrap()), h.inode.unwrap());
+    let file = flushed(ContentHash::of(seed));
+    f.ok(Command::SetContent {
+        handle,
+        base: h.etag.unwrap(),
+        file: file.clone(),
+        now_ns: 30,
+    });
+    (handle, inode, file)
+}
+
 #[test]
 fn provisional_etags_stay_marked_until_settled() {
     use crate::meta::settle::{has_writer, unsettled};
     let f = Fixture::new();
-    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
-    let (handle, inode) = (HandleId(h.handle.unwrap()), h.inode.unwrap());
+    let (handle, inode, first) = create_flushed(&f, b"x");
     let marks = || unsettled(&f.store.snapshot(), None, 10).unwrap();
     let etag = || {
         f.store
@@ -550,13 +565,6 @@ fn provisional_etags_stay_marked_until_settled() {
             .1
             .etag()
     };
-    let first = flushed(ContentHash::of(b"x"));
-    f.ok(Command::SetContent {
-        handle,
-        base: h.etag.unwrap(),
-        file: first.clone(),
-        now_ns: 30,
-    });
     assert_eq!(marks(), vec![(inode, first.etag)]);
     assert!(has_writer(&f.store.snapshot(), inode).unwrap());
     let second = flushed(ContentHash::of(b"y"));
@@ -607,15 +615,7 @@ fn provisional_etags_stay_marked_until_settled() {
 fn a_settle_for_a_file_gone_since_changes_nothing() {
     use crate::meta::settle::unsettled;
     let f = Fixture::new();
-    let h = f.open(S1, "a", Disposition::Create, RW, ALL).unwrap();
-    let (handle, inode) = (HandleId(h.handle.unwrap()), h.inode.unwrap());
-    let flush = flushed(ContentHash::of(b"x"));
-    f.ok(Command::SetContent {
-        handle,
-        base: h.etag.unwrap(),
-        file: flush.clone(),
-        now_ns: 30,
-    });
+    let (_, inode, flush) = create_flushed(&f, b"x");
     f.ok(Command::CloseSession {
         session: S1,
         now_ns: 40,

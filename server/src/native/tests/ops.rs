@@ -391,11 +391,7 @@ async fn a_waiting_lock_does_not_fill_the_log() {
     let tries = last_entry() - before;
     assert!(tries <= 2, "{tries} log entries for one waiting lock");
     // Freed while a request waits, it is taken by that request.
-    let b = Arc::new(b);
-    let waiter = {
-        let b = Arc::clone(&b);
-        tokio::spawn(async move { b.call(lock(hb, 0, 10, true, 5_000)).await })
-    };
+    let waiter = tokio::spawn(async move { b.call(lock(hb, 0, 10, true, 5_000)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.done(Request::Unlock(Unlock {
         handle: ha,
