@@ -10,11 +10,17 @@
 //! - client-visible stall across a kill -9 of the node the client is
 //!   connected to, with an open handle being written and flushed, 20
 //!   kills: p50, p99, max. Target: p99 < 1.5 s.
+//! - lock handoff: how soon a blocking byte-range lock request is granted
+//!   once its holder unlocks (two sessions on one node), next to flock(2)
+//!   between two open files on the local disk.
 //! - the transports alone (no storage, no protocol): 1 GiB over one QUIC
 //!   connection with the nodes' settings vs one plain TCP connection, with
 //!   the CPU both ends spent: the ceiling the first comparison lives under.
 //!
-//!     cargo build --release --bins && target/release/cairn-bench-native [--quick]
+//! ```sh
+//! cargo build --release --bins && target/release/cairn-bench-native [--quick]
+//! target/release/cairn-bench-native --locks-only   # the lock handoffs alone
+//! ```
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -36,6 +42,7 @@ use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::random_bytes;
 use clap::Parser;
 use common::{mib_s, percentile, stall_ms, streamed_get, summarize, timed_put};
+use rustix::fs::FlockOperation;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -47,6 +54,9 @@ struct Args {
     /// Only the transports-alone comparison (printed, no JSON written).
     #[arg(long)]
     transport_only: bool,
+    /// Only the lock handoffs (printed, no JSON written).
+    #[arg(long)]
+    locks_only: bool,
     #[arg(long, default_value = "target/bench/native.json")]
     out: PathBuf,
 }
@@ -88,11 +98,25 @@ struct Stall {
 }
 
 #[derive(Serialize)]
+struct LockHandoff {
+    handoffs: usize,
+    /// From the holder sending its unlock to the waiter holding the lock.
+    native_p50_ms: f64,
+    native_p99_ms: f64,
+    native_max_ms: f64,
+    /// From `flock(LOCK_UN)` to the other open file's blocked
+    /// `flock(LOCK_EX)` returning, on the local disk.
+    local_p50_ms: f64,
+    local_p99_ms: f64,
+}
+
+#[derive(Serialize)]
 struct Report {
     benchmark: &'static str,
     quick: bool,
     transfer: Transfer,
     random_reads: RandomReads,
+    lock_handoff: LockHandoff,
     failover_stall: Stall,
     transport: transport::Transport,
 }
@@ -113,11 +137,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (mib, rounds, read_secs, kills) = if args.quick {
-        (256, 1, 2, 5)
+    let (mib, rounds, read_secs, kills, handoffs) = if args.quick {
+        (256, 1, 2, 5, 5)
     } else {
-        (1024, ROUNDS, 10, 20)
+        (1024, ROUNDS, 10, 20, 20)
     };
+    if args.locks_only {
+        let c = Cluster::start(3, options());
+        let leader = c.wait_leader(Duration::from_secs(30)).await?;
+        print_lock_handoff(
+            handoffs,
+            &lock_handoff(&c, (leader + 1) % 3, handoffs).await?,
+        );
+        return Ok(());
+    }
     eprintln!("--- the transports alone: {mib} MiB over QUIC vs TCP, {rounds} rounds");
     let transport = transport::compare(mib, rounds).await?;
     if args.transport_only {
@@ -132,6 +165,8 @@ async fn run() -> anyhow::Result<()> {
     let transfer = transfer(&c, via, mib, rounds).await?;
     eprintln!("--- 4 KiB random reads, queue depth 32, {read_secs} s each");
     let random_reads = random_reads(&c, via, Duration::from_secs(read_secs)).await?;
+    eprintln!("--- lock handoff between two sessions, {handoffs} times");
+    let lock_handoff = lock_handoff(&c, via, handoffs).await?;
     drop(c);
     eprintln!("--- stall across {kills} kills of the connected node");
     let failover_stall = stall(kills).await?;
@@ -170,6 +205,7 @@ async fn run() -> anyhow::Result<()> {
         "{:<30} {:>10.0} {:>10.0} {:>10.0}",
         "HTTP range GET", r.http_ops_s, r.http_p50_us, r.http_p99_us
     );
+    print_lock_handoff(handoffs, &lock_handoff);
     let s = &failover_stall;
     println!(
         "{:<30} {:>10} {:>10} {:>10}   target",
@@ -189,6 +225,7 @@ async fn run() -> anyhow::Result<()> {
         quick: args.quick,
         transfer,
         random_reads,
+        lock_handoff,
         failover_stall,
         transport,
     };
@@ -198,6 +235,24 @@ async fn run() -> anyhow::Result<()> {
     fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn print_lock_handoff(handoffs: usize, l: &LockHandoff) {
+    println!(
+        "{:<30} {:>10} {:>10} {:>10}",
+        "lock handoff", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "{:<30} {:>10.1} {:>10.1} {:>10.1}",
+        format!("native, {handoffs} handoffs"),
+        l.native_p50_ms,
+        l.native_p99_ms,
+        l.native_max_ms
+    );
+    println!(
+        "{:<30} {:>10.3} {:>10.3}",
+        "flock(2), local disk", l.local_p50_ms, l.local_p99_ms
+    );
 }
 
 fn print_transport(mib: u64, x: &transport::Transport) {
@@ -462,6 +517,87 @@ async fn random_reads(c: &Cluster, via: usize, time: Duration) -> anyhow::Result
         http_p50_us: percentile(&http_lat, 0.5),
         http_p99_us: percentile(&http_lat, 0.99),
     })
+}
+
+/// How long a waiter sits in a blocking lock request before it holds.
+const HANDOFF_WAITING: Duration = Duration::from_millis(300);
+
+/// Two sessions pass an exclusive lock back and forth `n` times. Each
+/// time the waiter asks (blocking) while the other holds, and the holder
+/// unlocks once the waiter has waited [`HANDOFF_WAITING`]: the figure is
+/// from the unlock being sent to the waiter's lock returning.
+async fn lock_handoff(c: &Cluster, via: usize, n: usize) -> anyhow::Result<LockHandoff> {
+    let a = Client::connect(c.native_config(Some(via))).await?;
+    let b = Client::connect(c.native_config(Some(via))).await?;
+    let open = OpenOptions::create().with(cairn_proto::wire::Disposition::OpenOrCreate);
+    let files = [
+        a.open("lock-handoff", open).await?,
+        b.open("lock-handoff", open).await?,
+    ];
+    files[0].lock(0, 1, true, Duration::ZERO).await?;
+    let mut native = Vec::with_capacity(n);
+    for i in 0..n {
+        let (holder, waiter) = (&files[i % 2], &files[(i + 1) % 2]);
+        let waits = async {
+            waiter.lock(0, 1, true, Duration::from_secs(10)).await?;
+            anyhow::Ok(Instant::now())
+        };
+        let unlocks = async {
+            tokio::time::sleep(HANDOFF_WAITING).await;
+            let sent = Instant::now();
+            holder.unlock(0, 1).await?;
+            anyhow::Ok(sent)
+        };
+        let (held, sent) = tokio::try_join!(waits, unlocks)?;
+        native.push(held.saturating_duration_since(sent).as_secs_f64() * 1e3);
+    }
+    for f in files {
+        f.close().await?;
+    }
+    let local = tokio::task::spawn_blocking(move || local_handoffs(n)).await??;
+    native.sort_by(f64::total_cmp);
+    Ok(LockHandoff {
+        handoffs: n,
+        native_p50_ms: percentile(&native, 0.5),
+        native_p99_ms: percentile(&native, 0.99),
+        native_max_ms: native.last().copied().unwrap_or(0.0),
+        local_p50_ms: percentile(&local, 0.5),
+        local_p99_ms: percentile(&local, 0.99),
+    })
+}
+
+/// The baseline: the same handoffs with flock(2) between two open files
+/// of one local file (in the working directory: the benchmark's disk),
+/// sorted, in ms.
+fn local_handoffs(n: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir_in(".")?;
+    let path = dir.path().join("lock-handoff");
+    let open = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    };
+    let files = [Arc::new(open()?), Arc::new(open()?)];
+    let flock = |f: &fs::File, op| rustix::fs::flock(f, op).map_err(std::io::Error::from);
+    flock(&files[0], FlockOperation::LockExclusive)?;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let waiter = Arc::clone(&files[(i + 1) % 2]);
+        let waits = std::thread::spawn(move || {
+            flock(&waiter, FlockOperation::LockExclusive).map(|()| Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let sent = Instant::now();
+        flock(&files[i % 2], FlockOperation::Unlock)?;
+        let held = waits
+            .join()
+            .map_err(|_| anyhow::anyhow!("a flock waiter panicked"))??;
+        times.push(held.saturating_duration_since(sent).as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// One client writes 64 KiB and flushes, over and over, through one open

@@ -311,12 +311,9 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
                 signal(child, rustix::process::Signal::KILL);
             }
         }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
+        if let Some(mut child) = self.child.take()
+            && exit_within(&mut child, Duration::from_secs(30)).is_none()
+        {
             let _ = child.wait();
         }
     }
@@ -325,17 +322,12 @@ tokens = [{{ token = "{ot}", access = "read_write" }}]
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         signal(child.id(), rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
+        match exit_within(&mut child, Duration::from_secs(60)) {
+            Some(status) => status.code(),
+            None => {
                 let _ = child.wait();
                 panic!("cairn-server did not stop within 60 s of SIGTERM");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -554,4 +546,24 @@ pub fn get_into_fifo(
         .file_type();
     assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
     got
+}
+
+/// The exit status of `child` once it has exited, if it does within
+/// `limit`; `None` if it is still running then, after a `kill -9` (not yet
+/// reaped: `wait` for it).
+pub fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::mount::{Mount, is_mounted, write_pattern};
-use cairn_tests::random_bytes;
+use cairn_tests::{exit_within, random_bytes};
 
 fn cluster() -> Cluster {
     let c = Cluster::start(3, ClusterOptions::default());
@@ -674,22 +674,6 @@ fn a_lock_wait_on_the_mount_gives_way_to_signals() {
     stdin.write_all(b"bye\n").unwrap();
     drop(stdin);
     holder.wait().unwrap();
-}
-
-/// How `child` exited, if it did within `limit` (killed if not).
-fn exit_within(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
 }
 
 /// A python3 process that opens `path` and runs `body` (fcntl imported).

@@ -44,7 +44,11 @@ async fn write_pieces(
         let end = (at + IO_BYTES_MAX).min(data.len());
         let piece = data.slice(at..end);
         // Appends are placed by the server, once per sequence number.
-        let seq = if append { client.next_seq() } else { 0 };
+        let seq = if append {
+            client.next_append_seq().await
+        } else {
+            0
+        };
         let pending = Unacked::add(&state.unflushed, offset + at as u64, piece.clone(), seq);
         let req = Request::Write(Write {
             handle,

@@ -12,6 +12,7 @@
 mod conn;
 mod file;
 mod notices;
+mod seqs;
 mod source;
 mod state;
 mod target;
@@ -97,7 +98,7 @@ struct Inner {
     cfg: NativeConfig,
     endpoint: quinn::Endpoint,
     session: SessionId,
-    seq: AtomicU64,
+    seqs: Arc<seqs::Seqs>,
     current: tokio::sync::Mutex<Current>,
     /// Open files' state: unflushed writes (sent again after a
     /// reconnect) and leases.
@@ -188,7 +189,7 @@ impl Client {
                 cfg,
                 endpoint,
                 session: SessionId(rand::random()),
-                seq: AtomicU64::new(1),
+                seqs: Arc::new(seqs::Seqs::new()),
                 current: tokio::sync::Mutex::new(Current::default()),
                 files: Mutex::new(HashMap::new()),
                 next_node: AtomicUsize::new(0),
@@ -325,7 +326,15 @@ impl Client {
             resume,
         });
         let started = Instant::now();
-        expect_ok(conn::exchange(&conn, &header, &setup, t).await)?;
+        match conn::exchange(&conn, &header, &setup, t).await {
+            // An earlier attempt of this client's, given up on (its node
+            // cut off, say), bound the session while this one was under
+            // way: the next attempt binds after it.
+            Ok(Response::Error(e)) if resume && e.code == ErrorCode::PreconditionFailed => {
+                return Err(Establish::Retry(e.message));
+            }
+            answer => expect_ok(answer)?,
+        };
         tracing::debug!(node, resume, took = ?started.elapsed(), "session set up");
         inner.established.store(true, Ordering::Relaxed);
         let files: Vec<(HandleId, Arc<FileState>)> = match inner.files.lock() {
@@ -438,17 +447,23 @@ impl Client {
     /// passes. State changes take the next sequence number, kept across
     /// retries.
     pub(crate) async fn call(&self, req: Request) -> Result<Response, ClientError> {
-        let seq = if req.is_sequenced() {
-            self.next_seq()
-        } else {
-            0
-        };
-        self.call_with(req, seq).await
+        if !req.is_sequenced() {
+            return self.call_with(req, 0).await;
+        }
+        // Held until the answer: see `seqs`.
+        let held = self.inner.seqs.hold().await;
+        self.call_with(req, held.seq).await
     }
 
-    /// The session's next sequence number.
+    /// The session's next sequence number, at once (for protocol tools and
+    /// tests; the typed methods number their requests themselves).
     pub fn next_seq(&self) -> u64 {
-        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+        self.inner.seqs.next_unchecked()
+    }
+
+    /// The next sequence number for an append (see `seqs`).
+    pub(crate) async fn next_append_seq(&self) -> u64 {
+        self.inner.seqs.next().await
     }
 
     /// Sends a request with an explicit sequence number (0 for none), with

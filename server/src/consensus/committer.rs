@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::group_commit::GroupCommit;
 use super::lease::{AppliedMark, Leases};
-use super::{NodeId, Outcome, Raft};
+use super::{LogId, NodeId, Outcome, Raft};
 use crate::cluster::rpc::{Refused, Request, Response};
 use crate::cluster::transport::Transport;
 use crate::meta::{Applied, Command, MetaError};
@@ -262,6 +262,12 @@ impl Committer {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Changes each time this node's state machine has applied entries
+    /// (their effects readable), for requests waiting on some state.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Option<LogId>> {
+        self.inner.lease.mark.watch()
     }
 
     /// Returns once this node's state machine reflects every write

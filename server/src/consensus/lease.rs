@@ -122,21 +122,27 @@ impl Leases {
 }
 
 /// The last log entry this node's state machine applied, updated once its
-/// effects are readable.
-#[derive(Debug, Default)]
-pub struct AppliedMark(Mutex<Option<LogId>>);
+/// effects are readable. Watchable: a request waiting for the state to
+/// change (a blocking lock) wakes at each apply instead of polling.
+#[derive(Debug)]
+pub struct AppliedMark(tokio::sync::watch::Sender<Option<LogId>>);
 
 impl AppliedMark {
     pub fn new(applied: Option<LogId>) -> Self {
-        Self(Mutex::new(applied))
+        Self(tokio::sync::watch::Sender::new(applied))
     }
 
     pub fn set(&self, applied: Option<LogId>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = applied;
+        self.0.send_replace(applied);
     }
 
     pub fn get(&self) -> Option<LogId> {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.0.borrow()
+    }
+
+    /// A receiver that sees each later [`AppliedMark::set`].
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<LogId>> {
+        self.0.subscribe()
     }
 }
 

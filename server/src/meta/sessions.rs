@@ -249,7 +249,7 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
         }
         Command::ExpireSessions { now_ns, timeout_ns } => {
             for (id, rec) in all_sessions(tx)? {
-                if rec.renewed_ns.saturating_add(*timeout_ns) < *now_ns {
+                if expired(&rec, *now_ns, *timeout_ns) {
                     close_session(tx, &id, *now_ns)?;
                 }
             }
@@ -428,6 +428,15 @@ fn open_session<R: KvRead + ?Sized>(
             ))
             .into());
         }
+        // The same setup again (its answer was lost): harmless. With a
+        // token of other access it would leave the session's opens and the
+        // connection's path operations allowed different things.
+        Some(rec) if rec.writable != writable => {
+            return Err(MetaError::Forbidden(format!(
+                "session {id} was set up with a token of other access"
+            ))
+            .into());
+        }
         Some(rec) => SessionRecord {
             renewed_ns: rec.renewed_ns.max(now_ns),
             ..rec
@@ -444,6 +453,24 @@ fn open_session<R: KvRead + ?Sized>(
         created,
         ..Applied::nothing()
     })
+}
+
+/// True if `ExpireSessions { now_ns, timeout_ns }` would end a session:
+/// the leader asks first, so a quiet cluster's log does not grow by an
+/// entry every few seconds.
+pub fn any_expired<R: KvRead + ?Sized>(
+    tx: &R,
+    now_ns: i64,
+    timeout_ns: i64,
+) -> Result<bool, StoreError> {
+    let tx = Overlay::new(tx);
+    Ok(all_sessions(&tx)?
+        .iter()
+        .any(|(_, rec)| expired(rec, now_ns, timeout_ns)))
+}
+
+fn expired(rec: &SessionRecord, now_ns: i64, timeout_ns: i64) -> bool {
+    rec.renewed_ns.saturating_add(timeout_ns) < now_ns
 }
 
 fn all_sessions<R: KvRead + ?Sized>(

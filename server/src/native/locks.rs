@@ -7,7 +7,7 @@
 //! it until close.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_proto::wire::Lock;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +20,9 @@ use crate::meta::{Command, MetaError};
 
 /// Longest a blocking lock request waits.
 pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(30);
-/// Pauses between tries of a blocking lock, from first to longest.
-const PAUSE_FIRST: Duration = Duration::from_millis(10);
-const PAUSE_MAX: Duration = Duration::from_millis(100);
+/// Least time between a waiter's looks: on a node applying a stream of
+/// entries, each waiter looks at most this often, not after every batch.
+const LOOK_GAP: Duration = Duration::from_millis(5);
 
 /// Takes the lock `l` asks for, trying again for up to its `wait_ms` while
 /// other handles' locks conflict, and stopping when `gone` is cancelled
@@ -32,7 +32,9 @@ const PAUSE_MAX: Duration = Duration::from_millis(100);
 /// waiter tries again only once this node's own state shows the range
 /// free: the entry that frees it must have reached this node first, and
 /// a waiter no longer writes ten entries a second to the log for nothing.
-/// That view may lag; the commit decides.
+/// It looks each time this node applies entries, so it tries again as
+/// soon as the unlock (or close, or expiry) that frees the range has
+/// applied here. That view may lag; the commit decides.
 ///
 /// A try already under way when the client leaves may still take the lock
 /// (as any request's effect may outlive its lost answer). It is not undone:
@@ -40,15 +42,18 @@ const PAUSE_MAX: Duration = Duration::from_millis(100);
 /// same lock taken again by the client's own retry on another node.
 pub async fn lock(state: &Arc<AppState>, l: &Lock, gone: &CancellationToken) -> ApiResult<()> {
     let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
-    let deadline = Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait;
     let cmd = Command::Lock {
         handle: l.handle,
         offset: l.offset,
         len: l.len,
         exclusive: l.exclusive,
     };
-    let mut pause = PAUSE_FIRST;
+    // Subscribed before the first try: an unlock applied between the
+    // refusal and the wait below still wakes the wait.
+    let mut applied = state.committer.applied();
     let mut conflict = None;
+    let mut looked = tokio::time::Instant::now();
     loop {
         if gone.is_cancelled() {
             return Err(abandoned());
@@ -62,16 +67,31 @@ pub async fn lock(state: &Arc<AppState>, l: &Lock, gone: &CancellationToken) -> 
                 Err(e) => return Err(e.into()),
             },
         };
-        if Instant::now() + pause >= deadline {
-            return Err(ApiError::from(CommitError::Meta(refused)));
-        }
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            biased;
             () = gone.cancelled() => return Err(abandoned()),
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ApiError::from(CommitError::Meta(refused)));
+            }
+            () = next_look(&mut applied, looked) => {}
         }
-        pause = (pause * 2).min(PAUSE_MAX);
+        looked = tokio::time::Instant::now();
         conflict = held_here(state, &cmd)?;
     }
+}
+
+/// Returns once this node has applied more entries since `applied` last
+/// looked, and [`LOOK_GAP`] after the waiter's last look at the earliest.
+async fn next_look(
+    applied: &mut tokio::sync::watch::Receiver<Option<crate::consensus::LogId>>,
+    looked: tokio::time::Instant,
+) {
+    if applied.changed().await.is_err() {
+        // The state machine is gone (it lives as long as the node): only
+        // the deadline or the client leaving ends this wait now.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep_until(looked + LOOK_GAP).await;
 }
 
 /// The conflict this node's applied state shows for `cmd`, if any.

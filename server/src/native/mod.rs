@@ -195,7 +195,12 @@ impl NativeServer {
                 }
             });
         }
-        let mut cs = cs.lock().await;
+        self.connection_ended(&mut *cs.lock().await);
+    }
+
+    /// A client connection is gone: its session is no longer renewed from
+    /// it.
+    fn connection_ended(&self, cs: &mut ConnState) {
         if let Some(b) = cs.bound.take() {
             self.unbind_live(&b.id, &cs.sink);
             // What the session's handles hold here is of no use once its
@@ -421,10 +426,17 @@ impl NativeServer {
         if raft.metrics().borrow().current_leader != Some(self.state.node_id) {
             return;
         }
-        let cmd = Command::ExpireSessions {
-            now_ns: self.state.clock.now_ns(),
-            timeout_ns: i64::try_from(self.handle_timeout.as_nanos()).unwrap_or(i64::MAX),
-        };
+        // A session's last renewal came at most one renewal period before
+        // its connection was lost: waiting that much longer than the
+        // timeout gives every client the whole handle timeout to come back.
+        let expiry = self.handle_timeout + renew_every(self.handle_timeout);
+        let now_ns = self.state.clock.now_ns();
+        let timeout_ns = i64::try_from(expiry.as_nanos()).unwrap_or(i64::MAX);
+        let snapshot = self.state.meta.snapshot();
+        if let Ok(false) = crate::meta::sessions::any_expired(&snapshot, now_ns, timeout_ns) {
+            return;
+        }
+        let cmd = Command::ExpireSessions { now_ns, timeout_ns };
         if let Err(e) = self.state.committer.commit(cmd).await {
             tracing::debug!(error = %e, "could not expire sessions");
         }
@@ -442,10 +454,9 @@ impl NativeServer {
     }
 
     async fn timers(self: &Arc<Self>, stop: CancellationToken) {
-        // Renew often enough that two missed rounds still beat the timeout.
-        let renew_every = (self.handle_timeout / 4).max(Duration::from_millis(250));
-        let mut renew = tokio::time::interval(renew_every);
-        let mut expire = tokio::time::interval(renew_every.min(Duration::from_secs(5)));
+        let every = renew_every(self.handle_timeout);
+        let mut renew = tokio::time::interval(every);
+        let mut expire = tokio::time::interval(every);
         let mut push = tokio::time::interval(leases::PUSH_EVERY);
         push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -457,6 +468,14 @@ impl NativeServer {
             }
         }
     }
+}
+
+/// How often a node renews the sessions connected to it. Often enough
+/// that two missed rounds still beat the timeout; at most every 5 s, as a
+/// session may outlive its connection by up to this much more than the
+/// timeout (see `expire`).
+fn renew_every(handle_timeout: Duration) -> Duration {
+    (handle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
 #[cfg(test)]

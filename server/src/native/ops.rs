@@ -101,6 +101,15 @@ async fn session_setup(
                 "the session is for another share",
             ));
         }
+        // Opens check the session's access, path operations the
+        // connection's: a token with other rights would split the two (a
+        // read-only token resuming a read-write session could write).
+        if rec.writable != writable {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the session was set up with a token of other access; resume it with a token like that one",
+            ));
+        }
         // A node that held the session before (this one on an older
         // connection, or another) may still be committing a flush of
         // writes the client is about to send again here: the new

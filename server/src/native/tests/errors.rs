@@ -116,6 +116,52 @@ async fn sessions_tokens_and_shares() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_the_access_it_was_set_up_with() {
+    let s = Server::start().await;
+    let w = s.session().await;
+    let o = w.open("kept.txt", Disposition::Create, RW).await;
+    w.done(Request::Close(o.handle)).await;
+    // Someone holding only a read-only token, and the read-write
+    // session's id, can neither resume it nor set it up again.
+    for resume in [true, false] {
+        let r = s.connect_as(w.session);
+        assert_eq!(
+            r.setup(READ_TOKEN, "default", resume).await,
+            Err(ErrorCode::Forbidden),
+            "read-only token, resume: {resume}"
+        );
+        assert_eq!(
+            r.fails(open_req("kept.txt", Disposition::Open, RW, 0))
+                .await,
+            ErrorCode::NoSession,
+            "no session on a refused connection"
+        );
+    }
+    // Nor does a read-write token widen a read-only session.
+    let r = s.connect();
+    r.setup(READ_TOKEN, "default", false).await.unwrap();
+    for resume in [true, false] {
+        let again = s.connect_as(r.session);
+        assert_eq!(
+            again.setup(TOKEN, "default", resume).await,
+            Err(ErrorCode::Forbidden),
+            "read-write token, resume: {resume}"
+        );
+    }
+    // The same token resumes, and the session writes as before (its
+    // requests numbered on from the session's last).
+    let back = s.connect_as(w.session);
+    back.setup(TOKEN, "default", true).await.unwrap();
+    let open = open_req("kept.txt", Disposition::Open, RW, 0);
+    let Response::Opened(o) = back.with_seq(w.next_seq(), &open).await else {
+        panic!("the resumed session opens for writing");
+    };
+    let closed = back.with_seq(w.next_seq(), &Request::Close(o.handle)).await;
+    assert_eq!(closed, Response::Done);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_and_entries() {
     let s = Server::start().await;
     let c = s.session().await;

@@ -234,6 +234,11 @@ impl Conn {
         }
     }
 
+    /// Ends the connection as a lost QUIC connection ends on the node.
+    pub async fn lose_connection(&self) {
+        self.server.connection_ended(&mut *self.state.lock().await);
+    }
+
     /// The next notice, within a few seconds.
     pub async fn notice(&mut self) -> Notice {
         tokio::time::timeout(Duration::from_secs(5), self.notices.recv())

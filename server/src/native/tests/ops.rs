@@ -1002,3 +1002,62 @@ async fn a_close_after_a_resume_settles_the_etag() {
     assert_eq!(stat.etag, Some(real));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connections_handles_outlive_it_by_the_handle_timeout() {
+    // Renewed every 500 ms.
+    let s = Server::start_with("handle_timeout_secs = 2").await;
+    let a = s.session().await;
+    let mut exclusive = open_req("kept", Disposition::Create, RW, 0);
+    if let Request::Open(o) = &mut exclusive {
+        o.share_access = 0;
+    }
+    assert!(matches!(a.call(exclusive).await, Response::Opened(_)));
+    // Lost just before the node's next renewal: the session's last
+    // renewal is then as old as it gets when the connection goes.
+    let meta = &s.node().state.meta;
+    let renewed = || {
+        crate::meta::sessions::load_session(&meta.snapshot(), &a.session)
+            .unwrap()
+            .renewed_ns
+    };
+    let first = renewed();
+    let mut last = first;
+    while last == first {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        last = renewed();
+    }
+    // When that renewal was, on this process's clock (the node's is the
+    // system clock).
+    let wall_ns = crate::clock::system_time_ns(std::time::SystemTime::now());
+    let ago = Duration::from_nanos(u64::try_from(wall_ns - last).unwrap_or(0));
+    let renewal = tokio::time::Instant::now() - ago;
+    tokio::time::sleep_until(renewal + Duration::from_millis(440)).await;
+    a.lose_connection().await;
+    let b = s.session().await;
+    let reader = || open_req("kept", Disposition::Open, access::READ, 0);
+    // 1.81 s after the loss: expiring after the bare timeout, counted from
+    // the renewal, the leader may have closed the handle at renewal + 2 s.
+    tokio::time::sleep_until(renewal + Duration::from_millis(2_250)).await;
+    assert_eq!(
+        b.fails(reader()).await,
+        ErrorCode::SharingViolation,
+        "the handle is kept for the whole handle timeout after its connection is lost"
+    );
+    // And closed not long after.
+    let deadline = renewal + Duration::from_secs(6);
+    loop {
+        match b.call(reader()).await {
+            Response::Opened(_) => break,
+            Response::Error(e) if e.code == ErrorCode::SharingViolation => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the handle never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    s.stop().await;
+}
