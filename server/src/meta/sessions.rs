@@ -437,6 +437,11 @@ fn open_session<R: KvRead + ?Sized>(
             ))
             .into());
         }
+        // Resumed since: a connection set up anew would carry no binding,
+        // and every request on its handles would get `no_session`.
+        Some(_) if session_binding(tx, id)? != 0 => {
+            return Err(MetaError::AlreadyExists(format!("session {id}")).into());
+        }
         Some(rec) => SessionRecord {
             renewed_ns: rec.renewed_ns.max(now_ns),
             ..rec

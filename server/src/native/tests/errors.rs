@@ -162,6 +162,29 @@ async fn a_session_keeps_the_access_it_was_set_up_with() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_not_set_up_anew() {
+    let s = Server::start().await;
+    let first = s.session().await;
+    // The setup again (its answer lost, say): the same session.
+    let again = s.connect_as(first.session);
+    assert!(!again.setup(TOKEN, "default", false).await.unwrap().resumed);
+    let o = again.open("r.txt", Disposition::Create, RW).await;
+    // Once resumed, a setup anew is refused: its connection would carry
+    // no binding, and the handle's requests on it would all fail.
+    let resumed = s.connect_as(first.session);
+    assert!(resumed.setup(TOKEN, "default", true).await.unwrap().resumed);
+    let anew = s.connect_as(first.session);
+    assert_eq!(
+        anew.setup(TOKEN, "default", false).await,
+        Err(ErrorCode::AlreadyExists)
+    );
+    let Response::Attr(_) = resumed.call(Request::Flush(o.handle)).await else {
+        panic!("the resumed connection serves the handle");
+    };
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_and_entries() {
     let s = Server::start().await;
     let c = s.session().await;
