@@ -43,12 +43,14 @@ async fn write_pieces(
     while at < data.len() {
         let end = (at + IO_BYTES_MAX).min(data.len());
         let piece = data.slice(at..end);
-        // Appends are placed by the server, once per sequence number.
-        let seq = if append {
-            client.next_append_seq().await
+        // Appends are placed by the server, once per sequence number,
+        // held until answered (see `seqs`).
+        let held = if append {
+            Some(client.hold_seq().await)
         } else {
-            0
+            None
         };
+        let seq = held.as_ref().map_or(0, |h| h.seq);
         let pending = Unacked::add(&state.unflushed, offset + at as u64, piece.clone(), seq);
         let req = Request::Write(Write {
             handle,
@@ -59,6 +61,7 @@ async fn write_pieces(
             Response::Written(w) => pending.ack(w.offset),
             other => return Err(unexpected(&other)),
         }
+        drop(held);
         at = end;
         // Within the loop: one large write would otherwise pass the node's
         // limit on a handle's unflushed bytes.

@@ -451,7 +451,7 @@ impl Client {
             return self.call_with(req, 0).await;
         }
         // Held until the answer: see `seqs`.
-        let held = self.inner.seqs.hold().await;
+        let held = self.hold_seq().await;
         self.call_with(req, held.seq).await
     }
 
@@ -461,9 +461,9 @@ impl Client {
         self.inner.seqs.next_unchecked()
     }
 
-    /// The next sequence number for an append (see `seqs`).
-    pub(crate) async fn next_append_seq(&self) -> u64 {
-        self.inner.seqs.next().await
+    /// The next sequence number, held until the guard drops (see `seqs`).
+    pub(crate) async fn hold_seq(&self) -> seqs::Held {
+        self.inner.seqs.hold().await
     }
 
     /// Sends a request with an explicit sequence number (0 for none), with

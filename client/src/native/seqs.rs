@@ -7,9 +7,9 @@
 //! waiting for its answer (an open waiting out a lease break, say) is one
 //! the client sends again after a failover, so no number that far past it
 //! may go out meanwhile: a new number waits until it is within
-//! [`SPREAD_MAX`] of the oldest request under way. Appends take numbers too
-//! (they move the window) but are not held: a node places an append once
-//! per number by its own memory and the flush record, not the replay table.
+//! [`SPREAD_MAX`] of the oldest request under way. Appends are held the
+//! same way: the record a flush keeps of where each append went has the
+//! same window.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -52,12 +52,6 @@ impl Seqs {
         let mut s = self.state();
         s.next += 1;
         s.next - 1
-    }
-
-    /// The next number, once it is close enough to the oldest request
-    /// under way; not held (an append's).
-    pub async fn next(&self) -> u64 {
-        self.take(|_, _| {}).await
     }
 
     /// The next number, held (counted as under way) until the returned
@@ -125,8 +119,7 @@ mod tests {
         for n in 2..=SPREAD_MAX {
             assert_eq!(seqs.hold().await.seq, n);
         }
-        assert!(seqs.hold().now_or_never().is_none(), "a request");
-        assert!(seqs.next().now_or_never().is_none(), "an append");
+        assert!(seqs.hold().now_or_never().is_none());
         assert_eq!(seqs.next_unchecked(), SPREAD_MAX + 1, "a tool's own number");
         let waiting = tokio::spawn({
             let seqs = Arc::clone(&seqs);
@@ -136,20 +129,5 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(oldest);
         assert_eq!(waiting.await.unwrap(), SPREAD_MAX + 2);
-    }
-
-    #[tokio::test]
-    async fn appends_are_not_held() {
-        let seqs = Arc::new(Seqs::new());
-        let appended = seqs.next().await;
-        let held = seqs.hold().await;
-        assert_eq!((appended, held.seq), (1, 2));
-        for _ in 0..SPREAD_MAX - 1 {
-            seqs.next().await;
-        }
-        assert!(
-            seqs.next().now_or_never().is_none(),
-            "held back by the request, not the append"
-        );
     }
 }
