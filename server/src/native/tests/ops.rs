@@ -1061,3 +1061,17 @@ async fn a_lost_connections_handles_outlive_it_by_the_handle_timeout() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_node_adds_nothing_to_the_log() {
+    // Expiry is checked every 500 ms; no session is due, none is live.
+    let s = Server::start_with("handle_timeout_secs = 2").await;
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index.unwrap_or(0);
+    // Past the node's start-up writes (shares, tokens).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = last_entry();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(last_entry(), before, "log entries with nothing to expire");
+    s.stop().await;
+}
