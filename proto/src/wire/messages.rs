@@ -403,6 +403,22 @@ pub(super) fn put<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes of a frame beyond a write's data that it may still keep alive:
+/// header, body fields and fields a newer peer appended.
+const WRITE_VIEW_SLACK: usize = 4096;
+
+/// A write's data: a view of the frame when it is most of it (no copy on
+/// the hot path), else a copy. A view keeps the whole frame's buffer
+/// alive while budgets count only the data, so a 1-byte write padded to
+/// 4 MiB would otherwise hold 4 MiB per write.
+fn write_data(payload: &Bytes, data: &[u8]) -> Bytes {
+    if payload.len() - data.len() > WRITE_VIEW_SLACK {
+        Bytes::copy_from_slice(data)
+    } else {
+        payload.slice_ref(data)
+    }
+}
+
 impl Request {
     pub fn kind(&self) -> u16 {
         match self {
@@ -540,7 +556,7 @@ impl Request {
                 Self::Write(Write {
                     handle: w.handle,
                     offset: w.offset,
-                    data: frame.payload.slice_ref(w.data),
+                    data: write_data(&frame.payload, w.data),
                 })
             }
             0x0013 => Self::Flush(body(kind, rest)?.0),

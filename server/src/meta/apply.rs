@@ -333,6 +333,17 @@ fn mkdir<R: KvRead + ?Sized>(
 /// Longest symbolic link target, in bytes (Linux's PATH_MAX less the NUL).
 pub const SYMLINK_TARGET_MAX: usize = 4095;
 
+/// Refuses a link target no file system would store. Checked again by the
+/// request paths before commit, so a bad one never reaches the log.
+pub fn check_link_target(target: &str) -> Result<(), MetaError> {
+    if target.is_empty() || target.len() > SYMLINK_TARGET_MAX || target.contains('\0') {
+        return Err(MetaError::Invalid(format!(
+            "a link target must be 1 to {SYMLINK_TARGET_MAX} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
 fn symlink<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     share: &ShareName,
@@ -340,12 +351,7 @@ fn symlink<R: KvRead + ?Sized>(
     target: &str,
     now_ns: i64,
 ) -> Result<Applied, ApplyError> {
-    if target.is_empty() || target.len() > SYMLINK_TARGET_MAX || target.contains('\0') {
-        return Err(MetaError::Invalid(format!(
-            "a link target must be 1 to {SYMLINK_TARGET_MAX} bytes without NUL"
-        ))
-        .into());
-    }
+    check_link_target(target)?;
     let root = load_share(tx, share)?.root;
     let Some((parent_path, name)) = path.split_last() else {
         return Err(MetaError::AlreadyExists(path.to_string()).into());

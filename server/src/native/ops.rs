@@ -18,6 +18,8 @@ use crate::meta::{Applied, Command, Content, Inode, Precondition};
 
 /// Entries per directory page, at most.
 const DIR_PAGE_MAX: u32 = 1000;
+/// Most of a client's protocol versions quoted back when none is ours.
+const VERSIONS_SHOWN: usize = 8;
 
 pub(super) async fn handle(
     server: &NativeServer,
@@ -29,9 +31,15 @@ pub(super) async fn handle(
     match req {
         Request::Negotiate(n) => {
             if !n.versions.contains(&PROTOCOL_VERSION) {
+                // Only the first few: the list is the peer's, of any length.
+                let shown = &n.versions[..n.versions.len().min(VERSIONS_SHOWN)];
                 return Err(ApiError::bad_request(format!(
-                    "no common protocol version: the client speaks {:?}, this server {PROTOCOL_VERSION}",
-                    n.versions
+                    "no common protocol version: the client speaks {shown:?}{}, this server {PROTOCOL_VERSION}",
+                    if shown.len() < n.versions.len() {
+                        " and more"
+                    } else {
+                        ""
+                    }
                 )));
             }
             cs.lock().await.negotiated = true;
@@ -457,6 +465,9 @@ async fn session_op(
         Request::Symlink(l) => {
             require_writable(b)?;
             let at = path(&l.path)?;
+            // Before the commit: a refused entry still takes its place in
+            // every node's log, and a target may be megabytes long.
+            crate::meta::apply::check_link_target(&l.target)?;
             sequenced(
                 server,
                 &header,

@@ -382,3 +382,40 @@ fn only_state_changes_are_sequenced() {
         .is_sequenced()
     );
 }
+
+#[test]
+fn a_small_write_padded_out_does_not_keep_its_frame() {
+    let req = Request::Write(Write {
+        handle: HandleId(3),
+        offset: 7,
+        data: Bytes::from_static(b"x"),
+    });
+    let bytes = req.encode(&RequestHeader::default()).unwrap();
+    let (mut frame, _) = decode_frame(&bytes).unwrap().unwrap();
+    frame.payload = [&frame.payload[..], &vec![0u8; 1 << 20]].concat().into();
+    let range = frame.payload.as_ptr_range();
+    let Request::Write(w) = Request::decode(&frame).unwrap().1 else {
+        panic!("not a write");
+    };
+    assert_eq!(&w.data[..], b"x");
+    assert!(
+        !range.contains(&w.data.as_ptr()),
+        "the data is a view of the padded frame"
+    );
+}
+
+#[test]
+fn a_write_that_is_most_of_its_frame_is_a_view_of_it() {
+    let req = Request::Write(Write {
+        handle: HandleId(3),
+        offset: 7,
+        data: Bytes::from(vec![5u8; 64 << 10]),
+    });
+    let bytes = req.encode(&RequestHeader::default()).unwrap();
+    let (frame, _) = decode_frame(&bytes).unwrap().unwrap();
+    let range = frame.payload.as_ptr_range();
+    let Request::Write(w) = Request::decode(&frame).unwrap().1 else {
+        panic!("not a write");
+    };
+    assert!(range.contains(&w.data.as_ptr()), "copied for nothing");
+}

@@ -1075,3 +1075,25 @@ async fn a_quiet_node_adds_nothing_to_the_log() {
     assert_eq!(last_entry(), before, "log entries with nothing to expire");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_link_target_never_reaches_the_log() {
+    // A target may be megabytes long: refused at apply, it would still be
+    // an entry in every node's log.
+    let s = Server::start().await;
+    let c = s.session().await;
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index.unwrap_or(0);
+    // Past the node's start-up writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = last_entry();
+    let long = "a".repeat(1 << 20);
+    for target in ["", "a\0b", &long, &long] {
+        assert_eq!(c.fails(symlink("l", target)).await, ErrorCode::InvalidPath);
+    }
+    // One entry of the node's own may land meanwhile (a session renewal);
+    // the four refusals would add four.
+    let added = last_entry() - before;
+    assert!(added <= 1, "refused links were logged: {added} entries");
+    s.stop().await;
+}
