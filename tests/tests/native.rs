@@ -1418,3 +1418,29 @@ async fn a_dropped_file_is_closed() {
     h.close().await.unwrap();
     s.logoff().await.unwrap();
 }
+
+/// A resume this client gave up on can still land on another node after
+/// the client went on elsewhere: its live connection then no longer
+/// carries the session (`no_session`). The client resumes there and
+/// carries on: the application sees no error and no write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_taken_from_under_a_live_connection_is_resumed() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let s = client(&c, Some(0)).await;
+    let f = s.open("taken.txt", OpenOptions::create()).await.unwrap();
+    f.write_at(0, Bytes::from_static(b"before ")).await.unwrap();
+    // The late resume, as another connection on another node.
+    let late = Client::resume_session(config(&c, Some(1)), s.session())
+        .await
+        .unwrap();
+    f.write_at(7, Bytes::from_static(b"after")).await.unwrap();
+    f.flush()
+        .await
+        .expect("the flush goes through once resumed");
+    f.close().await.unwrap();
+    assert_eq!(read_all(&c, "taken.txt").await, b"before after");
+    assert!(s.reconnects() >= 1, "the client resumed its session");
+    drop(late);
+    s.logoff().await.unwrap();
+}

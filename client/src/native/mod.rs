@@ -176,6 +176,28 @@ impl OpenOptions {
 impl Client {
     /// Connects to one of the nodes and sets up a new session.
     pub async fn connect(cfg: NativeConfig) -> Result<Self, ClientError> {
+        Self::start(cfg, SessionId(rand::random()), false).await
+    }
+
+    /// Resumes `session`, set up by another client, on a connection of its
+    /// own. The other client's connection is done with from then on (see
+    /// PROTOCOL.md, "resume"); its handles are not this client's. For
+    /// tests of a session taken over: this client numbers its requests
+    /// from 1 again, so the replay table could answer its state changes
+    /// with the other client's results.
+    #[doc(hidden)]
+    pub async fn resume_session(
+        cfg: NativeConfig,
+        session: SessionId,
+    ) -> Result<Self, ClientError> {
+        Self::start(cfg, session, true).await
+    }
+
+    async fn start(
+        cfg: NativeConfig,
+        session: SessionId,
+        established: bool,
+    ) -> Result<Self, ClientError> {
         if cfg.nodes.is_empty() {
             return Err(ClientError::Invalid("no node addresses".into()));
         }
@@ -188,12 +210,12 @@ impl Client {
                 breaks: tokio::sync::broadcast::channel(notices::QUEUE_DEPTH).0,
                 cfg,
                 endpoint,
-                session: SessionId(rand::random()),
+                session,
                 seqs: Arc::new(seqs::Seqs::new()),
                 current: tokio::sync::Mutex::new(Current::default()),
                 files: Mutex::new(HashMap::new()),
                 next_node: AtomicUsize::new(0),
-                established: AtomicBool::new(false),
+                established: AtomicBool::new(established),
                 reconnects: AtomicU64::new(0),
             }),
         };
@@ -492,6 +514,8 @@ impl Client {
         let mut pause = Duration::from_millis(20);
         // The connection this call is on, and since when.
         let mut here = (0, Instant::now());
+        // Resumed once already because the connection had lost the session.
+        let mut rebound = false;
         loop {
             let (generation, conn) = self.connection(deadline).await?;
             if here.0 != generation {
@@ -515,6 +539,22 @@ impl Client {
                     tracing::debug!(error = %e.message, "unavailable; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Ok(conn::Answer::Whole(Response::Error(e)))
+                    if e.code == ErrorCode::NoSession
+                        && !rebound
+                        && !matches!(req, Request::Logoff)
+                        && Instant::now() < deadline =>
+                {
+                    // The session was resumed on another connection (an
+                    // attempt this client gave up on, landing late) or this
+                    // one lost its binding: this connection is done with.
+                    // Resuming binds the session here again and sends the
+                    // unflushed writes; if the session is really gone, the
+                    // resume says so.
+                    tracing::info!(error = %e.message, "the connection lost its session; resuming");
+                    rebound = true;
+                    self.drop_connection(generation).await;
                 }
                 Ok(conn::Answer::Whole(Response::Error(e))) => {
                     return Err(ClientError::Protocol {

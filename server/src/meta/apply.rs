@@ -41,7 +41,7 @@ pub enum MetaError {
     Invalid(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("session {0} does not exist")]
+    #[error("{0}")]
     NoSession(String),
     #[error("handle {0} is not open")]
     StaleHandle(String),

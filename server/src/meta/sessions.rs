@@ -117,9 +117,10 @@ fn fenced<R: KvRead + ?Sized>(
     if session_binding(tx, session)? != binding {
         // Not `stale_handle`: the handle is open, this node is the one
         // that lost it.
-        return Err(
-            MetaError::NoSession(format!("{session}: resumed on another connection")).into(),
-        );
+        return Err(MetaError::NoSession(format!(
+            "session {session} was resumed on another connection"
+        ))
+        .into());
     }
     apply(tx, cmd)
 }
@@ -381,7 +382,8 @@ pub fn load_session<R: KvRead + ?Sized>(
     tx: &R,
     id: &SessionId,
 ) -> Result<SessionRecord, ApplyError> {
-    get(tx, &keys::session(id))?.ok_or_else(|| MetaError::NoSession(id.to_string()).into())
+    get(tx, &keys::session(id))?
+        .ok_or_else(|| MetaError::NoSession(format!("session {id} does not exist")).into())
 }
 
 pub fn load_handle<R: KvRead + ?Sized>(tx: &R, id: HandleId) -> Result<HandleRecord, ApplyError> {

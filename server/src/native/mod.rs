@@ -103,6 +103,10 @@ pub struct ConnState {
     negotiated: bool,
     bound: Option<Bound>,
     sink: NoticeSink,
+    /// The connection is gone: a session setup still under way must not
+    /// bind to it (nothing would ever unbind it, and the node would renew
+    /// the session for ever).
+    ended: bool,
 }
 
 impl ConnState {
@@ -111,6 +115,7 @@ impl ConnState {
             negotiated: false,
             bound: None,
             sink,
+            ended: false,
         }
     }
 }
@@ -201,6 +206,7 @@ impl NativeServer {
     /// A client connection is gone: its session is no longer renewed from
     /// it.
     fn connection_ended(&self, cs: &mut ConnState) {
+        cs.ended = true;
         if let Some(b) = cs.bound.take() {
             self.unbind_live(&b.id, &cs.sink);
             // What the session's handles hold here is of no use once its

@@ -88,8 +88,14 @@ async fn session_setup(
     s: cairn_proto::wire::SessionSetup,
 ) -> ApiResult<Response> {
     let state = &server.state;
-    if !cs.lock().await.negotiated {
-        return Err(ApiError::bad_request("negotiate first"));
+    {
+        let c = cs.lock().await;
+        if c.ended {
+            return Err(connection_ended());
+        }
+        if !c.negotiated {
+            return Err(ApiError::bad_request("negotiate first"));
+        }
     }
     let share = cairn_proto::ShareName::parse(&s.share)?;
     let token = crate::api::auth::token_record(&state.meta, &state.committer, &s.token).await?;
@@ -158,6 +164,11 @@ async fn session_setup(
         Vec::new()
     };
     let mut c = cs.lock().await;
+    if c.ended {
+        // Committed, but for a client no longer here: unbound, the session
+        // expires as after any lost connection unless it is resumed.
+        return Err(connection_ended());
+    }
     let previous = c.bound.replace(Bound {
         id: header.session,
         share,
@@ -176,6 +187,13 @@ async fn session_setup(
         writable,
         handles,
     }))
+}
+
+fn connection_ended() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "the connection ended during session setup",
+    )
 }
 
 fn path(p: &str) -> ApiResult<FilePath> {

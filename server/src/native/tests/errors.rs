@@ -185,6 +185,34 @@ async fn a_resumed_session_is_not_set_up_anew() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_outliving_its_connection_binds_nothing() {
+    // A setup still under way when its connection ends (a slow barrier or
+    // commit, a client gone meanwhile) must not bind the session to that
+    // connection: nothing would unbind it, and this node would renew the
+    // session, with its handles and locks, for ever.
+    let s = Server::start().await;
+    let first = s.session().await;
+    first.lose_connection().await;
+    for resume in [true, false] {
+        let late = s.connect_as(first.session);
+        late.lose_connection().await;
+        assert_eq!(
+            late.setup(TOKEN, "default", resume).await,
+            Err(ErrorCode::Unavailable)
+        );
+        assert!(
+            !late.server.is_live(&first.session),
+            "bound to an ended connection"
+        );
+    }
+    // The session is still there to resume from a live connection.
+    let back = s.connect_as(first.session);
+    assert!(back.setup(TOKEN, "default", true).await.unwrap().resumed);
+    assert!(back.server.is_live(&first.session));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_and_entries() {
     let s = Server::start().await;
     let c = s.session().await;
