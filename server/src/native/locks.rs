@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::wire::Lock;
+use cairn_proto::wire::SessionId;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
@@ -37,17 +38,32 @@ const LOOK_GAP: Duration = Duration::from_millis(5);
 /// applied here. That view may lag; the commit decides.
 ///
 /// A try already under way when the client leaves may still take the lock
-/// (as any request's effect may outlive its lost answer). It is not undone:
-/// the handle's locks carry no owner, so an undo could as well release the
-/// same lock taken again by the client's own retry on another node.
-pub async fn lock(state: &Arc<AppState>, l: &Lock, gone: &CancellationToken) -> ApiResult<()> {
+/// (as any request's effect may outlive its lost answer), unless the
+/// client has resumed its session since: tries are fenced by the binding
+/// of the connection that asked. It is not undone: the handle's locks
+/// carry no owner, so an undo could as well release the same lock taken
+/// again by the client's own retry on another node.
+pub async fn lock(
+    state: &Arc<AppState>,
+    l: &Lock,
+    (session, binding): (SessionId, u64),
+    gone: &CancellationToken,
+) -> ApiResult<()> {
     let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
-    let cmd = Command::Lock {
-        handle: l.handle,
-        offset: l.offset,
-        len: l.len,
-        exclusive: l.exclusive,
+    // Fenced: a try still under way here when the client has resumed
+    // elsewhere (and perhaps locked and unlocked there since) is refused,
+    // not left holding a lock nobody knows of.
+    let cmd = Command::Fenced {
+        session,
+        binding,
+        cmd: Box::new(Command::Lock {
+            handle: l.handle,
+            offset: l.offset,
+            len: l.len,
+            exclusive: l.exclusive,
+        }),
+        appends: Vec::new(),
     };
     // Subscribed before the first try: an unlock applied between the
     // refusal and the wait below still wakes the wait.

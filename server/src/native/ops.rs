@@ -521,7 +521,7 @@ async fn session_op(
         Request::Lock(l) => {
             // Checks that the handle is this session's.
             server.file(l.handle, b).await?;
-            super::locks::lock(state, &l, gone).await?;
+            super::locks::lock(state, &l, (b.id, b.binding), gone).await?;
             Ok(Response::Done)
         }
         Request::Unlock(u) => {

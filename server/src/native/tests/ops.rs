@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{RW, Server, open_req};
+use super::{RW, Server, TOKEN, open_req};
 
 fn write(h: cairn_proto::wire::HandleId, offset: u64, data: &[u8]) -> Request {
     Request::Write(Write {
@@ -368,6 +368,42 @@ async fn locks_conflict_between_handles_until_released() {
         ErrorCode::NotFound
     );
     drop(b);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waited_for_on_a_replaced_connection_is_not_taken() {
+    // The client gave up on this connection and resumed its session on
+    // another: a lock request still waiting on the old one must not take
+    // the lock later, for a caller who believes it holds nothing.
+    let s = Server::start().await;
+    let holder = s.session().await;
+    let old = s.session().await;
+    let hh = holder.open("locked", Disposition::Create, RW).await.handle;
+    let ho = old.open("locked", Disposition::Open, RW).await.handle;
+    holder.done(lock(hh, 0, 10, true, 0)).await;
+    let session = old.session;
+    let waiter = tokio::spawn(async move {
+        let r = old.call(lock(ho, 0, 10, true, 5_000)).await;
+        (old, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let resumed = s.connect_as(session);
+    assert!(resumed.setup(TOKEN, "default", true).await.unwrap().resumed);
+    let unlock = Request::Unlock(Unlock {
+        handle: hh,
+        offset: 0,
+        len: 10,
+    });
+    holder.done(unlock.clone()).await;
+    let (old, r) = waiter.await.unwrap();
+    let Response::Error(e) = r else {
+        panic!("the lock was taken through a replaced connection: {r:?}");
+    };
+    assert_eq!(e.code, ErrorCode::NoSession);
+    // Nobody holds the range.
+    holder.done(lock(hh, 0, 10, true, 0)).await;
+    drop(old);
     s.stop().await;
 }
 
