@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::wire::{LeaseBreak, Notice, RequestHeader, lease};
 
+use tokio_util::sync::CancellationToken;
+
 use super::NativeServer;
-use crate::api::error::ApiResult;
+use crate::api::error::{ApiError, ApiResult};
 use crate::consensus::committer::CommitError;
 use crate::meta::command::OpenFile;
 use crate::meta::leases::{conflicts, pending_breaks};
@@ -30,11 +32,16 @@ const SETTLE_POLL: Duration = Duration::from_millis(5);
 pub(super) type Pushed = (cairn_proto::wire::SessionId, u64, u8, usize);
 
 /// Opens a file as `header`'s sequenced request, breaking other sessions'
-/// conflicting leases first.
+/// conflicting leases first. Stops waiting for the holders when `gone` is
+/// cancelled (nobody waits for the answer any more): an open that lands
+/// up to the break timeout later would hold a handle, and perhaps
+/// truncate the file, behind the caller's back. A client that failed
+/// over sends the open again where it went.
 pub(super) async fn open(
     server: &NativeServer,
     header: &RequestHeader,
     mut args: OpenFile,
+    gone: &CancellationToken,
 ) -> ApiResult<Applied> {
     let state = &server.state;
     let deadline = Instant::now() + server.lease_break_timeout;
@@ -47,6 +54,11 @@ pub(super) async fn open(
         match state.committer.commit(cmd).await {
             Err(CommitError::Meta(MetaError::LeasesHeld(_))) => {}
             other => return Ok(other?),
+        }
+        // Refused, and a refusal for held leases is not recorded: the
+        // client's resend is applied afresh.
+        if gone.is_cancelled() {
+            return Err(abandoned());
         }
         if Instant::now() >= deadline {
             tracing::warn!(path = %args.path, "lease holders did not acknowledge in time; breaking by force");
@@ -67,7 +79,7 @@ pub(super) async fn open(
             })
             .await?;
         let started = Instant::now();
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !gone.is_cancelled() {
             match conflicts(&state.meta.snapshot(), inode, &args.session, args.access) {
                 Ok(c) if c.is_empty() => break,
                 Ok(_) => tokio::time::sleep(SETTLE_POLL).await,
@@ -76,6 +88,13 @@ pub(super) async fn open(
         }
         tracing::debug!(path = %args.path, waited_ms = started.elapsed().as_millis() as u64, "leases broken");
     }
+}
+
+fn abandoned() -> ApiError {
+    ApiError::new(
+        cairn_proto::ErrorCode::Unavailable,
+        "the client stopped waiting for this open",
+    )
 }
 
 /// When the break pusher must scan the pending breaks again: the lease

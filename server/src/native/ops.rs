@@ -268,7 +268,7 @@ async fn session_op(
                 lease: o.lease,
                 force: false,
             };
-            let applied = super::leases::open(server, &header, args).await?;
+            let applied = super::leases::open(server, &header, args, gone).await?;
             let handle = HandleId(
                 applied
                     .handle

@@ -581,6 +581,53 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_nobody_waits_for_stops_waiting_for_lease_holders() {
+    // The holder never acknowledges its break. An open the client gave up
+    // on (it failed over, or timed out) must not force its way in up to
+    // the break timeout later: it would truncate the file and hold a
+    // handle behind the caller's back.
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let leased = match a
+        .call(open_req("l", Disposition::Create, RW, lease::READ_WRITE))
+        .await
+    {
+        Response::Opened(o) => o,
+        other => panic!("{other:?}"),
+    };
+    a.call(write(leased.handle, 0, b"kept")).await;
+    attr(&a, Request::Flush(leased.handle)).await;
+    let gone = CancellationToken::new();
+    let header = RequestHeader {
+        session: b.session,
+        seq: b.next_seq(),
+    };
+    let bytes = open_req("l", Disposition::Overwrite, RW, 0)
+        .encode(&header)
+        .unwrap();
+    let b = Arc::new(b);
+    let opener = {
+        let (b, gone) = (Arc::clone(&b), gone.clone());
+        tokio::spawn(async move { b.raw_until(&bytes, &gone).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!opener.is_finished(), "the open waits for the holder");
+    gone.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(2), opener)
+        .await
+        .expect("an open nobody waits for stops waiting")
+        .unwrap();
+    let Response::Error(e) = r else {
+        panic!("the abandoned open went through: {r:?}");
+    };
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    let st = attr(&a, Request::StatHandle(leased.handle)).await;
+    assert_eq!(st.size, 4, "the abandoned overwrite truncated the file");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_for_no_open_handle_commits_nothing() {
     let s = Server::start().await;
     let a = s.session().await;
