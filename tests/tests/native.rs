@@ -1444,3 +1444,40 @@ async fn a_session_taken_from_under_a_live_connection_is_resumed() {
     drop(late);
     s.logoff().await.unwrap();
 }
+
+/// A close that reached no node leaves the handle open on the cluster,
+/// holding its share modes (and locks, and leases) for the session's
+/// life: dropping the file closes it once a node answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_that_reached_no_node_is_sent_again_when_the_file_drops() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let mut cfg = config(&c, None);
+    cfg.failover_timeout = Duration::from_secs(2);
+    let s = Client::connect(cfg).await.unwrap();
+    let exclusive = OpenOptions {
+        share_access: 0,
+        ..OpenOptions::create()
+    };
+    let f = s.open("unreached", exclusive).await.unwrap();
+    f.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
+    for n in &c.nodes {
+        n.pause();
+    }
+    let closed = f.close_shared().await;
+    for n in &c.nodes {
+        n.resume();
+    }
+    assert!(
+        matches!(closed, Err(ClientError::Connection(_))),
+        "no node could answer: {closed:?}"
+    );
+    drop(f);
+    let other = client(&c, None).await;
+    let h = open_once_released(&other, "unreached", Duration::from_secs(20))
+        .await
+        .expect("the dropped file's handle is closed");
+    assert_eq!(h.read_at(0, 4).await.unwrap().as_ref(), b"kept");
+    h.close().await.unwrap();
+    s.logoff().await.unwrap();
+}

@@ -311,8 +311,20 @@ impl File {
     pub async fn close_shared(&self) -> Result<(), ClientError> {
         // The node flushes what it holds before it closes; after a
         // failover the reconnect sent it every unflushed write first.
-        self.closed.store(true, Ordering::Relaxed);
-        match self.client.call(Request::Close(self.handle)).await? {
+        let answer = self.client.call(Request::Close(self.handle)).await;
+        // A close that reached no node, or that a node could not carry
+        // out just now, leaves the handle open on the cluster (with its
+        // locks, leases and share modes, for the session's life): the drop
+        // tries once more in the background. Any other answer is final.
+        let again = match &answer {
+            Err(ClientError::Connection(_)) => true,
+            Err(e) => e.code() == Some(cairn_proto::ErrorCode::Unavailable),
+            Ok(_) => false,
+        };
+        if !again {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        match answer? {
             Response::Done => {
                 self.client.forget_file(self.handle);
                 Ok(())
@@ -325,8 +337,9 @@ impl File {
 /// A file dropped without a close is closed in the background, as a
 /// dropped `tokio::fs::File` is: the node flushes what it holds, and the
 /// handle (with its locks and leases) does not stay open until the
-/// session ends. One whose close failed is forgotten, so its unflushed
-/// writes are not sent again at every failover.
+/// session ends. One whose close was refused is forgotten, so its
+/// unflushed writes are not sent again at every failover; one whose close
+/// reached no node is closed once more here, in the background.
 impl Drop for File {
     fn drop(&mut self) {
         if self.closed.swap(true, Ordering::Relaxed) {
