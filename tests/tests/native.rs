@@ -1472,6 +1472,8 @@ async fn a_close_that_reached_no_node_is_sent_again_when_the_file_drops() {
         matches!(closed, Err(ClientError::Connection(_))),
         "no node could answer: {closed:?}"
     );
+    // The close on drop has one failover timeout (2 s): not an election.
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
     drop(f);
     let other = client(&c, None).await;
     let h = open_once_released(&other, "unreached", Duration::from_secs(20))
@@ -1480,4 +1482,27 @@ async fn a_close_that_reached_no_node_is_sent_again_when_the_file_drops() {
     assert_eq!(h.read_at(0, 4).await.unwrap().as_ref(), b"kept");
     h.close().await.unwrap();
     s.logoff().await.unwrap();
+}
+
+/// A connection that sets up no session (perhaps holding no token) does
+/// not keep one of the node's connection slots: the node closes it, with
+/// code 4, within its setup time (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_without_a_session_is_closed() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(45),
+        cairn_client::native::negotiate_only(&config(&c, None), &c.quic(0)),
+    )
+    .await
+    .expect("closed within the setup time")
+    .unwrap();
+    assert_eq!(closed, Some(4));
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "closed before its setup time: {:?}",
+        started.elapsed()
+    );
 }

@@ -454,12 +454,20 @@ impl Client {
 
     /// Gives up on connection `generation`; false if it is already gone.
     async fn drop_connection(&self, generation: u64) -> bool {
+        self.leave_connection(generation, true).await
+    }
+
+    /// Closes connection `generation`; with `node_failed`, the next
+    /// reconnect tries the other nodes first.
+    async fn leave_connection(&self, generation: u64, node_failed: bool) -> bool {
         let mut cur = self.inner.current.lock().await;
         if cur.generation == generation
             && let Some(c) = cur.conn.take()
         {
             c.close(0u32.into(), b"giving up on this node");
-            cur.failed = Some(cur.node.clone());
+            if node_failed {
+                cur.failed = Some(cur.node.clone());
+            }
             return true;
         }
         false
@@ -554,7 +562,8 @@ impl Client {
                     // resume says so.
                     tracing::info!(error = %e.message, "the connection lost its session; resuming");
                     rebound = true;
-                    self.drop_connection(generation).await;
+                    // The node is fine: resume on it again.
+                    self.leave_connection(generation, false).await;
                 }
                 Ok(conn::Answer::Whole(Response::Error(e))) => {
                     return Err(ClientError::Protocol {
@@ -782,6 +791,27 @@ impl Drop for Inner {
 }
 
 /// What a client sends first on every connection.
+/// Connects to `node` and negotiates, setting up no session, then waits
+/// for the node to close the connection; returns its application close
+/// code (`None`: closed some other way). For tests of a node's limits.
+#[doc(hidden)]
+pub async fn negotiate_only(cfg: &NativeConfig, node: &str) -> Result<Option<u64>, ClientError> {
+    let endpoint = conn::client_endpoint(&cfg.ca)?;
+    let c = conn::connect(&endpoint, node)
+        .await
+        .map_err(|l| ClientError::Connection(l.message))?;
+    let header = RequestHeader::default();
+    match conn::exchange(&c, &header, &negotiate(), Duration::from_secs(10)).await {
+        Ok(Response::Negotiated(_)) => {}
+        Ok(other) => return Err(ClientError::Invalid(format!("{other:?}"))),
+        Err(l) => return Err(ClientError::Connection(l.message)),
+    }
+    Ok(match c.closed().await {
+        quinn::ConnectionError::ApplicationClosed(a) => Some(a.error_code.into_inner()),
+        _ => None,
+    })
+}
+
 fn negotiate() -> Request {
     Request::Negotiate(Negotiate {
         versions: vec![PROTOCOL_VERSION],

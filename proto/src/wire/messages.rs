@@ -407,12 +407,16 @@ pub(super) fn put<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 /// header, body fields and fields a newer peer appended.
 const WRITE_VIEW_SLACK: usize = 4096;
 
-/// A write's data: a view of the frame when it is most of it (no copy on
-/// the hot path), else a copy. A view keeps the whole frame's buffer
+/// Writes smaller than this are copied out of their frame whatever the
+/// frame's size: cheap, and a view's share of its buffer stays small.
+const WRITE_COPIED_BELOW: usize = 64 << 10;
+
+/// A write's data: a view of the frame when it is large and most of the
+/// frame (no copy on the hot path), else a copy. A view keeps the whole frame's buffer
 /// alive while budgets count only the data, so a 1-byte write padded to
 /// 4 MiB would otherwise hold 4 MiB per write.
 fn write_data(payload: &Bytes, data: &[u8]) -> Bytes {
-    if payload.len() - data.len() > WRITE_VIEW_SLACK {
+    if data.len() < WRITE_COPIED_BELOW || payload.len() - data.len() > WRITE_VIEW_SLACK {
         Bytes::copy_from_slice(data)
     } else {
         payload.slice_ref(data)

@@ -86,6 +86,9 @@ pub(super) async fn open(
                 Err(e) => return Err(e.into()),
             }
         }
+        if gone.is_cancelled() {
+            return Err(abandoned());
+        }
         tracing::debug!(path = %args.path, waited_ms = started.elapsed().as_millis() as u64, "leases broken");
     }
 }

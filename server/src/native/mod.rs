@@ -99,6 +99,9 @@ struct Bound {
     resumed_with: Arc<HashSet<HandleId>>,
 }
 
+/// How long a client connection may go without a session set up.
+pub const SETUP_WITHIN: Duration = Duration::from_secs(30);
+
 pub struct ConnState {
     negotiated: bool,
     bound: Option<Bound>,
@@ -173,8 +176,23 @@ impl NativeServer {
         let cs = Arc::new(tokio::sync::Mutex::new(ConnState::new(NoticeSink::Quic(
             conn.clone(),
         ))));
+        // A connection that sets up no session only takes up a slot (it
+        // may not even hold a token): it gets [`SETUP_WITHIN`] to do so.
+        let setup_by = tokio::time::Instant::now() + SETUP_WITHIN;
+        let mut setup_checked = false;
         loop {
-            let (send, recv) = match conn.accept_bi().await {
+            let accepted = tokio::select! {
+                accepted = conn.accept_bi() => accepted,
+                () = tokio::time::sleep_until(setup_by), if !setup_checked => {
+                    setup_checked = true;
+                    if cs.lock().await.bound.is_none() {
+                        tracing::info!(%peer, "no session set up in time; closing the connection");
+                        conn.close(4u32.into(), b"no session set up in time");
+                    }
+                    continue;
+                }
+            };
+            let (send, recv) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     let stats = conn.stats();
@@ -262,6 +280,13 @@ impl NativeServer {
         gone: &CancellationToken,
     ) -> Result<Vec<Bytes>, StreamError> {
         let resp = match decode_frame_bytes(&bytes) {
+            // One frame per stream: bytes after it would ride along, kept
+            // alive by views of the frame (a write's data) but counted
+            // nowhere.
+            Ok(Some((_, used))) if used != bytes.len() => self.undecodable(format!(
+                "{} bytes after the request frame: one frame per stream",
+                bytes.len() - used
+            )),
             Ok(Some((frame, _))) => match Request::decode(&frame) {
                 Ok((header, req)) => {
                     let span = tracing::info_span!(

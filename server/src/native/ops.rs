@@ -130,6 +130,12 @@ async fn session_setup(
         // binding fences it off.
         let previous =
             crate::meta::sessions::session_binding(&state.meta.snapshot(), &header.session)?;
+        // The barrier may have taken long: a client gone meanwhile has
+        // resumed elsewhere, and a binding committed now would fence off
+        // the connection it uses.
+        if cs.lock().await.ended {
+            return Err(connection_ended());
+        }
         let binding = server.new_binding();
         state
             .committer

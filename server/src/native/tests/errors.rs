@@ -450,3 +450,40 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_carries_one_frame_and_a_refusal_quotes_little_of_it() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let header = RequestHeader {
+        session: c.session,
+        seq: 0,
+    };
+    // Bytes after the frame would be kept alive by views of it (a write's
+    // data) and counted nowhere.
+    let mut padded = Request::Stat(PathReq { path: "x".into() })
+        .encode(&header)
+        .unwrap();
+    padded.extend_from_slice(&[0u8; 100]);
+    let Response::Error(e) = c.raw(&padded).await else {
+        panic!("a padded stream was served");
+    };
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("one frame per stream"), "{}", e.message);
+    // A client's version list is of any length; the refusal is not.
+    let many = Request::Negotiate(cairn_proto::wire::Negotiate {
+        versions: (1000..11_000).collect(),
+        capabilities: 0,
+        client: "future".into(),
+    });
+    let Response::Error(e) = c.raw(&many.encode(&header).unwrap()).await else {
+        panic!("no common version, yet negotiated");
+    };
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(
+        e.message.len() < 200,
+        "{} bytes of refusal",
+        e.message.len()
+    );
+    s.stop().await;
+}
