@@ -201,14 +201,31 @@ pub struct PendingBreak {
     pub to: u8,
 }
 
-/// Every unacknowledged break, at most `limit` of them (the nodes push
-/// these to the holders' connections).
+/// Every unacknowledged break, at most `limit` of them.
+#[cfg(test)]
 pub fn pending_breaks<R: KvRead + ?Sized>(
     tx: &R,
     limit: usize,
 ) -> Result<Vec<PendingBreak>, StoreError> {
-    let prefix = [keys::LEASE_BREAK_PREFIX];
-    let end = keys::prefix_end(&prefix);
+    breaks_under(tx, &[keys::LEASE_BREAK_PREFIX], limit)
+}
+
+/// `session`'s unacknowledged breaks, at most `limit` of them (a node
+/// pushes these to the session's connection, if it has it).
+pub fn session_breaks<R: KvRead + ?Sized>(
+    tx: &R,
+    session: &SessionId,
+    limit: usize,
+) -> Result<Vec<PendingBreak>, StoreError> {
+    breaks_under(tx, &keys::lease_breaks(session), limit)
+}
+
+fn breaks_under<R: KvRead + ?Sized>(
+    tx: &R,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Vec<PendingBreak>, StoreError> {
+    let end = keys::prefix_end(prefix);
     let mut start = prefix.to_vec();
     let mut out = Vec::new();
     while out.len() < limit

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cairn_proto::wire::{LeaseBreak, Notice, RequestHeader, lease};
+use cairn_proto::wire::{LeaseBreak, Notice, RequestHeader, SessionId, lease};
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,13 +16,13 @@ use super::NativeServer;
 use crate::api::error::{ApiError, ApiResult};
 use crate::consensus::committer::CommitError;
 use crate::meta::command::OpenFile;
-use crate::meta::leases::{conflicts, pending_breaks};
+use crate::meta::leases::{conflicts, session_breaks};
 use crate::meta::{Applied, Command, MetaError};
 
 /// How often a node looks for breaks to push.
 pub(super) const PUSH_EVERY: Duration = Duration::from_millis(20);
-/// Pending breaks one round looks at, at most.
-const PUSH_BATCH: usize = 4096;
+/// Pending breaks of one session one round looks at, at most.
+pub(super) const PUSH_BATCH: usize = if cfg!(test) { 16 } else { 1024 };
 /// How long pushing one notice may take before it counts as failed.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an open checks whether its breaks were acknowledged.
@@ -139,13 +139,25 @@ impl NativeServer {
         if !self.push_seen.should_scan(self.state.meta.lease_epoch()) {
             return;
         }
-        let pending = match pending_breaks(&self.state.meta.snapshot(), PUSH_BATCH) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read pending lease breaks");
-                return;
-            }
+        // Only the breaks of sessions connected here, each session's on
+        // its own: a session that never acknowledges thousands of breaks
+        // then holds back only its own, not every other session's.
+        let sessions: Vec<SessionId> = match self.live.lock() {
+            Ok(live) => live.keys().copied().collect(),
+            Err(_) => return,
         };
+        let snapshot = self.state.meta.snapshot();
+        let mut pending = Vec::new();
+        for session in &sessions {
+            match session_breaks(&snapshot, session, PUSH_BATCH) {
+                Ok(p) => pending.extend(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read pending lease breaks");
+                    return;
+                }
+            }
+        }
+        drop(snapshot);
         let (Ok(live), Ok(mut pushed)) = (self.live.lock(), self.pushed.lock()) else {
             return;
         };

@@ -581,6 +581,68 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_acknowledges_holds_back_only_its_own_breaks() {
+    // The hog's session id sorts first, and it leaves more breaks
+    // unacknowledged than a node looks at per session in one round.
+    let s = Server::start().await;
+    let hog = s.connect_as(cairn_proto::wire::SessionId([0; 16]));
+    hog.setup(TOKEN, "default", false).await.unwrap();
+    for _ in 0..super::super::leases::PUSH_BATCH + 1 {
+        let r = hog
+            .call(open_req(
+                "hogged",
+                Disposition::OpenOrCreate,
+                RW,
+                lease::READ_WRITE,
+            ))
+            .await;
+        assert!(matches!(r, Response::Opened(_)), "{r:?}");
+    }
+    // One open breaks every one of them, then gives up waiting.
+    let opener = Arc::new(s.session().await);
+    let gone = CancellationToken::new();
+    let header = RequestHeader {
+        session: opener.session,
+        seq: opener.next_seq(),
+    };
+    let bytes = open_req("hogged", Disposition::Open, access::READ, 0)
+        .encode(&header)
+        .unwrap();
+    let waiting = {
+        let (opener, gone) = (Arc::clone(&opener), gone.clone());
+        tokio::spawn(async move { opener.raw_until(&bytes, &gone).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.cancel();
+    waiting.await.unwrap();
+
+    let mut victim = s.session().await;
+    let leased = match victim
+        .call(open_req("v", Disposition::Create, RW, lease::READ_WRITE))
+        .await
+    {
+        Response::Opened(o) => o,
+        other => panic!("{other:?}"),
+    };
+    let other = Arc::clone(&opener);
+    let opens = tokio::spawn(async move {
+        other
+            .call(open_req("v", Disposition::Open, access::READ, 0))
+            .await
+    });
+    let Notice::LeaseBreak(brk) = victim.notice().await;
+    assert_eq!(brk.handle, leased.handle);
+    victim
+        .done(Request::LeaseAck(cairn_proto::wire::LeaseAck {
+            handle: leased.handle,
+            lease: brk.to,
+        }))
+        .await;
+    assert!(matches!(opens.await.unwrap(), Response::Opened(_)));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_nobody_waits_for_stops_waiting_for_lease_holders() {
     // The holder never acknowledges its break. An open the client gave up
     // on (it failed over, or timed out) must not force its way in up to
