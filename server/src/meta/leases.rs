@@ -174,6 +174,15 @@ fn ack<R: KvRead + ?Sized>(
     Ok(Applied::nothing())
 }
 
+/// True if a break of `session`'s `handle` awaits its acknowledgement.
+pub fn break_pending<R: KvRead + ?Sized>(
+    tx: &R,
+    session: &SessionId,
+    handle: HandleId,
+) -> Result<bool, StoreError> {
+    Ok(tx.get(&keys::lease_break(session, handle))?.is_some())
+}
+
 /// Drops a closing handle's pending break: closing acknowledges it.
 ///
 /// Deletes only a record that is there: a blind delete per close left a

@@ -565,6 +565,19 @@ async fn session_op(
                     format!("handle {} is not this session's", a.handle),
                 ));
             }
+            // Clients acknowledge again after each reconnect. One that
+            // lowers nothing and clears no pending break changes nothing:
+            // it costs a barrier (so this node's view is current), not a
+            // log entry on every node.
+            if h.lease & !a.lease == 0 {
+                state.committer.read_barrier().await?;
+                let snapshot = state.meta.snapshot();
+                let now = load_handle(&snapshot, a.handle);
+                let lowers = now.as_ref().is_ok_and(|n| n.lease & !a.lease != 0);
+                if !lowers && !crate::meta::leases::break_pending(&snapshot, &b.id, a.handle)? {
+                    return Ok(Response::Done);
+                }
+            }
             state
                 .committer
                 .commit(Command::AckLease {

@@ -690,6 +690,51 @@ async fn an_open_nobody_waits_for_stops_waiting_for_lease_holders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_that_lowers_nothing_commits_nothing() {
+    // Clients acknowledge again after each reconnect.
+    let s = Server::start().await;
+    let a = s.session().await;
+    let leased = match a
+        .call(open_req(
+            "acked",
+            Disposition::Create,
+            RW,
+            lease::READ_WRITE,
+        ))
+        .await
+    {
+        Response::Opened(o) => o,
+        other => panic!("{other:?}"),
+    };
+    let ack = |to| {
+        Request::LeaseAck(cairn_proto::wire::LeaseAck {
+            handle: leased.handle,
+            lease: to,
+        })
+    };
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index.unwrap_or(0);
+    a.done(ack(lease::READ)).await;
+    let before = last_entry();
+    for to in [lease::READ, lease::READ_WRITE, lease::READ, lease::READ] {
+        a.done(ack(to)).await;
+    }
+    // One entry of the node's own may land meanwhile (a session renewal).
+    let added = last_entry() - before;
+    assert!(
+        added <= 1,
+        "acknowledgements that lowered nothing were logged: {added}"
+    );
+    // One that lowers the lease still does.
+    a.done(ack(lease::NONE)).await;
+    assert!(
+        last_entry() > before + added,
+        "the lowering acknowledgement was not logged"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_for_no_open_handle_commits_nothing() {
     let s = Server::start().await;
     let a = s.session().await;
