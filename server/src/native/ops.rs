@@ -91,7 +91,7 @@ async fn session_setup(
     {
         let c = cs.lock().await;
         if c.ended {
-            return Err(connection_ended());
+            return Err(ended_during_setup());
         }
         if !c.negotiated {
             return Err(ApiError::bad_request("negotiate first"));
@@ -134,7 +134,7 @@ async fn session_setup(
         // resumed elsewhere, and a binding committed now would fence off
         // the connection it uses.
         if cs.lock().await.ended {
-            return Err(connection_ended());
+            return Err(ended_during_setup());
         }
         let binding = server.new_binding();
         state
@@ -173,7 +173,7 @@ async fn session_setup(
     if c.ended {
         // Committed, but for a client no longer here: unbound, the session
         // expires as after any lost connection unless it is resumed.
-        return Err(connection_ended());
+        return Err(ended_during_setup());
     }
     let previous = c.bound.replace(Bound {
         id: header.session,
@@ -195,7 +195,7 @@ async fn session_setup(
     }))
 }
 
-fn connection_ended() -> ApiError {
+fn ended_during_setup() -> ApiError {
     ApiError::new(
         ErrorCode::Unavailable,
         "the connection ended during session setup",

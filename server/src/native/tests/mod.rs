@@ -228,7 +228,18 @@ impl Conn {
     }
 
     pub async fn open(&self, path: &str, disposition: Disposition, acc: u8) -> Opened {
-        match self.call(open_req(path, disposition, acc, 0)).await {
+        self.open_leased(path, disposition, acc, 0).await
+    }
+
+    /// [`Conn::open`], asking for `lease`.
+    pub async fn open_leased(
+        &self,
+        path: &str,
+        disposition: Disposition,
+        acc: u8,
+        lease: u8,
+    ) -> Opened {
+        match self.call(open_req(path, disposition, acc, lease)).await {
             Response::Opened(o) => o,
             other => panic!("open {path}: {other:?}"),
         }

@@ -517,13 +517,9 @@ async fn a_lease_break_is_pushed_and_acknowledged() {
     let s = Server::start().await;
     let mut a = s.session().await;
     let b = s.session().await;
-    let leased = match a
-        .call(open_req("l", Disposition::Create, RW, lease::READ_WRITE))
-        .await
-    {
-        Response::Opened(o) => o,
-        other => panic!("{other:?}"),
-    };
+    let leased = a
+        .open_leased("l", Disposition::Create, RW, lease::READ_WRITE)
+        .await;
     assert_eq!(leased.lease, lease::READ_WRITE);
     a.call(write(leased.handle, 0, b"cached")).await;
     let opener = tokio::spawn(async move {
@@ -588,15 +584,8 @@ async fn a_session_that_never_acknowledges_holds_back_only_its_own_breaks() {
     let hog = s.connect_as(cairn_proto::wire::SessionId([0; 16]));
     hog.setup(TOKEN, "default", false).await.unwrap();
     for _ in 0..super::super::leases::PUSH_BATCH + 1 {
-        let r = hog
-            .call(open_req(
-                "hogged",
-                Disposition::OpenOrCreate,
-                RW,
-                lease::READ_WRITE,
-            ))
+        hog.open_leased("hogged", Disposition::OpenOrCreate, RW, lease::READ_WRITE)
             .await;
-        assert!(matches!(r, Response::Opened(_)), "{r:?}");
     }
     // One open breaks every one of them, then gives up waiting.
     let opener = Arc::new(s.session().await);
@@ -617,13 +606,9 @@ async fn a_session_that_never_acknowledges_holds_back_only_its_own_breaks() {
     waiting.await.unwrap();
 
     let mut victim = s.session().await;
-    let leased = match victim
-        .call(open_req("v", Disposition::Create, RW, lease::READ_WRITE))
-        .await
-    {
-        Response::Opened(o) => o,
-        other => panic!("{other:?}"),
-    };
+    let leased = victim
+        .open_leased("v", Disposition::Create, RW, lease::READ_WRITE)
+        .await;
     let other = Arc::clone(&opener);
     let opens = tokio::spawn(async move {
         other
@@ -651,13 +636,9 @@ async fn an_open_nobody_waits_for_stops_waiting_for_lease_holders() {
     let s = Server::start().await;
     let a = s.session().await;
     let b = s.session().await;
-    let leased = match a
-        .call(open_req("l", Disposition::Create, RW, lease::READ_WRITE))
-        .await
-    {
-        Response::Opened(o) => o,
-        other => panic!("{other:?}"),
-    };
+    let leased = a
+        .open_leased("l", Disposition::Create, RW, lease::READ_WRITE)
+        .await;
     a.call(write(leased.handle, 0, b"kept")).await;
     attr(&a, Request::Flush(leased.handle)).await;
     let gone = CancellationToken::new();
@@ -694,18 +675,9 @@ async fn an_acknowledgement_that_lowers_nothing_commits_nothing() {
     // Clients acknowledge again after each reconnect.
     let s = Server::start().await;
     let a = s.session().await;
-    let leased = match a
-        .call(open_req(
-            "acked",
-            Disposition::Create,
-            RW,
-            lease::READ_WRITE,
-        ))
-        .await
-    {
-        Response::Opened(o) => o,
-        other => panic!("{other:?}"),
-    };
+    let leased = a
+        .open_leased("acked", Disposition::Create, RW, lease::READ_WRITE)
+        .await;
     let ack = |to| {
         Request::LeaseAck(cairn_proto::wire::LeaseAck {
             handle: leased.handle,
