@@ -213,40 +213,5 @@ pub async fn read_exact_vec(
     Ok(buf)
 }
 
-/// Reads a stream to its end, at most `limit` bytes, when its first four
-/// bytes (little-endian) give the length of the rest: once
-/// [`SIZED_AFTER`] bytes have come, the buffer grows to that size at once.
-/// quinn's `read_to_end` zeroes a buffer and copies into it; this copies
-/// only, and large messages are not copied again as the buffer grows.
-pub async fn read_to_end_sized(
-    recv: &mut quinn::RecvStream,
-    limit: usize,
-) -> Result<Vec<u8>, quinn::ReadToEndError> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut sized = false;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-        if buf.len() + chunk.bytes.len() > limit {
-            return Err(quinn::ReadToEndError::TooLong);
-        }
-        buf.extend_from_slice(&chunk.bytes);
-        if !sized
-            && buf.len() >= SIZED_AFTER
-            && let Some(head) = buf.first_chunk::<4>()
-        {
-            sized = true;
-            let announced = (u32::from_le_bytes(*head) as usize).saturating_add(4);
-            // A wrong length costs only a reallocation: the end of the
-            // stream, not the prefix, says where the bytes stop.
-            buf.reserve(announced.min(limit).saturating_sub(buf.len()));
-        }
-    }
-    Ok(buf)
-}
-
-/// Bytes a stream must have delivered before [`read_to_end_sized`] trusts
-/// its announced length: a peer that announces 4 MiB and sends 4 bytes on
-/// each of its streams must not make a node set aside 4 MiB for each.
-const SIZED_AFTER: usize = 256 << 10;
-
 #[cfg(test)]
 mod tests;

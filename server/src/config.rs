@@ -111,6 +111,10 @@ pub struct ClusterConfig {
     /// Native protocol: memory for unflushed writes of all handles on this
     /// node, in bytes; writers wait when it is used up.
     pub write_buffer_bytes_max: u64,
+    /// Native protocol: memory for request frames being received or
+    /// served on this node, in bytes (at least 16 MiB); a stream waits,
+    /// unread, until its frame fits.
+    pub request_buffer_bytes_max: u64,
     /// Native protocol: how long an open waits for the holders of
     /// conflicting leases to acknowledge their breaks before it takes the
     /// leases away itself.
@@ -139,6 +143,7 @@ impl Default for ClusterConfig {
             read_timeout_secs: 5,
             handle_timeout_secs: 60,
             write_buffer_bytes_max: 512 << 20,
+            request_buffer_bytes_max: 256 << 20,
             lease_break_timeout_secs: 35,
         }
     }
@@ -478,6 +483,12 @@ fn validate_cluster(c: &ClusterConfig, node_id: u64) -> Result<(), ConfigError> 
     }
     if c.dead_after_secs == 0 || c.repair_interval_secs == 0 || c.scrub_interval_secs == 0 {
         return invalid("cluster dead_after_secs, repair and scrub intervals must be positive");
+    }
+    if c.request_buffer_bytes_max < crate::native::REQUEST_BUDGET_MIN {
+        return Err(ConfigError::Invalid(format!(
+            "cluster.request_buffer_bytes_max must be at least {}",
+            crate::native::REQUEST_BUDGET_MIN
+        )));
     }
     if c.snapshot_logs < 10 {
         return invalid("cluster.snapshot_logs must be at least 10");

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub native_requests: Family<NativeLabels, Counter>,
     pub native_seconds: HistogramFamily<OpLabel>,
     pub uploads_in_flight: Gauge,
+    pub native_request_buffer_bytes: Gauge,
     pub chunk_writes: Counter,
     pub chunk_dedup_hits: Counter,
     pub chunk_bytes_written: Counter,
@@ -76,6 +77,7 @@ impl Metrics {
             native_requests: Family::default(),
             native_seconds: Family::new_with_constructor(latency_histogram),
             uploads_in_flight: Gauge::default(),
+            native_request_buffer_bytes: Gauge::default(),
             chunk_writes: Counter::default(),
             chunk_dedup_hits: Counter::default(),
             chunk_bytes_written: Counter::default(),
@@ -127,6 +129,11 @@ impl Metrics {
             "native_request_seconds",
             "Native-protocol request latency, from decoding to the answer",
             self.native_seconds.clone(),
+        );
+        r.register(
+            "native_request_buffer_bytes",
+            "Bytes of native-protocol request frames being received or served",
+            self.native_request_buffer_bytes.clone(),
         );
         r.register(
             "uploads_in_flight",

@@ -812,6 +812,46 @@ pub async fn negotiate_only(cfg: &NativeConfig, node: &str) -> Result<Option<u64
     })
 }
 
+/// A connection to `node`, negotiated and, with `session`, bound to a new
+/// session of its own: for tests that speak the protocol by hand.
+#[doc(hidden)]
+pub async fn raw_connection(
+    cfg: &NativeConfig,
+    node: &str,
+    session: bool,
+) -> Result<quinn::Connection, ClientError> {
+    let endpoint = conn::client_endpoint(&cfg.ca)?;
+    let c = conn::connect(&endpoint, node)
+        .await
+        .map_err(|l| ClientError::Connection(l.message))?;
+    let header = RequestHeader {
+        session: SessionId(rand::random()),
+        seq: 0,
+    };
+    let t = Duration::from_secs(10);
+    let mut steps = vec![negotiate()];
+    if session {
+        steps.push(Request::SessionSetup(SessionSetup {
+            token: cfg.token.clone(),
+            share: cfg.share.clone(),
+            resume: false,
+        }));
+    }
+    for req in steps {
+        match conn::exchange(&c, &header, &req, t).await {
+            Ok(Response::Error(e)) => {
+                return Err(ClientError::Protocol {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            Ok(_) => {}
+            Err(l) => return Err(ClientError::Connection(l.message)),
+        }
+    }
+    Ok(c)
+}
+
 fn negotiate() -> Request {
     Request::Negotiate(Negotiate {
         versions: vec![PROTOCOL_VERSION],

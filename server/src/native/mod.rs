@@ -11,6 +11,7 @@
 mod answers;
 mod content;
 mod handles;
+mod intake;
 mod leases;
 mod locks;
 mod ops;
@@ -52,6 +53,8 @@ pub struct NativeServer {
     /// and whether a connection came or a push failed since.
     push_seen: leases::PushSeen,
     connections: AtomicUsize,
+    /// Memory for the request frames being received and served.
+    requests: intake::RequestBudget,
     /// The time part of the last binding this node gave (see
     /// [`NativeServer::new_binding`]).
     last_binding: std::sync::atomic::AtomicU64,
@@ -62,7 +65,14 @@ pub struct NativeServer {
 pub struct NativeOptions {
     pub handle_timeout: Duration,
     pub lease_break_timeout: Duration,
+    /// Memory for request frames (`request_buffer_bytes_max`).
+    pub request_buffer_bytes: u64,
+    /// How long a request frame may stall (`body_idle_timeout_secs`).
+    pub request_idle_timeout: Duration,
 }
+
+/// The smallest `request_buffer_bytes_max`.
+pub const REQUEST_BUDGET_MIN: u64 = intake::BUDGET_MIN;
 
 /// Client connections (each carries one session) a node serves at once.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -125,6 +135,11 @@ impl ConnState {
 
 impl NativeServer {
     pub fn new(state: Arc<AppState>, options: NativeOptions) -> Arc<Self> {
+        let requests = intake::RequestBudget::new(
+            options.request_buffer_bytes,
+            state.metrics.native_request_buffer_bytes.clone(),
+            options.request_idle_timeout,
+        );
         Arc::new(Self {
             state,
             handle_timeout: options.handle_timeout,
@@ -134,6 +149,7 @@ impl NativeServer {
             pushed: Mutex::new(HashSet::new()),
             push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
+            requests,
             last_binding: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -244,11 +260,37 @@ impl NativeServer {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), StreamError> {
-        let bytes = cairn_quic::read_to_end_sized(&mut recv, FRAME_PAYLOAD_MAX + FRAME_OVERHEAD)
-            .await
-            .map_err(|e| StreamError(e.to_string()))?;
+        let limit = if cs.lock().await.bound.is_some() {
+            FRAME_PAYLOAD_MAX + FRAME_OVERHEAD
+        } else {
+            intake::PRE_SESSION_FRAME_MAX
+        };
+        let frame = tokio::select! {
+            frame = self.requests.read(&mut recv, limit) => frame,
+            // The client gave up before its request was read in (it may
+            // have been waiting for the node's request budget).
+            _ = send.stopped() => return Ok(()),
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) if e.answerable() => {
+                // Whatever more comes on this stream is not wanted.
+                let _ = recv.stop(0u32.into());
+                let mut out = self
+                    .undecodable(e.to_string())
+                    .encode_chunks()
+                    .map_err(|e| StreamError(e.to_string()))?;
+                send.write_all_chunks(&mut out)
+                    .await
+                    .map_err(|e| StreamError(e.to_string()))?;
+                let _ = send.finish();
+                return Ok(());
+            }
+            Err(e) => return Err(StreamError(e.to_string())),
+        };
         let gone = CancellationToken::new();
-        let work = self.serve_request(cs, Bytes::from(bytes), &gone);
+        // The frame keeps its share of the budget until it is answered.
+        let work = self.serve_request(cs, frame.bytes.clone(), &gone);
         tokio::pin!(work);
         let mut out = tokio::select! {
             out = &mut work => out?,
@@ -261,6 +303,7 @@ impl NativeServer {
                 work.await?
             }
         };
+        drop(frame);
         send.write_all_chunks(&mut out)
             .await
             .map_err(|e| StreamError(e.to_string()))?;

@@ -1,0 +1,157 @@
+//! What a node of a real cluster does with clients that send more than it
+//! takes at once: request frames wait, unread, for the node's request
+//! budget, small requests still get through, stalled frames are given up,
+//! and a connection without a session cannot send a large frame at all.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_client::Client;
+use cairn_client::native::raw_connection;
+use cairn_proto::ErrorCode;
+use cairn_proto::wire::{Response, decode_frame_bytes};
+use cairn_tests::ServerOptions;
+use cairn_tests::cluster::{Cluster, ClusterOptions};
+
+const MIB: usize = 1 << 20;
+const HELD: &str = "cairn_native_request_buffer_bytes";
+
+/// Three nodes with a 16 MiB request budget (14 MiB of it for large
+/// frames) that give up a frame after 3 s without a byte.
+fn small_budget() -> Cluster {
+    let defaults = ClusterOptions::default();
+    Cluster::start(
+        3,
+        ClusterOptions {
+            server: ServerOptions {
+                body_idle_timeout_secs: 3,
+                ..defaults.server.clone()
+            },
+            cluster_extra: "request_buffer_bytes_max = 16777216\n".into(),
+            ..defaults
+        },
+    )
+}
+
+/// The node's answer on `recv`, decoded.
+async fn answer(recv: &mut quinn::RecvStream) -> Response {
+    let bytes = Bytes::from(recv.read_to_end(MIB).await.unwrap());
+    let (frame, _) = decode_frame_bytes(&bytes).unwrap().unwrap();
+    Response::decode(&frame).unwrap()
+}
+
+fn refusal(r: &Response) -> (ErrorCode, &str) {
+    match r {
+        Response::Error(e) => (e.code, e.message.as_str()),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// The start of a frame announcing `body` bytes after its length, and
+/// `sent` bytes of them.
+fn partial_frame(body: usize, sent: usize) -> Vec<u8> {
+    let mut m = u32::try_from(body).unwrap().to_le_bytes().to_vec();
+    m.resize(4 + sent, 0);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_frames_wait_for_the_nodes_budget_and_stalled_ones_are_given_up() {
+    let c = small_budget();
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let cfg = c.native_config(Some(0));
+    let raw = raw_connection(&cfg, &c.quic(0), true).await.unwrap();
+
+    // Eight 4 MiB frames, each sent but for its last MiB: 32 MiB
+    // announced to a node that takes 14 MiB of large frames at once.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let (mut send, recv) = raw.open_bi().await.unwrap();
+        send.write_all(&partial_frame(4 * MIB, 3 * MIB))
+            .await
+            .unwrap();
+        // Kept, unfinished: a dropped stream would end the frame.
+        streams.push((send, recv));
+    }
+    let frame = 4 * MIB as u64 + 4;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut held = 0;
+    while Instant::now() < deadline && held < 3 * frame {
+        held = c.metric(0, HELD).await.unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 3 * frame, "three of eight frames are let in");
+
+    // Small requests have a share of their own.
+    let client = Client::connect(c.native_config(Some(0))).await.unwrap();
+    let started = Instant::now();
+    client
+        .put_from(
+            "/small.bin",
+            cairn_client::native::Source::Bytes(Bytes::from(vec![7u8; 10_000])),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.metadata("/small.bin").await.unwrap().size, 10_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "small requests waited {:?} behind the large frames",
+        started.elapsed()
+    );
+    assert!(c.metric(0, HELD).await.unwrap() <= 16 * MIB as u64);
+
+    // Each frame that got in stalls, is given up after 3 s and makes room
+    // for the next: all eight are answered.
+    let started = Instant::now();
+    for (_send, recv) in &mut streams {
+        let r = tokio::time::timeout(Duration::from_secs(30), answer(recv))
+            .await
+            .expect("a stalled frame is answered");
+        let (code, message) = refusal(&r);
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(message.contains("stalled"), "{message}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "eight stalled frames in rounds of three took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.metric(0, HELD).await, Some(0), "the budget is all back");
+
+    // The connection and the node are fine: a whole large write goes
+    // through.
+    let big = cairn_tests::random_bytes(8 * MIB, 5);
+    client
+        .put_from(
+            "/big.bin",
+            cairn_client::native::Source::Bytes(big.clone().into()),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    client.get("/big.bin", &mut got, &|_| {}).await.unwrap();
+    assert!(got == big, "the large file came back different");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_session_cannot_send_a_large_frame() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let raw = raw_connection(&c.native_config(Some(0)), &c.quic(0), false)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    // The length alone: the refusal must not wait for the body.
+    send.write_all(&partial_frame(MIB, 0)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), answer(&mut recv))
+        .await
+        .expect("refused at once");
+    let (code, message) = refusal(&r);
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("65536"), "{message}");
+    assert_eq!(c.metric(0, HELD).await, Some(0));
+}
