@@ -137,7 +137,7 @@ pub fn transport(idle: Duration) -> quinn::TransportConfig {
 /// Flow-control window of one stream: two 4 MiB messages.
 const STREAM_WINDOW: u32 = 8 << 20;
 /// Flow-control window of a connection, each way.
-const CONNECTION_WINDOW: u32 = 64 << 20;
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
 /// Loss detection's reordering allowance, as a factor of the RTT.
 const LOSS_TIME_THRESHOLD: f32 = 4.0;
 

@@ -292,6 +292,9 @@ impl Node {
             )));
         }
 
+        let write_buffer_bytes = usize::try_from(config.cluster.write_buffer_bytes_max)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         let state = Arc::new(AppState {
             node_id: config.node_id,
             meta,
@@ -315,9 +318,8 @@ impl Node {
                 crate::native::running_hash::NODE_AHEAD_BYTES_MAX,
             )),
             chunk_cache: Arc::new(crate::chunks::ChunkCache::new(CHUNK_CACHE_BYTES)),
-            write_buffers: Arc::new(Semaphore::new(
-                usize::try_from(config.cluster.write_buffer_bytes_max).unwrap_or(usize::MAX >> 4),
-            )),
+            write_buffers: Arc::new(Semaphore::new(write_buffer_bytes)),
+            write_buffer_bytes,
             shutdown: shutdown.clone(),
         });
         let native_server = NativeServer::new(

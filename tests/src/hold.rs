@@ -45,9 +45,21 @@ pub struct Holder {
 impl Holder {
     /// Starts `cairn-hold` and waits until it holds the file open.
     pub fn start(spec: &HoldSpec) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary("cairn-hold"))
+        Self::start_on(spec, None)
+    }
+
+    /// [`Holder::start`] on test host `host` (loopback if none).
+    pub fn start_on(spec: &HoldSpec, host: Option<&crate::netns::Host>) -> anyhow::Result<Self> {
+        let mut command = match host {
+            Some(h) => h.command(binary("cairn-hold")),
+            None => Command::new(binary("cairn-hold")),
+        };
+        let mut child = command
             .arg(serde_json::to_string(spec)?)
             .stdout(Stdio::piped())
+            // Silent while it holds (no logging set up); read only to say
+            // why it did not hold.
+            .stderr(Stdio::piped())
             .spawn()
             .context("spawning cairn-hold")?;
         let stdout = child.stdout.take().context("cairn-hold's stdout")?;
@@ -57,7 +69,11 @@ impl Holder {
         let Some((lease, node)) = held.and_then(|h| h.split_once(" node ")) else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("cairn-hold did not hold {}: {line:?}", spec.path);
+            let mut why = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut why);
+            }
+            bail!("cairn-hold did not hold {}: {line:?} {why}", spec.path);
         };
         Ok(Self {
             lease: lease.parse()?,

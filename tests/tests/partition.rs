@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_tests::cluster::{Cluster, ClusterOptions};
+use cairn_tests::hold::{HoldSpec, Holder};
 use cairn_tests::mount::{Mount, write_pattern};
 use cairn_tests::netns::Network;
 use cairn_tests::{Server, ServerOptions};
@@ -212,6 +213,48 @@ async fn an_isolated_follower_refuses_then_catches_up() {
     assert_eq!(get(&c, f, "q/a.txt").await, (200, b"a".to_vec()));
     assert_eq!(get(&c, f, "q/b.txt").await, (200, b"b".to_vec()));
     assert_eq!(get(&c, f, "q/c.txt").await.0, 404);
+}
+
+/// A client holds a file open, exclusively and idle, through a follower
+/// that is then cut off from the other two. The follower still answers
+/// the client's keep-alives, but cannot renew its session; it closes the
+/// client's connection, the client resumes on the majority, and its
+/// handle outlives the handle timeout many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_client_of_a_cut_off_node_keeps_its_handle() {
+    let net = Network::create(4).unwrap();
+    let options = ClusterOptions {
+        // Handles of a session unrenewed for 7.5 s are closed; the cut-off
+        // node closes its connections after 2 s without a renewal.
+        cluster_extra: "handle_timeout_secs = 6\nwrite_timeout_secs = 3\nread_timeout_secs = 2\n"
+            .into(),
+        ..ClusterOptions::default()
+    };
+    let c = Cluster::start_on(&net.hosts[..3], &net.hosts[3], options);
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let f = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let exclusive = |first| HoldSpec {
+        share_access: 0,
+        ..c.hold_spec(Some(first), "held.bin")
+    };
+    let held = Holder::start_on(&exclusive(f), Some(&net.hosts[3])).unwrap();
+    assert_eq!(held.node, c.quic(f), "the holder is on the follower");
+    net.cut(f, leader).unwrap();
+    net.cut(f, other).unwrap();
+    // Twice the handle timeout: a session left on the cut-off node would
+    // have been expired, and its handle closed, by now.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let refused = Holder::start_on(&exclusive(other), Some(&net.hosts[3]))
+        .err()
+        .expect("a second exclusive open got the file: the first handle was closed");
+    assert!(
+        refused.to_string().contains("sharing_violation"),
+        "{refused}"
+    );
+    net.heal().unwrap();
+    c.wait_converged(Duration::from_secs(30)).await.unwrap();
+    held.vanish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

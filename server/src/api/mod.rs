@@ -64,6 +64,8 @@ pub struct AppState {
     pub read_buffers: Arc<Semaphore>,
     /// Bytes of unflushed native-protocol writes all handles may hold.
     pub write_buffers: Arc<Semaphore>,
+    /// How many bytes `write_buffers` started with.
+    pub write_buffer_bytes: usize,
     /// Bytes the running hashes of native uploads hold past their flushes.
     pub hash_ahead: Arc<Semaphore>,
     /// Verified chunks recently read in part (native reads, HTTP ranges).

@@ -177,6 +177,18 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
 /// Most concurrent RPC streams a peer may open to a node.
 pub const STREAMS_MAX: u32 = 64;
 
+/// What a node lets a peer or client send on one stream before reading
+/// it. A native request waiting for the node's request budget is left
+/// unread; its bytes stay in quinn's buffers and hold the connection's
+/// flow-control credit. With every stream's window together at most half
+/// the connection's, streams left waiting can never take all of it, and
+/// the ones being read always get their bytes.
+pub const ACCEPTED_STREAM_WINDOW: u32 = 512 << 10;
+
+const _: () = assert!(
+    STREAMS_MAX as u64 * ACCEPTED_STREAM_WINDOW as u64 * 2 <= cairn_quic::CONNECTION_WINDOW as u64
+);
+
 /// The QUIC server side: TLS 1.3 for peers (ALPN `cairn-peer`, with a
 /// CA-signed certificate) and native-protocol clients (ALPN `cairn/1`).
 pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
@@ -196,7 +208,9 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(crypto))
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport(idle)));
+    let mut t = transport(idle);
+    t.stream_receive_window(ACCEPTED_STREAM_WINDOW.into());
+    config.transport_config(Arc::new(t));
     Ok(config)
 }
 

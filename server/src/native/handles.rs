@@ -19,8 +19,9 @@ use crate::meta::sessions::{load_handle, placed_append};
 use crate::meta::{Command, HandleRecord, Inode, MetaError};
 use cairn_proto::extents::Extents;
 
-/// Unflushed bytes one handle may hold on a node; clients flush well before.
-pub const DIRTY_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
+/// Write buffers one handle may hold on a node before it flushes itself
+/// (or half the node's, if less); clients flush well before.
+pub const HELD_BYTES_PER_HANDLE_MAX: usize = 256 << 20;
 /// Longest a write waits for buffer space after flushing its own handle.
 const WRITE_BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Cells of one handle being stored ahead of its flush at once.
@@ -41,6 +42,11 @@ const FLUSH_ATTEMPTS: usize = 5;
 /// takes (`upload_bytes_max`, as for an HTTP upload): every 4 MiB of a
 /// file, hole or not, is a chunk reference in its metadata, built and
 /// hashed at each flush.
+/// The write buffers one handle may hold: at most half the node's.
+fn held_max(state: &AppState) -> usize {
+    HELD_BYTES_PER_HANDLE_MAX.min(state.write_buffer_bytes / 2)
+}
+
 fn file_end(state: &AppState, off: u64, len: usize) -> ApiResult<u64> {
     let max = state.limits.upload_bytes_max;
     match off.checked_add(len as u64) {
@@ -59,7 +65,10 @@ pub struct OpenFile {
     binding: u64,
     pub record: HandleRecord,
     dirty: Extents,
-    permits: Vec<OwnedSemaphorePermit>,
+    /// The node's write buffers this handle's unflushed writes hold: each
+    /// write's length until a flush, overwritten or not (what a write
+    /// replaced may live on as a view sharing its request's buffer).
+    held: Option<OwnedSemaphorePermit>,
     /// A truncate (or extend) of this handle no flush has recorded yet.
     /// Otherwise the size is the committed one or the end of this handle's
     /// writes, whichever is larger, worked out afresh each time: another
@@ -133,7 +142,7 @@ impl OpenFile {
             binding,
             record,
             dirty: Extents::default(),
-            permits: Vec::new(),
+            held: None,
             truncated: None,
             sequential,
             provisional: None,
@@ -237,15 +246,10 @@ impl OpenFile {
             return Ok(placed);
         }
         self.need(access::WRITE, "writing")?;
-        if self.dirty.bytes() + data.len() > DIRTY_BYTES_PER_HANDLE_MAX {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "handle {} holds {} unflushed bytes; flush first",
-                    self.id,
-                    self.dirty.bytes()
-                ),
-            ));
+        if self.held_bytes() + data.len() > held_max(state) && self.has_unflushed() {
+            // Past its share the handle flushes itself: one rewriting the
+            // same range must not take the node's every write buffer.
+            self.flush(state).await?;
         }
         let size = self.size(state).await?;
         let off = if append { size } else { off };
@@ -255,7 +259,7 @@ impl OpenFile {
         // Only once the write is held: a permit kept for a write that
         // failed would never be released (a flush with nothing to write
         // returns early).
-        self.permits.push(permit);
+        self.hold(permit);
         self.dirty.insert(off, data);
         self.stage_cells(state, off, end);
         let size = size.max(end);
@@ -292,6 +296,17 @@ impl OpenFile {
         };
         self.sequential = kept;
         Ok(())
+    }
+
+    fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |p| p.num_permits())
     }
 
     /// Room for `len` more unflushed bytes on this node. When all handles
@@ -385,7 +400,7 @@ impl OpenFile {
         let staged = self.take_staged().await;
         let staging_wait = started.elapsed();
         let dirty = std::mem::take(&mut self.dirty);
-        let permits = std::mem::take(&mut self.permits);
+        let permits = self.held.take();
         let truncated = self.truncated.take();
         let placed = std::mem::take(&mut self.placed);
         match self
@@ -412,7 +427,9 @@ impl OpenFile {
             Err(e) => {
                 // Keep the writes for the next flush; later ones win.
                 self.dirty.absorb_older(dirty);
-                self.permits.extend(permits);
+                if let Some(p) = permits {
+                    self.hold(p);
+                }
                 self.truncated = self.truncated.or(truncated);
                 for a in placed.into_iter().rev() {
                     self.placed.push_front(a);

@@ -6,16 +6,24 @@
 //! them back once the request is answered: however many clients send at
 //! once, the frames a node has received and not yet served stay within
 //! `request_buffer_bytes_max`. A stream waiting for budget is not read,
-//! so QUIC flow control holds its sender back. Small frames (a stat, a
-//! flush, a lock) draw from a share of their own, so they never queue
-//! behind 4 MiB writes.
+//! so QUIC flow control holds its sender back (the node's stream windows
+//! are small enough that waiting streams never hold all of a
+//! connection's credit: see `cluster::tls::ACCEPTED_STREAM_WINDOW`).
+//! Small frames (a stat, a flush, a lock) draw from a share of their own,
+//! so they never queue behind 4 MiB writes; one connection holds at most
+//! a quarter of the large frames' share; frames sent before a session is
+//! set up (no token checked yet) have a small pool to themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_proto::wire::{FRAME_OVERHEAD, FRAME_PAYLOAD_MAX};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The largest request frame.
+pub const FRAME_MAX: usize = FRAME_PAYLOAD_MAX + FRAME_OVERHEAD;
 
 /// Frames up to this size (all but writes and large symlink targets) draw
 /// from the small frames' share.
@@ -23,14 +31,23 @@ pub const SMALL_FRAME_MAX: usize = 64 << 10;
 
 /// The largest frame a connection may send before it has a session: a
 /// negotiate or a setup is a few hundred bytes.
-pub const PRE_SESSION_FRAME_MAX: usize = SMALL_FRAME_MAX;
+pub const PRE_SESSION_FRAME_MAX: usize = 16 << 10;
 
-/// The smallest budget allowed: two frames of the largest size, and the
-/// small frames' share.
+/// Frames of connections without a session, all together: a pool of their
+/// own, so that peers holding no token can only delay each other.
+const PRE_SESSION_BYTES: usize = 1 << 20;
+
+/// The smallest budget allowed: room for two frames of the largest size
+/// per connection, and the small frames' share.
 pub const BUDGET_MIN: u64 = 16 << 20;
 
 /// The share of the budget kept for small frames: one eighth.
 const SMALL_SHARE_DIVISOR: usize = 8;
+
+/// The share of the large frames' pool one connection may hold: a quarter
+/// (but always two of the largest frames), so no one client can take it
+/// all.
+const CONNECTION_SHARE_DIVISOR: usize = 4;
 
 /// Why a frame was not read.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +56,7 @@ pub enum IntakeError {
     TooLarge { announced: usize, limit: usize },
     #[error("{extra} or more bytes after the request frame: one frame per stream")]
     Trailing { extra: usize },
-    #[error("the request frame stalled: nothing came for {0:?}")]
+    #[error("the request frame stalled: it did not all arrive within {0:?}")]
     Stalled(Duration),
     #[error("the request stream failed: {0}")]
     Stream(String),
@@ -55,13 +72,19 @@ impl IntakeError {
 
 /// The node's memory for request frames.
 pub struct RequestBudget {
+    pre_session: Arc<Semaphore>,
     small: Arc<Semaphore>,
     bulk: Arc<Semaphore>,
+    /// What one connection may hold of `bulk`.
+    per_connection: usize,
     /// Bytes held by frames received or being received, for `/metrics`.
     held: Gauge,
-    /// How long a frame may go without a byte arriving.
+    /// How long a frame may take to arrive once it has its budget.
     idle: Duration,
 }
+
+/// One connection's share of the large frames' pool.
+pub struct ConnectionShare(Arc<Semaphore>);
 
 /// A frame's bytes and the budget they hold until dropped.
 pub struct Frame {
@@ -70,7 +93,7 @@ pub struct Frame {
 }
 
 struct Held {
-    _permit: OwnedSemaphorePermit,
+    _permits: Vec<OwnedSemaphorePermit>,
     bytes: i64,
     gauge: Gauge,
 }
@@ -83,48 +106,68 @@ impl Drop for Held {
 
 impl RequestBudget {
     /// A budget of `bytes` (at least [`BUDGET_MIN`]), reported through
-    /// `held`; frames stalled for `idle` are given up.
+    /// `held`; a frame that has not all arrived `idle` after it got its
+    /// budget is given up.
     pub fn new(bytes: u64, held: Gauge, idle: Duration) -> Self {
-        let total = usize::try_from(bytes.max(BUDGET_MIN)).unwrap_or(usize::MAX >> 4);
+        let total = usize::try_from(bytes.max(BUDGET_MIN))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         let small = total / SMALL_SHARE_DIVISOR;
+        let bulk = total - small;
         Self {
+            pre_session: Arc::new(Semaphore::new(PRE_SESSION_BYTES)),
             small: Arc::new(Semaphore::new(small)),
-            bulk: Arc::new(Semaphore::new(total - small)),
+            bulk: Arc::new(Semaphore::new(bulk)),
+            per_connection: (bulk / CONNECTION_SHARE_DIVISOR).max(2 * FRAME_MAX),
             held,
             idle,
         }
     }
 
-    /// Reads one frame of at most `limit` bytes from `recv`, taking budget
-    /// for its announced length first. A frame whose stream ends before
-    /// its announced length is returned as it is: decoding it reports the
-    /// truncation.
+    /// A new connection's share of the large frames' pool.
+    pub fn connection(&self) -> ConnectionShare {
+        ConnectionShare(Arc::new(Semaphore::new(self.per_connection)))
+    }
+
+    /// Reads one frame from `recv`, a stream of connection `conn` (with a
+    /// session set up on it, or not yet), taking budget for its announced
+    /// length first. A frame whose stream ends before its announced length
+    /// is returned as it is: decoding it reports the truncation.
     pub async fn read(
         &self,
         recv: &mut quinn::RecvStream,
-        limit: usize,
+        conn: &ConnectionShare,
+        session: bool,
     ) -> Result<Frame, IntakeError> {
+        let limit = if session {
+            FRAME_MAX
+        } else {
+            PRE_SESSION_FRAME_MAX
+        };
         let mut head = Vec::with_capacity(4);
         let Some(announced) = self.length(recv, &mut head).await? else {
             // Ended inside the length prefix.
             return Ok(Frame {
-                _held: self.take(0).await?,
+                _held: self.take(0, conn, session).await?,
                 bytes: Bytes::from(head),
             });
         };
         if announced > limit {
             return Err(IntakeError::TooLarge { announced, limit });
         }
-        let held = self.take(announced).await?;
+        let held = self.take(announced, conn, session).await?;
+        let by = tokio::time::Instant::now() + self.idle;
         let mut buf = Vec::with_capacity(announced);
         buf.extend_from_slice(&head);
         // One byte past the frame is enough to know the stream carries
         // more than it.
         while buf.len() <= announced {
             let want = announced + 1 - buf.len();
-            match self.chunk(recv, want).await? {
-                Some(bytes) => buf.extend_from_slice(&bytes),
-                None => break,
+            match tokio::time::timeout_at(by, recv.read_chunk(want, true)).await {
+                Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(IntakeError::Stream(e.to_string())),
+                Err(_) => return Err(IntakeError::Stalled(self.idle)),
             }
         }
         if buf.len() > announced {
@@ -139,16 +182,19 @@ impl RequestBudget {
     }
 
     /// The frame's whole length (its four-byte prefix included), or None
-    /// if the stream ended inside the prefix.
+    /// if the stream ended inside the prefix. Nothing is held meanwhile,
+    /// so each piece may take up to the idle timeout.
     async fn length(
         &self,
         recv: &mut quinn::RecvStream,
         head: &mut Vec<u8>,
     ) -> Result<Option<usize>, IntakeError> {
         while head.len() < 4 {
-            match self.chunk(recv, 4 - head.len()).await? {
-                Some(bytes) => head.extend_from_slice(&bytes),
-                None => return Ok(None),
+            match tokio::time::timeout(self.idle, recv.read_chunk(4 - head.len(), true)).await {
+                Ok(Ok(Some(chunk))) => head.extend_from_slice(&chunk.bytes),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(IntakeError::Stream(e.to_string())),
+                Err(_) => return Err(IntakeError::Stalled(self.idle)),
             }
         }
         let prefix: [u8; 4] = head[..4].try_into().unwrap_or_default();
@@ -157,37 +203,52 @@ impl RequestBudget {
         ))
     }
 
-    /// At most `max` more bytes, waiting at most the idle timeout.
-    async fn chunk(
-        &self,
-        recv: &mut quinn::RecvStream,
-        max: usize,
-    ) -> Result<Option<Bytes>, IntakeError> {
-        match tokio::time::timeout(self.idle, recv.read_chunk(max, true)).await {
-            Ok(Ok(chunk)) => Ok(chunk.map(|c| c.bytes)),
-            Ok(Err(e)) => Err(IntakeError::Stream(e.to_string())),
-            Err(_) => Err(IntakeError::Stalled(self.idle)),
-        }
-    }
-
     /// Budget for a frame of `len` bytes, waiting for it as long as it
     /// takes: the caller stops waiting when the client does.
-    async fn take(&self, len: usize) -> Result<Held, IntakeError> {
-        let pool = if len <= SMALL_FRAME_MAX {
-            &self.small
-        } else {
-            &self.bulk
-        };
-        // `len` is at most the frame limit, far below both shares.
+    async fn take(
+        &self,
+        len: usize,
+        conn: &ConnectionShare,
+        session: bool,
+    ) -> Result<Held, IntakeError> {
+        // `len` is at most the frame limit, far below every pool's size.
         let n = u32::try_from(len).unwrap_or(u32::MAX);
-        let permit = Arc::clone(pool)
-            .acquire_many_owned(n)
-            .await
-            .map_err(|_| IntakeError::Stream("the request budget is closed".into()))?;
+        let closed = |_| IntakeError::Stream("the request budget is closed".into());
+        let mut permits = Vec::with_capacity(2);
+        if !session {
+            permits.push(
+                Arc::clone(&self.pre_session)
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            );
+        } else if len <= SMALL_FRAME_MAX {
+            permits.push(
+                Arc::clone(&self.small)
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            );
+        } else {
+            // The connection's share first: a connection at its share
+            // waits without holding any of the pool.
+            permits.push(
+                Arc::clone(&conn.0)
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            );
+            permits.push(
+                Arc::clone(&self.bulk)
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            );
+        }
         let bytes = i64::try_from(len).unwrap_or(i64::MAX);
         self.held.inc_by(bytes);
         Ok(Held {
-            _permit: permit,
+            _permits: permits,
             bytes,
             gauge: self.held.clone(),
         })

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::wire::{
-    FRAME_OVERHEAD, FRAME_PAYLOAD_MAX, HandleId, Request, RequestHeader, Response, SessionId,
-    decode_frame_bytes,
+    HandleId, Request, RequestHeader, Response, SessionId, decode_frame_bytes,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,6 +54,9 @@ pub struct NativeServer {
     connections: AtomicUsize,
     /// Memory for the request frames being received and served.
     requests: intake::RequestBudget,
+    /// When this node last renewed its connected sessions (or had none to
+    /// renew, or bound one): see [`NativeServer::leave_if_cut_off`].
+    renewed: Mutex<Instant>,
     /// The time part of the last binding this node gave (see
     /// [`NativeServer::new_binding`]).
     last_binding: std::sync::atomic::AtomicU64,
@@ -150,6 +152,7 @@ impl NativeServer {
             push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
             requests,
+            renewed: Mutex::new(Instant::now()),
             last_binding: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -158,6 +161,8 @@ impl NativeServer {
         if let Ok(mut live) = self.live.lock() {
             live.entry(id).or_default().push(sink);
         }
+        // Its setup just committed: the node reaches the cluster.
+        self.mark_renewed();
         // Its session's pending breaks go to the new connection.
         self.push_seen.mark_dirty();
     }
@@ -195,6 +200,7 @@ impl NativeServer {
         // A connection that sets up no session only takes up a slot (it
         // may not even hold a token): it gets [`SETUP_WITHIN`] to do so.
         let setup_by = tokio::time::Instant::now() + SETUP_WITHIN;
+        let share = Arc::new(self.requests.connection());
         let mut setup_checked = false;
         loop {
             let accepted = tokio::select! {
@@ -228,8 +234,9 @@ impl NativeServer {
             };
             let server = Arc::clone(&self);
             let cs = Arc::clone(&cs);
+            let share = Arc::clone(&share);
             tokio::spawn(async move {
-                if let Err(e) = server.serve_stream(&cs, send, recv).await {
+                if let Err(e) = server.serve_stream(&cs, &share, send, recv).await {
                     tracing::debug!(%peer, error = %e, "client stream failed");
                 }
             });
@@ -257,16 +264,13 @@ impl NativeServer {
     async fn serve_stream(
         &self,
         cs: &tokio::sync::Mutex<ConnState>,
+        share: &intake::ConnectionShare,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), StreamError> {
-        let limit = if cs.lock().await.bound.is_some() {
-            FRAME_PAYLOAD_MAX + FRAME_OVERHEAD
-        } else {
-            intake::PRE_SESSION_FRAME_MAX
-        };
+        let session = cs.lock().await.bound.is_some();
         let frame = tokio::select! {
-            frame = self.requests.read(&mut recv, limit) => frame,
+            frame = self.requests.read(&mut recv, share, session) => frame,
             // The client gave up before its request was read in (it may
             // have been waiting for the node's request budget).
             _ = send.stopped() => return Ok(()),
@@ -286,7 +290,11 @@ impl NativeServer {
                 let _ = send.finish();
                 return Ok(());
             }
-            Err(e) => return Err(StreamError(e.to_string())),
+            Err(e) => {
+                // Whoever still reads the answer learns it will not come.
+                let _ = send.reset(0u32.into());
+                return Err(StreamError(e.to_string()));
+            }
         };
         let gone = CancellationToken::new();
         // The frame keeps its share of the budget until it is answered.
@@ -483,15 +491,58 @@ impl NativeServer {
             open.retain(|_, e| sessions.contains(&e.session) || e.last_used.elapsed() < timeout);
         }
         if sessions.is_empty() {
+            self.mark_renewed();
             return;
         }
         let cmd = Command::RenewSessions {
             sessions,
             now_ns: self.state.clock.now_ns(),
         };
-        if let Err(e) = self.state.committer.commit(cmd).await {
-            tracing::warn!(error = %e, "could not renew sessions");
+        match self.state.committer.commit(cmd).await {
+            Ok(_) => self.mark_renewed(),
+            Err(e) => tracing::warn!(error = %e, "could not renew sessions"),
         }
+    }
+
+    fn mark_renewed(&self) {
+        if let Ok(mut r) = self.renewed.lock() {
+            *r = Instant::now();
+        }
+    }
+
+    /// Closes every client connection once this node has failed to renew
+    /// its sessions for a third of the handle timeout. A node cut off from
+    /// the others still answers its clients' keep-alives, so an idle
+    /// client would stay on it while the leader, hearing nothing, expires
+    /// its session and hands its locks and share modes to others. Closed
+    /// (code 5), the client resumes on a node that can renew it, with two
+    /// thirds of the timeout left.
+    fn leave_if_cut_off(&self) {
+        let Ok(mut renewed) = self.renewed.lock() else {
+            return;
+        };
+        let failing = renewed.elapsed();
+        if failing < cut_off_after(self.handle_timeout) {
+            return;
+        }
+        let sinks: Vec<NoticeSink> = match self.live.lock() {
+            Ok(live) => live.values().flatten().cloned().collect(),
+            Err(_) => return,
+        };
+        if sinks.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            connections = sinks.len(),
+            failing_for = ?failing,
+            "sessions not renewed: closing client connections so that they resume on another node"
+        );
+        for sink in &sinks {
+            sink.close(5, "this node cannot reach the cluster");
+        }
+        // The connections' ends unbind their sessions; until a new one
+        // binds (which takes a commit) there is nothing to renew.
+        *renewed = Instant::now();
     }
 
     /// On the leader: ends sessions nobody renewed within the timeout.
@@ -529,19 +580,55 @@ impl NativeServer {
 
     async fn timers(self: &Arc<Self>, stop: CancellationToken) {
         let every = renew_every(self.handle_timeout);
-        let mut renew = tokio::time::interval(every);
-        let mut expire = tokio::time::interval(every);
+        // Renewals and expiry wait on commits (up to the write timeout
+        // each), so each runs on its own: neither may hold up the other,
+        // nor the pushes, nor the check on how long renewals have failed.
+        let renewals = tokio::spawn(Arc::clone(self).renewals(every, stop.clone()));
+        let expiries = tokio::spawn(Arc::clone(self).expiries(every, stop.clone()));
         let mut push = tokio::time::interval(leases::PUSH_EVERY);
         push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cut_off = tokio::time::interval(every / 2);
         loop {
             tokio::select! {
-                _ = renew.tick() => self.renew().await,
-                _ = expire.tick() => self.expire().await,
                 _ = push.tick() => self.push_breaks(),
+                _ = cut_off.tick() => self.leave_if_cut_off(),
+                () = stop.cancelled() => break,
+            }
+        }
+        for task in [renewals, expiries] {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a native-protocol timer failed");
+            }
+        }
+    }
+
+    async fn renewals(self: Arc<Self>, period: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.renew().await,
                 () = stop.cancelled() => return,
             }
         }
     }
+
+    async fn expiries(self: Arc<Self>, period: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.expire().await,
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// How long a node's renewals may fail before it closes its client
+/// connections (see [`NativeServer::leave_if_cut_off`]): long enough to
+/// ride out an election, short enough to leave clients most of the
+/// handle timeout to resume elsewhere.
+fn cut_off_after(handle_timeout: Duration) -> Duration {
+    handle_timeout / 3
 }
 
 /// How often a node renews the sessions connected to it. Often enough

@@ -33,6 +33,14 @@ impl NoticeSink {
         }
     }
 
+    /// Closes the connection with application error `code`. The in-memory
+    /// transport's connection belongs to its test, which ends it itself.
+    pub fn close(&self, code: u32, reason: &str) {
+        if let Self::Quic(conn) = self {
+            conn.close(code.into(), reason.as_bytes());
+        }
+    }
+
     pub async fn push(&self, notice: &Notice) -> Result<(), String> {
         match self {
             Self::Quic(conn) => {

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod budgets;
 mod errors;
 mod group_commit;
 mod ops;
