@@ -83,8 +83,17 @@ pub async fn set(
                     return Err(Errno::EINTR);
                 }
             }
-            Err(e) => return Err(errno(&e)),
+            Err(e) => return Err(lock_errno(&e)),
         }
+    }
+}
+
+/// [`errno`] for a lock request: a handle at its limit of locks is what
+/// fcntl(2) calls ENOLCK.
+fn lock_errno(e: &cairn_client::ClientError) -> Errno {
+    match e.code() {
+        Some(cairn_proto::ErrorCode::TooMany) => Errno::ENOLCK,
+        _ => errno(e),
     }
 }
 

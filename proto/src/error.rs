@@ -53,10 +53,13 @@ pub enum ErrorCode {
     /// A file operation (open, download) on a symbolic link, which Cairn
     /// does not follow: read its target and resolve it instead.
     IsSymlink,
+    /// Native protocol: a session's open handles or a handle's byte-range
+    /// locks are at their limit; close or unlock some first.
+    TooMany,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::BadRequest,
         Self::InvalidPath,
         Self::Unauthorized,
@@ -78,6 +81,7 @@ impl ErrorCode {
         Self::SharingViolation,
         Self::LockConflict,
         Self::IsSymlink,
+        Self::TooMany,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +107,7 @@ impl ErrorCode {
             Self::SharingViolation => "sharing_violation",
             Self::LockConflict => "lock_conflict",
             Self::IsSymlink => "is_symlink",
+            Self::TooMany => "too_many",
         }
     }
 

@@ -493,7 +493,11 @@ fn validate_cluster(c: &ClusterConfig, node_id: u64) -> Result<(), ConfigError> 
     if c.snapshot_logs < 10 {
         return invalid("cluster.snapshot_logs must be at least 10");
     }
-    if c.write_timeout_secs == 0 || c.read_timeout_secs == 0 || c.scrub_bytes_per_sec == 0 {
+    if c.write_timeout_secs == 0
+        || c.read_timeout_secs == 0
+        || c.handle_timeout_secs == 0
+        || c.scrub_bytes_per_sec == 0
+    {
         return invalid("cluster timeouts and scrub_bytes_per_sec must be positive");
     }
     let mut ids: Vec<u64> = c.initial_members.iter().map(|m| m.id).collect();

@@ -326,6 +326,7 @@ impl Node {
             Arc::clone(&state),
             NativeOptions {
                 handle_timeout: Duration::from_secs(config.cluster.handle_timeout_secs),
+                write_timeout: Duration::from_secs(config.cluster.write_timeout_secs),
                 lease_break_timeout: Duration::from_secs(config.cluster.lease_break_timeout_secs),
                 request_buffer_bytes: config.cluster.request_buffer_bytes_max,
                 request_idle_timeout: config.body_idle_timeout,

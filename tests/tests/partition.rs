@@ -224,9 +224,9 @@ async fn an_isolated_follower_refuses_then_catches_up() {
 async fn an_idle_client_of_a_cut_off_node_keeps_its_handle() {
     let net = Network::create(4).unwrap();
     let options = ClusterOptions {
-        // Handles of a session unrenewed for 7.5 s are closed; the cut-off
-        // node closes its connections after 2 s without a renewal.
-        cluster_extra: "handle_timeout_secs = 6\nwrite_timeout_secs = 3\nread_timeout_secs = 2\n"
+        // Handles of a session unrenewed for 15 s are closed; the cut-off
+        // node closes its connections after 10 s without a renewal.
+        cluster_extra: "handle_timeout_secs = 12\nwrite_timeout_secs = 2\nread_timeout_secs = 2\n"
             .into(),
         ..ClusterOptions::default()
     };
@@ -244,7 +244,7 @@ async fn an_idle_client_of_a_cut_off_node_keeps_its_handle() {
     net.cut(f, other).unwrap();
     // Twice the handle timeout: a session left on the cut-off node would
     // have been expired, and its handle closed, by now.
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
     let refused = Holder::start_on(&exclusive(other), Some(&net.hosts[3]))
         .err()
         .expect("a second exclusive open got the file: the first handle was closed");

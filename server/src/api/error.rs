@@ -55,7 +55,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotDirectory
         | ErrorCode::SharingViolation
         | ErrorCode::LockConflict
-        | ErrorCode::IsSymlink => StatusCode::CONFLICT,
+        | ErrorCode::IsSymlink
+        | ErrorCode::TooMany => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -208,6 +208,7 @@ async fn route(
         conn.close(2u32.into(), b"certificate required");
         return;
     }
+    super::tls::open_window(&conn);
     serve_connection(conn, service).await;
 }
 

@@ -189,6 +189,19 @@ const _: () = assert!(
     STREAMS_MAX as u64 * ACCEPTED_STREAM_WINDOW as u64 * 2 <= cairn_quic::CONNECTION_WINDOW as u64
 );
 
+/// What a node lets a connection send before it reads it, until the
+/// connection has shown who it is: a peer's certificate, or a client's
+/// session (`cairn_quic::CONNECTION_WINDOW` after that, see
+/// [`open_window`]). Enough for a negotiate and a setup; 4,096
+/// connections that never set up a session hold 4 GiB of a node's memory
+/// at most, not 64 MiB each.
+pub const UNPROVEN_CONNECTION_WINDOW: u32 = 1 << 20;
+
+/// Lets `conn`, now known, use the whole connection window.
+pub fn open_window(conn: &quinn::Connection) {
+    conn.set_receive_window(cairn_quic::CONNECTION_WINDOW.into());
+}
+
 /// The QUIC server side: TLS 1.3 for peers (ALPN `cairn-peer`, with a
 /// CA-signed certificate) and native-protocol clients (ALPN `cairn/1`).
 pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, TlsError> {
@@ -210,6 +223,7 @@ pub fn server_config(dir: &Path, idle: Duration) -> Result<quinn::ServerConfig, 
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = transport(idle);
     t.stream_receive_window(ACCEPTED_STREAM_WINDOW.into());
+    t.receive_window(UNPROVEN_CONNECTION_WINDOW.into());
     config.transport_config(Arc::new(t));
     Ok(config)
 }

@@ -55,6 +55,8 @@ pub enum MetaError {
     LeasesHeld(String),
     #[error("'{0}' is a symbolic link")]
     IsSymlink(String),
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl MetaError {
@@ -74,6 +76,7 @@ impl MetaError {
             Self::LockConflict(_) => ErrorCode::LockConflict,
             Self::LeasesHeld(_) => ErrorCode::Unavailable,
             Self::IsSymlink(_) => ErrorCode::IsSymlink,
+            Self::TooMany(_) => ErrorCode::TooMany,
         }
     }
 }

@@ -70,6 +70,12 @@ pub fn session_handle(id: &SessionId, handle: HandleId) -> Vec<u8> {
     k
 }
 
+/// How many handles a session holds, a big-endian u32 (absent: none):
+/// `c | session`.
+pub fn session_handle_count(id: &SessionId) -> Vec<u8> {
+    prefixed(b'c', &id.0)
+}
+
 /// The handles open on an inode: `O | inode | handle`.
 pub fn open_handles(inode: InodeId) -> Vec<u8> {
     prefixed(b'O', &inode.to_be_bytes())

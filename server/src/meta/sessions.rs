@@ -22,6 +22,21 @@ use super::store::StoreError;
 /// many in flight, so a retry always finds its first answer.
 pub const REPLAY_WINDOW: u64 = 1024;
 
+/// Handles one session may hold open at once (as an SMB server's default
+/// limit of open files per session): every handle is metadata on every
+/// node, kept while the session lives.
+#[cfg(not(test))]
+pub const HANDLES_PER_SESSION_MAX: u32 = 16_384;
+#[cfg(test)]
+pub const HANDLES_PER_SESSION_MAX: u32 = 64;
+
+/// Byte-range locks one handle may hold: every lock request looks at all
+/// the locks on its file.
+#[cfg(not(test))]
+pub const LOCKS_PER_HANDLE_MAX: usize = 4_096;
+#[cfg(test)]
+pub const LOCKS_PER_HANDLE_MAX: usize = 32;
+
 /// Writes one command made, to be kept whatever its result.
 pub type Writes = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -500,6 +515,25 @@ fn all_sessions<R: KvRead + ?Sized>(
     Ok(out)
 }
 
+/// How many keys are under `prefix`, counting up to `max` at most.
+fn count_under<R: KvRead + ?Sized>(
+    tx: &Overlay<'_, R>,
+    prefix: &[u8],
+    max: usize,
+) -> Result<usize, StoreError> {
+    let end = keys::prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    let mut n = 0;
+    while n < max
+        && let Some(key) = tx.first_key_in(&start, &end)?
+    {
+        n += 1;
+        start = key;
+        start.push(0);
+    }
+    Ok(n)
+}
+
 /// Every key in `[prefix, prefix_end)`, read through the overlay.
 fn keys_under<R: KvRead + ?Sized>(
     tx: &Overlay<'_, R>,
@@ -535,8 +569,23 @@ fn close_session<R: KvRead + ?Sized>(
     tx.delete(keys::replays_floor(id));
     tx.delete(keys::appends_floor(id));
     tx.delete(keys::session_binding(id));
+    tx.delete(keys::session_handle_count(id));
     tx.delete(keys::session(id));
     Ok(())
+}
+
+/// How many handles `session` holds (as counted since the count was kept).
+fn handle_count<R: KvRead + ?Sized>(tx: &R, session: &SessionId) -> Result<u32, StoreError> {
+    Ok(get::<u32, _>(tx, &keys::session_handle_count(session))?.unwrap_or(0))
+}
+
+fn set_handle_count<R: KvRead + ?Sized>(tx: &mut Overlay<'_, R>, session: &SessionId, n: u32) {
+    let key = keys::session_handle_count(session);
+    if n == 0 {
+        tx.delete(key);
+    } else {
+        tx.put(key, encode(&n));
+    }
 }
 
 fn empty_file() -> FileData {
@@ -553,6 +602,14 @@ fn open_file<R: KvRead + ?Sized>(
     a: &OpenFile,
 ) -> Result<Applied, ApplyError> {
     let session = load_session(tx, &a.session)?;
+    let held = handle_count(tx, &a.session)?;
+    if held >= HANDLES_PER_SESSION_MAX {
+        return Err(MetaError::TooMany(format!(
+            "session {} has {held} handles open, its limit: close some first",
+            a.session
+        ))
+        .into());
+    }
     if session.share != a.share {
         return Err(
             MetaError::Invalid(format!("session {} is for another share", a.session)).into(),
@@ -622,6 +679,7 @@ fn open_file<R: KvRead + ?Sized>(
     if a.flags & open_flags::DELETE_ON_CLOSE != 0 && a.access & access::DELETE == 0 {
         return Err(MetaError::Forbidden("delete-on-close needs delete access".into()).into());
     }
+    set_handle_count(tx, &a.session, held + 1);
     let handle = allocate_handle(tx)?;
     let rec = HandleRecord {
         session: a.session,
@@ -739,6 +797,15 @@ fn lock<R: KvRead + ?Sized>(
         ))
         .into());
     }
+    let mine = keys::handle_locks(h.inode, handle);
+    if tx.get(&keys::lock(h.inode, handle, offset))?.is_none()
+        && count_under(tx, &mine, LOCKS_PER_HANDLE_MAX)? >= LOCKS_PER_HANDLE_MAX
+    {
+        return Err(MetaError::TooMany(format!(
+            "handle {handle} holds {LOCKS_PER_HANDLE_MAX} byte-range locks, its limit: unlock some first"
+        ))
+        .into());
+    }
     let prefix = keys::locks(h.inode);
     for key in keys_under(tx, &prefix)? {
         let (Some(other_offset), Some(other_handle)) = (
@@ -778,6 +845,9 @@ fn close_handle<R: KvRead + ?Sized>(
     tx.delete(keys::handle(handle));
     leases::forget_break(tx, &h.session, handle)?;
     tx.delete(keys::session_handle(&h.session, handle));
+    // Handles opened before the count was kept are not in it.
+    let held = handle_count(tx, &h.session)?;
+    set_handle_count(tx, &h.session, held.saturating_sub(1));
     tx.delete(keys::open_handle(h.inode, handle));
     if h.flags & open_flags::DELETE_ON_CLOSE != 0
         && let Some(entry) = lookup(tx, h.parent, &h.name)?

@@ -38,15 +38,15 @@ const APPENDS_REMEMBERED: usize = 1024;
 /// Times a flush is rebuilt when another writer's flush got in first.
 const FLUSH_ATTEMPTS: usize = 5;
 
-/// The end of `len` bytes at `off`, refused past the largest file a node
-/// takes (`upload_bytes_max`, as for an HTTP upload): every 4 MiB of a
-/// file, hole or not, is a chunk reference in its metadata, built and
-/// hashed at each flush.
 /// The write buffers one handle may hold: at most half the node's.
 fn held_max(state: &AppState) -> usize {
     HELD_BYTES_PER_HANDLE_MAX.min(state.write_buffer_bytes / 2)
 }
 
+/// The end of `len` bytes at `off`, refused past the largest file a node
+/// takes (`upload_bytes_max`, as for an HTTP upload): every 4 MiB of a
+/// file, hole or not, is a chunk reference in its metadata, built and
+/// hashed at each flush.
 fn file_end(state: &AppState, off: u64, len: usize) -> ApiResult<u64> {
     let max = state.limits.upload_bytes_max;
     match off.checked_add(len as u64) {

@@ -12,7 +12,8 @@
 //! Small frames (a stat, a flush, a lock) draw from a share of their own,
 //! so they never queue behind 4 MiB writes; one connection holds at most
 //! a quarter of the large frames' share; frames sent before a session is
-//! set up (no token checked yet) have a small pool to themselves.
+//! set up (no token checked yet) have a small pool to themselves, two at
+//! a time per connection, and must arrive within seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,17 @@ pub const PRE_SESSION_FRAME_MAX: usize = 16 << 10;
 
 /// Frames of connections without a session, all together: a pool of their
 /// own, so that peers holding no token can only delay each other.
+#[cfg(not(test))]
+const PRE_SESSION_BYTES: usize = 4 << 20;
+#[cfg(test)]
 const PRE_SESSION_BYTES: usize = 1 << 20;
+
+/// Frames one connection without a session may have in the pool at once.
+const PRE_SESSION_FRAMES_PER_CONNECTION: usize = 2;
+
+/// How long a frame sent before a session may take to arrive once it has
+/// its budget: it is a few hundred bytes.
+const PRE_SESSION_WITHIN: Duration = Duration::from_secs(5);
 
 /// The smallest budget allowed: room for two frames of the largest size
 /// per connection, and the small frames' share.
@@ -83,8 +94,12 @@ pub struct RequestBudget {
     idle: Duration,
 }
 
-/// One connection's share of the large frames' pool.
-pub struct ConnectionShare(Arc<Semaphore>);
+/// One connection's share of the large frames' pool, and of the pool of
+/// frames before a session.
+pub struct ConnectionShare {
+    bulk: Arc<Semaphore>,
+    pre_session: Arc<Semaphore>,
+}
 
 /// A frame's bytes and the budget they hold until dropped.
 pub struct Frame {
@@ -126,7 +141,12 @@ impl RequestBudget {
 
     /// A new connection's share of the large frames' pool.
     pub fn connection(&self) -> ConnectionShare {
-        ConnectionShare(Arc::new(Semaphore::new(self.per_connection)))
+        ConnectionShare {
+            bulk: Arc::new(Semaphore::new(self.per_connection)),
+            pre_session: Arc::new(Semaphore::new(
+                PRE_SESSION_FRAMES_PER_CONNECTION * PRE_SESSION_FRAME_MAX,
+            )),
+        }
     }
 
     /// Reads one frame from `recv`, a stream of connection `conn` (with a
@@ -156,7 +176,12 @@ impl RequestBudget {
             return Err(IntakeError::TooLarge { announced, limit });
         }
         let held = self.take(announced, conn, session).await?;
-        let by = tokio::time::Instant::now() + self.idle;
+        let within = if session {
+            self.idle
+        } else {
+            PRE_SESSION_WITHIN.min(self.idle)
+        };
+        let by = tokio::time::Instant::now() + within;
         let mut buf = Vec::with_capacity(announced);
         buf.extend_from_slice(&head);
         // One byte past the frame is enough to know the stream carries
@@ -167,7 +192,7 @@ impl RequestBudget {
                 Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(IntakeError::Stream(e.to_string())),
-                Err(_) => return Err(IntakeError::Stalled(self.idle)),
+                Err(_) => return Err(IntakeError::Stalled(within)),
             }
         }
         if buf.len() > announced {
@@ -214,32 +239,19 @@ impl RequestBudget {
         // `len` is at most the frame limit, far below every pool's size.
         let n = u32::try_from(len).unwrap_or(u32::MAX);
         let closed = |_| IntakeError::Stream("the request budget is closed".into());
-        let mut permits = Vec::with_capacity(2);
-        if !session {
-            permits.push(
-                Arc::clone(&self.pre_session)
-                    .acquire_many_owned(n)
-                    .await
-                    .map_err(closed)?,
-            );
+        // The connection's own share first, where it has one: a connection
+        // at its share waits without holding any of the node's pool.
+        let pools: Vec<&Arc<Semaphore>> = if !session {
+            vec![&conn.pre_session, &self.pre_session]
         } else if len <= SMALL_FRAME_MAX {
-            permits.push(
-                Arc::clone(&self.small)
-                    .acquire_many_owned(n)
-                    .await
-                    .map_err(closed)?,
-            );
+            vec![&self.small]
         } else {
-            // The connection's share first: a connection at its share
-            // waits without holding any of the pool.
+            vec![&conn.bulk, &self.bulk]
+        };
+        let mut permits = Vec::with_capacity(pools.len());
+        for pool in pools {
             permits.push(
-                Arc::clone(&conn.0)
-                    .acquire_many_owned(n)
-                    .await
-                    .map_err(closed)?,
-            );
-            permits.push(
-                Arc::clone(&self.bulk)
+                Arc::clone(pool)
                     .acquire_many_owned(n)
                     .await
                     .map_err(closed)?,

@@ -29,9 +29,10 @@ const LOOK_GAP: Duration = Duration::from_millis(5);
 /// other handles' locks conflict, and stopping when `gone` is cancelled
 /// (nobody is waiting for the answer any more).
 ///
-/// Every try is a Raft log entry, refused or not. So after the first, a
-/// waiter tries again only once this node's own state shows the range
-/// free: the entry that frees it must have reached this node first, and
+/// Every try is a Raft log entry, refused or not. So none is made while
+/// the range is known to be held: the first only once the latest state
+/// shows it free (see [`conflict_now`]), and after that a waiter tries
+/// again only once this node's own state shows the range free: the entry that frees it must have reached this node first, and
 /// a waiter no longer writes ten entries a second to the log for nothing.
 /// It looks each time this node applies entries, so it tries again as
 /// soon as the unlock (or close, or expiry) that frees the range has
@@ -68,7 +69,7 @@ pub async fn lock(
     // Subscribed before the first try: an unlock applied between the
     // refusal and the wait below still wakes the wait.
     let mut applied = state.committer.applied();
-    let mut conflict = None;
+    let mut conflict = conflict_now(state, &cmd).await?;
     let mut looked = tokio::time::Instant::now();
     loop {
         if gone.is_cancelled() {
@@ -108,6 +109,20 @@ async fn next_look(
         std::future::pending::<()>().await;
     }
     tokio::time::sleep_until(looked + LOOK_GAP).await;
+}
+
+/// The conflict `cmd` meets as of now, if any, without a log entry: a
+/// client trying a held range again and again (a non-blocking lock in a
+/// loop) must not add an entry to the log each time. This node's own
+/// state is looked at first; only when it shows a conflict is the latest
+/// state waited for (a read barrier) and looked at again, so a lock on a
+/// free range costs no more than its commit.
+async fn conflict_now(state: &AppState, cmd: &Command) -> ApiResult<Option<MetaError>> {
+    if held_here(state, cmd)?.is_none() {
+        return Ok(None);
+    }
+    state.committer.read_barrier().await?;
+    held_here(state, cmd)
 }
 
 /// The conflict this node's applied state shows for `cmd`, if any.

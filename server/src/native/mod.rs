@@ -54,9 +54,14 @@ pub struct NativeServer {
     connections: AtomicUsize,
     /// Memory for the request frames being received and served.
     requests: intake::RequestBudget,
-    /// When this node last renewed its connected sessions (or had none to
-    /// renew, or bound one): see [`NativeServer::leave_if_cut_off`].
-    renewed: Mutex<Instant>,
+    /// When this node last began a renewal of its connected sessions that
+    /// succeeded (or had none to renew, or bound one), in milliseconds
+    /// since `started`: see [`NativeServer::leave_if_cut_off`].
+    renewed_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
+    /// How long renewals may fail before the node closes its client
+    /// connections.
+    cut_off_after: Duration,
     /// The time part of the last binding this node gave (see
     /// [`NativeServer::new_binding`]).
     last_binding: std::sync::atomic::AtomicU64,
@@ -66,6 +71,8 @@ pub struct NativeServer {
 #[derive(Clone, Copy, Debug)]
 pub struct NativeOptions {
     pub handle_timeout: Duration,
+    /// How long a metadata write waits for a leader (`write_timeout_secs`).
+    pub write_timeout: Duration,
     pub lease_break_timeout: Duration,
     /// Memory for request frames (`request_buffer_bytes_max`).
     pub request_buffer_bytes: u64,
@@ -152,7 +159,9 @@ impl NativeServer {
             push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
             requests,
-            renewed: Mutex::new(Instant::now()),
+            renewed_ms: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
+            cut_off_after: cut_off_after(options.handle_timeout, options.write_timeout),
             last_binding: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -162,7 +171,7 @@ impl NativeServer {
             live.entry(id).or_default().push(sink);
         }
         // Its setup just committed: the node reaches the cluster.
-        self.mark_renewed();
+        self.mark_renewed(Instant::now());
         // Its session's pending breaks go to the new connection.
         self.push_seen.mark_dirty();
     }
@@ -490,8 +499,9 @@ impl NativeServer {
             let timeout = self.handle_timeout;
             open.retain(|_, e| sessions.contains(&e.session) || e.last_used.elapsed() < timeout);
         }
+        let began = Instant::now();
         if sessions.is_empty() {
-            self.mark_renewed();
+            self.mark_renewed(began);
             return;
         }
         let cmd = Command::RenewSessions {
@@ -499,30 +509,28 @@ impl NativeServer {
             now_ns: self.state.clock.now_ns(),
         };
         match self.state.committer.commit(cmd).await {
-            Ok(_) => self.mark_renewed(),
+            // As of when it began: what the leader's expiry counts from.
+            Ok(_) => self.mark_renewed(began),
             Err(e) => tracing::warn!(error = %e, "could not renew sessions"),
         }
     }
 
-    fn mark_renewed(&self) {
-        if let Ok(mut r) = self.renewed.lock() {
-            *r = Instant::now();
-        }
+    fn mark_renewed(&self, at: Instant) {
+        let ms = u64::try_from(at.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Closes every client connection once this node has failed to renew
-    /// its sessions for a third of the handle timeout. A node cut off from
+    /// its sessions for a while ([`cut_off_after`]). A node cut off from
     /// the others still answers its clients' keep-alives, so an idle
     /// client would stay on it while the leader, hearing nothing, expires
     /// its session and hands its locks and share modes to others. Closed
-    /// (code 5), the client resumes on a node that can renew it, with two
-    /// thirds of the timeout left.
+    /// (code 5), the client resumes on a node that can renew it, with the
+    /// rest of the timeout left.
     fn leave_if_cut_off(&self) {
-        let Ok(mut renewed) = self.renewed.lock() else {
-            return;
-        };
-        let failing = renewed.elapsed();
-        if failing < cut_off_after(self.handle_timeout) {
+        let renewed = Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
+        let failing = self.started.elapsed().saturating_sub(renewed);
+        if failing < self.cut_off_after {
             return;
         }
         let sinks: Vec<NoticeSink> = match self.live.lock() {
@@ -542,7 +550,7 @@ impl NativeServer {
         }
         // The connections' ends unbind their sessions; until a new one
         // binds (which takes a commit) there is nothing to renew.
-        *renewed = Instant::now();
+        self.mark_renewed(Instant::now());
     }
 
     /// On the leader: ends sessions nobody renewed within the timeout.
@@ -624,11 +632,13 @@ impl NativeServer {
 }
 
 /// How long a node's renewals may fail before it closes its client
-/// connections (see [`NativeServer::leave_if_cut_off`]): long enough to
-/// ride out an election, short enough to leave clients most of the
-/// handle timeout to resume elsewhere.
-fn cut_off_after(handle_timeout: Duration) -> Duration {
-    handle_timeout / 3
+/// connections (see [`NativeServer::leave_if_cut_off`]): long enough for
+/// one renewal to fail at its write timeout and the next to take as long
+/// and succeed (an election, a slow commit), short enough to leave
+/// clients time to resume elsewhere (30 s of the default 60 s timeout,
+/// plus a renewal period, with the default 10 s write timeout).
+fn cut_off_after(handle_timeout: Duration, write_timeout: Duration) -> Duration {
+    (handle_timeout / 3).max(2 * (renew_every(handle_timeout) + write_timeout))
 }
 
 /// How often a node renews the sessions connected to it. Often enough

@@ -186,6 +186,7 @@ async fn session_setup(
         server.unbind_live(&p.id, &c.sink);
     }
     server.bind_live(header.session, c.sink.clone());
+    c.sink.session_bound();
     drop(c);
     tracing::info!(session = %header.session, resumed, handles = handles.len(), "session ready");
     Ok(Response::SessionReady(SessionReady {

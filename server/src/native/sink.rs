@@ -33,6 +33,14 @@ impl NoticeSink {
         }
     }
 
+    /// The connection has a session: it may use its whole flow-control
+    /// window (see `cluster::tls::UNPROVEN_CONNECTION_WINDOW`).
+    pub fn session_bound(&self) {
+        if let Self::Quic(conn) = self {
+            crate::cluster::tls::open_window(conn);
+        }
+    }
+
     /// Closes the connection with application error `code`. The in-memory
     /// transport's connection belongs to its test, which ends it itself.
     pub fn close(&self, code: u32, reason: &str) {

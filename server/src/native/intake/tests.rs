@@ -264,3 +264,54 @@ async fn frames_before_a_session_have_a_pool_of_their_own() {
         h.abort();
     }
 }
+
+#[tokio::test]
+async fn a_connection_without_a_session_sends_two_frames_at_a_time() {
+    let (_server, c, s) = pair().await;
+    let (budget, _) = budget(Duration::from_secs(10));
+    let budget2 = std::sync::Arc::clone(&budget);
+    let share = std::sync::Arc::new(budget.connection());
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut recv = sent(&c, &s, message(PRE_SESSION_FRAME_MAX - 4, 10), false).await;
+        let (budget, share) = (
+            std::sync::Arc::clone(&budget),
+            std::sync::Arc::clone(&share),
+        );
+        held.push(tokio::spawn(async move {
+            budget
+                .read(&mut recv, &share, false)
+                .await
+                .map(|f| f.bytes.len())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = sent(&c, &s, message(100, 100), true).await;
+    let mut waiting = std::pin::pin!(budget2.read(&mut third, &share, false));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a connection without a session had three frames in"
+    );
+    let mut other = sent(&c, &s, message(100, 100), true).await;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        budget2.read(&mut other, &budget2.connection(), false),
+    )
+    .await
+    .expect("another connection waited behind it")
+    .unwrap();
+    // The two stall out (5 s before a session), making room.
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("admitted once the stalled frames were given up")
+        .unwrap();
+    for h in held {
+        let err = h.await.unwrap().err().unwrap();
+        assert!(
+            matches!(err, IntakeError::Stalled(d) if d == Duration::from_secs(5)),
+            "{err}"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! What one handle can hold of a node's memory for unflushed writes.
+//! What one session or handle can hold: write buffers, handles, locks.
 
 use std::time::{Duration, Instant};
 
@@ -65,5 +65,70 @@ async fn a_handle_rewriting_one_range_leaves_other_handles_their_write_buffers()
         Response::Data(d) => assert!(d.data == block(7), "other bytes read back"),
         other => panic!("expected data, got {other:?}"),
     }
+    s.stop().await;
+}
+
+fn lock(handle: HandleId, offset: u64, exclusive: bool) -> Request {
+    Request::Lock(cairn_proto::wire::Lock {
+        handle,
+        offset,
+        len: 1,
+        exclusive,
+        wait_ms: 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opens_handles_up_to_its_limit() {
+    use crate::meta::sessions::HANDLES_PER_SESSION_MAX;
+    let s = Server::start().await;
+    let a = s.session().await;
+    let mut open = Vec::new();
+    for _ in 0..HANDLES_PER_SESSION_MAX {
+        open.push(a.open("many", Disposition::OpenOrCreate, RW).await.handle);
+    }
+    let refused = a
+        .call(super::open_req("many", Disposition::OpenOrCreate, RW, 0))
+        .await;
+    match refused {
+        Response::Error(e) => {
+            assert_eq!(e.code, cairn_proto::ErrorCode::TooMany);
+            assert!(e.message.contains("limit"), "{}", e.message);
+        }
+        other => panic!("expected too_many, got {other:?}"),
+    }
+    // Another session has its own count.
+    let b = s.session().await;
+    b.open("many", Disposition::Open, RW).await;
+    // A closed handle makes room.
+    a.done(Request::Close(open.pop().unwrap())).await;
+    a.open("many", Disposition::Open, RW).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_takes_locks_up_to_its_limit() {
+    use crate::meta::sessions::LOCKS_PER_HANDLE_MAX;
+    let s = Server::start().await;
+    let a = s.session().await;
+    let h = a.open("locked", Disposition::Create, RW).await.handle;
+    for i in 0..LOCKS_PER_HANDLE_MAX as u64 {
+        a.done(lock(h, 2 * i, true)).await;
+    }
+    let past = 2 * LOCKS_PER_HANDLE_MAX as u64;
+    assert_eq!(
+        a.fails(lock(h, past, true)).await,
+        cairn_proto::ErrorCode::TooMany
+    );
+    // A lock it holds can still change kind: that adds none.
+    a.done(lock(h, 0, false)).await;
+    // An unlock makes room.
+    a.done(Request::Unlock(cairn_proto::wire::Unlock {
+        handle: h,
+        offset: 2,
+        len: 1,
+    }))
+    .await;
+    a.done(lock(h, past, true)).await;
     s.stop().await;
 }

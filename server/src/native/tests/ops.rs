@@ -1263,3 +1263,43 @@ async fn a_bad_link_target_never_reaches_the_log() {
     assert!(added <= 1, "refused links were logged: {added} entries");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_tried_on_a_held_range_commits_nothing() {
+    // A client polling for a lock with non-blocking tries.
+    let s = Server::start().await;
+    let a = s.session().await;
+    let b = s.session().await;
+    let ha = a.open("polled", Disposition::Create, RW).await.handle;
+    let hb = b.open("polled", Disposition::Open, RW).await.handle;
+    let lock = |handle, wait_ms| {
+        Request::Lock(cairn_proto::wire::Lock {
+            handle,
+            offset: 0,
+            len: 10,
+            exclusive: true,
+            wait_ms,
+        })
+    };
+    a.done(lock(ha, 0)).await;
+    let raft = s.node().state.committer.raft().clone();
+    let last_entry = || raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let before = last_entry();
+    for _ in 0..5 {
+        assert_eq!(b.fails(lock(hb, 0)).await, ErrorCode::LockConflict);
+    }
+    // A blocking one that times out, too.
+    assert_eq!(b.fails(lock(hb, 100)).await, ErrorCode::LockConflict);
+    // One entry of the node's own may land meanwhile (a session renewal).
+    let added = last_entry() - before;
+    assert!(added <= 1, "refused lock tries were logged: {added}");
+    // Once the range is free, a try takes it.
+    a.done(Request::Unlock(cairn_proto::wire::Unlock {
+        handle: ha,
+        offset: 0,
+        len: 10,
+    }))
+    .await;
+    b.done(lock(hb, 0)).await;
+    s.stop().await;
+}
