@@ -27,9 +27,10 @@ pub fn code_errno(code: ErrorCode) -> Errno {
         ErrorCode::LockConflict => Errno::EAGAIN,
         // What open(2) with O_NOFOLLOW gives on a link.
         ErrorCode::IsSymlink => Errno::ELOOP,
-        // What open(2) gives a process at its limit of open files (a lock
-        // past a handle's limit is ENOLCK: see `locks`).
-        ErrorCode::TooMany => Errno::EMFILE,
+        // The mount's session is at its limit of open files: the mount is
+        // the "system" here (a lock past a handle's limit is ENOLCK: see
+        // `locks`).
+        ErrorCode::TooMany => Errno::ENFILE,
         ErrorCode::StaleHandle => Errno::ESTALE,
         ErrorCode::PayloadTooLarge => Errno::EFBIG,
         ErrorCode::InsufficientStorage => Errno::ENOSPC,

@@ -189,7 +189,7 @@ pub async fn test(s: &Shared, fh: FileHandle, w: Wanted) -> Result<Option<(u64, 
             Ok(None)
         }
         Err(e) if errno(&e) == Errno::EAGAIN => Ok(Some((w.start, w.end, libc::F_WRLCK))),
-        Err(e) => Err(errno(&e)),
+        Err(e) => Err(lock_errno(&e)),
     }
 }
 

@@ -225,7 +225,7 @@ async fn an_idle_client_of_a_cut_off_node_keeps_its_handle() {
     let net = Network::create(4).unwrap();
     let options = ClusterOptions {
         // Handles of a session unrenewed for 15 s are closed; the cut-off
-        // node closes its connections after 10 s without a renewal.
+        // node closes its connections after 7.5 s without a renewal.
         cluster_extra: "handle_timeout_secs = 12\nwrite_timeout_secs = 2\nread_timeout_secs = 2\n"
             .into(),
         ..ClusterOptions::default()

@@ -70,7 +70,7 @@ pub fn session_handle(id: &SessionId, handle: HandleId) -> Vec<u8> {
     k
 }
 
-/// How many handles a session holds, a big-endian u32 (absent: none):
+/// How many handles a session holds, an encoded u32 (absent: none):
 /// `c | session`.
 pub fn session_handle_count(id: &SessionId) -> Vec<u8> {
     prefixed(b'c', &id.0)

@@ -41,7 +41,8 @@ const PRE_SESSION_BYTES: usize = 4 << 20;
 #[cfg(test)]
 const PRE_SESSION_BYTES: usize = 1 << 20;
 
-/// Frames one connection without a session may have in the pool at once.
+/// Frames of the largest size one connection without a session may have
+/// in the pool at once.
 const PRE_SESSION_FRAMES_PER_CONNECTION: usize = 2;
 
 /// How long a frame sent before a session may take to arrive once it has

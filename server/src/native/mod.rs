@@ -634,11 +634,15 @@ impl NativeServer {
 /// How long a node's renewals may fail before it closes its client
 /// connections (see [`NativeServer::leave_if_cut_off`]): long enough for
 /// one renewal to fail at its write timeout and the next to take as long
-/// and succeed (an election, a slow commit), short enough to leave
-/// clients time to resume elsewhere (30 s of the default 60 s timeout,
-/// plus a renewal period, with the default 10 s write timeout).
+/// and succeed (an election, a slow commit), but never more than half of
+/// what the leader waits before it expires a session, so that clients
+/// have the other half to resume elsewhere. With the defaults: 30 s of
+/// the 65 s.
 fn cut_off_after(handle_timeout: Duration, write_timeout: Duration) -> Duration {
-    (handle_timeout / 3).max(2 * (renew_every(handle_timeout) + write_timeout))
+    let every = renew_every(handle_timeout);
+    (handle_timeout / 3)
+        .max(2 * (every + write_timeout))
+        .min((handle_timeout + every) / 2)
 }
 
 /// How often a node renews the sessions connected to it. Often enough

@@ -1303,3 +1303,25 @@ async fn a_lock_tried_on_a_held_range_commits_nothing() {
     b.done(lock(hb, 0)).await;
     s.stop().await;
 }
+
+#[test]
+fn a_cut_off_node_leaves_its_clients_half_the_expiry_to_resume() {
+    use super::super::{cut_off_after, renew_every};
+    let s = Duration::from_secs;
+    // (handle timeout, write timeout) -> when the node closes its clients.
+    for (handle, write, closes) in [
+        (60, 10, s(30)),
+        (12, 2, Duration::from_millis(7_500)),
+        (20, 10, Duration::from_millis(12_500)),
+        (600, 10, s(200)),
+    ] {
+        let (handle, write) = (s(handle), s(write));
+        let after = cut_off_after(handle, write);
+        assert_eq!(
+            after, closes,
+            "handle timeout {handle:?}, write timeout {write:?}"
+        );
+        // The leader expires a session a renewal period after the timeout.
+        assert!(after <= (handle + renew_every(handle)) / 2);
+    }
+}
