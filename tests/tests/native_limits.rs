@@ -58,11 +58,12 @@ fn partial_frame(body: usize, sent: usize) -> Vec<u8> {
 }
 
 /// Opens a stream on `conn` and sends `bytes` on it in the background,
-/// without finishing it; the task ends with the sending end once all of
-/// `bytes` went (the node read them, or flow control let them through).
-async fn send_unfinished(
+/// finishing it if `finish`; the task ends with the sending end once all
+/// of `bytes` went (the node read them, or flow control let them through).
+async fn send_on_new_stream(
     conn: &quinn::Connection,
     bytes: Vec<u8>,
+    finish: bool,
 ) -> (
     tokio::task::JoinHandle<quinn::SendStream>,
     quinn::RecvStream,
@@ -70,7 +71,10 @@ async fn send_unfinished(
     let (mut send, recv) = conn.open_bi().await.unwrap();
     let task = tokio::spawn(async move {
         send.write_all(&bytes).await.unwrap();
-        // Kept, unfinished: a dropped stream would end the frame.
+        if finish {
+            send.finish().unwrap();
+        }
+        // Kept: a dropped unfinished stream would end the frame.
         send
     });
     (task, recv)
@@ -91,7 +95,8 @@ async fn request_frames_wait_unread_for_the_nodes_budget_and_stalled_ones_are_gi
     // once (three), at most two from one connection.
     let mut streams = Vec::new();
     for i in 0..12 {
-        streams.push(send_unfinished(&conns[i % 2], partial_frame(4 * MIB, 3 * MIB)).await);
+        let frame = partial_frame(4 * MIB, 3 * MIB);
+        streams.push(send_on_new_stream(&conns[i % 2], frame, false).await);
     }
     let frame = 4 * MIB as u64 + 4;
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -191,14 +196,7 @@ async fn frames_waiting_for_budget_never_starve_the_ones_being_read() {
     // it, the first two could never send the rest and would stall.
     let mut waiting = Vec::new();
     for _ in 0..18 {
-        let (mut send, recv) = raw.open_bi().await.unwrap();
-        let frame = frame.clone();
-        let task = tokio::spawn(async move {
-            send.write_all(&frame).await.unwrap();
-            send.finish().unwrap();
-            send
-        });
-        waiting.push((task, recv));
+        waiting.push(send_on_new_stream(&raw, frame.clone(), true).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut answers = Vec::new();

@@ -591,8 +591,8 @@ impl NativeServer {
         // Renewals and expiry wait on commits (up to the write timeout
         // each), so each runs on its own: neither may hold up the other,
         // nor the pushes, nor the check on how long renewals have failed.
-        let renewals = tokio::spawn(Arc::clone(self).renewals(every, stop.clone()));
-        let expiries = tokio::spawn(Arc::clone(self).expiries(every, stop.clone()));
+        let renewals = tokio::spawn(Arc::clone(self).every(Timer::Renew, every, stop.clone()));
+        let expiries = tokio::spawn(Arc::clone(self).every(Timer::Expire, every, stop.clone()));
         let mut push = tokio::time::interval(leases::PUSH_EVERY);
         push.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cut_off = tokio::time::interval(every / 2);
@@ -610,25 +610,26 @@ impl NativeServer {
         }
     }
 
-    async fn renewals(self: Arc<Self>, period: Duration, stop: CancellationToken) {
+    /// Runs `timer` every `period` until `stop`.
+    async fn every(self: Arc<Self>, timer: Timer, period: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.renew().await,
+                _ = tick.tick() => match timer {
+                    Timer::Renew => self.renew().await,
+                    Timer::Expire => self.expire().await,
+                },
                 () = stop.cancelled() => return,
             }
         }
     }
+}
 
-    async fn expiries(self: Arc<Self>, period: Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.expire().await,
-                () = stop.cancelled() => return,
-            }
-        }
-    }
+/// The periodic work that waits on commits, each run on its own task.
+#[derive(Clone, Copy)]
+enum Timer {
+    Renew,
+    Expire,
 }
 
 /// How long a node's renewals may fail before it closes its client
