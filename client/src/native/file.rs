@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use cairn_proto::wire::{
-    Attr, Disposition, HandleId, Lock, Read, Request, Response, SetInfo, Unlock, Write,
+    Attr, Disposition, HandleId, HeldLock, Lock, LockKind, LockRange, Read, Request, Response,
+    SetInfo, TestLock, Unlock, Write,
 };
 use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
@@ -288,6 +289,55 @@ impl File {
         });
         match self.client.call(req).await? {
             Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets what `owner` holds on `[offset, offset + len)` (`len` 0: to the
+    /// end of any file) through this handle, as fcntl's F_SETLK does:
+    /// whatever the owner held there is replaced, its other ranges are
+    /// kept, cut where this one cuts them. Waits up to `wait` for other
+    /// owners' and handles' conflicting locks to go away; `lock_conflict`
+    /// if they do not. Held across failovers until unlocked or close.
+    pub async fn lock_range(
+        &self,
+        owner: u64,
+        (offset, len): (u64, u64),
+        kind: LockKind,
+        wait: std::time::Duration,
+    ) -> Result<(), ClientError> {
+        let req = Request::LockRange(LockRange {
+            handle: self.handle,
+            owner,
+            offset,
+            len,
+            kind,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        });
+        match self.client.call(req).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The lock (the one at the lowest offset) that would stop `owner`
+    /// taking `[offset, offset + len)` through this handle, as fcntl's
+    /// F_GETLK asks; `None` if it could. Takes nothing.
+    pub async fn test_lock(
+        &self,
+        owner: u64,
+        (offset, len): (u64, u64),
+        exclusive: bool,
+    ) -> Result<Option<HeldLock>, ClientError> {
+        let req = Request::TestLock(TestLock {
+            handle: self.handle,
+            owner,
+            offset,
+            len,
+            exclusive,
+        });
+        match self.client.call(req).await? {
+            Response::LockTested(t) => Ok(t.conflict),
             other => Err(unexpected(&other)),
         }
     }

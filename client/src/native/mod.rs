@@ -855,7 +855,7 @@ pub async fn raw_connection(
 fn negotiate() -> Request {
     Request::Negotiate(Negotiate {
         versions: vec![PROTOCOL_VERSION],
-        capabilities: capability::LEASES | capability::SYMLINKS,
+        capabilities: capability::LEASES | capability::SYMLINKS | capability::POSIX_LOCKS,
         client: format!("cairn-client/{}", env!("CARGO_PKG_VERSION")),
     })
 }

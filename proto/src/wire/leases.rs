@@ -41,6 +41,9 @@ pub mod capability {
     /// The share may hold symbolic links (`Attr.kind` = symlink), made
     /// with `Symlink` and read with `ReadLink`.
     pub const SYMLINKS: u64 = 2;
+    /// The server takes `LockRange` and `TestLock`: POSIX-style locks of
+    /// an owner through a handle.
+    pub const POSIX_LOCKS: u64 = 4;
 }
 
 /// The holder acknowledges a break: it caches at most `lease` from now on.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{Frame, FrameError, encode_frame_around, finish_frame, start_frame};
 use super::leases::LeaseAck;
+use super::locks::{LockRange, LockTested, TestLock};
 use crate::ErrorCode;
 use crate::api::EntryKind;
 
@@ -348,6 +349,8 @@ pub enum Request {
     Lock(Lock),
     Unlock(Unlock),
     LeaseAck(LeaseAck),
+    LockRange(LockRange),
+    TestLock(TestLock),
 }
 
 /// A response body.
@@ -364,6 +367,7 @@ pub enum Response {
     DirPage(DirPage),
     LinkTarget(LinkTarget),
     FsStats(FsStats),
+    LockTested(LockTested),
 }
 
 /// Why a frame is not a message we can use.
@@ -449,6 +453,8 @@ impl Request {
             Self::Lock(_) => 0x0030,
             Self::Unlock(_) => 0x0031,
             Self::LeaseAck(_) => 0x0032,
+            Self::LockRange(_) => 0x0033,
+            Self::TestLock(_) => 0x0034,
         }
     }
 
@@ -478,6 +484,8 @@ impl Request {
             Self::Lock(_) => "lock",
             Self::Unlock(_) => "unlock",
             Self::LeaseAck(_) => "lease_ack",
+            Self::LockRange(_) => "lock_range",
+            Self::TestLock(_) => "test_lock",
         }
     }
 
@@ -525,6 +533,8 @@ impl Request {
             Self::Lock(b) => put(b, &mut payload),
             Self::Unlock(b) => put(b, &mut payload),
             Self::LeaseAck(b) => put(b, &mut payload),
+            Self::LockRange(b) => put(b, &mut payload),
+            Self::TestLock(b) => put(b, &mut payload),
         }
         finish_frame(&mut payload)?;
         Ok(payload)
@@ -579,6 +589,8 @@ impl Request {
             0x0030 => Self::Lock(body(kind, rest)?.0),
             0x0031 => Self::Unlock(body(kind, rest)?.0),
             0x0032 => Self::LeaseAck(body(kind, rest)?.0),
+            0x0033 => Self::LockRange(body(kind, rest)?.0),
+            0x0034 => Self::TestLock(body(kind, rest)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok((header, req))
@@ -599,6 +611,7 @@ impl Response {
             Self::DirPage(_) => 0x8023,
             Self::LinkTarget(_) => 0x8029,
             Self::FsStats(_) => 0x802A,
+            Self::LockTested(_) => 0x8034,
         }
     }
 
@@ -630,6 +643,7 @@ impl Response {
             Self::DirPage(b) => put(b, &mut payload),
             Self::LinkTarget(b) => put(b, &mut payload),
             Self::FsStats(b) => put(b, &mut payload),
+            Self::LockTested(b) => put(b, &mut payload),
         }
         finish_frame(&mut payload)?;
         Ok(payload)
@@ -668,6 +682,7 @@ impl Response {
             0x8023 => Self::DirPage(body(kind, p)?.0),
             0x8029 => Self::LinkTarget(body(kind, p)?.0),
             0x802A => Self::FsStats(body(kind, p)?.0),
+            0x8034 => Self::LockTested(body(kind, p)?.0),
             other => return Err(MessageError::UnknownKind(other)),
         })
     }

@@ -8,6 +8,7 @@
 
 mod frame;
 mod leases;
+mod locks;
 mod messages;
 mod rope;
 
@@ -17,6 +18,7 @@ pub use frame::{
     start_frame,
 };
 pub use leases::{LeaseAck, LeaseBreak, Notice, capability, lease};
+pub use locks::{HeldLock, LockKind, LockRange, LockTested, TestLock};
 pub use messages::*;
 pub use rope::{DataPieces, Rope, data_answer};
 

@@ -199,6 +199,7 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::CloseHandle { .. }
         | Command::Lock { .. }
         | Command::Unlock { .. }
+        | Command::LockRange { .. }
         | Command::BindSession { .. }
         | Command::Fenced { .. } => super::sessions::apply_session_command(tx, cmd),
         Command::SettleEtag {

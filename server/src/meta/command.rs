@@ -6,7 +6,7 @@
 //! commands to the same state always gives the same state: that is what lets
 //! the command log be replicated.
 
-use cairn_proto::wire::{Disposition, HandleId, SessionId};
+use cairn_proto::wire::{Disposition, HandleId, LockKind, SessionId};
 use cairn_proto::{ContentHash, FilePath, InodeId, ShareName};
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +193,15 @@ pub enum Command {
         provisional: ContentHash,
         real: ContentHash,
     },
+    /// Sets what `owner` holds through `handle` on a range, POSIX style
+    /// (see `meta::locks`). Again with the same arguments: a no-op.
+    LockRange {
+        handle: HandleId,
+        owner: u64,
+        offset: u64,
+        len: u64,
+        kind: LockKind,
+    },
 }
 
 /// Where an append went (see [`Command::Fenced`]).
@@ -214,7 +223,8 @@ impl Command {
             | Self::SetAttr { handle, .. }
             | Self::CloseHandle { handle, .. }
             | Self::Lock { handle, .. }
-            | Self::Unlock { handle, .. } => Some(*handle),
+            | Self::Unlock { handle, .. }
+            | Self::LockRange { handle, .. } => Some(*handle),
             _ => None,
         }
     }
@@ -248,6 +258,7 @@ impl Command {
             Self::Symlink { .. } => "symlink",
             Self::Batch(_) => "batch",
             Self::SettleEtag { .. } => "settle_etag",
+            Self::LockRange { .. } => "lock_range",
         }
     }
 }

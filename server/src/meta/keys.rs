@@ -104,6 +104,35 @@ pub fn lock(inode: InodeId, handle: HandleId, offset: u64) -> Vec<u8> {
     k
 }
 
+/// POSIX-style locks (`LockRange`) on an inode:
+/// `P | inode | handle | owner | offset`.
+pub fn owner_locks(inode: InodeId) -> Vec<u8> {
+    prefixed(b'P', &inode.to_be_bytes())
+}
+
+pub fn handle_owner_locks(inode: InodeId, handle: HandleId) -> Vec<u8> {
+    let mut k = owner_locks(inode);
+    k.extend_from_slice(&handle.0.to_be_bytes());
+    k
+}
+
+pub fn owner_locks_of(inode: InodeId, handle: HandleId, owner: u64) -> Vec<u8> {
+    let mut k = handle_owner_locks(inode, handle);
+    k.extend_from_slice(&owner.to_be_bytes());
+    k
+}
+
+pub fn owner_lock(inode: InodeId, handle: HandleId, owner: u64, offset: u64) -> Vec<u8> {
+    let mut k = owner_locks_of(inode, handle, owner);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// The `n`th u64 counted back from the end of `key` (0: the last one).
+pub fn u64_from_end(key: &[u8], n: usize) -> Option<u64> {
+    trailing_u64(&key[..key.len().checked_sub(8 * n)?])
+}
+
 pub const LEASE_BREAK_PREFIX: u8 = b'B';
 
 /// Unacknowledged lease breaks: `B | session | handle`.

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod command;
 pub mod keys;
 pub mod leases;
+pub mod locks;
 pub mod overlay;
 pub mod records;
 pub mod sessions;

@@ -14,8 +14,9 @@ use super::apply::{
 use super::command::{AppendPlaced, Command, OpenFile};
 use super::keys;
 use super::leases;
+use super::locks::{self, keys_under};
 use super::overlay::{KvRead, Overlay};
-use super::records::{Content, FileData, HandleRecord, Inode, LockRecord, SessionRecord, encode};
+use super::records::{Content, FileData, HandleRecord, Inode, SessionRecord, encode};
 use super::store::StoreError;
 
 /// Sequenced requests remembered per session. Clients keep fewer than this
@@ -29,13 +30,6 @@ pub const REPLAY_WINDOW: u64 = 1024;
 pub const HANDLES_PER_SESSION_MAX: u32 = 16_384;
 #[cfg(test)]
 pub const HANDLES_PER_SESSION_MAX: u32 = 64;
-
-/// Byte-range locks one handle may hold: every lock request looks at all
-/// the locks on its file.
-#[cfg(not(test))]
-pub const LOCKS_PER_HANDLE_MAX: usize = 4_096;
-#[cfg(test)]
-pub const LOCKS_PER_HANDLE_MAX: usize = 32;
 
 /// Writes one command made, to be kept whatever its result.
 pub type Writes = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -342,25 +336,19 @@ pub(super) fn apply_session_command<R: KvRead + ?Sized>(
             offset,
             len,
             exclusive,
-        } => lock(tx, *handle, *offset, *len, *exclusive),
+        } => locks::lock(tx, *handle, *offset, *len, *exclusive),
         Command::Unlock {
             handle,
             offset,
             len,
-        } => {
-            let h = load_handle(tx, *handle)?;
-            let key = keys::lock(h.inode, *handle, *offset);
-            match get::<LockRecord, _>(tx, &key)? {
-                Some(l) if l.len == *len => {
-                    tx.delete(key);
-                    Ok(Applied::nothing())
-                }
-                _ => Err(MetaError::NotFound(format!(
-                    "handle {handle} holds no lock of {len} bytes at {offset}"
-                ))
-                .into()),
-            }
-        }
+        } => locks::unlock(tx, *handle, *offset, *len),
+        Command::LockRange {
+            handle,
+            owner,
+            offset,
+            len,
+            kind,
+        } => locks::lock_range(tx, *handle, *owner, (*offset, *len), *kind),
         other => {
             Err(MetaError::Invalid(format!("{} is not a session command", other.kind())).into())
         }
@@ -511,41 +499,6 @@ fn all_sessions<R: KvRead + ?Sized>(
         }
         start = key;
         start.push(0);
-    }
-    Ok(out)
-}
-
-/// How many keys are under `prefix`, counting up to `max` at most.
-fn count_under<R: KvRead + ?Sized>(
-    tx: &Overlay<'_, R>,
-    prefix: &[u8],
-    max: usize,
-) -> Result<usize, StoreError> {
-    let end = keys::prefix_end(prefix);
-    let mut start = prefix.to_vec();
-    let mut n = 0;
-    while n < max
-        && let Some(key) = tx.first_key_in(&start, &end)?
-    {
-        n += 1;
-        start = key;
-        start.push(0);
-    }
-    Ok(n)
-}
-
-/// Every key in `[prefix, prefix_end)`, read through the overlay.
-fn keys_under<R: KvRead + ?Sized>(
-    tx: &Overlay<'_, R>,
-    prefix: &[u8],
-) -> Result<Vec<Vec<u8>>, StoreError> {
-    let end = keys::prefix_end(prefix);
-    let mut start = prefix.to_vec();
-    let mut out = Vec::new();
-    while let Some(key) = tx.first_key_in(&start, &end)? {
-        start = key.clone();
-        start.push(0);
-        out.push(key);
     }
     Ok(out)
 }
@@ -773,65 +726,6 @@ fn set_content<R: KvRead + ?Sized>(
     Ok(applied_for(h.inode, &inode))
 }
 
-/// Grants a byte-range lock unless another handle's overlapping lock
-/// forbids it (either one exclusive).
-fn lock<R: KvRead + ?Sized>(
-    tx: &mut Overlay<'_, R>,
-    handle: HandleId,
-    offset: u64,
-    len: u64,
-    exclusive: bool,
-) -> Result<Applied, ApplyError> {
-    let h = load_handle(tx, handle)?;
-    let wanted = LockRecord { len, exclusive };
-    let end = wanted.end(offset);
-    // A handle's locks are kept by offset: the same range again converts
-    // it (shared or exclusive), another length there would silently
-    // replace the range held.
-    if let Some(mine) = get::<LockRecord, _>(tx, &keys::lock(h.inode, handle, offset))?
-        && mine.len != len
-    {
-        return Err(MetaError::LockConflict(format!(
-            "handle {handle} already holds bytes {offset}..{} from this offset: unlock them first",
-            mine.end(offset)
-        ))
-        .into());
-    }
-    let mine = keys::handle_locks(h.inode, handle);
-    if tx.get(&keys::lock(h.inode, handle, offset))?.is_none()
-        && count_under(tx, &mine, LOCKS_PER_HANDLE_MAX)? >= LOCKS_PER_HANDLE_MAX
-    {
-        return Err(MetaError::TooMany(format!(
-            "handle {handle} holds {LOCKS_PER_HANDLE_MAX} byte-range locks, its limit: unlock some first"
-        ))
-        .into());
-    }
-    let prefix = keys::locks(h.inode);
-    for key in keys_under(tx, &prefix)? {
-        let (Some(other_offset), Some(other_handle)) = (
-            keys::trailing_u64(&key),
-            keys::trailing_u64(&key[..key.len().saturating_sub(8)]),
-        ) else {
-            continue;
-        };
-        if other_handle == handle.0 {
-            continue;
-        }
-        let Some(other) = get::<LockRecord, _>(tx, &key)? else {
-            continue;
-        };
-        let overlaps = other_offset < end && offset < other.end(other_offset);
-        if overlaps && (exclusive || other.exclusive) {
-            return Err(MetaError::LockConflict(format!(
-                "bytes {offset}..{end} are locked by handle h{other_handle}"
-            ))
-            .into());
-        }
-    }
-    tx.put(keys::lock(h.inode, handle, offset), encode(&wanted));
-    Ok(Applied::nothing())
-}
-
 fn close_handle<R: KvRead + ?Sized>(
     tx: &mut Overlay<'_, R>,
     handle: HandleId,
@@ -839,9 +733,7 @@ fn close_handle<R: KvRead + ?Sized>(
     now_ns: i64,
 ) -> Result<Applied, ApplyError> {
     let h = load_handle(tx, handle)?;
-    for key in keys_under(tx, &keys::handle_locks(h.inode, handle))? {
-        tx.delete(key);
-    }
+    locks::drop_handle_locks(tx, h.inode, handle)?;
     tx.delete(keys::handle(handle));
     leases::forget_break(tx, &h.session, handle)?;
     tx.delete(keys::session_handle(&h.session, handle));

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::wire::Lock;
-use cairn_proto::wire::SessionId;
+use cairn_proto::wire::{LockTested, SessionId, TestLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
@@ -25,9 +24,10 @@ pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(30);
 /// entries, each waiter looks at most this often, not after every batch.
 const LOOK_GAP: Duration = Duration::from_millis(5);
 
-/// Takes the lock `l` asks for, trying again for up to its `wait_ms` while
-/// other handles' locks conflict, and stopping when `gone` is cancelled
-/// (nobody is waiting for the answer any more).
+/// Takes the lock `take` asks for (a `Lock` or a `LockRange` command),
+/// trying again for up to `wait_ms` while other holders' locks conflict,
+/// and stopping when `gone` is cancelled (nobody is waiting for the answer
+/// any more).
 ///
 /// Every try is a Raft log entry, refused or not. So none is made while
 /// the range is known to be held: the first only once the latest state
@@ -41,16 +41,17 @@ const LOOK_GAP: Duration = Duration::from_millis(5);
 /// A try already under way when the client leaves may still take the lock
 /// (as any request's effect may outlive its lost answer), unless the
 /// client has resumed its session since: tries are fenced by the binding
-/// of the connection that asked. It is not undone: the handle's locks
-/// carry no owner, so an undo could as well release the same lock taken
-/// again by the client's own retry on another node.
+/// of the connection that asked. It is not undone: an undo could as well
+/// release the same lock taken again by the client's own retry on another
+/// node.
 pub async fn lock(
     state: &Arc<AppState>,
-    l: &Lock,
+    take: Command,
+    wait_ms: u32,
     (session, binding): (SessionId, u64),
     gone: &CancellationToken,
 ) -> ApiResult<()> {
-    let wait = Duration::from_millis(u64::from(l.wait_ms)).min(LOCK_WAIT_MAX);
+    let wait = Duration::from_millis(u64::from(wait_ms)).min(LOCK_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     // Fenced: a try still under way here when the client has resumed
     // elsewhere (and perhaps locked and unlocked there since) is refused,
@@ -58,12 +59,7 @@ pub async fn lock(
     let cmd = Command::Fenced {
         session,
         binding,
-        cmd: Box::new(Command::Lock {
-            handle: l.handle,
-            offset: l.offset,
-            len: l.len,
-            exclusive: l.exclusive,
-        }),
+        cmd: Box::new(take),
         appends: Vec::new(),
     };
     // Subscribed before the first try: an unlock applied between the
@@ -134,6 +130,28 @@ fn held_here(state: &AppState, cmd: &Command) -> ApiResult<Option<MetaError>> {
         // Free here, or refused for another reason the commit will give.
         Ok(_) | Err(ApplyError::Meta(_)) => Ok(None),
     }
+}
+
+/// `TestLock`: the conflict as of the latest state (after a read barrier,
+/// as any read that must see every acknowledged change).
+pub async fn test(state: &AppState, t: &TestLock) -> ApiResult<LockTested> {
+    state.committer.read_barrier().await?;
+    let snapshot = state.meta.snapshot();
+    let range = (t.offset, t.len);
+    let conflict = crate::meta::locks::test_lock(&snapshot, t.handle, t.owner, range, t.exclusive)?;
+    Ok(LockTested { conflict })
+}
+
+/// Refuses a range that holds no byte: from the last offset there is,
+/// even "to the end" is empty.
+pub fn holds_a_byte(offset: u64) -> ApiResult<()> {
+    if offset == u64::MAX {
+        return Err(ApiError::new(
+            cairn_proto::ErrorCode::BadRequest,
+            "a lock range must start before offset 2^64 - 1",
+        ));
+    }
+    Ok(())
 }
 
 fn abandoned() -> ApiError {

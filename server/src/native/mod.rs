@@ -665,6 +665,8 @@ fn handle_of(req: &Request) -> Option<HandleId> {
         Request::SetInfo(s) => Some(s.handle),
         Request::Lock(l) => Some(l.handle),
         Request::Unlock(u) => Some(u.handle),
+        Request::LockRange(l) => Some(l.handle),
+        Request::TestLock(t) => Some(t.handle),
         Request::LeaseAck(a) => Some(a.handle),
         _ => None,
     }

@@ -45,7 +45,7 @@ pub(super) async fn handle(
             cs.lock().await.negotiated = true;
             Ok(Response::Negotiated(Negotiated {
                 version: PROTOCOL_VERSION,
-                capabilities: capability::LEASES | capability::SYMLINKS,
+                capabilities: capability::LEASES | capability::SYMLINKS | capability::POSIX_LOCKS,
                 max_read: CHUNK_SIZE_MAX as u32,
                 max_write: CHUNK_SIZE_MAX as u32,
                 handle_timeout_ms: server.handle_timeout.as_millis() as u64,
@@ -528,8 +528,32 @@ async fn session_op(
         Request::Lock(l) => {
             // Checks that the handle is this session's.
             server.file(l.handle, b).await?;
-            super::locks::lock(state, &l, (b.id, b.binding), gone).await?;
+            let take = Command::Lock {
+                handle: l.handle,
+                offset: l.offset,
+                len: l.len,
+                exclusive: l.exclusive,
+            };
+            super::locks::lock(state, take, l.wait_ms, (b.id, b.binding), gone).await?;
             Ok(Response::Done)
+        }
+        Request::LockRange(l) => {
+            super::locks::holds_a_byte(l.offset)?;
+            server.file(l.handle, b).await?;
+            let set = Command::LockRange {
+                handle: l.handle,
+                owner: l.owner,
+                offset: l.offset,
+                len: l.len,
+                kind: l.kind,
+            };
+            super::locks::lock(state, set, l.wait_ms, (b.id, b.binding), gone).await?;
+            Ok(Response::Done)
+        }
+        Request::TestLock(t) => {
+            super::locks::holds_a_byte(t.offset)?;
+            server.file(t.handle, b).await?;
+            Ok(Response::LockTested(super::locks::test(state, &t).await?))
         }
         Request::Unlock(u) => {
             server.file(u.handle, b).await?;

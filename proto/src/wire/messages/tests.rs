@@ -1,5 +1,5 @@
 use super::*;
-use crate::wire::{LeaseAck, Notice};
+use crate::wire::{HeldLock, LeaseAck, LockKind, LockRange, LockTested, Notice, TestLock};
 use crate::wire::{decode_frame, decode_frame_bytes};
 use proptest::prelude::*;
 
@@ -9,6 +9,14 @@ fn name() -> impl Strategy<Value = String> {
 
 fn handle() -> impl Strategy<Value = HandleId> {
     any::<u64>().prop_map(HandleId)
+}
+
+fn lock_kind() -> impl Strategy<Value = LockKind> {
+    prop_oneof![
+        Just(LockKind::Unlocked),
+        Just(LockKind::Shared),
+        Just(LockKind::Exclusive),
+    ]
 }
 
 fn disposition() -> impl Strategy<Value = Disposition> {
@@ -162,6 +170,40 @@ fn request() -> impl Strategy<Value = Request> {
         (handle(), any::<u8>())
             .prop_map(|(handle, lease)| Request::LeaseAck(LeaseAck { handle, lease })),
         (
+            handle(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            lock_kind(),
+            any::<u32>()
+        )
+            .prop_map(|(handle, owner, offset, len, kind, wait_ms)| {
+                Request::LockRange(LockRange {
+                    handle,
+                    owner,
+                    offset,
+                    len,
+                    kind,
+                    wait_ms,
+                })
+            }),
+        (
+            handle(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(handle, owner, offset, len, exclusive)| {
+                Request::TestLock(TestLock {
+                    handle,
+                    owner,
+                    offset,
+                    len,
+                    exclusive,
+                })
+            }),
+        (
             name(),
             proptest::option::of(any::<i64>()),
             proptest::option::of(any::<u32>())
@@ -248,6 +290,15 @@ fn response() -> impl Strategy<Value = Response> {
             Response::FsStats(FsStats {
                 total_bytes,
                 free_bytes,
+            })
+        }),
+        proptest::option::of((any::<u64>(), any::<u64>(), any::<bool>())).prop_map(|held| {
+            Response::LockTested(LockTested {
+                conflict: held.map(|(offset, len, exclusive)| HeldLock {
+                    offset,
+                    len,
+                    exclusive,
+                }),
             })
         }),
     ]

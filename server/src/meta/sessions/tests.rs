@@ -69,7 +69,7 @@ impl Fixture {
         })
     }
 
-    fn open(
+    pub(super) fn open(
         &self,
         session: SessionId,
         p: &str,
@@ -826,3 +826,4 @@ fn delete_on_close_removes_the_name_at_close() {
 }
 
 mod leases;
+mod locks;

@@ -108,7 +108,7 @@ async fn a_session_opens_handles_up_to_its_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_takes_locks_up_to_its_limit() {
-    use crate::meta::sessions::LOCKS_PER_HANDLE_MAX;
+    use crate::meta::locks::LOCKS_PER_HANDLE_MAX;
     let s = Server::start().await;
     let a = s.session().await;
     let h = a.open("locked", Disposition::Create, RW).await.handle;

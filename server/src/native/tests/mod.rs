@@ -11,6 +11,7 @@ mod budgets;
 mod errors;
 mod group_commit;
 mod ops;
+mod posix_locks;
 
 use std::sync::Arc;
 use std::time::Duration;
