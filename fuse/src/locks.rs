@@ -1,13 +1,21 @@
-//! POSIX (fcntl) and BSD (flock) locks as protocol byte-range locks.
+//! POSIX (fcntl) and BSD (flock) locks as the protocol's owner locks.
 //!
-//! A lock is taken through the protocol handle of the file descriptor it
-//! was asked on, so it conflicts with every other handle (other processes
-//! on this mount, other mounts) and survives failovers. The mount
-//! remembers which owner took which range, to release an owner's locks at
-//! its close(2) and to answer unlocks of ranges it never locked.
+//! The kernel names a lock owner with each request (a process's open
+//! files for fcntl, an open file for flock), and the cluster keeps what
+//! each owner holds through a handle (`LockRange`): extending a lock,
+//! unlocking its middle or turning part of it shared is one atomic step,
+//! as fcntl(2) defines it, and it conflicts with every other owner, on
+//! this mount or another, across failovers.
+//!
+//! An owner's locks on a file go through one handle: the one it first
+//! locked through, while that is open. A process that opened the file
+//! twice therefore never conflicts with itself, and its close(2) of
+//! either descriptor drops all its locks on the file, as POSIX says.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::wire::{HeldLock, LockKind};
 use fuser::{Errno, FileHandle};
 
 use crate::errno::errno;
@@ -23,12 +31,21 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    /// The protocol length: 0 means "to the end of any file".
-    fn len(&self) -> u64 {
-        if self.end >= i64::MAX as u64 {
+    /// The protocol's range: length 0 means "to the end of any file".
+    fn range(&self) -> (u64, u64) {
+        let len = if self.end >= i64::MAX as u64 {
             0
         } else {
             self.end - self.start + 1
+        };
+        (self.start, len)
+    }
+
+    fn kind(&self) -> LockKind {
+        match self.typ {
+            libc::F_UNLCK => LockKind::Unlocked,
+            libc::F_WRLCK => LockKind::Exclusive,
+            _ => LockKind::Shared,
         }
     }
 }
@@ -37,8 +54,8 @@ impl Wanted {
 /// how long a waiting process's signal may go unanswered (see [`set`]).
 const WAIT_SLICE: Duration = Duration::from_secs(1);
 
-/// Takes the lock `w` through `fh`; with `sleep`, waits for it until it is
-/// free or the waiting thread `tid` has a signal to take.
+/// Sets the lock `w` through `fh`'s file; with `sleep`, waits for it until
+/// it is free or the waiting thread `tid` has a signal to take.
 ///
 /// fuser answers the kernel's FUSE_INTERRUPT with ENOSYS, and from then on
 /// the kernel waits for our answer even when the waiter is killed (it
@@ -54,29 +71,31 @@ pub async fn set(
     sleep: bool,
     tid: u32,
 ) -> Result<(), Errno> {
-    let f = s.open_file(fh)?;
+    let f = through(s, fh, w.owner)?;
+    let kind = w.kind();
     // Writes made under a lock reach the cluster before a new one is
-    // taken, and are flushed before one is given up: the next holder,
-    // perhaps on another machine, must see them (as NFS flushes at
-    // unlock). A clean handle's flush sends nothing.
+    // taken, and are flushed before one is given up or shared: the next
+    // holder, perhaps on another machine, must see them (as NFS flushes
+    // at unlock). A clean handle's flush sends nothing.
     f.writes.wait().await;
-    if w.typ == libc::F_UNLCK {
+    if kind != LockKind::Exclusive {
         f.file.sync().await.map_err(|e| errno(&e))?;
-        return unlock(&f, w).await;
     }
-    let exclusive = w.typ == libc::F_WRLCK;
+    if kind == LockKind::Unlocked && !holds_any(&f, w.owner) {
+        // Nothing set through this mount: nothing to give up.
+        return Ok(());
+    }
+    // Marked before asking: a lock whose answer was lost is still
+    // released at the owner's close.
+    if let Ok(mut lockers) = f.lockers.lock() {
+        lockers.insert(w.owner);
+    }
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
-        let r = f.file.lock(w.start, w.len(), exclusive, wait).await;
-        tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, len = w.len(), exclusive, sleep, ok = r.is_ok(), "lock");
+        let r = f.file.lock_range(w.owner, w.range(), kind, wait).await;
+        tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, end = w.end, ?kind, sleep, ok = r.is_ok(), "lock");
         match r {
-            Ok(()) => {
-                if let Ok(mut held) = f.locks.lock() {
-                    held.retain(|&(start, len, _)| (start, len) != (w.start, w.len()));
-                    held.push((w.start, w.len(), w.owner));
-                }
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(e) if sleep && errno(&e) == Errno::EAGAIN => {
                 if signal_pending(tid) {
                     tracing::debug!(handle = %f.file.handle(), owner = w.owner, tid, "lock wait interrupted");
@@ -95,6 +114,23 @@ fn lock_errno(e: &cairn_client::ClientError) -> Errno {
         Some(cairn_proto::ErrorCode::TooMany) => Errno::ENOLCK,
         _ => errno(e),
     }
+}
+
+/// The open file `owner`'s locks on `fh`'s file go through: one it has
+/// set locks through already, else `fh`'s own.
+fn through(s: &Shared, fh: FileHandle, owner: u64) -> Result<Arc<OpenFile>, Errno> {
+    let f = s.open_file(fh)?;
+    if holds_any(&f, owner) {
+        return Ok(f);
+    }
+    Ok(s.open_of(f.ino)
+        .into_iter()
+        .find(|other| holds_any(other, owner))
+        .unwrap_or(f))
+}
+
+fn holds_any(f: &OpenFile, owner: u64) -> bool {
+    f.lockers.lock().map(|l| l.contains(&owner)).unwrap_or(true)
 }
 
 /// True if thread `tid` (in this process's PID namespace) has a signal
@@ -124,73 +160,58 @@ fn pending_in_status(status: &str) -> bool {
     pending & !mask("SigBlk:") != 0
 }
 
-/// Releases the locks `w` covers that this handle holds.
-async fn unlock(f: &OpenFile, w: Wanted) -> Result<(), Errno> {
-    let end = w.start.saturating_add(w.len().wrapping_sub(1));
-    let covered: Vec<(u64, u64, u64)> = match f.locks.lock() {
-        Ok(held) => held
-            .iter()
-            .copied()
-            .filter(|&(start, len, owner)| {
-                let last = if len == 0 { u64::MAX } else { start + len - 1 };
-                owner == w.owner && start >= w.start && (w.len() == 0 || last <= end)
-            })
-            .collect(),
-        Err(_) => return Err(Errno::EIO),
-    };
-    for (start, len, _) in covered {
-        tracing::debug!(handle = %f.file.handle(), owner = w.owner, start, len, "unlock");
-        f.file.unlock(start, len).await.map_err(|e| errno(&e))?;
-        if let Ok(mut held) = f.locks.lock() {
-            held.retain(|&(s, l, _)| (s, l) != (start, len));
+/// Drops every lock `owner` holds on `f`'s file, through whichever open
+/// file it set them (its close(2) of any descriptor of the file).
+pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
+    for other in s.open_of(f.ino) {
+        if !holds_any(&other, owner) {
+            continue;
+        }
+        let all = (0, 0);
+        match other
+            .file
+            .lock_range(owner, all, LockKind::Unlocked, Duration::ZERO)
+            .await
+        {
+            Ok(()) => {
+                if let Ok(mut lockers) = other.lockers.lock() {
+                    lockers.remove(&owner);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, handle = %other.file.handle(), owner, "releasing locks at close failed")
+            }
         }
     }
-    Ok(())
 }
 
-/// Drops every lock `owner` holds through this handle (its close(2)).
-pub async fn release_owner(f: &OpenFile, owner: u64) {
-    let all = Wanted {
-        owner,
-        start: 0,
-        end: u64::MAX,
-        typ: libc::F_UNLCK,
-    };
-    if let Err(e) = unlock(f, all).await {
-        tracing::warn!(error = ?e, "releasing locks at close failed");
-    }
-}
-
-/// F_GETLK: the protocol has no "test" request, so this takes the lock
-/// without waiting and gives it back. Returns the conflicting range and
-/// type, or `None` if it could be placed.
+/// F_GETLK: the lock that would stop `w`, as (start, end inclusive, type),
+/// or `None` if it could be set. Takes nothing.
 pub async fn test(s: &Shared, fh: FileHandle, w: Wanted) -> Result<Option<(u64, u64, i32)>, Errno> {
-    let f = s.open_file(fh)?;
+    let f = through(s, fh, w.owner)?;
     let exclusive = w.typ == libc::F_WRLCK;
-    let already = f
-        .locks
-        .lock()
-        .map(|h| h.iter().any(|&(st, l, _)| (st, l) == (w.start, w.len())))
-        .unwrap_or(false);
-    if already {
-        // This handle's own lock: nothing of ours conflicts with it.
-        return Ok(None);
-    }
-    match f
-        .file
-        .lock(w.start, w.len(), exclusive, Duration::ZERO)
-        .await
-    {
-        Ok(()) => {
-            f.file
-                .unlock(w.start, w.len())
-                .await
-                .map_err(|e| errno(&e))?;
-            Ok(None)
-        }
-        Err(e) if errno(&e) == Errno::EAGAIN => Ok(Some((w.start, w.end, libc::F_WRLCK))),
+    match f.file.test_lock(w.owner, w.range(), exclusive).await {
+        Ok(held) => Ok(held.map(|h| as_flock(&h))),
         Err(e) => Err(lock_errno(&e)),
     }
+}
+
+/// A held lock as the kernel reports it: inclusive ends at most
+/// `i64::MAX` (FUSE refuses larger ones), "to the end" as `i64::MAX`.
+fn as_flock(h: &HeldLock) -> (u64, u64, i32) {
+    let max = i64::MAX as u64;
+    let start = h.offset.min(max);
+    let end = if h.len == 0 {
+        max
+    } else {
+        h.offset.saturating_add(h.len - 1).min(max)
+    };
+    let typ = if h.exclusive {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    };
+    (start, end, typ)
 }
 
 #[cfg(test)]
@@ -210,6 +231,34 @@ mod tests {
         assert!(pending_in_status(&status(none, alarm, none)));
         assert!(pending_in_status(&status(alarm, none, none)));
         assert!(!pending_in_status(&status(none, alarm, alarm)));
+    }
+
+    #[test]
+    fn held_locks_are_reported_within_what_the_kernel_takes() {
+        let held = |offset, len, exclusive| HeldLock {
+            offset,
+            len,
+            exclusive,
+        };
+        let max = i64::MAX as u64;
+        assert_eq!(as_flock(&held(10, 5, true)), (10, 14, libc::F_WRLCK));
+        assert_eq!(as_flock(&held(10, 0, false)), (10, max, libc::F_RDLCK));
+        assert_eq!(as_flock(&held(u64::MAX - 1, 1, true)).0, max);
+        assert_eq!(as_flock(&held(max, u64::MAX, true)).1, max);
+    }
+
+    #[test]
+    fn wanted_ranges_from_the_kernel_map_to_the_protocol() {
+        let w = |start, end, typ| Wanted {
+            owner: 1,
+            start,
+            end,
+            typ,
+        };
+        assert_eq!(w(0, 99, libc::F_WRLCK).range(), (0, 100));
+        assert_eq!(w(5, i64::MAX as u64, libc::F_RDLCK).range(), (5, 0));
+        assert_eq!(w(5, 5, libc::F_UNLCK).kind(), LockKind::Unlocked);
+        assert_eq!(w(5, 5, libc::F_RDLCK).kind(), LockKind::Shared);
     }
 
     #[test]

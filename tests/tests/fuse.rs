@@ -15,6 +15,9 @@ use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::mount::{Mount, is_mounted, write_pattern};
 use cairn_tests::{exit_within, random_bytes};
 
+#[path = "fuse/posix_locks.rs"]
+mod posix_locks;
+
 fn cluster() -> Cluster {
     let c = Cluster::start(3, ClusterOptions::default());
     tokio_block(c.wait_leader(Duration::from_secs(20))).unwrap();

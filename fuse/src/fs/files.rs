@@ -151,7 +151,7 @@ pub async fn flush(s: &Shared, fh: FileHandle, owner: Option<u64>) -> Result<(),
     f.file.sync().await.map_err(|e| errno(&e))?;
     queued?;
     if let Some(owner) = owner {
-        crate::locks::release_owner(&f, owner).await;
+        crate::locks::release_owner(s, &f, owner).await;
     }
     Ok(())
 }

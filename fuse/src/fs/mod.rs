@@ -7,7 +7,7 @@
 mod entries;
 mod files;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
@@ -42,8 +42,9 @@ pub(crate) struct OpenFile {
     pub ino: u64,
     /// Open for writing (setattr needs such a handle).
     pub writable: bool,
-    /// Byte-range locks taken through this handle: (start, len, owner).
-    pub locks: Mutex<Vec<(u64, u64, u64)>>,
+    /// The lock owners that have set locks through this handle and may
+    /// still hold some: a close(2) by any other owner costs no request.
+    pub lockers: Mutex<HashSet<u64>>,
     /// Opened with O_APPEND: writes go out one at a time, never queued.
     pub append: bool,
     /// Writes answered but still on their way to the cluster.
@@ -59,7 +60,7 @@ impl OpenFile {
             file,
             ino,
             writable,
-            locks: Mutex::new(Vec::new()),
+            lockers: Mutex::new(HashSet::new()),
             append,
             writes: WriteBehind::default(),
             opened: Mutex::new(Some(Instant::now())),
@@ -112,6 +113,14 @@ impl Shared {
             .get(&fh.0)
             .cloned()
             .ok_or(Errno::EBADF)
+    }
+
+    /// Every open handle of `ino`.
+    pub fn open_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
+        let Ok(files) = self.files.lock() else {
+            return Vec::new();
+        };
+        files.values().filter(|f| f.ino == ino).cloned().collect()
     }
 
     /// Some open handle of `ino` (its view includes unflushed writes).

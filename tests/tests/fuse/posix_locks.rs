@@ -1,0 +1,155 @@
+//! fcntl(2) locks through mounts, as POSIX defines them: a process
+//! extends, cuts and converts its own locks in one call, never conflicts
+//! with itself, and conflicts with every other process, here or on
+//! another mount.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use cairn_tests::mount::Mount;
+
+/// Python helpers: `lk(cmd, type, start, len[, file])` sets a lock and
+/// says `ok` or the errno's name; `get(type, start, len)` is F_GETLK's
+/// answer, `unlocked` or `W start+len` / `R start+len`.
+const PRELUDE: &str = r#"
+import errno, fcntl, os, signal, struct, sys
+f = open(sys.argv[1], 'r+')
+FMT = 'hhqqixxxx'
+def lk(cmd, typ, start, ln, fd=None):
+    try:
+        fcntl.fcntl(fd or f, cmd, struct.pack(FMT, typ, 0, start, ln, 0))
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def get(typ, start, ln):
+    r = struct.unpack(FMT, fcntl.fcntl(f, fcntl.F_GETLK, struct.pack(FMT, typ, 0, start, ln, 0)))
+    if r[0] == fcntl.F_UNLCK:
+        return 'unlocked'
+    return '%s %d+%d' % ('W' if r[0] == fcntl.F_WRLCK else 'R', r[2], r[3])
+W, R, U = fcntl.F_WRLCK, fcntl.F_RDLCK, fcntl.F_UNLCK
+SET, WAIT = fcntl.F_SETLK, fcntl.F_SETLKW
+"#;
+
+/// A python3 process holding `path` open that evaluates each line it is
+/// sent and answers with the result. Each line has 20 s: a call that
+/// hangs (the deadlock this guards against) kills the process, and the
+/// answer is then empty.
+struct LockShell {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl LockShell {
+    fn start(path: &Path) -> Self {
+        let script = format!(
+            "{PRELUDE}\nfor line in sys.stdin:\n    signal.alarm(20)\n    \
+             r = eval(line)\n    signal.alarm(0)\n    print(r, flush=True)\n"
+        );
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdin, out }
+    }
+
+    fn ask(&mut self, expr: &str) -> String {
+        writeln!(self.stdin, "{expr}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for LockShell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_process_extends_cuts_and_converts_its_own_locks() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("posix.bin"), vec![7u8; 4096]).unwrap();
+    let mut one = LockShell::start(&a.join("posix.bin"));
+    let mut two = LockShell::start(&b.join("posix.bin"));
+    let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
+
+    assert_eq!(one.ask("lk(WAIT, W, 0, 100)"), "ok");
+    // Extending a held lock from its own offset: this used to wait forever.
+    assert_eq!(one.ask("lk(WAIT, W, 0, 200)"), "ok", "{}", logs());
+    assert_eq!(one.ask("get(W, 0, 0)"), "unlocked", "its own locks");
+    assert_eq!(two.ask("get(R, 150, 1)"), "W 0+200", "{}", logs());
+    assert_eq!(two.ask("lk(SET, R, 150, 10)"), "EAGAIN");
+
+    // Cut the tail off and turn the head shared.
+    assert_eq!(one.ask("lk(SET, U, 100, 100)"), "ok");
+    assert_eq!(one.ask("lk(SET, R, 0, 50)"), "ok");
+    assert_eq!(two.ask("lk(SET, W, 150, 10)"), "ok");
+    assert_eq!(
+        two.ask("lk(SET, R, 10, 20)"),
+        "ok",
+        "shares the shared head"
+    );
+    assert_eq!(
+        two.ask("lk(SET, W, 60, 10)"),
+        "EAGAIN",
+        "50..100 is still exclusive"
+    );
+    assert_eq!(two.ask("get(W, 0, 0)"), "R 0+50", "the lowest conflict");
+    assert_eq!(one.ask("get(W, 100, 0)"), "W 150+10", "{}", logs());
+
+    // A waiter gets the range once the holder lets go of it, and only then.
+    let mut waiting = LockShell::start(&b.join("posix.bin"));
+    writeln!(waiting.stdin, "lk(WAIT, W, 50, 50)").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(one.ask("lk(SET, U, 0, 0)"), "ok");
+    let mut got = String::new();
+    waiting.out.read_line(&mut got).unwrap();
+    assert_eq!(got.trim(), "ok", "{}", logs());
+    assert_eq!(one.ask("lk(SET, R, 60, 1)"), "EAGAIN");
+}
+
+#[test]
+fn a_process_never_conflicts_with_itself_and_its_children_do() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let path = a.join("family.bin");
+    std::fs::write(&path, vec![1u8; 4096]).unwrap();
+    // Two descriptors of one file in one process: one owner. A forked
+    // child is another. Closing either descriptor drops the process's
+    // locks on the file.
+    let script = format!(
+        "{PRELUDE}\n\
+g = open(sys.argv[1], 'r+')\n\
+print(lk(SET, W, 1000, 100), lk(SET, W, 1050, 100, g), flush=True)\n\
+def child():\n    pid = os.fork()\n    if pid == 0:\n        print(lk(SET, W, 1000, 1), flush=True)\n        os._exit(0)\n    os.waitpid(pid, 0)\n\
+child()\n\
+g.close()\n\
+child()\n"
+    );
+    let out = Command::new("timeout")
+        .args(["60", "python3", "-c", &script])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["ok ok", "EAGAIN", "ok"],
+        "{}\nmount:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log_text()
+    );
+}
