@@ -13,7 +13,8 @@ use bytes::Bytes;
 use cairn_client::{Client, ClientError, NativeConfig, OpenOptions};
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{
-    Disposition, Open, PathReq, Rename, Request, Response, Write, access, open_flags,
+    Disposition, HeldLock, LockKind, Open, PathReq, Rename, Request, Response, Write, access,
+    open_flags,
 };
 use cairn_tests::cluster::{Cluster, ClusterOptions};
 use cairn_tests::hold::{HoldSpec, Holder};
@@ -971,6 +972,80 @@ async fn byte_range_locks_hold_across_failover() {
     // Closing releases a handle's locks.
     fb.close().await.unwrap();
     fa.lock(0, 0, true, Duration::ZERO).await.unwrap();
+    fa.close().await.unwrap();
+    c.nodes[connected].relaunch();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owner_locks_hold_across_failover_and_change_in_one_step() {
+    let mut c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let a = client(&c, Some(0)).await;
+    let b = client(&c, Some(1)).await;
+    let fa = a.open("owned", OpenOptions::create()).await.unwrap();
+    let fb = b
+        .open("owned", OpenOptions::create().with(Disposition::Open))
+        .await
+        .unwrap();
+    let (me, other) = (41, 42);
+    fa.lock_range(me, (0, 100), LockKind::Exclusive, Duration::ZERO)
+        .await
+        .unwrap();
+    let held = |offset, len| {
+        Some(HeldLock {
+            offset,
+            len,
+            exclusive: true,
+        })
+    };
+    assert_eq!(
+        fb.test_lock(other, (0, 0), false).await.unwrap(),
+        held(0, 100)
+    );
+
+    // The node A talks to dies: A's range is still held, and A extends it
+    // from its own offset in one step (fcntl's F_SETLK).
+    let connected = connected_node(&c, &a).await;
+    assert_ne!(connected_node(&c, &b).await, connected);
+    c.nodes[connected].kill9();
+    assert_eq!(
+        fb.test_lock(other, (99, 1), false).await.unwrap(),
+        held(0, 100)
+    );
+    fa.lock_range(me, (0, 200), LockKind::Exclusive, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(a.reconnects() >= 1);
+    assert_eq!(fa.test_lock(me, (0, 0), true).await.unwrap(), None);
+    let conflict = |r: Result<(), ClientError>| r.err().and_then(|e| e.code());
+    assert_eq!(
+        conflict(
+            fb.lock_range(other, (150, 10), LockKind::Shared, Duration::ZERO)
+                .await
+        ),
+        Some(ErrorCode::LockConflict)
+    );
+    // B waits for bytes 150..160; A lets go of everything from 50 on.
+    let waiter = tokio::spawn(async move {
+        fb.lock_range(
+            other,
+            (150, 10),
+            LockKind::Exclusive,
+            Duration::from_secs(20),
+        )
+        .await
+        .map(|()| fb)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fa.lock_range(me, (50, 0), LockKind::Unlocked, Duration::ZERO)
+        .await
+        .unwrap();
+    let fb = waiter.await.unwrap().unwrap();
+    assert_eq!(
+        fb.test_lock(other, (0, 0), false).await.unwrap(),
+        held(0, 50)
+    );
+    fb.close().await.unwrap();
     fa.close().await.unwrap();
     c.nodes[connected].relaunch();
 }
