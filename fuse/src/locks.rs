@@ -7,12 +7,11 @@
 //! as fcntl(2) defines it, and it conflicts with every other owner, on
 //! this mount or another, across failovers.
 //!
-//! An owner's locks on a file go through one handle: the one it first
-//! locked through, while that is open. A process that opened the file
-//! twice therefore never conflicts with itself, and its close(2) of
-//! either descriptor drops all its locks on the file, as POSIX says.
+//! An owner's locks on a file go through one handle (see [`Routes`]): a
+//! process that opened the file twice never conflicts with itself, and its
+//! close(2) of either descriptor drops all its locks on the file, as POSIX
+//! says.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::wire::{HeldLock, LockKind};
@@ -20,6 +19,11 @@ use fuser::{Errno, FileHandle};
 
 use crate::errno::errno;
 use crate::fs::{OpenFile, Shared};
+
+mod routes;
+
+use routes::Found;
+pub use routes::Routes;
 
 /// One lock request from the kernel (`end` inclusive).
 #[derive(Clone, Copy, Debug)]
@@ -71,25 +75,31 @@ pub async fn set(
     sleep: bool,
     tid: u32,
 ) -> Result<(), Errno> {
-    let f = through(s, fh, w.owner)?;
+    let own = s.open_file(fh)?;
     let kind = w.kind();
+    let routed = s.lock_routes.find(s, own.ino, w.owner);
     // Writes made under a lock reach the cluster before a new one is
     // taken, and are flushed before one is given up or shared: the next
     // holder, perhaps on another machine, must see them (as NFS flushes
-    // at unlock). A clean handle's flush sends nothing.
-    f.writes.wait().await;
-    if kind != LockKind::Exclusive {
-        f.file.sync().await.map_err(|e| errno(&e))?;
+    // at unlock). Both this descriptor's and the route's writes: the
+    // process may have written through either. A clean handle's flush
+    // sends nothing.
+    let mut files = vec![own.clone()];
+    files.extend(routed.as_ref().map(|r| r.file.clone()));
+    for f in &files {
+        f.writes.wait().await;
+        if kind != LockKind::Exclusive {
+            f.file.sync().await.map_err(|e| errno(&e))?;
+        }
     }
-    if kind == LockKind::Unlocked && !holds_any(&f, w.owner) {
-        // Nothing set through this mount: nothing to give up.
-        return Ok(());
+    if kind == LockKind::Unlocked {
+        return match routed {
+            Some(r) if r.may_hold => unlock(s, &own, w, &r).await,
+            // Nothing set through this mount: nothing to give up.
+            _ => Ok(()),
+        };
     }
-    // Marked before asking: a lock whose answer was lost is still
-    // released at the owner's close.
-    if let Ok(mut lockers) = f.lockers.lock() {
-        lockers.insert(w.owner);
-    }
+    let (f, _running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
         let r = f.file.lock_range(w.owner, w.range(), kind, wait).await;
@@ -107,6 +117,21 @@ pub async fn set(
     }
 }
 
+/// Unlocks `w`'s range through the owner's route.
+async fn unlock(s: &Shared, own: &OpenFile, w: Wanted, r: &Found) -> Result<(), Errno> {
+    let range = w.range();
+    r.file
+        .file
+        .lock_range(w.owner, range, LockKind::Unlocked, Duration::ZERO)
+        .await
+        .map_err(|e| lock_errno(&e))?;
+    tracing::debug!(handle = %r.file.file.handle(), owner = w.owner, start = w.start, end = w.end, "unlock");
+    if range == (0, 0) {
+        s.lock_routes.released(own.ino, w.owner, r);
+    }
+    Ok(())
+}
+
 /// [`errno`] for a lock request: a handle at its limit of locks is what
 /// fcntl(2) calls ENOLCK.
 fn lock_errno(e: &cairn_client::ClientError) -> Errno {
@@ -114,23 +139,6 @@ fn lock_errno(e: &cairn_client::ClientError) -> Errno {
         Some(cairn_proto::ErrorCode::TooMany) => Errno::ENOLCK,
         _ => errno(e),
     }
-}
-
-/// The open file `owner`'s locks on `fh`'s file go through: one it has
-/// set locks through already, else `fh`'s own.
-fn through(s: &Shared, fh: FileHandle, owner: u64) -> Result<Arc<OpenFile>, Errno> {
-    let f = s.open_file(fh)?;
-    if holds_any(&f, owner) {
-        return Ok(f);
-    }
-    Ok(s.open_of(f.ino)
-        .into_iter()
-        .find(|other| holds_any(other, owner))
-        .unwrap_or(f))
-}
-
-fn holds_any(f: &OpenFile, owner: u64) -> bool {
-    f.lockers.lock().map(|l| l.contains(&owner)).unwrap_or(true)
 }
 
 /// True if thread `tid` (in this process's PID namespace) has a signal
@@ -160,35 +168,39 @@ fn pending_in_status(status: &str) -> bool {
     pending & !mask("SigBlk:") != 0
 }
 
-/// Drops every lock `owner` holds on `f`'s file, through whichever open
-/// file it set them (its close(2) of any descriptor of the file).
+/// Drops every lock `owner` holds on `f`'s file, through its route (its
+/// close(2) of any descriptor of the file, whose writes `f` flushed).
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
-    for other in s.open_of(f.ino) {
-        if !holds_any(&other, owner) {
-            continue;
-        }
-        let all = (0, 0);
-        match other
-            .file
-            .lock_range(owner, all, LockKind::Unlocked, Duration::ZERO)
-            .await
-        {
-            Ok(()) => {
-                if let Ok(mut lockers) = other.lockers.lock() {
-                    lockers.remove(&owner);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, handle = %other.file.handle(), owner, "releasing locks at close failed")
-            }
-        }
+    let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
+        return;
+    };
+    if !r.may_hold {
+        return;
+    }
+    // The route's writes too: the next holder must read them.
+    r.file.writes.wait().await;
+    if let Err(e) = r.file.file.sync().await {
+        tracing::warn!(error = %e, handle = %r.file.file.handle(), "flushing before releasing locks at close failed");
+    }
+    let all = Wanted {
+        owner,
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_UNLCK,
+    };
+    if let Err(e) = unlock(s, f, all, &r).await {
+        tracing::warn!(error = ?e, handle = %r.file.file.handle(), owner, "releasing locks at close failed");
     }
 }
 
 /// F_GETLK: the lock that would stop `w`, as (start, end inclusive, type),
 /// or `None` if it could be set. Takes nothing.
 pub async fn test(s: &Shared, fh: FileHandle, w: Wanted) -> Result<Option<(u64, u64, i32)>, Errno> {
-    let f = through(s, fh, w.owner)?;
+    let own = s.open_file(fh)?;
+    let f = match s.lock_routes.find(s, own.ino, w.owner) {
+        Some(r) => r.file,
+        None => own,
+    };
     let exclusive = w.typ == libc::F_WRLCK;
     match f.file.test_lock(w.owner, w.range(), exclusive).await {
         Ok(held) => Ok(held.map(|h| as_flock(&h))),

@@ -148,12 +148,13 @@ pub async fn write(s: &Shared, fh: FileHandle, offset: u64, data: Bytes) -> Resu
 pub async fn flush(s: &Shared, fh: FileHandle, owner: Option<u64>) -> Result<(), Errno> {
     let f = s.open_file(fh)?;
     let queued = f.writes.drain().await;
-    f.file.sync().await.map_err(|e| errno(&e))?;
-    queued?;
+    let synced = f.file.sync().await.map_err(|e| errno(&e));
+    // The locks go whatever the flush's outcome, as close(2) drops them.
     if let Some(owner) = owner {
         crate::locks::release_owner(s, &f, owner).await;
     }
-    Ok(())
+    synced?;
+    queued
 }
 
 pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
@@ -163,6 +164,8 @@ pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
         .map_err(|_| Errno::EIO)?
         .remove(&fh.0)
         .ok_or(Errno::EBADF)?;
+    // Its handle's close drops the locks set through it.
+    s.lock_routes.forget(fh.0);
     let queued = f.writes.drain().await;
     f.file.close_shared().await.map_err(|e| errno(&e))?;
     queued

@@ -7,7 +7,7 @@
 mod entries;
 mod files;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
@@ -42,9 +42,6 @@ pub(crate) struct OpenFile {
     pub ino: u64,
     /// Open for writing (setattr needs such a handle).
     pub writable: bool,
-    /// The lock owners that have set locks through this handle and may
-    /// still hold some: a close(2) by any other owner costs no request.
-    pub lockers: Mutex<HashSet<u64>>,
     /// Opened with O_APPEND: writes go out one at a time, never queued.
     pub append: bool,
     /// Writes answered but still on their way to the cluster.
@@ -60,7 +57,6 @@ impl OpenFile {
             file,
             ino,
             writable,
-            lockers: Mutex::new(HashSet::new()),
             append,
             writes: WriteBehind::default(),
             opened: Mutex::new(Some(Instant::now())),
@@ -99,6 +95,8 @@ pub(crate) struct Shared {
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
     pub notifier: OnceLock<fuser::Notifier>,
+    /// Which open file each lock owner's locks on a file go through.
+    pub lock_routes: crate::locks::Routes,
 }
 
 impl Shared {
@@ -113,14 +111,6 @@ impl Shared {
             .get(&fh.0)
             .cloned()
             .ok_or(Errno::EBADF)
-    }
-
-    /// Every open handle of `ino`.
-    pub fn open_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
-        let Ok(files) = self.files.lock() else {
-            return Vec::new();
-        };
-        files.values().filter(|f| f.ino == ino).cloned().collect()
     }
 
     /// Some open handle of `ino` (its view includes unflushed writes).
@@ -240,6 +230,7 @@ impl CairnFs {
                 client,
                 inodes: Mutex::new(Inodes::new(root)),
                 files: Mutex::new(HashMap::new()),
+                lock_routes: crate::locks::Routes::default(),
                 dirs: Mutex::new(HashMap::new()),
                 dir_attrs: DirAttrs::new(ATTR_TTL),
                 next_fh: AtomicU64::new(1),

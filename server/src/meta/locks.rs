@@ -11,6 +11,8 @@
 //! (POSIX). Two overlapping locks conflict when their holders differ and
 //! either is exclusive. A holder never conflicts with itself.
 
+use std::collections::HashSet;
+
 use cairn_proto::InodeId;
 use cairn_proto::wire::{HandleId, HeldLock, LockKind};
 
@@ -133,10 +135,12 @@ pub(super) fn lock_range<R: KvRead + ?Sized>(
     if after.len() > before.len() {
         at_most_the_limit(tx, h.inode, handle, after.len() - before.len())?;
     }
-    for gone in before.iter().filter(|s| !after.contains(s)) {
+    // Sets, not scans: up to the limit of spans each, on every node.
+    let (was, is): (HashSet<_>, HashSet<_>) = (before.iter().collect(), after.iter().collect());
+    for gone in before.iter().filter(|s| !is.contains(s)) {
         tx.delete(keys::owner_lock(h.inode, handle, owner, gone.start));
     }
-    for new in after.iter().filter(|s| !before.contains(s)) {
+    for new in after.iter().filter(|s| !was.contains(s)) {
         let key = keys::owner_lock(h.inode, handle, owner, new.start);
         tx.put(key, encode(&new.record()));
     }

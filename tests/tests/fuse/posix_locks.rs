@@ -153,3 +153,29 @@ child()\n"
         a.log_text()
     );
 }
+
+#[test]
+fn unlocking_through_one_descriptor_flushes_the_writes_of_the_other() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("shared.txt"), b"before the lock").unwrap();
+    // Locked through one descriptor, written and unlocked through another
+    // (both stay open): the next holder, on another mount, reads the write.
+    let mut one = LockShell::start(&a.join("shared.txt"));
+    assert_eq!(one.ask("lk(SET, W, 0, 0)"), "ok");
+    assert_eq!(
+        one.ask("[g := open(sys.argv[1], 'r+'), g.write('written under the lock'), g.flush()] and 'written'"),
+        "written"
+    );
+    assert_eq!(one.ask("lk(SET, U, 0, 0, g)"), "ok");
+    let mut two = LockShell::start(&b.join("shared.txt"));
+    assert_eq!(two.ask("lk(SET, R, 0, 0)"), "ok");
+    assert_eq!(
+        two.ask("open(sys.argv[1]).read()"),
+        "written under the lock",
+        "mount A:\n{}\nmount B:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+}

@@ -7,7 +7,7 @@ use crate::meta::records::LockRecord;
 
 /// `[start, end)` held shared or exclusive; `end = u64::MAX` is "to the
 /// end of any file".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Span {
     pub start: u64,
     pub end: u64,

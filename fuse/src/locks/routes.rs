@@ -1,0 +1,137 @@
+//! Which open file an owner's locks on a file go through.
+//!
+//! The cluster keeps locks per handle and owner. A process may open a file
+//! twice and lock through either descriptor, and POSIX makes both one
+//! owner, which never conflicts with itself. So the mount sends all of an
+//! owner's locks on a file through one open file: the one it first locked
+//! through. The choice is made and recorded in one critical section, so
+//! two threads locking at once through two descriptors agree on it, and it
+//! lasts until that open file is released (its handle's close drops its
+//! locks on the cluster).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fuser::{Errno, FileHandle};
+
+use crate::fs::{OpenFile, Shared};
+
+/// The routes of a mount, by (inode, owner).
+#[derive(Default)]
+pub struct Routes {
+    map: Mutex<HashMap<(u64, u64), Route>>,
+}
+
+struct Route {
+    fh: u64,
+    /// False only once everything was unlocked and no lock was set since:
+    /// a close(2) then sends nothing.
+    may_hold: bool,
+    /// Lock requests begun through this route, ever.
+    begun: u64,
+    /// Lock requests under way.
+    running: u32,
+}
+
+/// A route as a request found it.
+pub struct Found {
+    pub file: Arc<OpenFile>,
+    pub may_hold: bool,
+    begun: u64,
+}
+
+/// Held while a lock request runs: the route is not marked free meanwhile.
+pub struct Running<'a> {
+    routes: &'a Routes,
+    key: (u64, u64),
+}
+
+impl Routes {
+    /// For a lock about to be set by `owner` through `fh` (of `ino`): the
+    /// open file it goes through, recorded now if the owner had none on
+    /// this file (or had one since released). The route may hold locks from
+    /// now on: one whose answer is lost is still released at close.
+    pub fn taking(
+        &self,
+        s: &Shared,
+        fh: FileHandle,
+        ino: u64,
+        owner: u64,
+    ) -> Result<(Arc<OpenFile>, Running<'_>), Errno> {
+        let mut map = self.map.lock().map_err(|_| Errno::EIO)?;
+        let existing = map
+            .get(&(ino, owner))
+            .and_then(|r| s.open_file(FileHandle(r.fh)).ok());
+        let file = match existing {
+            Some(f) => f,
+            None => {
+                let f = s.open_file(fh)?;
+                map.insert(
+                    (ino, owner),
+                    Route {
+                        fh: fh.0,
+                        may_hold: false,
+                        begun: 0,
+                        running: 0,
+                    },
+                );
+                f
+            }
+        };
+        if let Some(r) = map.get_mut(&(ino, owner)) {
+            r.may_hold = true;
+            r.begun += 1;
+            r.running += 1;
+        }
+        let running = Running {
+            routes: self,
+            key: (ino, owner),
+        };
+        Ok((file, running))
+    }
+
+    /// The route of `owner`'s locks on `ino`, if it has one that is open.
+    pub fn find(&self, s: &Shared, ino: u64, owner: u64) -> Option<Found> {
+        let map = self.map.lock().ok()?;
+        let r = map.get(&(ino, owner))?;
+        let file = s.open_file(FileHandle(r.fh)).ok()?;
+        Some(Found {
+            file,
+            may_hold: r.may_hold,
+            begun: r.begun,
+        })
+    }
+
+    /// Everything `owner` held on `ino` was unlocked by a request made when
+    /// `found` was: nothing is held now, unless a lock was set since or is
+    /// still being set.
+    pub fn released(&self, ino: u64, owner: u64, found: &Found) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if let Some(r) = map.get_mut(&(ino, owner))
+            && r.begun == found.begun
+            && r.running == 0
+        {
+            r.may_hold = false;
+        }
+    }
+
+    /// The open file `fh` was released: its handle's close dropped every
+    /// lock set through it, so the routes through it end.
+    pub fn forget(&self, fh: u64) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, r| r.fh != fh);
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.routes.map.lock()
+            && let Some(r) = map.get_mut(&self.key)
+        {
+            r.running = r.running.saturating_sub(1);
+        }
+    }
+}
