@@ -81,24 +81,22 @@ pub async fn set(
     // Writes made under a lock reach the cluster before a new one is
     // taken, and are flushed before one is given up or shared: the next
     // holder, perhaps on another machine, must see them (as NFS flushes
-    // at unlock). Both this descriptor's and the route's writes: the
-    // process may have written through either. A clean handle's flush
-    // sends nothing.
-    let mut files = vec![own.clone()];
-    files.extend(routed.as_ref().map(|r| r.file.clone()));
-    for f in &files {
-        f.writes.wait().await;
-        if kind != LockKind::Exclusive {
-            f.file.sync().await.map_err(|e| errno(&e))?;
-        }
-    }
+    // at unlock).
+    let settled = if kind == LockKind::Exclusive {
+        own.writes.wait().await;
+        Ok(())
+    } else {
+        flush_file(s, own.ino).await
+    };
     if kind == LockKind::Unlocked {
-        return match routed {
-            Some(r) if r.may_hold => unlock(s, &own, w, &r).await,
-            // Nothing set through this mount: nothing to give up.
-            _ => Ok(()),
-        };
+        if let Some(r) = routed.filter(|r| r.may_hold) {
+            unlock(s, own.ino, w, &r, false).await?;
+        }
+        // Given up even when the flush failed (a lock kept would block
+        // others until close); the failure is reported still.
+        return settled;
     }
+    settled?;
     let (f, _running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
@@ -117,8 +115,28 @@ pub async fn set(
     }
 }
 
-/// Unlocks `w`'s range through the owner's route.
-async fn unlock(s: &Shared, own: &OpenFile, w: Wanted, r: &Found) -> Result<(), Errno> {
+/// Waits for the queued writes of every open file of `ino` on this mount
+/// and flushes them: the process may have written through any of its
+/// descriptors (a lock file and a data file are often two). A clean
+/// handle's flush sends nothing. Fails with the first failure, after
+/// flushing the rest.
+async fn flush_file(s: &Shared, ino: u64) -> Result<(), Errno> {
+    let mut first = Ok(());
+    for f in s.open_of(ino) {
+        f.writes.wait().await;
+        if let Err(e) = f.file.sync().await {
+            tracing::warn!(handle = %f.file.handle(), error = %e, "flush before a lock change failed");
+            if first.is_ok() {
+                first = Err(errno(&e));
+            }
+        }
+    }
+    first
+}
+
+/// Unlocks `w`'s range through the owner's route `r`; `end`s the route
+/// if that was everything (a close(2)).
+async fn unlock(s: &Shared, ino: u64, w: Wanted, r: &Found, end: bool) -> Result<(), Errno> {
     let range = w.range();
     r.file
         .file
@@ -127,7 +145,7 @@ async fn unlock(s: &Shared, own: &OpenFile, w: Wanted, r: &Found) -> Result<(), 
         .map_err(|e| lock_errno(&e))?;
     tracing::debug!(handle = %r.file.file.handle(), owner = w.owner, start = w.start, end = w.end, "unlock");
     if range == (0, 0) {
-        s.lock_routes.released(own.ino, w.owner, r);
+        s.lock_routes.released(ino, w.owner, r, end);
     }
     Ok(())
 }
@@ -168,27 +186,26 @@ fn pending_in_status(status: &str) -> bool {
     pending & !mask("SigBlk:") != 0
 }
 
-/// Drops every lock `owner` holds on `f`'s file, through its route (its
-/// close(2) of any descriptor of the file, whose writes `f` flushed).
+/// Drops every lock `owner` holds on `f`'s file, through its route, and
+/// ends the route (its close(2) of any descriptor of the file). Writes
+/// made through any descriptor of the file are flushed first: the next
+/// holder must read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
     let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
         return;
     };
-    if !r.may_hold {
-        return;
-    }
-    // The route's writes too: the next holder must read them.
-    r.file.writes.wait().await;
-    if let Err(e) = r.file.file.sync().await {
-        tracing::warn!(error = %e, handle = %r.file.file.handle(), "flushing before releasing locks at close failed");
-    }
     let all = Wanted {
         owner,
         start: 0,
         end: u64::MAX,
         typ: libc::F_UNLCK,
     };
-    if let Err(e) = unlock(s, f, all, &r).await {
+    if !r.may_hold {
+        s.lock_routes.released(f.ino, owner, &r, true);
+        return;
+    }
+    let _ = flush_file(s, f.ino).await;
+    if let Err(e) = unlock(s, f.ino, all, &r, true).await {
         tracing::warn!(error = ?e, handle = %r.file.file.handle(), owner, "releasing locks at close failed");
     }
 }

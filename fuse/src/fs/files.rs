@@ -70,6 +70,17 @@ pub async fn open(s: &Shared, ino: u64, flags: i32) -> Result<(u64, FopenFlags),
         .open(&path, options(flags, disposition))
         .await
         .map_err(|e| errno(&e))?;
+    // Close-to-open: the kernel may still hold this file's attributes
+    // from before another client's last close (for up to the TTL), and
+    // reads stop at the size it holds. Dropping them makes its next look
+    // ask, and this handle answers with what the open just returned.
+    // Attributes only: no page or inode lock is taken, so this cannot
+    // wait on the open the kernel is making.
+    if let Some(n) = s.notifier.get()
+        && let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0)
+    {
+        tracing::debug!(ino, error = %e, "attribute invalidation at open failed");
+    }
     register(s, file, ino, flags)
 }
 

@@ -113,6 +113,14 @@ impl Shared {
             .ok_or(Errno::EBADF)
     }
 
+    /// Every open handle of `ino`.
+    pub fn open_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
+        let Ok(files) = self.files.lock() else {
+            return Vec::new();
+        };
+        files.values().filter(|f| f.ino == ino).cloned().collect()
+    }
+
     /// Some open handle of `ino` (its view includes unflushed writes).
     pub fn any_open(&self, ino: u64) -> Option<Arc<OpenFile>> {
         let files = self.files.lock().ok()?;

@@ -6,10 +6,14 @@
 //! owner's locks on a file through one open file: the one it first locked
 //! through. The choice is made and recorded in one critical section, so
 //! two threads locking at once through two descriptors agree on it, and it
-//! lasts until that open file is released (its handle's close drops its
-//! locks on the cluster).
+//! lasts until the owner's next close(2) of the file, which drops all its
+//! locks, or until that open file is released (its handle's close drops
+//! its locks on the cluster). Each route has an id of its own, so a
+//! request that began on a route that has since been replaced never
+//! changes the new one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fuser::{Errno, FileHandle};
@@ -20,9 +24,11 @@ use crate::fs::{OpenFile, Shared};
 #[derive(Default)]
 pub struct Routes {
     map: Mutex<HashMap<(u64, u64), Route>>,
+    next_id: AtomicU64,
 }
 
 struct Route {
+    id: u64,
     fh: u64,
     /// False only once everything was unlocked and no lock was set since:
     /// a close(2) then sends nothing.
@@ -37,6 +43,7 @@ struct Route {
 pub struct Found {
     pub file: Arc<OpenFile>,
     pub may_hold: bool,
+    id: u64,
     begun: u64,
 }
 
@@ -44,6 +51,7 @@ pub struct Found {
 pub struct Running<'a> {
     routes: &'a Routes,
     key: (u64, u64),
+    id: u64,
 }
 
 impl Routes {
@@ -66,26 +74,25 @@ impl Routes {
             Some(f) => f,
             None => {
                 let f = s.open_file(fh)?;
-                map.insert(
-                    (ino, owner),
-                    Route {
-                        fh: fh.0,
-                        may_hold: false,
-                        begun: 0,
-                        running: 0,
-                    },
-                );
+                let route = Route {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    fh: fh.0,
+                    may_hold: false,
+                    begun: 0,
+                    running: 0,
+                };
+                map.insert((ino, owner), route);
                 f
             }
         };
-        if let Some(r) = map.get_mut(&(ino, owner)) {
-            r.may_hold = true;
-            r.begun += 1;
-            r.running += 1;
-        }
+        let r = map.get_mut(&(ino, owner)).ok_or(Errno::EIO)?;
+        r.may_hold = true;
+        r.begun += 1;
+        r.running += 1;
         let running = Running {
             routes: self,
             key: (ino, owner),
+            id: r.id,
         };
         Ok((file, running))
     }
@@ -98,21 +105,28 @@ impl Routes {
         Some(Found {
             file,
             may_hold: r.may_hold,
+            id: r.id,
             begun: r.begun,
         })
     }
 
     /// Everything `owner` held on `ino` was unlocked by a request made when
     /// `found` was: nothing is held now, unless a lock was set since or is
-    /// still being set.
-    pub fn released(&self, ino: u64, owner: u64, found: &Found) {
+    /// still being set. With `end`, the route ends too (a close(2): the
+    /// next lock goes through the descriptor it is asked on).
+    pub fn released(&self, ino: u64, owner: u64, found: &Found, end: bool) {
         let Ok(mut map) = self.map.lock() else {
             return;
         };
-        if let Some(r) = map.get_mut(&(ino, owner))
-            && r.begun == found.begun
-            && r.running == 0
-        {
+        let Some(r) = map.get_mut(&(ino, owner)) else {
+            return;
+        };
+        if r.id != found.id || r.begun != found.begun || r.running != 0 {
+            return;
+        }
+        if end {
+            map.remove(&(ino, owner));
+        } else {
             r.may_hold = false;
         }
     }
@@ -130,6 +144,7 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         if let Ok(mut map) = self.routes.map.lock()
             && let Some(r) = map.get_mut(&self.key)
+            && r.id == self.id
         {
             r.running = r.running.saturating_sub(1);
         }

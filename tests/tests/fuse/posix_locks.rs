@@ -13,7 +13,7 @@ use cairn_tests::mount::Mount;
 /// says `ok` or the errno's name; `get(type, start, len)` is F_GETLK's
 /// answer, `unlocked` or `W start+len` / `R start+len`.
 const PRELUDE: &str = r#"
-import errno, fcntl, os, signal, struct, sys
+import errno, fcntl, os, signal, struct, sys, time
 f = open(sys.argv[1], 'r+')
 FMT = 'hhqqixxxx'
 def lk(cmd, typ, start, ln, fd=None):
@@ -155,27 +155,75 @@ child()\n"
 }
 
 #[test]
-fn unlocking_through_one_descriptor_flushes_the_writes_of_the_other() {
+fn unlocking_flushes_what_any_descriptor_of_the_process_wrote() {
     let c = super::cluster();
     let a = Mount::start(&c, "");
     let b = Mount::start(&c, "");
     std::fs::write(a.join("shared.txt"), b"before the lock").unwrap();
-    // Locked through one descriptor, written and unlocked through another
-    // (both stay open): the next holder, on another mount, reads the write.
+    // A lock taken through one descriptor, the data written through
+    // another (both stay open), unlocked through either: the next holder,
+    // on another mount, reads the write.
     let mut one = LockShell::start(&a.join("shared.txt"));
-    assert_eq!(one.ask("lk(SET, W, 0, 0)"), "ok");
-    assert_eq!(
-        one.ask("[g := open(sys.argv[1], 'r+'), g.write('written under the lock'), g.flush()] and 'written'"),
-        "written"
-    );
-    assert_eq!(one.ask("lk(SET, U, 0, 0, g)"), "ok");
     let mut two = LockShell::start(&b.join("shared.txt"));
-    assert_eq!(two.ask("lk(SET, R, 0, 0)"), "ok");
+    assert_eq!(one.ask("[g := open(sys.argv[1], 'r+')] and 'open'"), "open");
+    for (round, unlock_through) in ["f", "g"].into_iter().enumerate() {
+        let text = format!("written under lock {round}");
+        assert_eq!(one.ask("lk(SET, W, 0, 0)"), "ok");
+        assert_eq!(
+            one.ask(&format!(
+                "[g.seek(0), g.write('{text}'), g.flush()] and 'written'"
+            )),
+            "written"
+        );
+        assert_eq!(
+            one.ask(&format!("lk(SET, U, 0, 0, {unlock_through})")),
+            "ok"
+        );
+        assert_eq!(two.ask("lk(SET, R, 0, 0)"), "ok");
+        assert_eq!(
+            two.ask("open(sys.argv[1]).read()"),
+            text,
+            "unlocked through {unlock_through}\nmount A:\n{}\nmount B:\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        assert_eq!(two.ask("lk(SET, U, 0, 0)"), "ok");
+    }
+}
+
+#[test]
+fn a_lock_taken_after_a_close_outlives_the_descriptor_closed() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("reopened.bin"), vec![0u8; 64]).unwrap();
+    let mut one = LockShell::start(&a.join("reopened.bin"));
+    let mut two = LockShell::start(&b.join("reopened.bin"));
+    assert_eq!(one.ask("lk(SET, W, 0, 0)"), "ok");
+    // A child keeps the first descriptor open for a while; the process
+    // closes it (dropping its locks), opens the file again and locks.
     assert_eq!(
-        two.ask("open(sys.argv[1]).read()"),
-        "written under the lock",
-        "mount A:\n{}\nmount B:\n{}",
-        a.log_text(),
-        b.log_text()
+        one.ask("'forked' if os.fork() else (time.sleep(3), os._exit(0))"),
+        "forked",
+        "the child sleeps and exits without answering"
+    );
+    assert_eq!(one.ask("f.close() or 'closed'"), "closed");
+    assert_eq!(
+        two.ask("lk(SET, W, 0, 1)"),
+        "ok",
+        "the close dropped the lock"
+    );
+    assert_eq!(two.ask("lk(SET, U, 0, 0)"), "ok");
+    assert_eq!(
+        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 0, g)"),
+        "ok"
+    );
+    // The child exits: the first open file is released on the mount.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        two.ask("lk(SET, W, 0, 1)"),
+        "EAGAIN",
+        "the lock taken through the new descriptor is still held\nmount A:\n{}",
+        a.log_text()
     );
 }
