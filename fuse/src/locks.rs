@@ -77,26 +77,25 @@ pub async fn set(
 ) -> Result<(), Errno> {
     let own = s.open_file(fh)?;
     let kind = w.kind();
-    let routed = s.lock_routes.find(s, own.ino, w.owner);
+    let routed = s
+        .lock_routes
+        .find(s, own.ino, w.owner)
+        .filter(|r| r.may_hold);
     // Writes made under a lock reach the cluster before a new one is
-    // taken, and are flushed before one is given up or shared: the next
-    // holder, perhaps on another machine, must see them (as NFS flushes
-    // at unlock).
-    let settled = if kind == LockKind::Exclusive {
-        own.writes.wait().await;
-        Ok(())
-    } else {
-        flush_file(s, own.ino).await
-    };
-    if kind == LockKind::Unlocked {
-        if let Some(r) = routed.filter(|r| r.may_hold) {
-            unlock(s, own.ino, w, &r, false).await?;
+    // taken, and are flushed before one is given up or turned shared: the
+    // next holder, perhaps on another machine, must see them (as NFS
+    // flushes at unlock).
+    own.writes.wait_queued().await;
+    match (kind, routed) {
+        // Nothing set through this mount: nothing to give up.
+        (LockKind::Unlocked, None) => return Ok(()),
+        (LockKind::Unlocked, Some(r)) => {
+            flush_file(s, own.ino).await;
+            return unlock(s, own.ino, w, &r, false).await;
         }
-        // Given up even when the flush failed (a lock kept would block
-        // others until close); the failure is reported still.
-        return settled;
+        (LockKind::Shared, Some(_)) => flush_file(s, own.ino).await,
+        _ => {}
     }
-    settled?;
     let (f, _running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
@@ -118,20 +117,17 @@ pub async fn set(
 /// Waits for the queued writes of every open file of `ino` on this mount
 /// and flushes them: the process may have written through any of its
 /// descriptors (a lock file and a data file are often two). A clean
-/// handle's flush sends nothing. Fails with the first failure, after
-/// flushing the rest.
-async fn flush_file(s: &Shared, ino: u64) -> Result<(), Errno> {
-    let mut first = Ok(());
+/// handle's flush sends nothing. A failure is logged, not returned: the
+/// lock change goes ahead (a lock kept would block others until close),
+/// and the writer is told at its own close or fsync, whose flush tries
+/// the same writes again (as NFS ignores write-back errors at unlock).
+async fn flush_file(s: &Shared, ino: u64) {
     for f in s.open_of(ino) {
-        f.writes.wait().await;
+        f.writes.wait_queued().await;
         if let Err(e) = f.file.sync().await {
             tracing::warn!(handle = %f.file.handle(), error = %e, "flush before a lock change failed");
-            if first.is_ok() {
-                first = Err(errno(&e));
-            }
         }
     }
-    first
 }
 
 /// Unlocks `w`'s range through the owner's route `r`; `end`s the route
@@ -204,7 +200,7 @@ pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
         s.lock_routes.released(f.ino, owner, &r, true);
         return;
     }
-    let _ = flush_file(s, f.ino).await;
+    flush_file(s, f.ino).await;
     if let Err(e) = unlock(s, f.ino, all, &r, true).await {
         tracing::warn!(error = ?e, handle = %r.file.file.handle(), owner, "releasing locks at close failed");
     }

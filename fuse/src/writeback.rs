@@ -130,6 +130,24 @@ impl WriteBehind {
         }
     }
 
+    /// Waits until the writes queued before this call have reached the
+    /// cluster (or failed), not for those queued while it waits: a
+    /// process streaming writes never holds this caller up for long.
+    pub async fn wait_queued(&self) {
+        let last = match self.state.lock() {
+            Ok(st) => st.next_id,
+            Err(_) => return,
+        };
+        loop {
+            let done = self.done.notified();
+            match self.state.lock() {
+                Ok(st) if st.in_flight.range(..last).next().is_some() => {}
+                _ => return,
+            }
+            done.await;
+        }
+    }
+
     /// [`WriteBehind::wait`], then reports (once) a failure of a queued
     /// write.
     pub async fn drain(&self) -> Result<(), Errno> {

@@ -511,6 +511,35 @@ fn queued_writes_keep_the_programs_order() {
 }
 
 #[test]
+fn a_second_open_sees_the_size_the_first_handle_wrote() {
+    let c = cluster();
+    let a = Mount::start(&c, "");
+    let path = a.join("grown.bin");
+    std::fs::write(&path, b"ten bytes!").unwrap();
+    // The first descriptor's write is still queued or unflushed when the
+    // second opens, so the cluster's answer to that open does not have it.
+    // Once the first is closed, the second is the file's only handle: the
+    // kernel must not take the size from that answer.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os,sys\np=sys.argv[1]\nfa=os.open(p,os.O_RDWR)\nos.write(fa,b'x'*5000)\n\
+             fq=os.open(p,os.O_RDONLY)\nos.close(fa)\nimport time\ntime.sleep(0.3)\n\
+             print(os.fstat(fq).st_size, len(os.read(fq,10000)), os.stat(p).st_size)",
+        )
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "5000 5000 5000",
+        "{}\nmount:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log_text()
+    );
+}
+
+#[test]
 fn a_lock_held_through_one_mount_blocks_the_other() {
     let c = cluster();
     let a = Mount::start(&c, "");

@@ -51,10 +51,14 @@ fn register(
     let fh = s.fh();
     let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
     let append = flags & libc::O_APPEND != 0;
-    s.files
-        .lock()
-        .map_err(|_| Errno::EIO)?
-        .insert(fh, Arc::new(OpenFile::new(file, ino, writable, append)));
+    let open = Arc::new(OpenFile::new(file, ino, writable, append));
+    let mut files = s.files.lock().map_err(|_| Errno::EIO)?;
+    if files.values().any(|f| f.ino == ino) {
+        // Another handle here may hold writes the cluster does not show
+        // this open yet: attributes come from the cluster, after them.
+        open.changed();
+    }
+    files.insert(fh, open);
     Ok((fh, keep))
 }
 
