@@ -81,10 +81,10 @@ pub async fn set(
         .lock_routes
         .find(s, own.ino, w.owner)
         .filter(|r| r.may_hold);
-    // Writes made under a lock reach the cluster before a new one is
-    // taken, and are flushed before one is given up or turned shared: the
-    // next holder, perhaps on another machine, must see them (as NFS
-    // flushes at unlock).
+    // This descriptor's writes reach the cluster before a new lock is
+    // taken, and every descriptor's are flushed before a lock is given up
+    // or turned shared: the next holder, perhaps on another machine, must
+    // see them (as NFS flushes at unlock).
     own.writes.wait_queued().await;
     match (kind, routed) {
         // Nothing set through this mount: nothing to give up.
@@ -102,7 +102,10 @@ pub async fn set(
         let r = f.file.lock_range(w.owner, w.range(), kind, wait).await;
         tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, end = w.end, ?kind, sleep, ok = r.is_ok(), "lock");
         match r {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                drop_cache(s, f.ino).await;
+                return Ok(());
+            }
             Err(e) if sleep && errno(&e) == Errno::EAGAIN => {
                 if signal_pending(tid) {
                     tracing::debug!(handle = %f.file.handle(), owner = w.owner, tid, "lock wait interrupted");
@@ -121,12 +124,31 @@ pub async fn set(
 /// lock change goes ahead (a lock kept would block others until close),
 /// and the writer is told at its own close or fsync, whose flush tries
 /// the same writes again (as NFS ignores write-back errors at unlock).
-async fn flush_file(s: &Shared, ino: u64) {
+pub(crate) async fn flush_file(s: &Shared, ino: u64) {
     for f in s.open_of(ino) {
         f.writes.wait_queued().await;
         if let Err(e) = f.file.sync().await {
             tracing::warn!(handle = %f.file.handle(), error = %e, "flush before a lock change failed");
+            // Reported at the handle's next write, flush, fsync or close,
+            // even if that flush's retry of the same writes succeeds.
+            f.writes.fail(errno(&e));
         }
+    }
+}
+
+/// Drops what the kernel caches of the file (pages and attributes) once a
+/// lock is taken: the last holder, perhaps on another machine, may have
+/// changed it since this mount read it (as NFS clears its cache at a
+/// lock). On a blocking thread: the kernel waits for locked pages, which
+/// reads this mount is answering may hold.
+async fn drop_cache(s: &Shared, ino: u64) {
+    let Some(n) = s.notifier.get().cloned() else {
+        return;
+    };
+    let dropped =
+        tokio::task::spawn_blocking(move || n.inval_inode(fuser::INodeNo(ino), 0, 0)).await;
+    if let Ok(Err(e)) = dropped {
+        tracing::debug!(ino, error = %e, "cache invalidation after a lock failed");
     }
 }
 

@@ -8,7 +8,8 @@
 //! flight waits for it, so overlapping writes reach the cluster in the
 //! program's order (appends are never queued: the cluster places them in
 //! arrival order). Whatever must see the writes (reads, attributes,
-//! truncation, locks, flush, fsync, close) waits for the queue first, and
+//! truncation, flush, fsync, close) waits for the queue first (a lock
+//! change only for the writes queued before it), and
 //! the first failure of a queued write is reported at the next write,
 //! flush, fsync or close of its handle, as NFS reports a failed
 //! write-back.
@@ -145,6 +146,14 @@ impl WriteBehind {
                 _ => return,
             }
             done.await;
+        }
+    }
+
+    /// Records a failure of this handle's writes (a flush made for a lock
+    /// change) to report at its next write, flush, fsync or close.
+    pub fn fail(&self, e: Errno) {
+        if let Ok(mut st) = self.state.lock() {
+            st.error.get_or_insert(e);
         }
     }
 

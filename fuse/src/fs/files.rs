@@ -37,11 +37,14 @@ fn options(flags: i32, disposition: Disposition) -> OpenOptions {
 }
 
 /// Registers an opened file; returns its FUSE handle and open flags.
+/// Keeps `file` as an open file of `ino`; `shared` if another handle of
+/// `ino` was open on the mount when the open was asked.
 fn register(
     s: &Shared,
     file: cairn_client::File,
     ino: u64,
     flags: i32,
+    shared: bool,
 ) -> Result<(u64, FopenFlags), Errno> {
     let keep = if file.lease() & lease::READ != 0 {
         FopenFlags::FOPEN_KEEP_CACHE
@@ -53,9 +56,10 @@ fn register(
     let append = flags & libc::O_APPEND != 0;
     let open = Arc::new(OpenFile::new(file, ino, writable, append));
     let mut files = s.files.lock().map_err(|_| Errno::EIO)?;
-    if files.values().any(|f| f.ino == ino) {
-        // Another handle here may hold writes the cluster does not show
-        // this open yet: attributes come from the cluster, after them.
+    if shared || files.values().any(|f| f.ino == ino) {
+        // Another handle here may hold (or have held, until its close)
+        // writes the cluster did not show this open: attributes come from
+        // the cluster, after them.
         open.changed();
     }
     files.insert(fh, open);
@@ -69,6 +73,7 @@ pub async fn open(s: &Shared, ino: u64, flags: i32) -> Result<(u64, FopenFlags),
     } else {
         Disposition::Open
     };
+    let shared = s.any_open(ino).is_some();
     let file = s
         .client
         .open(&path, options(flags, disposition))
@@ -85,7 +90,7 @@ pub async fn open(s: &Shared, ino: u64, flags: i32) -> Result<(u64, FopenFlags),
     {
         tracing::debug!(ino, error = %e, "attribute invalidation at open failed");
     }
-    register(s, file, ino, flags)
+    register(s, file, ino, flags, shared)
 }
 
 pub async fn create(
@@ -112,7 +117,7 @@ pub async fn create(
         s.dir_attrs.created_in(parent, file.opened_attr());
     }
     let attr = super::entries::entry(s, parent, name, file.opened_attr())?;
-    let (fh, flags) = register(s, file, attr.ino.0, flags)?;
+    let (fh, flags) = register(s, file, attr.ino.0, flags, false)?;
     Ok((attr, fh, flags))
 }
 
@@ -179,9 +184,14 @@ pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
         .map_err(|_| Errno::EIO)?
         .remove(&fh.0)
         .ok_or(Errno::EBADF)?;
-    // Its handle's close drops the locks set through it.
-    s.lock_routes.forget(fh.0);
+    // Its handle's close drops the locks set through it (a BSD lock goes
+    // here, at the open file's last close): what the file's other
+    // descriptors wrote goes first, for the next holder to read.
+    let held = s.lock_routes.forget(fh.0);
     let queued = f.writes.drain().await;
+    if held {
+        crate::locks::flush_file(s, f.ino).await;
+    }
     f.file.close_shared().await.map_err(|e| errno(&e))?;
     queued
 }

@@ -45,6 +45,9 @@ pub struct Found {
     pub may_hold: bool,
     id: u64,
     begun: u64,
+    /// Lock requests under way when this was found: one may apply after
+    /// an unlock sent now, so the unlock cannot say nothing is held.
+    running: u32,
 }
 
 /// Held while a lock request runs: the route is not marked free meanwhile.
@@ -107,6 +110,7 @@ impl Routes {
             may_hold: r.may_hold,
             id: r.id,
             begun: r.begun,
+            running: r.running,
         })
     }
 
@@ -121,7 +125,8 @@ impl Routes {
         let Some(r) = map.get_mut(&(ino, owner)) else {
             return;
         };
-        if r.id != found.id || r.begun != found.begun || r.running != 0 {
+        let quiet = found.running == 0 && r.running == 0;
+        if r.id != found.id || r.begun != found.begun || !quiet {
             return;
         }
         if end {
@@ -131,12 +136,17 @@ impl Routes {
         }
     }
 
-    /// The open file `fh` was released: its handle's close dropped every
-    /// lock set through it, so the routes through it end.
-    pub fn forget(&self, fh: u64) {
-        if let Ok(mut map) = self.map.lock() {
-            map.retain(|_, r| r.fh != fh);
-        }
+    /// The open file `fh` is being released: its handle's close drops
+    /// every lock set through it, so the routes through it end. True if
+    /// one of them may hold locks (a BSD lock goes this way, at the open
+    /// file's last close).
+    pub fn forget(&self, fh: u64) -> bool {
+        let Ok(mut map) = self.map.lock() else {
+            return true;
+        };
+        let held = map.values().any(|r| r.fh == fh && r.may_hold);
+        map.retain(|_, r| r.fh != fh);
+        held
     }
 }
 

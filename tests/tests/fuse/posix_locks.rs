@@ -232,3 +232,31 @@ fn a_lock_taken_after_a_close_outlives_the_descriptor_closed() {
         );
     }
 }
+
+#[test]
+fn a_lock_holder_reads_the_last_holders_write_through_a_descriptor_it_kept() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("kept.txt"), b"old content AAAA").unwrap();
+    let mut one = LockShell::start(&a.join("kept.txt"));
+    let mut two = LockShell::start(&b.join("kept.txt"));
+    let pread = "os.pread(f.fileno(), 100, 0).decode()";
+    // B has read the file through the descriptor it keeps (the kernel
+    // caches those pages); A then writes under a lock.
+    assert_eq!(two.ask(pread), "old content AAAA");
+    assert_eq!(one.ask("lk(SET, W, 0, 0)"), "ok");
+    assert_eq!(
+        one.ask("os.pwrite(f.fileno(), b'new content BBBB', 0)"),
+        "16"
+    );
+    assert_eq!(one.ask("lk(SET, U, 0, 0)"), "ok");
+    assert_eq!(two.ask("lk(SET, R, 0, 0)"), "ok");
+    assert_eq!(
+        two.ask(pread),
+        "new content BBBB",
+        "mount A:\n{}\nmount B:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+}
