@@ -18,7 +18,7 @@ use cairn_proto::wire::{HandleId, HeldLock, LockKind};
 
 use super::apply::{Applied, ApplyError, MetaError, get};
 use super::keys;
-use super::overlay::{KvRead, Overlay};
+use super::overlay::{KvRead, Overlay, count_under, keys_under};
 use super::records::{LockRecord, encode};
 use super::sessions::load_handle;
 use super::store::StoreError;
@@ -81,7 +81,7 @@ pub(super) fn lock<R: KvRead + ?Sized>(
         handle: handle.0,
         owner: None,
     };
-    refuse_conflicts(tx, h.inode, me, offset, wanted.end(offset), exclusive)?;
+    refuse_conflicts(tx, h.inode, me, Span::of(offset, &wanted))?;
     tx.put(key, encode(&wanted));
     Ok(Applied::nothing())
 }
@@ -124,7 +124,15 @@ pub(super) fn lock_range<R: KvRead + ?Sized>(
     };
     if kind != LockKind::Unlocked {
         let exclusive = kind == LockKind::Exclusive;
-        refuse_conflicts(tx, h.inode, me, wanted.start, wanted.end, exclusive)?;
+        refuse_conflicts(
+            tx,
+            h.inode,
+            me,
+            Span {
+                exclusive,
+                ..wanted
+            },
+        )?;
     }
     let prefix = keys::owner_locks_of(h.inode, handle, owner);
     let before: Vec<Span> = records_under(tx, &prefix)?
@@ -162,7 +170,15 @@ pub fn test_lock<R: KvRead + ?Sized>(
         handle: handle.0,
         owner: Some(owner),
     };
-    let found = conflicts(tx, h.inode, me, wanted.start, wanted.end, exclusive)?;
+    let found = conflicts(
+        tx,
+        h.inode,
+        me,
+        Span {
+            exclusive,
+            ..wanted
+        },
+    )?;
     Ok(found
         .into_iter()
         .min_by_key(|f| f.offset)
@@ -215,14 +231,14 @@ fn refuse_conflicts<R: KvRead + ?Sized>(
     tx: &R,
     inode: InodeId,
     me: Holder,
-    start: u64,
-    end: u64,
-    exclusive: bool,
+    wanted: Span,
 ) -> Result<(), ApplyError> {
-    match conflicts(tx, inode, me, start, end, exclusive)?.first() {
+    match conflicts(tx, inode, me, wanted)?.first() {
         None => Ok(()),
         Some(f) => Err(MetaError::LockConflict(format!(
-            "bytes {start}..{end} are locked by handle h{}{}",
+            "bytes {}..{} are locked by handle h{}{}",
+            wanted.start,
+            wanted.end,
             f.holder.handle,
             f.holder
                 .owner
@@ -233,15 +249,13 @@ fn refuse_conflicts<R: KvRead + ?Sized>(
     }
 }
 
-/// Every lock of another holder on `inode` that overlaps `[start, end)`
-/// where either it or the wanted lock is exclusive.
+/// Every lock of another holder on `inode` that overlaps `wanted` where
+/// either it or the wanted lock is exclusive.
 fn conflicts<R: KvRead + ?Sized>(
     tx: &R,
     inode: InodeId,
     me: Holder,
-    start: u64,
-    end: u64,
-    exclusive: bool,
+    wanted: Span,
 ) -> Result<Vec<Found>, StoreError> {
     let smb = records_under(tx, &keys::locks(inode))?
         .into_iter()
@@ -273,9 +287,9 @@ fn conflicts<R: KvRead + ?Sized>(
         .chain(posix)
         .filter(|f| {
             f.holder != me
-                && f.offset < end
-                && start < f.lock.end(f.offset)
-                && (exclusive || f.lock.exclusive)
+                && f.offset < wanted.end
+                && wanted.start < f.lock.end(f.offset)
+                && (wanted.exclusive || f.lock.exclusive)
         })
         .collect())
 }
@@ -316,35 +330,4 @@ fn records_under<R: KvRead + ?Sized>(
         }
     }
     Ok(out)
-}
-
-/// Every key in `[prefix, prefix_end)`.
-pub(super) fn keys_under<R: KvRead + ?Sized>(
-    tx: &R,
-    prefix: &[u8],
-) -> Result<Vec<Vec<u8>>, StoreError> {
-    let end = keys::prefix_end(prefix);
-    let mut start = prefix.to_vec();
-    let mut out = Vec::new();
-    while let Some(key) = tx.first_key_in(&start, &end)? {
-        start = key.clone();
-        start.push(0);
-        out.push(key);
-    }
-    Ok(out)
-}
-
-/// How many keys are under `prefix`, counting up to `max` at most.
-fn count_under<R: KvRead + ?Sized>(tx: &R, prefix: &[u8], max: usize) -> Result<usize, StoreError> {
-    let end = keys::prefix_end(prefix);
-    let mut start = prefix.to_vec();
-    let mut n = 0;
-    while n < max
-        && let Some(key) = tx.first_key_in(&start, &end)?
-    {
-        n += 1;
-        start = key;
-        start.push(0);
-    }
-    Ok(n)
 }

@@ -16,6 +16,38 @@ pub trait KvRead {
     fn first_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
+/// Every key in `[prefix, prefix_end)`.
+pub fn keys_under<R: KvRead + ?Sized>(tx: &R, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let end = super::keys::prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    let mut out = Vec::new();
+    while let Some(key) = tx.first_key_in(&start, &end)? {
+        start = key.clone();
+        start.push(0);
+        out.push(key);
+    }
+    Ok(out)
+}
+
+/// How many keys are under `prefix`, counting up to `max` at most.
+pub fn count_under<R: KvRead + ?Sized>(
+    tx: &R,
+    prefix: &[u8],
+    max: usize,
+) -> Result<usize, StoreError> {
+    let end = super::keys::prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    let mut n = 0;
+    while n < max
+        && let Some(key) = tx.first_key_in(&start, &end)?
+    {
+        n += 1;
+        start = key;
+        start.push(0);
+    }
+    Ok(n)
+}
+
 /// Pending writes over a base: `Some(value)` is a put, `None` a delete.
 pub struct Overlay<'a, R: KvRead + ?Sized> {
     base: &'a R,

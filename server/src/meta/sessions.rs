@@ -14,8 +14,8 @@ use super::apply::{
 use super::command::{AppendPlaced, Command, OpenFile};
 use super::keys;
 use super::leases;
-use super::locks::{self, keys_under};
-use super::overlay::{KvRead, Overlay};
+use super::locks;
+use super::overlay::{KvRead, Overlay, keys_under};
 use super::records::{Content, FileData, HandleRecord, Inode, SessionRecord, encode};
 use super::store::StoreError;
 

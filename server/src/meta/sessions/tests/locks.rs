@@ -5,8 +5,8 @@ use cairn_proto::wire::{Disposition, HandleId, HeldLock, LockKind, SessionId};
 
 use super::{ALL, Fixture, RW, S1, S2};
 use crate::meta::keys;
-use crate::meta::locks::{LOCKS_PER_HANDLE_MAX, keys_under, test_lock};
-use crate::meta::overlay::KvRead;
+use crate::meta::locks::{LOCKS_PER_HANDLE_MAX, test_lock};
+use crate::meta::overlay::{KvRead, keys_under};
 use crate::meta::records::{LockRecord, decode};
 use crate::meta::sessions::load_handle;
 use crate::meta::{Applied, Command, MetaError};
