@@ -12,6 +12,7 @@
 //! close(2) of either descriptor drops all its locks on the file, as POSIX
 //! says.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::wire::{HeldLock, LockKind};
@@ -91,29 +92,87 @@ pub async fn set(
         (LockKind::Unlocked, None) => return Ok(()),
         (LockKind::Unlocked, Some(r)) => {
             flush_file(s, own.ino).await;
-            return unlock(s, own.ino, w, &r, false).await;
+            return unlock(s, own.ino, w, &r).await;
         }
         (LockKind::Shared, Some(_)) => flush_file(s, own.ino).await,
         _ => {}
     }
-    let (f, _running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
+    // What a request set through a route that ended under it: dropped
+    // before the same range is asked for through the new route (the two
+    // handles' locks would conflict).
+    let mut stray: Option<Arc<OpenFile>> = None;
+    loop {
+        let (f, running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
+        if let Some(old) = stray.take()
+            && !Arc::ptr_eq(&old, &f)
+        {
+            drop_stray(&old, w).await;
+        }
+        match take(s, &f, &running, w, sleep, tid).await {
+            Taken::Answer(r) => return r,
+            Taken::RouteEnded { set } => {
+                tracing::debug!(handle = %f.file.handle(), owner = w.owner, set, "lock route ended under a request; asking again");
+                if set {
+                    stray = Some(f);
+                }
+            }
+        }
+    }
+}
+
+/// How a lock request through one route ended.
+enum Taken {
+    Answer(Result<(), Errno>),
+    /// Another thread's close(2) ended the route while the request ran
+    /// (its open file may be closed on the cluster, dropping what it
+    /// held); `set` if the cluster set the lock through it all the same.
+    RouteEnded {
+        set: bool,
+    },
+}
+
+/// Sets `w` through the route's open file `f`, in slices if `sleep`.
+async fn take(
+    s: &Shared,
+    f: &OpenFile,
+    running: &routes::Running<'_>,
+    w: Wanted,
+    sleep: bool,
+    tid: u32,
+) -> Taken {
     loop {
         let wait = if sleep { WAIT_SLICE } else { Duration::ZERO };
-        let r = f.file.lock_range(w.owner, w.range(), kind, wait).await;
-        tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, end = w.end, ?kind, sleep, ok = r.is_ok(), "lock");
+        let r = f.file.lock_range(w.owner, w.range(), w.kind(), wait).await;
+        tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, end = w.end, kind = ?w.kind(), sleep, ok = r.is_ok(), "lock");
+        if !running.current() {
+            return Taken::RouteEnded { set: r.is_ok() };
+        }
         match r {
             Ok(()) => {
                 drop_cache(s, f.ino).await;
-                return Ok(());
+                return Taken::Answer(Ok(()));
             }
             Err(e) if sleep && errno(&e) == Errno::EAGAIN => {
                 if signal_pending(tid) {
                     tracing::debug!(handle = %f.file.handle(), owner = w.owner, tid, "lock wait interrupted");
-                    return Err(Errno::EINTR);
+                    return Taken::Answer(Err(Errno::EINTR));
                 }
             }
-            Err(e) => return Err(lock_errno(&e)),
+            Err(e) => return Taken::Answer(Err(lock_errno(&e))),
         }
+    }
+}
+
+/// Unlocks `w`'s range through `f`, whose route ended after a request
+/// set it there. An error is logged only: one from a handle already
+/// closed means its locks went with it.
+async fn drop_stray(f: &OpenFile, w: Wanted) {
+    let r = f
+        .file
+        .lock_range(w.owner, w.range(), LockKind::Unlocked, Duration::ZERO)
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed");
     }
 }
 
@@ -152,9 +211,9 @@ async fn drop_cache(s: &Shared, ino: u64) {
     }
 }
 
-/// Unlocks `w`'s range through the owner's route `r`; `end`s the route
-/// if that was everything (a close(2)).
-async fn unlock(s: &Shared, ino: u64, w: Wanted, r: &Found, end: bool) -> Result<(), Errno> {
+/// Unlocks `w`'s range through the owner's route `r`, and marks the
+/// route free if that was everything.
+async fn unlock(s: &Shared, ino: u64, w: Wanted, r: &Found) -> Result<(), Errno> {
     let range = w.range();
     r.file
         .file
@@ -163,7 +222,7 @@ async fn unlock(s: &Shared, ino: u64, w: Wanted, r: &Found, end: bool) -> Result
         .map_err(|e| lock_errno(&e))?;
     tracing::debug!(handle = %r.file.file.handle(), owner = w.owner, start = w.start, end = w.end, "unlock");
     if range == (0, 0) {
-        s.lock_routes.released(ino, w.owner, r, end);
+        s.lock_routes.released(ino, w.owner, r);
     }
     Ok(())
 }
@@ -209,22 +268,23 @@ fn pending_in_status(status: &str) -> bool {
 /// made through any descriptor of the file are flushed first: the next
 /// holder must read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
-    let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
+    let Some(r) = s.lock_routes.end(s, f.ino, owner) else {
         return;
     };
-    let all = Wanted {
-        owner,
-        start: 0,
-        end: u64::MAX,
-        typ: libc::F_UNLCK,
-    };
     if !r.may_hold {
-        s.lock_routes.released(f.ino, owner, &r, true);
         return;
     }
     flush_file(s, f.ino).await;
-    if let Err(e) = unlock(s, f.ino, all, &r, true).await {
-        tracing::warn!(error = ?e, handle = %r.file.file.handle(), owner, "releasing locks at close failed");
+    let all = r
+        .file
+        .file
+        .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
+        .await;
+    match all {
+        Ok(()) => tracing::debug!(handle = %r.file.file.handle(), owner, "locks released at close"),
+        Err(e) => {
+            tracing::warn!(error = %e, handle = %r.file.file.handle(), owner, "releasing locks at close failed")
+        }
     }
 }
 

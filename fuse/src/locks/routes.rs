@@ -10,7 +10,9 @@
 //! locks, or until that open file is released (its handle's close drops
 //! its locks on the cluster). Each route has an id of its own, so a
 //! request that began on a route that has since been replaced never
-//! changes the new one.
+//! changes the new one, and a request that was under way when its route
+//! ended (another thread's close) knows to set its lock again through a
+//! route of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,18 @@ struct Route {
     begun: u64,
     /// Lock requests under way.
     running: u32,
+}
+
+impl Route {
+    fn found(&self, file: Arc<OpenFile>) -> Found {
+        Found {
+            file,
+            may_hold: self.may_hold,
+            id: self.id,
+            begun: self.begun,
+            running: self.running,
+        }
+    }
 }
 
 /// A route as a request found it.
@@ -105,20 +119,13 @@ impl Routes {
         let map = self.map.lock().ok()?;
         let r = map.get(&(ino, owner))?;
         let file = s.open_file(FileHandle(r.fh)).ok()?;
-        Some(Found {
-            file,
-            may_hold: r.may_hold,
-            id: r.id,
-            begun: r.begun,
-            running: r.running,
-        })
+        Some(r.found(file))
     }
 
     /// Everything `owner` held on `ino` was unlocked by a request made when
     /// `found` was: nothing is held now, unless a lock was set since or is
-    /// still being set. With `end`, the route ends too (a close(2): the
-    /// next lock goes through the descriptor it is asked on).
-    pub fn released(&self, ino: u64, owner: u64, found: &Found, end: bool) {
+    /// still being set.
+    pub fn released(&self, ino: u64, owner: u64, found: &Found) {
         let Ok(mut map) = self.map.lock() else {
             return;
         };
@@ -126,14 +133,21 @@ impl Routes {
             return;
         };
         let quiet = found.running == 0 && r.running == 0;
-        if r.id != found.id || r.begun != found.begun || !quiet {
-            return;
-        }
-        if end {
-            map.remove(&(ino, owner));
-        } else {
+        if r.id == found.id && r.begun == found.begun && quiet {
             r.may_hold = false;
         }
+    }
+
+    /// Ends `owner`'s route on `ino` (a close(2), which drops all its locks
+    /// on the file) and returns it, if its open file is still open: the
+    /// caller unlocks through it. Ended before that unlock is sent, so a
+    /// request still under way either finished before it (and its lock
+    /// goes with the close) or finds its route gone and sets its lock
+    /// again through a route of its own (see [`Running::current`]).
+    pub fn end(&self, s: &Shared, ino: u64, owner: u64) -> Option<Found> {
+        let r = self.map.lock().ok()?.remove(&(ino, owner))?;
+        let file = s.open_file(FileHandle(r.fh)).ok()?;
+        Some(r.found(file))
     }
 
     /// The open file `fh` is being released: its handle's close drops
@@ -147,6 +161,18 @@ impl Routes {
         let held = map.values().any(|r| r.fh == fh && r.may_hold);
         map.retain(|_, r| r.fh != fh);
         held
+    }
+}
+
+impl Running<'_> {
+    /// False once the route this request began on has ended (a close(2)
+    /// of the owner's, or the release of its open file): what the request
+    /// set through it is dropped, or soon will be.
+    pub fn current(&self) -> bool {
+        self.routes
+            .map
+            .lock()
+            .is_ok_and(|map| map.get(&self.key).is_some_and(|r| r.id == self.id))
     }
 }
 

@@ -13,7 +13,7 @@ use cairn_tests::mount::Mount;
 /// says `ok` or the errno's name; `get(type, start, len)` is F_GETLK's
 /// answer, `unlocked` or `W start+len` / `R start+len`.
 const PRELUDE: &str = r#"
-import errno, fcntl, os, signal, struct, sys, time
+import errno, fcntl, os, signal, struct, sys, threading, time
 f = open(sys.argv[1], 'r+')
 FMT = 'hhqqixxxx'
 def lk(cmd, typ, start, ln, fd=None):
@@ -259,4 +259,49 @@ fn a_lock_holder_reads_the_last_holders_write_through_a_descriptor_it_kept() {
         a.log_text(),
         b.log_text()
     );
+}
+
+#[test]
+fn a_lock_waited_for_through_a_descriptor_closed_meanwhile_is_still_taken() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("waited.bin"), vec![0u8; 64]).unwrap();
+    let mut one = LockShell::start(&a.join("waited.bin"));
+    let mut two = LockShell::start(&b.join("waited.bin"));
+    let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
+    // The process's first lock goes through a second descriptor, so its
+    // locks on the file go that way; another process holds 20..30.
+    assert_eq!(
+        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 10, g)"),
+        "ok"
+    );
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok");
+    // A thread waits for 20..30 through the first descriptor while the
+    // main thread closes the second (dropping the process's locks).
+    assert_eq!(
+        one.ask(
+            "[got := [], t := threading.Thread(target=lambda: got.append(lk(WAIT, W, 20, 10)))] \
+             and (t.start() or 'waiting')"
+        ),
+        "waiting"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(one.ask("g.close() or 'closed'"), "closed");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        two.ask("lk(SET, W, 0, 10)"),
+        "ok",
+        "the close dropped 0..10"
+    );
+    assert_eq!(two.ask("lk(SET, U, 0, 0)"), "ok");
+    // The waiter gets 20..30, and holds it: its descriptor is open.
+    assert_eq!(
+        one.ask("t.join(15) or (got[0] if got else 'still waiting')"),
+        "ok",
+        "{}",
+        logs()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "EAGAIN", "{}", logs());
 }
