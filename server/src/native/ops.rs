@@ -393,22 +393,19 @@ async fn session_op(
         }
         Request::SetPathInfo(p) => {
             require_writable(b)?;
-            let target = path(&p.path)?;
-            sequenced(
+            let applied = sequenced(
                 server,
                 &header,
                 Command::SetPathAttr {
                     share: b.share.clone(),
-                    path: target.clone(),
+                    path: path(&p.path)?,
                     mode: p.mode,
                     mtime_ns: p.mtime_ns,
                     now_ns: now,
                 },
             )
             .await?;
-            state.committer.read_barrier().await?;
-            let (id, inode) = state.meta.snapshot().resolve(&b.share, &target)?;
-            Ok(Response::Attr(attr_of(id, &inode, name_of(&p.path))))
+            changed_attr(server, &applied, name_of(&p.path)).await
         }
         Request::Stat(p) => {
             state.committer.read_barrier().await?;
@@ -493,20 +490,18 @@ async fn session_op(
             // Before the commit: a refused entry still takes its place in
             // every node's log, and a target may be megabytes long.
             crate::meta::apply::check_link_target(&l.target)?;
-            sequenced(
+            let applied = sequenced(
                 server,
                 &header,
                 Command::Symlink {
                     share: b.share.clone(),
-                    path: at.clone(),
+                    path: at,
                     target: l.target.clone(),
                     now_ns: now,
                 },
             )
             .await?;
-            state.committer.read_barrier().await?;
-            let (id, inode) = state.meta.snapshot().resolve(&b.share, &at)?;
-            Ok(Response::Attr(attr_of(id, &inode, name_of(&l.path))))
+            changed_attr(server, &applied, name_of(&l.path)).await
         }
         Request::StatFs => {
             let chunks = &server.state.chunks;
@@ -703,6 +698,23 @@ async fn current_attr(
     state.committer.read_barrier().await?;
     let inode = crate::meta::apply::load_inode(&state.meta.snapshot(), id)?;
     Ok(attr_of(id, &inode, name))
+}
+
+/// The attributes of the object a path command made or changed, found by
+/// the id the command reported, not by its path: the name may stand for
+/// another object by now, and a replay answers for the object the first
+/// request changed, wherever it has moved.
+async fn changed_attr(
+    server: &NativeServer,
+    applied: &Applied,
+    name: String,
+) -> ApiResult<Response> {
+    let id = applied
+        .inode
+        .ok_or_else(|| internal("the command named no file"))?;
+    server.state.committer.read_barrier().await?;
+    let inode = crate::meta::apply::load_inode(&server.state.meta.snapshot(), id)?;
+    Ok(Response::Attr(attr_of(id, &inode, name)))
 }
 
 fn name_of(p: &str) -> String {

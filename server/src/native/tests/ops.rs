@@ -953,6 +953,58 @@ async fn a_replayed_symlink_is_made_once() {
     }
     // A new request for the same name is refused.
     assert_eq!(c.fails(symlink("l", "t")).await, ErrorCode::AlreadyExists);
+    // Renamed since: a repeat still gets the first answer, about the link
+    // it made (the answer used to look the path up again: not_found).
+    c.done(Request::Rename(Rename {
+        from: "l".into(),
+        to: "moved".into(),
+        replace: false,
+    }))
+    .await;
+    match c.with_seq(seq, &symlink("l", "t")).await {
+        Response::Attr(again) => {
+            // The rename changed the link's ctime, nothing else.
+            let ctime_ns = again.ctime_ns;
+            let expected = cairn_proto::wire::Attr { ctime_ns, ..first };
+            assert_eq!(again, expected, "the first answer");
+        }
+        other => panic!("a replay after a rename got {other:?}"),
+    }
+    s.stop().await;
+}
+
+/// The answer to a path's attribute change describes the object the
+/// change was made to, however the name has been used since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_attribute_change_answers_for_the_object_it_changed() {
+    let s = Server::start().await;
+    let c = s.session().await;
+    let o = c.open("old", Disposition::Create, RW).await;
+    c.done(Request::Close(o.handle)).await;
+    let set = Request::SetPathInfo(cairn_proto::wire::SetPathInfo {
+        path: "old".into(),
+        mtime_ns: None,
+        mode: Some(0o640),
+    });
+    let as_attr = |r: Response| match r {
+        Response::Attr(a) => a,
+        other => panic!("expected attributes, got {other:?}"),
+    };
+    let seq = c.next_seq();
+    let first = as_attr(c.with_seq(seq, &set).await);
+    assert_eq!((first.inode, first.mode), (o.attr.inode, 0o640));
+    // The file moves away and another takes its name.
+    c.done(Request::Rename(Rename {
+        from: "old".into(),
+        to: "new".into(),
+        replace: false,
+    }))
+    .await;
+    let other = c.open("old", Disposition::Create, RW).await;
+    c.done(Request::Close(other.handle)).await;
+    let again = as_attr(c.with_seq(seq, &set).await);
+    assert_eq!(again.inode, o.attr.inode, "the file the change was made to");
+    assert_eq!(again.mode, 0o640);
     s.stop().await;
 }
 
