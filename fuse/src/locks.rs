@@ -97,23 +97,37 @@ pub async fn set(
         (LockKind::Shared, Some(_)) => flush_file(s, own.ino).await,
         _ => {}
     }
-    // What a request set through a route that ended under it: dropped
-    // before the same range is asked for through the new route (the two
-    // handles' locks would conflict).
+    // What a request may have set through a route that ended under it:
+    // dropped before the range is asked for through another open file
+    // (the owner's locks through two handles would conflict).
     let mut stray: Option<Arc<OpenFile>> = None;
     loop {
-        let (f, running) = s.lock_routes.taking(s, fh, own.ino, w.owner)?;
+        let (f, running) = match s.lock_routes.taking(s, fh, own.ino, w.owner).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                if let Some(old) = stray {
+                    let _ = drop_stray(&old, w).await;
+                }
+                return Err(e);
+            }
+        };
         if let Some(old) = stray.take()
             && !Arc::ptr_eq(&old, &f)
         {
-            drop_stray(&old, w).await;
+            drop_stray(&old, w).await?;
         }
         match take(s, &f, &running, w, sleep, tid).await {
             Taken::Answer(r) => return r,
-            Taken::RouteEnded { set } => {
-                tracing::debug!(handle = %f.file.handle(), owner = w.owner, set, "lock route ended under a request; asking again");
-                if set {
+            Taken::RouteEnded { maybe_set } => {
+                tracing::debug!(handle = %f.file.handle(), owner = w.owner, maybe_set, "lock route ended under a request; asking again");
+                if maybe_set {
                     stray = Some(f);
+                }
+                if sleep && signal_pending(tid) {
+                    if let Some(old) = stray {
+                        let _ = drop_stray(&old, w).await;
+                    }
+                    return Err(Errno::EINTR);
                 }
             }
         }
@@ -123,11 +137,11 @@ pub async fn set(
 /// How a lock request through one route ended.
 enum Taken {
     Answer(Result<(), Errno>),
-    /// Another thread's close(2) ended the route while the request ran
-    /// (its open file may be closed on the cluster, dropping what it
-    /// held); `set` if the cluster set the lock through it all the same.
+    /// The route ended while the request ran (a close(2) of the owner's,
+    /// or the release of its open file); `maybe_set` unless the cluster
+    /// refused the lock (an answer lost on the way may hide one it set).
     RouteEnded {
-        set: bool,
+        maybe_set: bool,
     },
 }
 
@@ -145,7 +159,10 @@ async fn take(
         let r = f.file.lock_range(w.owner, w.range(), w.kind(), wait).await;
         tracing::debug!(handle = %f.file.handle(), ino = f.ino, owner = w.owner, start = w.start, end = w.end, kind = ?w.kind(), sleep, ok = r.is_ok(), "lock");
         if !running.current() {
-            return Taken::RouteEnded { set: r.is_ok() };
+            let refused = matches!(&r, Err(e) if errno(e) == Errno::EAGAIN);
+            return Taken::RouteEnded {
+                maybe_set: !refused,
+            };
         }
         match r {
             Ok(()) => {
@@ -163,16 +180,22 @@ async fn take(
     }
 }
 
-/// Unlocks `w`'s range through `f`, whose route ended after a request
-/// set it there. An error is logged only: one from a handle already
-/// closed means its locks went with it.
-async fn drop_stray(f: &OpenFile, w: Wanted) {
+/// Unlocks `w`'s range through `f`, which no route leads to any more, in
+/// case a request set it there. A handle already closed took its locks
+/// with it. Any other failure is the caller's: the lock may still be
+/// held through `f` until that open file is released.
+async fn drop_stray(f: &OpenFile, w: Wanted) -> Result<(), Errno> {
     let r = f
         .file
         .lock_range(w.owner, w.range(), LockKind::Unlocked, Duration::ZERO)
         .await;
-    if let Err(e) = r {
-        tracing::debug!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed");
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(cairn_proto::ErrorCode::StaleHandle) => Ok(()),
+        Err(e) => {
+            tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed");
+            Err(lock_errno(&e))
+        }
     }
 }
 
@@ -268,22 +291,33 @@ fn pending_in_status(status: &str) -> bool {
 /// made through any descriptor of the file are flushed first: the next
 /// holder must read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
+    let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
+        return;
+    };
+    if r.may_hold {
+        flush_file(s, f.ino).await;
+    }
+    // Only now: the owner's requests during the flush still went through
+    // the route (their locks go with this close, as they came before it).
     let Some(r) = s.lock_routes.end(s, f.ino, owner) else {
         return;
     };
     if !r.may_hold {
+        s.lock_routes.ended(f.ino, owner, &r, true);
         return;
     }
-    flush_file(s, f.ino).await;
     let all = r
         .file
         .file
         .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
         .await;
+    s.lock_routes.ended(f.ino, owner, &r, all.is_ok());
     match all {
-        Ok(()) => tracing::debug!(handle = %r.file.file.handle(), owner, "locks released at close"),
+        Ok(()) => {
+            tracing::debug!(handle = %r.file.file.handle(), owner, "locks released at close")
+        }
         Err(e) => {
-            tracing::warn!(error = %e, handle = %r.file.file.handle(), owner, "releasing locks at close failed")
+            tracing::warn!(error = %e, handle = %r.file.file.handle(), owner, "releasing locks at close failed; the next close tries again")
         }
     }
 }

@@ -10,15 +10,22 @@
 //! locks, or until that open file is released (its handle's close drops
 //! its locks on the cluster). Each route has an id of its own, so a
 //! request that began on a route that has since been replaced never
-//! changes the new one, and a request that was under way when its route
-//! ended (another thread's close) knows to set its lock again through a
-//! route of its own.
+//! changes the new one.
+//!
+//! A close ends a route in two steps: the route is marked ending, the
+//! unlock goes through it, and only then is it gone (or, if the unlock
+//! failed, back in use, so the locks it still holds stay reachable). New
+//! requests of the owner wait out those steps: through a route of their
+//! own meanwhile they would conflict with the locks being dropped. A
+//! request that was under way when its route began to end knows it (see
+//! [`Running::current`]) and sets its lock again once the end is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fuser::{Errno, FileHandle};
+use tokio::sync::Notify;
 
 use crate::fs::{OpenFile, Shared};
 
@@ -27,6 +34,8 @@ use crate::fs::{OpenFile, Shared};
 pub struct Routes {
     map: Mutex<HashMap<(u64, u64), Route>>,
     next_id: AtomicU64,
+    /// Woken when a route's end is done (or undone).
+    ended: Notify,
 }
 
 struct Route {
@@ -39,6 +48,8 @@ struct Route {
     begun: u64,
     /// Lock requests under way.
     running: u32,
+    /// A close is unlocking everything through it.
+    ending: bool,
 }
 
 impl Route {
@@ -74,19 +85,44 @@ pub struct Running<'a> {
 impl Routes {
     /// For a lock about to be set by `owner` through `fh` (of `ino`): the
     /// open file it goes through, recorded now if the owner had none on
-    /// this file (or had one since released). The route may hold locks from
-    /// now on: one whose answer is lost is still released at close.
-    pub fn taking(
+    /// this file (or had one since released); waits while a close is
+    /// ending the owner's route. The route may hold locks from now on: one
+    /// whose answer is lost is still released at close.
+    pub async fn taking(
         &self,
         s: &Shared,
         fh: FileHandle,
         ino: u64,
         owner: u64,
     ) -> Result<(Arc<OpenFile>, Running<'_>), Errno> {
+        loop {
+            // Registered before the look, so an end done in between still
+            // wakes this wait.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(taken) = self.take_route(s, fh, ino, owner)? {
+                return Ok(taken);
+            }
+            ended.await;
+        }
+    }
+
+    /// [`Routes::taking`]'s critical section; `None` while the route is
+    /// ending.
+    fn take_route(
+        &self,
+        s: &Shared,
+        fh: FileHandle,
+        ino: u64,
+        owner: u64,
+    ) -> Result<Option<(Arc<OpenFile>, Running<'_>)>, Errno> {
         let mut map = self.map.lock().map_err(|_| Errno::EIO)?;
-        let existing = map
-            .get(&(ino, owner))
-            .and_then(|r| s.open_file(FileHandle(r.fh)).ok());
+        let existing = match map.get(&(ino, owner)) {
+            Some(r) if r.ending => return Ok(None),
+            Some(r) => s.open_file(FileHandle(r.fh)).ok(),
+            None => None,
+        };
         let file = match existing {
             Some(f) => f,
             None => {
@@ -97,6 +133,7 @@ impl Routes {
                     may_hold: false,
                     begun: 0,
                     running: 0,
+                    ending: false,
                 };
                 map.insert((ino, owner), route);
                 f
@@ -111,7 +148,7 @@ impl Routes {
             key: (ino, owner),
             id: r.id,
         };
-        Ok((file, running))
+        Ok(Some((file, running)))
     }
 
     /// The route of `owner`'s locks on `ino`, if it has one that is open.
@@ -138,16 +175,42 @@ impl Routes {
         }
     }
 
-    /// Ends `owner`'s route on `ino` (a close(2), which drops all its locks
-    /// on the file) and returns it, if its open file is still open: the
-    /// caller unlocks through it. Ended before that unlock is sent, so a
-    /// request still under way either finished before it (and its lock
-    /// goes with the close) or finds its route gone and sets its lock
-    /// again through a route of its own (see [`Running::current`]).
+    /// Begins to end `owner`'s route on `ino` (a close(2), which drops all
+    /// its locks on the file) and returns it, if its open file is still
+    /// open: the caller unlocks through it, then calls [`Routes::ended`].
+    /// Marked before that unlock is sent, so a request still under way
+    /// either finished before it (and its lock goes with the close) or
+    /// finds its route ending and sets its lock again afterwards.
     pub fn end(&self, s: &Shared, ino: u64, owner: u64) -> Option<Found> {
-        let r = self.map.lock().ok()?.remove(&(ino, owner))?;
-        let file = s.open_file(FileHandle(r.fh)).ok()?;
-        Some(r.found(file))
+        let mut map = self.map.lock().ok()?;
+        let r = map.get_mut(&(ino, owner)).filter(|r| !r.ending)?;
+        match s.open_file(FileHandle(r.fh)) {
+            Ok(file) => {
+                r.ending = true;
+                Some(r.found(file))
+            }
+            Err(_) => {
+                map.remove(&(ino, owner));
+                None
+            }
+        }
+    }
+
+    /// The close's unlock through `found` is done: the route is gone if it
+    /// `unlocked`, else back in use (its locks are still held through it,
+    /// and the owner's next close tries again).
+    pub fn ended(&self, ino: u64, owner: u64, found: &Found, unlocked: bool) {
+        if let Ok(mut map) = self.map.lock()
+            && let Some(r) = map.get_mut(&(ino, owner))
+            && r.id == found.id
+        {
+            if unlocked {
+                map.remove(&(ino, owner));
+            } else {
+                r.ending = false;
+            }
+        }
+        self.ended.notify_waiters();
     }
 
     /// The open file `fh` is being released: its handle's close drops
@@ -160,19 +223,22 @@ impl Routes {
         };
         let held = map.values().any(|r| r.fh == fh && r.may_hold);
         map.retain(|_, r| r.fh != fh);
+        drop(map);
+        self.ended.notify_waiters();
         held
     }
 }
 
 impl Running<'_> {
-    /// False once the route this request began on has ended (a close(2)
-    /// of the owner's, or the release of its open file): what the request
-    /// set through it is dropped, or soon will be.
+    /// False once the route this request began on is ending or gone (a
+    /// close(2) of the owner's, or the release of its open file): what
+    /// the request set through it may be dropped by that close, or may
+    /// outlive it on the open file, which no route leads to any more.
     pub fn current(&self) -> bool {
-        self.routes
-            .map
-            .lock()
-            .is_ok_and(|map| map.get(&self.key).is_some_and(|r| r.id == self.id))
+        self.routes.map.lock().is_ok_and(|map| {
+            map.get(&self.key)
+                .is_some_and(|r| r.id == self.id && !r.ending)
+        })
     }
 }
 

@@ -305,3 +305,51 @@ fn a_lock_waited_for_through_a_descriptor_closed_meanwhile_is_still_taken() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(two.ask("lk(SET, W, 20, 10)"), "EAGAIN", "{}", logs());
 }
+
+#[test]
+fn a_lock_granted_through_a_descriptor_closed_meanwhile_moves_to_one_still_open() {
+    let c = super::cluster();
+    let a = Mount::start(&c, "");
+    let b = Mount::start(&c, "");
+    std::fs::write(a.join("moved.bin"), vec![0u8; 64]).unwrap();
+    let mut one = LockShell::start(&a.join("moved.bin"));
+    let mut two = LockShell::start(&b.join("moved.bin"));
+    let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
+    assert_eq!(
+        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 10, g)"),
+        "ok"
+    );
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok");
+    // A child keeps the second descriptor's open file (and its handle on
+    // the cluster) open after the process closes it.
+    assert_eq!(
+        one.ask("'forked' if (child := os.fork()) else (time.sleep(60), os._exit(0))"),
+        "forked"
+    );
+    assert_eq!(
+        one.ask(
+            "[got := [], t := threading.Thread(target=lambda: got.append(lk(WAIT, W, 20, 10)))] \
+             and (t.start() or 'waiting')"
+        ),
+        "waiting"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The close, then at once the other process's unlock: the waiting
+    // request, still going through the closed descriptor's handle, is
+    // granted there after the close dropped the process's locks.
+    assert_eq!(one.ask("g.close() or 'closed'"), "closed");
+    assert_eq!(two.ask("lk(SET, U, 20, 10)"), "ok");
+    assert_eq!(
+        one.ask("t.join(8) or (got[0] if got else 'still waiting')"),
+        "ok",
+        "{}",
+        logs()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "EAGAIN", "{}", logs());
+    // Unlocked through the descriptor still open, it is free: nothing of
+    // it stayed behind on the handle the child keeps.
+    assert_eq!(one.ask("lk(SET, U, 20, 10)"), "ok");
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok", "{}", logs());
+    assert_eq!(one.ask("os.kill(child, 9) or 'killed'"), "killed");
+}
