@@ -113,8 +113,12 @@ pub async fn set(
         };
         if let Some(old) = stray.take()
             && !Arc::ptr_eq(&old, &f)
+            && let Err(e) = drop_stray(&old, w).await
         {
-            drop_stray(&old, w).await?;
+            // Asked for through `f` it would conflict with itself; the
+            // owner's next close unlocks through `old` too.
+            s.lock_routes.stray(&running, old);
+            return Err(e);
         }
         match take(s, &f, &running, w, sleep, tid).await {
             Taken::Answer(r) => return r,
@@ -286,10 +290,12 @@ fn pending_in_status(status: &str) -> bool {
     pending & !mask("SigBlk:") != 0
 }
 
-/// Drops every lock `owner` holds on `f`'s file, through its route, and
-/// ends the route (its close(2) of any descriptor of the file). Writes
-/// made through any descriptor of the file are flushed first: the next
-/// holder must read them.
+/// Drops every lock `owner` holds on `f`'s file (its close(2) of any
+/// descriptor of the file): through its route, and any open file a
+/// request left one on (see `Route::strays`), then ends the route; if an
+/// unlock fails, the route stays and the owner's next close tries again.
+/// Writes made through any descriptor of the file are flushed first when
+/// the owner may hold a lock: the next holder must read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
     let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
         return;
@@ -299,27 +305,32 @@ pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
     }
     // Only now: the owner's requests during the flush still went through
     // the route (their locks go with this close, as they came before it).
-    let Some(r) = s.lock_routes.end(s, f.ino, owner) else {
+    let Some(r) = s.lock_routes.end(s, f.ino, owner).await else {
         return;
     };
     if !r.may_hold {
         s.lock_routes.ended(f.ino, owner, &r, true);
         return;
     }
-    let all = r
-        .file
-        .file
-        .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
-        .await;
-    s.lock_routes.ended(f.ino, owner, &r, all.is_ok());
-    match all {
-        Ok(()) => {
-            tracing::debug!(handle = %r.file.file.handle(), owner, "locks released at close")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, handle = %r.file.file.handle(), owner, "releasing locks at close failed; the next close tries again")
+    let mut unlocked = true;
+    for file in std::iter::once(&r.file).chain(&r.strays) {
+        let all = file
+            .file
+            .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
+            .await;
+        match all {
+            Ok(()) => {
+                tracing::debug!(handle = %file.file.handle(), owner, "locks released at close")
+            }
+            // Closed: its locks went with it.
+            Err(e) if e.code() == Some(cairn_proto::ErrorCode::StaleHandle) => {}
+            Err(e) => {
+                unlocked = false;
+                tracing::warn!(error = %e, handle = %file.file.handle(), owner, "releasing locks at close failed; the next close tries again");
+            }
         }
     }
+    s.lock_routes.ended(f.ino, owner, &r, unlocked);
 }
 
 /// F_GETLK: the lock that would stop `w`, as (start, end inclusive, type),

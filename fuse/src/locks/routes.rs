@@ -50,6 +50,11 @@ struct Route {
     running: u32,
     /// A close is unlocking everything through it.
     ending: bool,
+    /// Other open files the owner may hold locks through: a request's
+    /// route ended under it and dropping what it set there failed. The
+    /// owner's next close unlocks through them too (one released since
+    /// took its locks with it).
+    strays: Vec<Arc<OpenFile>>,
 }
 
 impl Route {
@@ -60,6 +65,7 @@ impl Route {
             id: self.id,
             begun: self.begun,
             running: self.running,
+            strays: self.strays.clone(),
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct Found {
     /// Lock requests under way when this was found: one may apply after
     /// an unlock sent now, so the unlock cannot say nothing is held.
     running: u32,
+    /// See [`Route::strays`].
+    pub strays: Vec<Arc<OpenFile>>,
 }
 
 /// Held while a lock request runs: the route is not marked free meanwhile.
@@ -95,14 +103,24 @@ impl Routes {
         ino: u64,
         owner: u64,
     ) -> Result<(Arc<OpenFile>, Running<'_>), Errno> {
+        self.unless_ending(|| self.take_route(s, fh, ino, owner))
+            .await
+    }
+
+    /// Tries `look` until it gives an answer (`None`: the route is ending),
+    /// waiting for an end to be done or undone between tries.
+    async fn unless_ending<T>(
+        &self,
+        look: impl Fn() -> Result<Option<T>, Errno>,
+    ) -> Result<T, Errno> {
         loop {
             // Registered before the look, so an end done in between still
             // wakes this wait.
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if let Some(taken) = self.take_route(s, fh, ino, owner)? {
-                return Ok(taken);
+            if let Some(answer) = look()? {
+                return Ok(answer);
             }
             ended.await;
         }
@@ -134,6 +152,7 @@ impl Routes {
                     begun: 0,
                     running: 0,
                     ending: false,
+                    strays: Vec::new(),
                 };
                 map.insert((ino, owner), route);
                 f
@@ -180,19 +199,41 @@ impl Routes {
     /// open: the caller unlocks through it, then calls [`Routes::ended`].
     /// Marked before that unlock is sent, so a request still under way
     /// either finished before it (and its lock goes with the close) or
-    /// finds its route ending and sets its lock again afterwards.
-    pub fn end(&self, s: &Shared, ino: u64, owner: u64) -> Option<Found> {
-        let mut map = self.map.lock().ok()?;
-        let r = map.get_mut(&(ino, owner)).filter(|r| !r.ending)?;
-        match s.open_file(FileHandle(r.fh)) {
-            Ok(file) => {
-                r.ending = true;
-                Some(r.found(file))
+    /// finds its route ending and sets its lock again afterwards. Waits
+    /// while another close is ending it: if that close's unlock fails,
+    /// this one tries again.
+    pub async fn end(&self, s: &Shared, ino: u64, owner: u64) -> Option<Found> {
+        let look = || {
+            let mut map = self.map.lock().map_err(|_| Errno::EIO)?;
+            let Some(r) = map.get_mut(&(ino, owner)) else {
+                return Ok(Some(None));
+            };
+            if r.ending {
+                return Ok(None);
             }
-            Err(_) => {
-                map.remove(&(ino, owner));
-                None
+            match s.open_file(FileHandle(r.fh)) {
+                Ok(file) => {
+                    r.ending = true;
+                    Ok(Some(Some(r.found(file))))
+                }
+                Err(_) => {
+                    map.remove(&(ino, owner));
+                    Ok(Some(None))
+                }
             }
+        };
+        self.unless_ending(look).await.ok().flatten()
+    }
+
+    /// Records that the owner's locks may also be held through `file`, for
+    /// its next close to unlock there too.
+    pub fn stray(&self, running: &Running<'_>, file: Arc<OpenFile>) {
+        if let Ok(mut map) = self.map.lock()
+            && let Some(r) = map.get_mut(&running.key)
+            && r.id == running.id
+            && !r.strays.iter().any(|f| Arc::ptr_eq(f, &file))
+        {
+            r.strays.push(file);
         }
     }
 

@@ -713,7 +713,16 @@ async fn changed_attr(
         .inode
         .ok_or_else(|| internal("the command named no file"))?;
     server.state.committer.read_barrier().await?;
-    let inode = crate::meta::apply::load_inode(&server.state.meta.snapshot(), id)?;
+    let snapshot = server.state.meta.snapshot();
+    let inode = crate::meta::apply::load_inode(&snapshot, id).map_err(|e| match e {
+        // Removed since (by another client, before this answer, or before
+        // a retry): not a damaged directory entry.
+        crate::meta::store::StoreError::Dangling(_) => ApiError::new(
+            ErrorCode::NotFound,
+            format!("'{name}' was removed after the change was made"),
+        ),
+        e => e.into(),
+    })?;
     Ok(Response::Attr(attr_of(id, &inode, name)))
 }
 
