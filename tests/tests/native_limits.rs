@@ -1,7 +1,8 @@
 //! What a node of a real cluster does with clients that send more than it
 //! takes at once: request frames wait, unread, for the node's request
 //! budget, small requests still get through, stalled frames are given up,
-//! and a connection without a session cannot send a large frame at all.
+//! a connection without a session cannot send a large frame at all, and
+//! one host without a token cannot take every connection.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_client::Client;
-use cairn_client::native::raw_connection;
+use cairn_client::native::{raw_connection, raw_connection_from};
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{Response, decode_frame_bytes};
 use cairn_tests::ServerOptions;
@@ -238,4 +239,62 @@ async fn a_connection_without_a_session_cannot_send_a_large_frame() {
     assert_eq!(code, ErrorCode::BadRequest);
     assert!(message.contains("16384"), "{message}");
     assert_eq!(c.metric(0, HELD).await, Some(0));
+}
+
+/// `cairn_server::native::unbound::UNBOUND_PER_ADDRESS_MAX`.
+const UNBOUND_PER_ADDRESS_MAX: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_without_a_session_cannot_take_every_connection() {
+    let c = Cluster::start(3, ClusterOptions::default());
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let cfg = c.native_config(Some(0));
+    let node = c.quic(0);
+    // Another address on loopback: a host that negotiates and then sits
+    // there, showing no token.
+    let idle_host = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
+    let mut idle = Vec::new();
+    for _ in 0..UNBOUND_PER_ADDRESS_MAX {
+        idle.push(
+            raw_connection_from(&cfg, &node, idle_host, false)
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = raw_connection_from(&cfg, &node, idle_host, false).await;
+    let Err(e) = refused else {
+        panic!("a connection past the address's limit was served");
+    };
+    assert!(
+        e.to_string().contains("without a session"),
+        "refused for another reason: {e}"
+    );
+    // Clients elsewhere still get in and work.
+    let client = Client::connect(cfg.clone()).await.unwrap();
+    let f = client
+        .open("in.txt", cairn_client::OpenOptions::create())
+        .await
+        .unwrap();
+    f.write_at(0, Bytes::from_static(b"still served"))
+        .await
+        .unwrap();
+    assert_eq!(&f.read_at(0, 64).await.unwrap()[..], b"still served");
+    f.close().await.unwrap();
+    // A connection from that host that sets up a session does not count:
+    // one slot freed, one session set up, and the host is at its limit
+    // of idle connections again, with the session on top.
+    idle.pop().unwrap().close(0u32.into(), b"done");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let with_session = raw_connection_from(&cfg, &node, idle_host, true).await;
+    assert!(with_session.is_ok(), "{:?}", with_session.err());
+    idle.push(
+        raw_connection_from(&cfg, &node, idle_host, false)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        raw_connection_from(&cfg, &node, idle_host, false)
+            .await
+            .is_err()
+    );
 }

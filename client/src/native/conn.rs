@@ -25,6 +25,11 @@ pub const SERVER_NAME: &str = "cairn-node";
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
+    client_endpoint_at(ca, ([0, 0, 0, 0], 0).into())
+}
+
+/// [`client_endpoint`] sending from `bind`.
+pub fn client_endpoint_at(ca: &Path, bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let invalid = |e: &dyn std::fmt::Display| {
         ClientError::Invalid(format!("CA certificate {}: {e}", ca.display()))
@@ -46,7 +51,6 @@ pub fn client_endpoint(ca: &Path) -> Result<quinn::Endpoint, ClientError> {
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let transport = cairn_quic::transport(IDLE_TIMEOUT);
     config.transport_config(Arc::new(transport));
-    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint = cairn_quic::endpoint(bind, None, None).map_err(ClientError::Io)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
@@ -152,6 +156,20 @@ pub async fn exchange_answer(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| lost(format!("no answer in {timeout:?}")))?
+        .map_err(|l| explained(conn, l))
+}
+
+/// `l`, with the node's reason if it closed the connection (too many
+/// connections, no session set up in time, shutting down...): quinn's
+/// stream errors say only "connection lost".
+fn explained(conn: &quinn::Connection, l: Lost) -> Lost {
+    match conn.close_reason() {
+        Some(why) => Lost {
+            message: format!("{}: {why}", l.message),
+            ..l
+        },
+        None => l,
+    }
 }
 
 /// Reads one answer frame (its length comes first) as the pieces QUIC

@@ -820,7 +820,18 @@ pub async fn raw_connection(
     node: &str,
     session: bool,
 ) -> Result<quinn::Connection, ClientError> {
-    let endpoint = conn::client_endpoint(&cfg.ca)?;
+    raw_connection_from(cfg, node, ([0, 0, 0, 0], 0).into(), session).await
+}
+
+/// [`raw_connection`] sending from `bind`.
+#[doc(hidden)]
+pub async fn raw_connection_from(
+    cfg: &NativeConfig,
+    node: &str,
+    bind: std::net::SocketAddr,
+    session: bool,
+) -> Result<quinn::Connection, ClientError> {
+    let endpoint = conn::client_endpoint_at(&cfg.ca, bind)?;
     let c = conn::connect(&endpoint, node)
         .await
         .map_err(|l| ClientError::Connection(l.message))?;

@@ -18,6 +18,7 @@ mod ops;
 pub(crate) mod running_hash;
 mod settle;
 mod sink;
+mod unbound;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +53,8 @@ pub struct NativeServer {
     /// and whether a connection came or a push failed since.
     push_seen: leases::PushSeen,
     connections: AtomicUsize,
+    /// Connections without a session, per address.
+    unbound: unbound::Unbound,
     /// Memory for the request frames being received and served.
     requests: intake::RequestBudget,
     /// When this node last began a renewal of its connected sessions that
@@ -124,6 +127,9 @@ pub const SETUP_WITHIN: Duration = Duration::from_secs(30);
 pub struct ConnState {
     negotiated: bool,
     bound: Option<Bound>,
+    /// The connection's place in its address's count of connections
+    /// without a session, until it sets one up.
+    unbound: Option<unbound::UnboundSlot>,
     sink: NoticeSink,
     /// The connection is gone: a session setup still under way must not
     /// bind to it (nothing would ever unbind it, and the node would renew
@@ -136,6 +142,7 @@ impl ConnState {
         Self {
             negotiated: false,
             bound: None,
+            unbound: None,
             sink,
             ended: false,
         }
@@ -158,6 +165,7 @@ impl NativeServer {
             pushed: Mutex::new(HashSet::new()),
             push_seen: leases::PushSeen::default(),
             connections: AtomicUsize::new(0),
+            unbound: unbound::Unbound::default(),
             requests,
             renewed_ms: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
@@ -203,9 +211,17 @@ impl NativeServer {
             conn.close(3u32.into(), b"too many connections");
             return;
         }
-        let cs = Arc::new(tokio::sync::Mutex::new(ConnState::new(NoticeSink::Quic(
-            conn.clone(),
-        ))));
+        let Some(unbound) = self.unbound.admit(peer.ip()) else {
+            tracing::warn!(%peer, "too many connections without a session from this address; refused");
+            conn.close(
+                3u32.into(),
+                b"too many connections without a session from this address",
+            );
+            return;
+        };
+        let mut state = ConnState::new(NoticeSink::Quic(conn.clone()));
+        state.unbound = Some(unbound);
+        let cs = Arc::new(tokio::sync::Mutex::new(state));
         // A connection that sets up no session only takes up a slot (it
         // may not even hold a token): it gets [`SETUP_WITHIN`] to do so.
         let setup_by = tokio::time::Instant::now() + SETUP_WITHIN;

@@ -175,6 +175,8 @@ async fn session_setup(
         // expires as after any lost connection unless it is resumed.
         return Err(ended_during_setup());
     }
+    // Set up: no longer counted against its address.
+    c.unbound = None;
     let previous = c.bound.replace(Bound {
         id: header.session,
         share,
