@@ -87,12 +87,17 @@ pub async fn set(
     // or turned shared: the next holder, perhaps on another machine, must
     // see them (as NFS flushes at unlock).
     own.writes.wait_queued().await;
+    let strays = s.lock_routes.strays(own.ino, w.owner);
     match (kind, routed) {
         // Nothing set through this mount: nothing to give up.
-        (LockKind::Unlocked, None) => return Ok(()),
-        (LockKind::Unlocked, Some(r)) => {
+        (LockKind::Unlocked, None) if strays.is_empty() => return Ok(()),
+        (LockKind::Unlocked, routed) => {
             flush_file(s, own.ino).await;
-            return unlock(s, own.ino, w, &r).await;
+            unlock_strays(s, own.ino, w, &strays).await;
+            return match routed {
+                Some(r) => unlock(s, own.ino, w, &r).await,
+                None => Ok(()),
+            };
         }
         (LockKind::Shared, Some(_)) => flush_file(s, own.ino).await,
         _ => {}
@@ -106,19 +111,17 @@ pub async fn set(
             Ok(taken) => taken,
             Err(e) => {
                 if let Some(old) = stray {
-                    let _ = drop_stray(&old, w).await;
+                    let _ = drop_stray(s, own.ino, &old, w).await;
                 }
                 return Err(e);
             }
         };
         if let Some(old) = stray.take()
             && !Arc::ptr_eq(&old, &f)
-            && let Err(e) = drop_stray(&old, w).await
         {
-            // Asked for through `f` it would conflict with itself; the
-            // owner's next close unlocks through `old` too.
-            s.lock_routes.stray(&running, old);
-            return Err(e);
+            // Asked for through `f` while still set through `old`, it
+            // would conflict with itself.
+            drop_stray(s, own.ino, &old, w).await?;
         }
         match take(s, &f, &running, w, sleep, tid).await {
             Taken::Answer(r) => return r,
@@ -129,7 +132,7 @@ pub async fn set(
                 }
                 if sleep && signal_pending(tid) {
                     if let Some(old) = stray {
-                        let _ = drop_stray(&old, w).await;
+                        let _ = drop_stray(s, own.ino, &old, w).await;
                     }
                     return Err(Errno::EINTR);
                 }
@@ -186,19 +189,39 @@ async fn take(
 
 /// Unlocks `w`'s range through `f`, which no route leads to any more, in
 /// case a request set it there. A handle already closed took its locks
-/// with it. Any other failure is the caller's: the lock may still be
-/// held through `f` until that open file is released.
-async fn drop_stray(f: &OpenFile, w: Wanted) -> Result<(), Errno> {
+/// with it. If this fails, the lock may still be held through `f`: it is
+/// recorded as a stray, for the owner's unlocks and next close to drop.
+async fn drop_stray(s: &Shared, ino: u64, f: &Arc<OpenFile>, w: Wanted) -> Result<(), Errno> {
     let r = f
         .file
         .lock_range(w.owner, w.range(), LockKind::Unlocked, Duration::ZERO)
         .await;
     match r {
         Ok(()) => Ok(()),
-        Err(e) if e.code() == Some(cairn_proto::ErrorCode::StaleHandle) => Ok(()),
+        Err(e) if closed(&e) => Ok(()),
         Err(e) => {
-            tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed");
+            tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed; the next close tries again");
+            s.lock_routes.stray(ino, w.owner, Arc::clone(f));
             Err(lock_errno(&e))
+        }
+    }
+}
+
+/// Unlocks `w`'s range through each of the owner's strays (see
+/// [`Routes::stray`]); one unlocked whole is a stray no more. Failures
+/// are logged: the next unlock or close tries again.
+async fn unlock_strays(s: &Shared, ino: u64, w: Wanted, strays: &[Arc<OpenFile>]) {
+    for f in strays {
+        let r = f
+            .file
+            .lock_range(w.owner, w.range(), LockKind::Unlocked, Duration::ZERO)
+            .await;
+        match r {
+            Err(e) if !closed(&e) => {
+                tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "unlocking a stray lock failed");
+            }
+            _ if w.range() == (0, 0) => s.lock_routes.stray_dropped(ino, w.owner, f),
+            _ => {}
         }
     }
 }
@@ -254,6 +277,12 @@ async fn unlock(s: &Shared, ino: u64, w: Wanted, r: &Found) -> Result<(), Errno>
     Ok(())
 }
 
+/// True if the handle a lock request went through is closed: its locks
+/// went with it.
+fn closed(e: &cairn_client::ClientError) -> bool {
+    e.code() == Some(cairn_proto::ErrorCode::StaleHandle)
+}
+
 /// [`errno`] for a lock request: a handle at its limit of locks is what
 /// fcntl(2) calls ENOLCK.
 fn lock_errno(e: &cairn_client::ClientError) -> Errno {
@@ -291,17 +320,27 @@ fn pending_in_status(status: &str) -> bool {
 }
 
 /// Drops every lock `owner` holds on `f`'s file (its close(2) of any
-/// descriptor of the file): through its route, and any open file a
-/// request left one on (see `Route::strays`), then ends the route; if an
-/// unlock fails, the route stays and the owner's next close tries again.
-/// Writes made through any descriptor of the file are flushed first when
-/// the owner may hold a lock: the next holder must read them.
+/// descriptor of the file): through its route, then ends the route (if
+/// the unlock fails, the route stays and the owner's next close tries
+/// again), and through any open file a request left one on (see
+/// [`Routes::stray`]). Writes made through any descriptor of the file
+/// are flushed first when the owner may hold a lock: the next holder must
+/// read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
-    let Some(r) = s.lock_routes.find(s, f.ino, owner) else {
-        return;
-    };
-    if r.may_hold {
+    let route = s.lock_routes.find(s, f.ino, owner);
+    let strays = s.lock_routes.strays(f.ino, owner);
+    if route.as_ref().is_some_and(|r| r.may_hold) || !strays.is_empty() {
         flush_file(s, f.ino).await;
+    }
+    let all = Wanted {
+        owner,
+        start: 0,
+        end: u64::MAX,
+        typ: libc::F_UNLCK,
+    };
+    unlock_strays(s, f.ino, all, &strays).await;
+    if route.is_none() {
+        return;
     }
     // Only now: the owner's requests during the flush still went through
     // the route (their locks go with this close, as they came before it).
@@ -312,25 +351,23 @@ pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
         s.lock_routes.ended(f.ino, owner, &r, true);
         return;
     }
-    let mut unlocked = true;
-    for file in std::iter::once(&r.file).chain(&r.strays) {
-        let all = file
-            .file
-            .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
-            .await;
-        match all {
-            Ok(()) => {
-                tracing::debug!(handle = %file.file.handle(), owner, "locks released at close")
-            }
-            // Closed: its locks went with it.
-            Err(e) if e.code() == Some(cairn_proto::ErrorCode::StaleHandle) => {}
-            Err(e) => {
-                unlocked = false;
-                tracing::warn!(error = %e, handle = %file.file.handle(), owner, "releasing locks at close failed; the next close tries again");
-            }
+    let all = r
+        .file
+        .file
+        .lock_range(owner, (0, 0), LockKind::Unlocked, Duration::ZERO)
+        .await;
+    let done = match all {
+        Ok(()) => {
+            tracing::debug!(handle = %r.file.file.handle(), owner, "locks released at close");
+            true
         }
-    }
-    s.lock_routes.ended(f.ino, owner, &r, unlocked);
+        Err(e) if closed(&e) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, handle = %r.file.file.handle(), owner, "releasing locks at close failed; the next close tries again");
+            false
+        }
+    };
+    s.lock_routes.ended(f.ino, owner, &r, done);
 }
 
 /// F_GETLK: the lock that would stop `w`, as (start, end inclusive, type),

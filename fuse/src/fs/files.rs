@@ -187,7 +187,7 @@ pub async fn release(s: &Shared, fh: FileHandle) -> Result<(), Errno> {
     // Its handle's close drops the locks set through it (a BSD lock goes
     // here, at the open file's last close): what the file's other
     // descriptors wrote goes first, for the next holder to read.
-    let held = s.lock_routes.forget(fh.0);
+    let held = s.lock_routes.forget(fh.0, &f);
     let queued = f.writes.drain().await;
     if held {
         crate::locks::flush_file(s, f.ino).await;

@@ -36,7 +36,12 @@ pub struct Routes {
     next_id: AtomicU64,
     /// Woken when a route's end is done (or undone).
     ended: Notify,
+    /// See [`Routes::stray`].
+    strays: Mutex<HashMap<(u64, u64), Strays>>,
 }
+
+/// Open files one owner's locks on one file may stray on.
+type Strays = Vec<Arc<OpenFile>>;
 
 struct Route {
     id: u64,
@@ -50,11 +55,6 @@ struct Route {
     running: u32,
     /// A close is unlocking everything through it.
     ending: bool,
-    /// Other open files the owner may hold locks through: a request's
-    /// route ended under it and dropping what it set there failed. The
-    /// owner's next close unlocks through them too (one released since
-    /// took its locks with it).
-    strays: Vec<Arc<OpenFile>>,
 }
 
 impl Route {
@@ -65,7 +65,6 @@ impl Route {
             id: self.id,
             begun: self.begun,
             running: self.running,
-            strays: self.strays.clone(),
         }
     }
 }
@@ -79,8 +78,6 @@ pub struct Found {
     /// Lock requests under way when this was found: one may apply after
     /// an unlock sent now, so the unlock cannot say nothing is held.
     running: u32,
-    /// See [`Route::strays`].
-    pub strays: Vec<Arc<OpenFile>>,
 }
 
 /// Held while a lock request runs: the route is not marked free meanwhile.
@@ -152,7 +149,6 @@ impl Routes {
                     begun: 0,
                     running: 0,
                     ending: false,
-                    strays: Vec::new(),
                 };
                 map.insert((ino, owner), route);
                 f
@@ -225,15 +221,38 @@ impl Routes {
         self.unless_ending(look).await.ok().flatten()
     }
 
-    /// Records that the owner's locks may also be held through `file`, for
-    /// its next close to unlock there too.
-    pub fn stray(&self, running: &Running<'_>, file: Arc<OpenFile>) {
-        if let Ok(mut map) = self.map.lock()
-            && let Some(r) = map.get_mut(&running.key)
-            && r.id == running.id
-            && !r.strays.iter().any(|f| Arc::ptr_eq(f, &file))
+    /// Records that `owner`'s locks on `ino` may also be held through
+    /// `file`, which no route leads to: a request's route ended under it
+    /// and dropping what it may have set there failed. The owner's unlocks
+    /// and its next close go through it too, until one succeeds or the
+    /// open file is released (its handle's close takes them).
+    pub fn stray(&self, ino: u64, owner: u64, file: Arc<OpenFile>) {
+        if let Ok(mut strays) = self.strays.lock() {
+            let of_owner = strays.entry((ino, owner)).or_default();
+            if !of_owner.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                of_owner.push(file);
+            }
+        }
+    }
+
+    /// The open files `owner`'s locks on `ino` may stray on.
+    pub fn strays(&self, ino: u64, owner: u64) -> Vec<Arc<OpenFile>> {
+        self.strays
+            .lock()
+            .ok()
+            .and_then(|strays| strays.get(&(ino, owner)).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Everything `owner` held on `ino` through `file` is unlocked.
+    pub fn stray_dropped(&self, ino: u64, owner: u64, file: &Arc<OpenFile>) {
+        if let Ok(mut strays) = self.strays.lock()
+            && let Some(of_owner) = strays.get_mut(&(ino, owner))
         {
-            r.strays.push(file);
+            of_owner.retain(|f| !Arc::ptr_eq(f, file));
+            if of_owner.is_empty() {
+                strays.remove(&(ino, owner));
+            }
         }
     }
 
@@ -254,11 +273,17 @@ impl Routes {
         self.ended.notify_waiters();
     }
 
-    /// The open file `fh` is being released: its handle's close drops
-    /// every lock set through it, so the routes through it end. True if
-    /// one of them may hold locks (a BSD lock goes this way, at the open
-    /// file's last close).
-    pub fn forget(&self, fh: u64) -> bool {
+    /// The open file `fh` (`file`) is being released: its handle's close
+    /// drops every lock set through it, so the routes through it end, and
+    /// it is no one's stray any more. True if one of the routes may hold
+    /// locks (a BSD lock goes this way, at the open file's last close).
+    pub fn forget(&self, fh: u64, file: &Arc<OpenFile>) -> bool {
+        if let Ok(mut strays) = self.strays.lock() {
+            strays.retain(|_, of_owner| {
+                of_owner.retain(|f| !Arc::ptr_eq(f, file));
+                !of_owner.is_empty()
+            });
+        }
         let Ok(mut map) = self.map.lock() else {
             return true;
         };

@@ -273,6 +273,9 @@ impl NativeServer {
     /// it.
     fn connection_ended(&self, cs: &mut ConnState) {
         cs.ended = true;
+        // Its address's count goes down now, not when its last stream task
+        // lets go of it.
+        cs.unbound = None;
         if let Some(b) = cs.bound.take() {
             self.unbind_live(&b.id, &cs.sink);
             // What the session's handles hold here is of no use once its

@@ -5,7 +5,8 @@
 //! limit per address, one host holding no token could keep every slot
 //! taken and lock every client out; with it, that host keeps at most
 //! [`UNBOUND_PER_ADDRESS_MAX`] of them, and clients elsewhere still get
-//! in. A connection leaves the count once it sets up a session.
+//! in. A connection leaves the count once it sets up a session. An IPv6
+//! client counts by its /64: one host is usually given a whole /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,8 +33,7 @@ impl Unbound {
     /// Counts a new connection from `ip`; `None` if that address already
     /// has its most connections without a session.
     pub fn admit(&self, ip: IpAddr) -> Option<UnboundSlot> {
-        // An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = ip.to_canonical();
+        let ip = counted_as(ip);
         let mut counts = self.0.lock().ok()?;
         let n = counts.entry(ip).or_insert(0);
         if *n >= UNBOUND_PER_ADDRESS_MAX {
@@ -44,6 +44,18 @@ impl Unbound {
             counts: self.clone(),
             ip,
         })
+    }
+}
+
+/// The address a connection from `ip` counts under: IPv4 as it is (also
+/// when a dual-stack socket shows it as ::ffff:a.b.c.d), IPv6 by its /64.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -76,6 +88,16 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert!(u.admit(mapped).is_none(), "the same address over IPv6");
         assert!(u.admit(b).is_some(), "another address");
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let one_host: Vec<_> = (0..UNBOUND_PER_ADDRESS_MAX)
+            .map(|i| u.admit(v6(&format!("2001:db8:1:2::{:x}", i + 1))).unwrap())
+            .collect();
+        assert!(
+            u.admit(v6("2001:db8:1:2:ffff::1")).is_none(),
+            "another address of the same /64"
+        );
+        assert!(u.admit(v6("2001:db8:1:3::1")).is_some(), "another /64");
+        drop(one_host);
         drop(held);
         assert!(u.admit(a).is_some());
         assert!(
