@@ -93,15 +93,20 @@ pub async fn set(
         (LockKind::Unlocked, None) if strays.is_empty() => return Ok(()),
         (LockKind::Unlocked, routed) => {
             flush_file(s, own.ino).await;
-            unlock_strays(s, own.ino, w, &strays).await;
-            return match routed {
+            let strays = unlock_strays(s, own.ino, w, &strays).await;
+            let routed = match routed {
                 Some(r) => unlock(s, own.ino, w, &r).await,
                 None => Ok(()),
             };
+            return routed.and(strays);
         }
         (LockKind::Shared, Some(_)) => flush_file(s, own.ino).await,
         _ => {}
     }
+    // A lock set replaces what the owner held of the range, strays
+    // included (through the route they would conflict with it). A failure
+    // is the route's request to find out.
+    let _ = unlock_strays(s, own.ino, w, &strays).await;
     // What a request may have set through a route that ended under it:
     // dropped before the range is asked for through another open file
     // (the owner's locks through two handles would conflict).
@@ -190,7 +195,8 @@ async fn take(
 /// Unlocks `w`'s range through `f`, which no route leads to any more, in
 /// case a request set it there. A handle already closed took its locks
 /// with it. If this fails, the lock may still be held through `f`: it is
-/// recorded as a stray, for the owner's unlocks and next close to drop.
+/// recorded as a stray, which the owner's unlocks, later locks and next
+/// close go through too.
 async fn drop_stray(s: &Shared, ino: u64, f: &Arc<OpenFile>, w: Wanted) -> Result<(), Errno> {
     let r = f
         .file
@@ -200,17 +206,29 @@ async fn drop_stray(s: &Shared, ino: u64, f: &Arc<OpenFile>, w: Wanted) -> Resul
         Ok(()) => Ok(()),
         Err(e) if closed(&e) => Ok(()),
         Err(e) => {
-            tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed; the next close tries again");
+            tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "dropping a lock set through an ended route failed; kept as a stray");
             s.lock_routes.stray(ino, w.owner, Arc::clone(f));
+            // Recorded first, then checked: an open file released in
+            // between (whose handle's close takes its locks) is not kept,
+            // and one released after is dropped by its release.
+            if !s.is_open(f) {
+                s.lock_routes.stray_dropped(ino, w.owner, f);
+            }
             Err(lock_errno(&e))
         }
     }
 }
 
 /// Unlocks `w`'s range through each of the owner's strays (see
-/// [`Routes::stray`]); one unlocked whole is a stray no more. Failures
-/// are logged: the next unlock or close tries again.
-async fn unlock_strays(s: &Shared, ino: u64, w: Wanted, strays: &[Arc<OpenFile>]) {
+/// [`Routes::stray`]); one unlocked whole is a stray no more. Returns
+/// the first failure (the stray stays, for the next unlock or close).
+async fn unlock_strays(
+    s: &Shared,
+    ino: u64,
+    w: Wanted,
+    strays: &[Arc<OpenFile>],
+) -> Result<(), Errno> {
+    let mut first = Ok(());
     for f in strays {
         let r = f
             .file
@@ -219,11 +237,13 @@ async fn unlock_strays(s: &Shared, ino: u64, w: Wanted, strays: &[Arc<OpenFile>]
         match r {
             Err(e) if !closed(&e) => {
                 tracing::warn!(handle = %f.file.handle(), owner = w.owner, error = %e, "unlocking a stray lock failed");
+                first = first.and(Err(lock_errno(&e)));
             }
             _ if w.range() == (0, 0) => s.lock_routes.stray_dropped(ino, w.owner, f),
             _ => {}
         }
     }
+    first
 }
 
 /// Waits for the queued writes of every open file of `ino` on this mount
@@ -320,12 +340,11 @@ fn pending_in_status(status: &str) -> bool {
 }
 
 /// Drops every lock `owner` holds on `f`'s file (its close(2) of any
-/// descriptor of the file): through its route, then ends the route (if
-/// the unlock fails, the route stays and the owner's next close tries
-/// again), and through any open file a request left one on (see
-/// [`Routes::stray`]). Writes made through any descriptor of the file
-/// are flushed first when the owner may hold a lock: the next holder must
-/// read them.
+/// descriptor of the file): through any open file a request left one on
+/// (see [`Routes::stray`]), then through its route, which ends (if that
+/// unlock fails, the route stays and the owner's next close tries
+/// again). Writes made through any descriptor of the file are flushed
+/// first when the owner may hold a lock: the next holder must read them.
 pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
     let route = s.lock_routes.find(s, f.ino, owner);
     let strays = s.lock_routes.strays(f.ino, owner);
@@ -338,7 +357,7 @@ pub async fn release_owner(s: &Shared, f: &OpenFile, owner: u64) {
         end: u64::MAX,
         typ: libc::F_UNLCK,
     };
-    unlock_strays(s, f.ino, all, &strays).await;
+    let _ = unlock_strays(s, f.ino, all, &strays).await;
     if route.is_none() {
         return;
     }

@@ -113,6 +113,13 @@ impl Shared {
             .ok_or(Errno::EBADF)
     }
 
+    /// True while `f` is one of the mount's open files (not released).
+    pub fn is_open(&self, f: &Arc<OpenFile>) -> bool {
+        self.files
+            .lock()
+            .is_ok_and(|files| files.values().any(|o| Arc::ptr_eq(o, f)))
+    }
+
     /// Every open handle of `ino`.
     pub fn open_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
         let Ok(files) = self.files.lock() else {

@@ -223,9 +223,11 @@ impl Routes {
 
     /// Records that `owner`'s locks on `ino` may also be held through
     /// `file`, which no route leads to: a request's route ended under it
-    /// and dropping what it may have set there failed. The owner's unlocks
-    /// and its next close go through it too, until one succeeds or the
-    /// open file is released (its handle's close takes them).
+    /// and dropping what it may have set there failed. The owner's unlocks,
+    /// its later locks (which replace what it held of their range) and its
+    /// next close go through it too, until an unlock of the whole file
+    /// there succeeds or the open file is released (its handle's close
+    /// takes them).
     pub fn stray(&self, ino: u64, owner: u64, file: Arc<OpenFile>) {
         if let Ok(mut strays) = self.strays.lock() {
             let of_owner = strays.entry((ino, owner)).or_default();
