@@ -261,6 +261,21 @@ fn a_lock_holder_reads_the_last_holders_write_through_a_descriptor_it_kept() {
     );
 }
 
+/// Starts a thread of the shell's process waiting for 20..30 (through
+/// the descriptor the shell opened first); `got` gets its answer.
+const WAIT_IN_A_THREAD: &str = "[got := [], t := threading.Thread(target=lambda: \
+     got.append(lk(WAIT, W, 20, 10)))] and (t.start() or 'waiting')";
+
+/// `one`'s first lock goes through a second descriptor `g`, so its locks
+/// on the file go that way; `two` holds 20..30.
+fn routed_through_g_with_20_to_30_held(one: &mut LockShell, two: &mut LockShell) {
+    assert_eq!(
+        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 10, g)"),
+        "ok"
+    );
+    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok");
+}
+
 #[test]
 fn a_lock_waited_for_through_a_descriptor_closed_meanwhile_is_still_taken() {
     let c = super::cluster();
@@ -270,22 +285,10 @@ fn a_lock_waited_for_through_a_descriptor_closed_meanwhile_is_still_taken() {
     let mut one = LockShell::start(&a.join("waited.bin"));
     let mut two = LockShell::start(&b.join("waited.bin"));
     let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
-    // The process's first lock goes through a second descriptor, so its
-    // locks on the file go that way; another process holds 20..30.
-    assert_eq!(
-        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 10, g)"),
-        "ok"
-    );
-    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok");
+    routed_through_g_with_20_to_30_held(&mut one, &mut two);
     // A thread waits for 20..30 through the first descriptor while the
     // main thread closes the second (dropping the process's locks).
-    assert_eq!(
-        one.ask(
-            "[got := [], t := threading.Thread(target=lambda: got.append(lk(WAIT, W, 20, 10)))] \
-             and (t.start() or 'waiting')"
-        ),
-        "waiting"
-    );
+    assert_eq!(one.ask(WAIT_IN_A_THREAD), "waiting");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(one.ask("g.close() or 'closed'"), "closed");
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -315,24 +318,14 @@ fn a_lock_granted_through_a_descriptor_closed_meanwhile_moves_to_one_still_open(
     let mut one = LockShell::start(&a.join("moved.bin"));
     let mut two = LockShell::start(&b.join("moved.bin"));
     let logs = || format!("mount A:\n{}\nmount B:\n{}", a.log_text(), b.log_text());
-    assert_eq!(
-        one.ask("[g := open(sys.argv[1], 'r+')] and lk(SET, W, 0, 10, g)"),
-        "ok"
-    );
-    assert_eq!(two.ask("lk(SET, W, 20, 10)"), "ok");
+    routed_through_g_with_20_to_30_held(&mut one, &mut two);
     // A child keeps the second descriptor's open file (and its handle on
     // the cluster) open after the process closes it.
     assert_eq!(
         one.ask("'forked' if (child := os.fork()) else (time.sleep(60), os._exit(0))"),
         "forked"
     );
-    assert_eq!(
-        one.ask(
-            "[got := [], t := threading.Thread(target=lambda: got.append(lk(WAIT, W, 20, 10)))] \
-             and (t.start() or 'waiting')"
-        ),
-        "waiting"
-    );
+    assert_eq!(one.ask(WAIT_IN_A_THREAD), "waiting");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // The close, then at once the other process's unlock: the waiting
     // request, still going through the closed descriptor's handle, is
